@@ -1,0 +1,75 @@
+"""Readable float64 reference implementations, shared by the tests and the benchmarks.
+
+These follow the formulas literally (a full log-softmax, a gather, a mean over the vocabulary) and are
+meant to be obviously right, not fast. Do not use them for training.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def gamma_cross_entropy_reference(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    gamma: float,
+    min_weight: float = 0.0,
+    label_smoothing: float = 0.0,
+    ignore_index: int = -100,
+    shift_labels: bool = False,
+    num_items_in_batch: float | None = None,
+    reduction: str = "mean",
+) -> torch.Tensor:
+    """γ-CE in float64: ``(1-ε)·sg(w)·(-log p_y) + (ε/V)·Σ_v(-log p_v)``, ``w = clamp(p/(γ+(1-γ)p), b, 1)``.
+
+    Same arguments and output layout as :func:`hf_tvd_loss.gamma_cross_entropy`; the result is float64.
+    """
+    logits = logits.double()
+    labels = labels.long()
+    if shift_labels:
+        logits = logits[..., :-1, :]
+        labels = labels[..., 1:]
+    vocab_size = logits.shape[-1]
+    log_probs = F.log_softmax(logits, dim=-1)
+    mask = labels != ignore_index
+    safe = labels.masked_fill(~mask, 0)
+    log_p = log_probs.gather(-1, safe.unsqueeze(-1)).squeeze(-1)
+    p = log_p.detach().exp()
+    weight = (p / (gamma + (1.0 - gamma) * p)).clamp(min=min_weight, max=1.0)
+    smooth = -log_probs.sum(dim=-1)
+    per_token = (1.0 - label_smoothing) * weight * (-log_p) + (label_smoothing / vocab_size) * smooth
+    per_token = per_token * mask
+    if reduction == "none":
+        if shift_labels:
+            per_token = F.pad(per_token, (1, 0), value=0.0)
+        return per_token
+    total = per_token.sum()
+    if reduction == "sum":
+        return total
+    denominator = float(num_items_in_batch) if num_items_in_batch is not None else float(mask.sum())
+    return total / max(denominator, 1.0)
+
+
+def gamma_closed_form_reference(
+    logits: torch.Tensor, labels: torch.Tensor, *, gamma: float, ignore_index: int = -100
+) -> torch.Tensor:
+    """Mean over scored tokens of the closed form ``-log(γ + (1-γ)p) / (1-γ)`` (γ < 1), in float64.
+
+    Its gradient equals that of γ-CE with ``min_weight=0`` and no label smoothing.
+    """
+    logits = logits.double()
+    mask = labels != ignore_index
+    log_p = F.log_softmax(logits, dim=-1).gather(-1, labels.masked_fill(~mask, 0).unsqueeze(-1)).squeeze(-1)
+    per_token = -torch.log(gamma + (1.0 - gamma) * log_p.exp()) / (1.0 - gamma)
+    return (per_token * mask).sum() / mask.sum().clamp(min=1)
+
+
+def dft_reference(logits: torch.Tensor, labels: torch.Tensor, *, ignore_index: int = -100) -> torch.Tensor:
+    """DFT loss (Dynamic Fine-Tuning, TRL's ``loss_type="dft"``): mean of ``-sg(p)·log p``, float64."""
+    logits = logits.double()
+    mask = labels != ignore_index
+    log_p = F.log_softmax(logits, dim=-1).gather(-1, labels.masked_fill(~mask, 0).unsqueeze(-1)).squeeze(-1)
+    per_token = -log_p.detach().exp() * log_p
+    return (per_token * mask).sum() / mask.sum().clamp(min=1)
