@@ -1,0 +1,46 @@
+"""hf_tvd_loss: the TaiLr / γ-cross-entropy loss for Hugging Face Transformers.
+
+``gamma_cross_entropy`` and ``TVDArguments`` are pure PyTorch / dataclasses; the trainer classes (which import
+transformers) are loaded on first access, so ``import hf_tvd_loss`` stays light.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from .args import TVDArguments, gamma_at_step
+from .loss import GammaCEStats, gamma_cross_entropy, gamma_cross_entropy_with_stats, tvd_weight
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "TVDLossMixin": "trainer",
+    "TVDTrainer": "trainer",
+    "TVDSeq2SeqTrainer": "trainer",
+    "TVDLoss": "trainer",
+}
+
+__all__ = [
+    "GammaCEStats",
+    "TVDArguments",
+    "TVDLoss",
+    "TVDLossMixin",
+    "TVDSeq2SeqTrainer",
+    "TVDTrainer",
+    "gamma_at_step",
+    "gamma_cross_entropy",
+    "gamma_cross_entropy_with_stats",
+    "tvd_weight",
+]
+
+if TYPE_CHECKING:
+    from .trainer import TVDLoss, TVDLossMixin, TVDSeq2SeqTrainer, TVDTrainer
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        module = importlib.import_module(f".{_LAZY[name]}", __name__)
+        return getattr(module, name)
+    raise AttributeError(f"module 'hf_tvd_loss' has no attribute {name!r}")

@@ -1,0 +1,117 @@
+"""``TVDArguments``: the loss's hyperparameters, parsed by ``HfArgumentParser`` next to ``TrainingArguments``.
+
+This module does not import transformers either: the dataclass only uses ``field(metadata={"help": ...})``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Literal
+
+from .loss import validate_loss_hyperparameters
+
+__all__ = ["GammaSchedule", "TVDArguments", "gamma_at_step"]
+
+GammaSchedule = Literal["constant", "linear", "cosine"]
+_SCHEDULES = ("constant", "linear", "cosine")
+
+
+@dataclass
+class TVDArguments:
+    """Hyperparameters of the token-level γ-CE (TaiLr) loss.
+
+    The paper's settings (official launch scripts): language modelling γ=1e-7, b=0.2, ε=0;
+    translation γ=0.1, b=0.3, ε=0.1; summarization γ=0.8, b=0.2, ε=0.1. γ=0, b=0, ε=0 is cross-entropy.
+    """
+
+    gamma: float = field(
+        default=0.1,
+        metadata={
+            "help": "γ in [0, 1]: 0 is cross-entropy, 1 is DFT (weight = p). The paper uses 1e-7 for language "
+            "modelling, 0.1 for translation, 0.8 for summarization. With a schedule this is the final value."
+        },
+    )
+    min_weight: float = field(
+        default=0.0,
+        metadata={
+            "help": "Floor b in [0, 1] of the per-token weight p/(γ+(1-γ)p); TaiLr uses 0.2-0.3 so that "
+            "low-probability targets still get some gradient. 0 gives the exact closed-form γ-CE gradient."
+        },
+    )
+    label_smoothing: float = field(
+        default=0.0,
+        metadata={
+            "help": "Label smoothing ε in [0, 1), mixed in unweighted as in the official criterion. Use this "
+            "instead of TrainingArguments.label_smoothing_factor."
+        },
+    )
+    gamma_schedule: GammaSchedule = field(
+        default="constant",
+        metadata={
+            "help": "How γ moves during training: 'constant' (γ throughout), or 'linear'/'cosine' from "
+            "gamma_start to γ over the first part of training, then γ. A function of the global step, so it "
+            "is the same after resuming from a checkpoint.",
+            "choices": list(_SCHEDULES),
+        },
+    )
+    gamma_start: float = field(
+        default=0.0,
+        metadata={"help": "γ at step 0 for the 'linear' and 'cosine' schedules (0 = start as cross-entropy)."},
+    )
+    gamma_schedule_ratio: float = field(
+        default=1.0,
+        metadata={
+            "help": "Fraction in (0, 1] of the total optimisation steps over which γ moves from gamma_start to "
+            "γ. Ignored when gamma_schedule_steps is set."
+        },
+    )
+    gamma_schedule_steps: int | None = field(
+        default=None,
+        metadata={"help": "Number of optimisation steps over which γ moves from gamma_start to γ (overrides ratio)."},
+    )
+
+    def __post_init__(self) -> None:
+        validate_loss_hyperparameters(self.gamma, self.min_weight, self.label_smoothing, prefix="TVDArguments.")
+        if self.gamma_schedule not in _SCHEDULES:
+            raise ValueError(
+                f"TVDArguments.gamma_schedule must be one of {list(_SCHEDULES)}, got {self.gamma_schedule!r}"
+            )
+        validate_loss_hyperparameters(self.gamma_start, prefix="TVDArguments.gamma_start: ")
+        ratio = self.gamma_schedule_ratio
+        if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or math.isnan(ratio) or not 0 < ratio <= 1:
+            raise ValueError(f"TVDArguments.gamma_schedule_ratio must be in (0, 1], got {ratio!r}")
+        steps = self.gamma_schedule_steps
+        if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
+            raise ValueError(f"TVDArguments.gamma_schedule_steps must be a positive integer or None, got {steps!r}")
+
+    def schedule_length(self, max_steps: int) -> int:
+        """Steps over which γ moves, given the run's total optimisation steps."""
+        if self.gamma_schedule_steps is not None:
+            return self.gamma_schedule_steps
+        return max(1, math.ceil(self.gamma_schedule_ratio * max(max_steps, 1)))
+
+    def gamma_at(self, step: int, max_steps: int) -> float:
+        """γ at a global optimisation step (see :func:`gamma_at_step`)."""
+        return gamma_at_step(
+            step,
+            gamma=self.gamma,
+            schedule=self.gamma_schedule,
+            gamma_start=self.gamma_start,
+            num_steps=self.schedule_length(max_steps),
+        )
+
+
+def gamma_at_step(step: int, *, gamma: float, schedule: str, gamma_start: float, num_steps: int) -> float:
+    """γ at optimisation step ``step``: ``gamma_start`` at 0, ``gamma`` from ``num_steps`` on.
+
+    ``linear``: straight line; ``cosine``: ``γ_end + (γ_start - γ_end)·(1 + cos(π·t))/2`` with ``t = step/num_steps``.
+    """
+    if schedule == "constant":
+        return gamma
+    progress = min(max(step, 0) / max(num_steps, 1), 1.0)
+    if schedule == "linear":
+        return gamma_start + (gamma - gamma_start) * progress
+    if schedule == "cosine":
+        return gamma + (gamma_start - gamma) * 0.5 * (1.0 + math.cos(math.pi * progress))
+    raise ValueError(f"unknown gamma schedule {schedule!r}; expected one of {list(_SCHEDULES)}")
