@@ -1,0 +1,346 @@
+"""Trainers whose ``compute_loss`` is token-level γ-CE (TaiLr).
+
+``TVDLossMixin`` holds everything; ``TVDTrainer`` and ``TVDSeq2SeqTrainer`` are the mixin on top of
+``transformers.Trainer`` and ``Seq2SeqTrainer``. What the mixin changes, and why:
+
+* The loss: labels are popped before the model call (so the model does not compute a second, wasted
+  cross-entropy), the logits go to :func:`~hf_tvd_loss.gamma_cross_entropy_with_stats`; causal LMs have their
+  labels shifted inside the loss, encoder-decoders get ``decoder_input_ids`` built from the labels when the
+  collator did not.
+* Normalisation: the loss is ``Σ token losses / num_items_in_batch``, where ``num_items_in_batch`` is counted
+  here (over the whole gradient-accumulation step, summed across processes) with the right rule for the
+  model family, times the number of processes because DDP averages gradients. This makes batch 16, 8×2 and
+  4×4 accumulation and 2 processes × 4 × 2 train identically (stock transformers 5.23 does not for T5/BART).
+* Metrics: per-token sums (objective, plain NLL, weight, count) are kept on the device and only synchronised
+  when logging; ``loss`` / ``nll`` / ``tvd_weight_mean`` / ``gamma`` are token-weighted averages over all
+  processes, for training logs and for ``evaluate()``/``predict()`` (prefixed ``eval_``/``test_``), also when
+  ``predict_with_generate`` makes the stock ``Seq2SeqTrainer`` skip ``compute_loss``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import Seq2SeqTrainer, Trainer
+
+from .args import TVDArguments
+from .loss import GammaCEStats, gamma_cross_entropy_with_stats
+
+__all__ = ["TVDLoss", "TVDLossMixin", "TVDSeq2SeqTrainer", "TVDTrainer"]
+
+IGNORE_INDEX = -100
+_MODES = ("train", "eval")
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    """The underlying transformers model: strips DDP/FSDP/compile wrappers (``.module``) and PEFT wrappers."""
+    seen = 0
+    while seen < 8:  # wrappers nest only a few levels deep
+        seen += 1
+        if hasattr(model, "module") and isinstance(model.module, nn.Module):
+            model = model.module
+        elif hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        elif hasattr(model, "get_base_model") and callable(model.get_base_model):
+            model = model.get_base_model()
+        else:
+            break
+    return model
+
+
+def _is_encoder_decoder(model: nn.Module) -> bool:
+    config = getattr(_unwrap(model), "config", None)
+    return bool(getattr(config, "is_encoder_decoder", False))
+
+
+def _shift_tokens_right(labels: torch.Tensor, pad_token_id: int, decoder_start_token_id: int) -> torch.Tensor:
+    shifted = labels.new_full(labels.shape, pad_token_id)
+    shifted[..., 1:] = labels[..., :-1]
+    shifted[..., 0] = decoder_start_token_id
+    return shifted.masked_fill_(shifted == IGNORE_INDEX, pad_token_id)
+
+
+def decoder_input_ids_from_labels(model: nn.Module, labels: torch.Tensor) -> torch.Tensor:
+    """Right-shifted decoder inputs for an encoder-decoder model, as its own loss path would build them."""
+    base = _unwrap(model)
+    prepare = getattr(base, "prepare_decoder_input_ids_from_labels", None)
+    if callable(prepare):
+        return prepare(labels=labels)
+    config = base.config
+    start = getattr(config, "decoder_start_token_id", None)
+    pad = getattr(config, "pad_token_id", None)
+    if start is None or pad is None:
+        raise ValueError(
+            f"{type(base).__name__} has no prepare_decoder_input_ids_from_labels and its config lacks "
+            "decoder_start_token_id/pad_token_id: pass decoder_input_ids in the batch (e.g. with "
+            "DataCollatorForSeq2Seq(model=...))."
+        )
+    return _shift_tokens_right(labels, pad, start)
+
+
+def _get_logits(outputs: Any, model: nn.Module) -> torch.Tensor:
+    logits = outputs.get("logits") if isinstance(outputs, Mapping) else outputs[0]
+    if not torch.is_tensor(logits):
+        raise ValueError(
+            f"{type(_unwrap(model)).__name__} returned no logits; γ-CE needs a language-modelling head "
+            "(e.g. AutoModelForCausalLM or AutoModelForSeq2SeqLM)."
+        )
+    return logits
+
+
+def _count_targets(batch: Mapping[str, Any], shifts_labels: bool) -> torch.Tensor | None:
+    """Number of tokens the loss will score in one batch (labels ≠ -100, after the causal shift)."""
+    if "shift_labels" in batch and torch.is_tensor(batch["shift_labels"]):
+        targets = batch["shift_labels"]
+    elif "labels" in batch and torch.is_tensor(batch["labels"]):
+        targets = batch["labels"][..., 1:] if shifts_labels else batch["labels"]
+    else:
+        return None
+    return targets.ne(IGNORE_INDEX).sum()
+
+
+class TVDLossMixin:
+    """Mixin for ``transformers.Trainer`` subclasses: token-level γ-CE as the training and evaluation loss.
+
+    Construct the trainer exactly like its parent, plus ``tvd_args=TVDArguments(...)``::
+
+        trainer = TVDTrainer(model=model, args=training_args, train_dataset=ds, tvd_args=TVDArguments(gamma=0.1))
+
+    Put it before the Trainer class in the bases (``class MyTrainer(TVDLossMixin, Trainer)``).
+    """
+
+    # compute_loss returns Σ / (token count of the whole accumulation step), so Trainer must not divide again.
+    loss_is_scaled_for_ga = True
+
+    def __init__(self, *args: Any, tvd_args: TVDArguments | None = None, **kwargs: Any) -> None:
+        if tvd_args is None:
+            tvd_args = TVDArguments()
+        if not isinstance(tvd_args, TVDArguments):
+            raise ValueError(f"tvd_args must be a TVDArguments instance, got {type(tvd_args).__name__}")
+        if kwargs.get("compute_loss_func") is not None:
+            raise ValueError(
+                "compute_loss_func cannot be combined with a TVD trainer, whose compute_loss is the γ-CE loss; "
+                "use the stock Trainer with compute_loss_func=TVDLoss(...) instead"
+            )
+        training_args = kwargs.get("args", args[1] if len(args) > 1 else None)
+        if training_args is not None and getattr(training_args, "label_smoothing_factor", 0.0):
+            raise ValueError(
+                "TrainingArguments.label_smoothing_factor must be 0 with a TVD trainer: set "
+                f"TVDArguments.label_smoothing={training_args.label_smoothing_factor} instead (it is combined "
+                "with the γ-CE term as in the official TaiLr criterion)"
+            )
+        self.tvd_args = tvd_args
+        super().__init__(*args, **kwargs)
+        # Keep the stock token counting and the model's own loss path off: this class counts the scored
+        # tokens itself (get_batch_samples) with the rule that matches its loss.
+        self.model_accepts_loss_kwargs = False
+        self._tvd_sums: dict[str, torch.Tensor | None] = dict.fromkeys(_MODES)
+        self._tvd_last_gamma: float | None = None
+
+    # ---------------------------------------------------------------- γ
+    def current_gamma(self) -> float:
+        """γ for the current global step (the schedule is a function of the step, so it survives a resume)."""
+        state = self.state
+        if state.max_steps <= 0:  # evaluation outside training: the target value
+            return self.tvd_args.gamma
+        return self.tvd_args.gamma_at(state.global_step, state.max_steps)
+
+    # ---------------------------------------------------------------- token counting
+    def get_batch_samples(self, epoch_iterator, num_batches, device):  # type: ignore[override]
+        batch_samples, num_items_in_batch = super().get_batch_samples(epoch_iterator, num_batches, device)
+        if num_items_in_batch is None:
+            num_items_in_batch = self._tvd_count_tokens(batch_samples, device)
+        return batch_samples, num_items_in_batch
+
+    def _tvd_count_tokens(self, batch_samples: list, device: torch.device) -> torch.Tensor | None:
+        shifts = not _is_encoder_decoder(self.model)
+        counts = [_count_targets(batch, shifts) for batch in batch_samples if isinstance(batch, Mapping)]
+        if not counts or any(c is None for c in counts):
+            return None
+        total = torch.stack([c.to(device) for c in counts]).sum().float()
+        if self.args.average_tokens_across_devices and self.args.world_size > 1:
+            total = self.accelerator.gather(total.reshape(1)).sum()
+        return total
+
+    # ---------------------------------------------------------------- loss
+    def compute_loss(
+        self,
+        model: nn.Module,
+        inputs: dict[str, torch.Tensor | Any],
+        return_outputs: bool = False,
+        num_items_in_batch: torch.Tensor | int | None = None,
+    ) -> torch.Tensor | tuple[torch.Tensor, Any]:
+        if "labels" not in inputs and "shift_labels" not in inputs:
+            raise ValueError(
+                "TVD trainers need `labels` in every batch (token ids, -100 where not scored); got keys "
+                f"{sorted(inputs)}"
+            )
+        inputs = dict(inputs)
+        labels = inputs.pop("labels", None)
+        shift_labels = inputs.pop("shift_labels", None)
+        encoder_decoder = _is_encoder_decoder(model)
+        if (
+            encoder_decoder
+            and labels is not None
+            and "decoder_input_ids" not in inputs
+            and "decoder_inputs_embeds" not in inputs
+        ):
+            inputs["decoder_input_ids"] = decoder_input_ids_from_labels(model, labels)
+        outputs = model(**inputs)
+        logits = _get_logits(outputs, model)
+
+        if shift_labels is not None:  # padding-free collators provide the shifted targets themselves
+            targets, shift = shift_labels, False
+        else:
+            targets, shift = labels, not encoder_decoder
+
+        gamma = self.current_gamma()
+        # In training, normalise by the token count of the whole accumulation step (all processes); in
+        # evaluation, by this batch's own count (the exact eval averages come from the logged sums).
+        global_norm = model.training and num_items_in_batch is not None
+        args = self.tvd_args
+        loss, stats = gamma_cross_entropy_with_stats(
+            logits,
+            targets,
+            gamma=gamma,
+            min_weight=args.min_weight,
+            label_smoothing=args.label_smoothing,
+            ignore_index=IGNORE_INDEX,
+            shift_labels=shift,
+            num_items_in_batch=num_items_in_batch if global_norm else None,
+        )
+        if global_norm and self.args.average_tokens_across_devices and self.accelerator.num_processes > 1:
+            # DDP averages gradients over processes; the count above is global, so undo that average.
+            loss = loss * self.accelerator.num_processes
+        # Read by Trainer.training_step right after this call: without a global count the loss is a
+        # micro-batch mean that Trainer must still divide by the accumulation steps.
+        self.loss_is_scaled_for_ga = global_norm
+        self._tvd_last_gamma = gamma
+        self._tvd_record("train" if model.training else "eval", stats)
+        return (loss, outputs) if return_outputs else loss
+
+    # ---------------------------------------------------------------- metrics
+    def _tvd_record(self, mode: str, stats: GammaCEStats) -> None:
+        row = torch.stack([stats.objective_sum, stats.nll_sum, stats.weight_sum, stats.num_tokens]).double()
+        current = self._tvd_sums.get(mode)
+        self._tvd_sums[mode] = row if current is None else current + row.to(current.device)
+
+    def _tvd_drain(self, mode: str, prefix: str) -> dict[str, float]:
+        """Token-weighted averages since the last drain, summed over processes; resets the sums.
+
+        Must be called on every process (it is a collective when training is distributed).
+        """
+        sums = self._tvd_sums.get(mode)
+        self._tvd_sums[mode] = None
+        if sums is None:
+            sums = torch.zeros(4, dtype=torch.float64)
+        if self.args.world_size > 1:
+            sums = self.accelerator.gather(sums.to(self.args.device).reshape(1, 4)).sum(0)
+        objective, nll, weight, count = sums.tolist()
+        metrics: dict[str, float] = {}
+        if count > 0:
+            metrics[f"{prefix}nll"] = nll / count
+            metrics[f"{prefix}perplexity"] = math.exp(min(nll / count, 700.0))
+            metrics[f"{prefix}tvd_weight_mean"] = weight / count
+            if prefix:  # training's `loss` is logged by Trainer itself (the same quantity, step-averaged)
+                metrics[f"{prefix}loss"] = objective / count
+        gamma = self._tvd_last_gamma if mode == "train" and self._tvd_last_gamma is not None else None
+        metrics[f"{prefix}gamma"] = gamma if gamma is not None else self.current_gamma()
+        return metrics
+
+    def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
+        # The periodic training log is the one with a `loss` entry (evaluation logs have `eval_loss`).
+        if "loss" in logs:
+            logs.update(self._tvd_drain("train", prefix=""))
+        super().log(logs, *args, **kwargs)
+
+    def evaluation_loop(self, dataloader, description, prediction_loss_only=None, ignore_keys=None, metric_key_prefix="eval"):  # type: ignore[override]  # noqa: E501
+        self._tvd_sums["eval"] = None
+        output = super().evaluation_loop(
+            dataloader,
+            description,
+            prediction_loss_only=prediction_loss_only,
+            ignore_keys=ignore_keys,
+            metric_key_prefix=metric_key_prefix,
+        )
+        # Exact token-weighted averages over the whole evaluation set and all processes (the stock
+        # eval_loss averages per-batch means).
+        output.metrics.update(self._tvd_drain("eval", prefix=f"{metric_key_prefix}_"))
+        return output
+
+    def train(self, *args: Any, **kwargs: Any):  # type: ignore[override]
+        self._tvd_sums = dict.fromkeys(_MODES)
+        return super().train(*args, **kwargs)
+
+
+class TVDTrainer(TVDLossMixin, Trainer):
+    """``transformers.Trainer`` whose loss is token-level γ-CE. Extra argument: ``tvd_args=TVDArguments(...)``."""
+
+
+class TVDSeq2SeqTrainer(TVDLossMixin, Seq2SeqTrainer):
+    """``transformers.Seq2SeqTrainer`` whose loss is token-level γ-CE. Extra argument: ``tvd_args``.
+
+    With ``predict_with_generate=True`` the stock class computes its evaluation loss with ``model(**inputs)``
+    and never calls ``compute_loss``; here the γ-CE loss (and ``eval_nll`` etc.) is computed by a teacher-forced
+    pass before generating.
+    """
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None, **gen_kwargs):  # type: ignore[override]
+        if not self.args.predict_with_generate or prediction_loss_only:
+            return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys=ignore_keys, **gen_kwargs)
+        loss = None
+        if "labels" in inputs:
+            prepared = self._prepare_inputs(inputs)
+            with torch.no_grad(), self.compute_loss_context_manager():
+                loss = self.compute_loss(model, prepared).detach()
+        # The parent still runs its own teacher-forced pass for the stock loss, which is discarded; the
+        # generation it then runs dominates evaluation time.
+        _, generated_tokens, labels = super().prediction_step(
+            model, inputs, prediction_loss_only, ignore_keys=ignore_keys, **gen_kwargs
+        )
+        return loss, generated_tokens, labels
+
+
+class TVDLoss:
+    """γ-CE as a ``compute_loss_func`` for the stock ``Trainer``: ``Trainer(..., compute_loss_func=TVDLoss(args))``.
+
+    The stock Trainer pops ``labels`` before calling the model and passes ``num_items_in_batch``; this returns
+    ``Σ token losses / num_items_in_batch``. Use ``shift_labels=True`` (default) for causal LMs and ``False``
+    for encoder-decoders (whose collator must then provide ``decoder_input_ids``, e.g.
+    ``DataCollatorForSeq2Seq(model=...)``, since the model no longer sees the labels). γ schedules need the
+    trainer's step: use :class:`TVDTrainer` for those. Token counting is the stock Trainer's (for GPT-2, whose
+    ``loss_type`` is None, it includes the unshifted first label).
+    """
+
+    def __init__(self, tvd_args: TVDArguments | None = None, *, shift_labels: bool = True) -> None:
+        tvd_args = tvd_args if tvd_args is not None else TVDArguments()
+        if not isinstance(tvd_args, TVDArguments):
+            raise ValueError(f"tvd_args must be a TVDArguments instance, got {type(tvd_args).__name__}")
+        if tvd_args.gamma_schedule != "constant":
+            raise ValueError(
+                "TVDLoss (compute_loss_func) has no access to the training step, so "
+                f"TVDArguments.gamma_schedule must be 'constant', got {tvd_args.gamma_schedule!r}; use TVDTrainer"
+            )
+        self.tvd_args = tvd_args
+        self.shift_labels = shift_labels
+
+    def __call__(
+        self, outputs: Any, labels: torch.Tensor, num_items_in_batch: torch.Tensor | int | None = None
+    ) -> torch.Tensor:
+        if labels is None:
+            raise ValueError("TVDLoss needs labels; the batch has none")
+        logits = outputs.get("logits") if isinstance(outputs, Mapping) else outputs[0]
+        return gamma_cross_entropy_with_stats(
+            logits,
+            labels,
+            gamma=self.tvd_args.gamma,
+            min_weight=self.tvd_args.min_weight,
+            label_smoothing=self.tvd_args.label_smoothing,
+            ignore_index=IGNORE_INDEX,
+            shift_labels=self.shift_labels,
+            num_items_in_batch=num_items_in_batch,
+        )[0]

@@ -1,0 +1,34 @@
+"""Run by tests/test_trainer_distributed.py under `accelerate launch --multi_gpu --num_processes 2` (CPU, gloo).
+
+Trains each tiny family with 4 per device × 2 accumulation and saves, from the main process, the log history,
+the final parameters and the world size the run really had.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from tiny import train_tiny  # noqa: E402
+
+
+def main(out_dir: str, families: list[str], tvd: dict) -> None:
+    for family in families:
+        with tempfile.TemporaryDirectory() as tmp:
+            history, state, trainer = train_tiny(family, tmp, per_device_batch=4, grad_accum=2, tvd=tvd)
+            eval_metrics = trainer.evaluate(trainer.train_dataset)
+        if trainer.args.process_index == 0:
+            torch.save(state, os.path.join(out_dir, f"{family}.pt"))
+            with open(os.path.join(out_dir, f"{family}.json"), "w") as f:
+                json.dump(
+                    {"history": history, "eval": eval_metrics, "world_size": trainer.args.world_size}, f
+                )
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2].split(","), json.loads(sys.argv[3]))
