@@ -90,9 +90,7 @@ def tvd_weight(log_p: torch.Tensor, gamma: float, min_weight: float = 0.0) -> to
             weight = log_p.exp()
         else:
             # log(γ + (1-γ)p) = logaddexp(log γ, log(1-γ) + log p): no cancellation, no overflow, even at γ=1e-7.
-            log_denominator = torch.logaddexp(
-                torch.full_like(log_p, math.log(gamma)), log_p + math.log1p(-gamma)
-            )
+            log_denominator = torch.logaddexp(torch.full_like(log_p, math.log(gamma)), log_p + math.log1p(-gamma))
             weight = (log_p - log_denominator).exp()
         return weight.clamp(min=min_weight, max=1.0)
 
@@ -194,9 +192,7 @@ class _GammaCrossEntropy(torch.autograd.Function):
 
 def _check_inputs(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int, shift_labels: bool) -> None:
     if not isinstance(logits, torch.Tensor) or not isinstance(labels, torch.Tensor):
-        raise ValueError(
-            f"logits and labels must be tensors, got {type(logits).__name__} and {type(labels).__name__}"
-        )
+        raise ValueError(f"logits and labels must be tensors, got {type(logits).__name__} and {type(labels).__name__}")
     if not logits.is_floating_point():
         raise ValueError(f"logits must be a floating-point tensor, got dtype {logits.dtype}")
     if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:

@@ -258,7 +258,9 @@ class TVDLossMixin:
             logs.update(self._tvd_drain("train", prefix=""))
         super().log(logs, *args, **kwargs)
 
-    def evaluation_loop(self, dataloader, description, prediction_loss_only=None, ignore_keys=None, metric_key_prefix="eval"):  # type: ignore[override]  # noqa: E501
+    def evaluation_loop(
+        self, dataloader, description, prediction_loss_only=None, ignore_keys=None, metric_key_prefix="eval"
+    ):  # type: ignore[override]  # noqa: E501
         self._tvd_sums["eval"] = None
         output = super().evaluation_loop(
             dataloader,

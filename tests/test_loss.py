@@ -183,7 +183,7 @@ def test_no_full_vocabulary_tensor_saved_for_backward():
         x = logits.clone().requires_grad_()
         big = []
 
-        def pack(t):
+        def pack(t, x=x, big=big):
             if t.numel() >= x.numel() and t.data_ptr() != x.data_ptr():
                 big.append(tuple(t.shape))
             return t
@@ -236,6 +236,8 @@ def test_bad_tensors():
 
 
 def test_loss_module_does_not_import_transformers():
-    code = "import sys, hf_tvd_loss; from hf_tvd_loss import gamma_cross_entropy, TVDArguments; " \
+    code = (
+        "import sys, hf_tvd_loss; from hf_tvd_loss import gamma_cross_entropy, TVDArguments; "
         "assert 'transformers' not in sys.modules, 'transformers imported'"
+    )
     subprocess.run([sys.executable, "-c", code], check=True)

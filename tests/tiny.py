@@ -70,9 +70,7 @@ def tiny_dataset(family: str, n: int = 32, seed: int = 0) -> Dataset:
             rows.append({"input_ids": ids, "attention_mask": [1] * length, "labels": target + [2]})
         else:
             prompt = int(torch.randint(0, length // 2, (1,), generator=g))
-            rows.append(
-                {"input_ids": ids, "attention_mask": [1] * length, "labels": [-100] * prompt + ids[prompt:]}
-            )
+            rows.append({"input_ids": ids, "attention_mask": [1] * length, "labels": [-100] * prompt + ids[prompt:]})
     return Dataset.from_list(rows)
 
 
@@ -110,6 +108,8 @@ def train_tiny(
 
     seq2seq = is_seq2seq(family)
     args_cls = Seq2SeqTrainingArguments if seq2seq else TrainingArguments
+    settings = dict(save_strategy="no")
+    settings.update(extra_args or {})
     args = args_cls(
         output_dir=output_dir,
         per_device_train_batch_size=per_device_batch,
@@ -122,14 +122,13 @@ def train_tiny(
         weight_decay=0.0,
         max_grad_norm=1e9,
         logging_steps=1,
-        save_strategy="no",
         report_to="none",
         use_cpu=True,
         seed=0,
         data_seed=0,
         dataloader_num_workers=0,
         disable_tqdm=True,
-        **(extra_args or {}),
+        **settings,
     )
     model = model if model is not None else tiny_model(family)
     kwargs = dict(model=model, args=args, train_dataset=tiny_dataset(family, n=n), data_collator=collator(family))
