@@ -28,7 +28,7 @@ from torch import nn
 from transformers import Seq2SeqTrainer, Trainer
 
 from .args import TVDArguments
-from .loss import GammaCEStats, gamma_cross_entropy_with_stats
+from .loss import GammaCEStats, focal_cross_entropy_with_stats, gamma_cross_entropy_with_stats
 
 __all__ = ["TVDLoss", "TVDLossMixin", "TVDSeq2SeqTrainer", "TVDTrainer"]
 
@@ -90,6 +90,29 @@ def _get_logits(outputs: Any, model: nn.Module) -> torch.Tensor:
             "(e.g. AutoModelForCausalLM or AutoModelForSeq2SeqLM)."
         )
     return logits
+
+
+def token_loss(
+    tvd_args: TVDArguments,
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    gamma: float,
+    shift_labels: bool,
+    num_items_in_batch: torch.Tensor | int | None,
+) -> tuple[torch.Tensor, GammaCEStats]:
+    """The loss selected by ``tvd_args.loss_type`` (γ-CE at the given γ, or the focal baseline)."""
+    common = dict(
+        label_smoothing=tvd_args.label_smoothing,
+        ignore_index=IGNORE_INDEX,
+        shift_labels=shift_labels,
+        num_items_in_batch=num_items_in_batch,
+    )
+    if tvd_args.loss_type == "focal":
+        return focal_cross_entropy_with_stats(
+            logits, labels, focal_gamma=tvd_args.focal_gamma, focal_alpha=tvd_args.focal_alpha, **common
+        )
+    return gamma_cross_entropy_with_stats(logits, labels, gamma=gamma, min_weight=tvd_args.min_weight, **common)
 
 
 def _count_targets(batch: Mapping[str, Any], shifts_labels: bool) -> torch.Tensor | None:
@@ -202,14 +225,11 @@ class TVDLossMixin:
         # In training, normalise by the token count of the whole accumulation step (all processes); in
         # evaluation, by this batch's own count (the exact eval averages come from the logged sums).
         global_norm = model.training and num_items_in_batch is not None
-        args = self.tvd_args
-        loss, stats = gamma_cross_entropy_with_stats(
+        loss, stats = token_loss(
+            self.tvd_args,
             logits,
             targets,
             gamma=gamma,
-            min_weight=args.min_weight,
-            label_smoothing=args.label_smoothing,
-            ignore_index=IGNORE_INDEX,
             shift_labels=shift,
             num_items_in_batch=num_items_in_batch if global_norm else None,
         )
@@ -249,7 +269,8 @@ class TVDLossMixin:
             if prefix:  # training's `loss` is logged by Trainer itself (the same quantity, step-averaged)
                 metrics[f"{prefix}loss"] = objective / count
         gamma = self._tvd_last_gamma if mode == "train" and self._tvd_last_gamma is not None else None
-        metrics[f"{prefix}gamma"] = gamma if gamma is not None else self.current_gamma()
+        if self.tvd_args.loss_type == "gamma_ce":
+            metrics[f"{prefix}gamma"] = gamma if gamma is not None else self.current_gamma()
         return metrics
 
     def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
@@ -336,13 +357,11 @@ class TVDLoss:
         if labels is None:
             raise ValueError("TVDLoss needs labels; the batch has none")
         logits = outputs.get("logits") if isinstance(outputs, Mapping) else outputs[0]
-        return gamma_cross_entropy_with_stats(
+        return token_loss(
+            self.tvd_args,
             logits,
             labels,
             gamma=self.tvd_args.gamma,
-            min_weight=self.tvd_args.min_weight,
-            label_smoothing=self.tvd_args.label_smoothing,
-            ignore_index=IGNORE_INDEX,
             shift_labels=self.shift_labels,
             num_items_in_batch=num_items_in_batch,
         )[0]

@@ -246,3 +246,14 @@ def test_gamma_zero_loss_equals_models_own_loss_and_labels_stay_out(family, tmp_
         ours = trainer.compute_loss(model, batch)
     assert ours.item() == pytest.approx(own.item(), rel=1e-6)
     assert seen and all("labels" not in kwargs for kwargs in seen)
+
+
+def test_focal_baseline_same_normalisation(tmp_path):
+    focal = dict(loss_type="focal", focal_gamma=2.0, label_smoothing=0.1)
+    full = train_tiny("llama", str(tmp_path / "a"), per_device_batch=16, grad_accum=1, tvd=focal)
+    accum = train_tiny("llama", str(tmp_path / "b"), per_device_batch=4, grad_accum=4, tvd=focal)
+    assert_same_training(accum, full)
+    rows = [row for row in full[0] if "loss" in row]
+    assert all("nll" in row and "tvd_weight_mean" in row and "gamma" not in row for row in rows)
+    gce = train_tiny("llama", str(tmp_path / "c"), per_device_batch=16, grad_accum=1, tvd=dict(gamma=0.0))
+    assert train_losses(full[0])[0] < train_losses(gce[0])[0]  # (1-p)^2 < 1 shrinks the loss
