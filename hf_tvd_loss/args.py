@@ -11,12 +11,14 @@ from typing import Literal
 
 from .loss import validate_focal_hyperparameters, validate_loss_hyperparameters
 
-__all__ = ["GammaSchedule", "LossType", "TVDArguments", "gamma_at_step"]
+__all__ = ["GammaSchedule", "LossType", "NonFinitePolicy", "TVDArguments", "gamma_at_step"]
 
 GammaSchedule = Literal["constant", "linear", "cosine"]
 _SCHEDULES = ("constant", "linear", "cosine")
 LossType = Literal["gamma_ce", "focal"]
 _LOSS_TYPES = ("gamma_ce", "focal")
+NonFinitePolicy = Literal["error", "skip", "ignore"]
+_NONFINITE = ("error", "skip", "ignore")
 
 
 @dataclass
@@ -96,7 +98,22 @@ class TVDArguments:
         },
     )
 
+    nonfinite_policy: NonFinitePolicy = field(
+        default="error",
+        metadata={
+            "help": "What to do when an optimisation step's gradients are NaN/inf (e.g. a poisoned batch): "
+            "'error' stops before the update, naming the step (weights unchanged, checkpoints intact); 'skip' "
+            "skips that update and counts it in the logs (nonfinite_skipped_steps); 'ignore' does no check "
+            "(stock behaviour). The check is one pass over the gradients per optimisation step.",
+            "choices": list(_NONFINITE),
+        },
+    )
+
     def __post_init__(self) -> None:
+        if self.nonfinite_policy not in _NONFINITE:
+            raise ValueError(
+                f"TVDArguments.nonfinite_policy must be one of {list(_NONFINITE)}, got {self.nonfinite_policy!r}"
+            )
         if self.loss_type not in _LOSS_TYPES:
             raise ValueError(f"TVDArguments.loss_type must be one of {list(_LOSS_TYPES)}, got {self.loss_type!r}")
         validate_loss_hyperparameters(self.gamma, self.min_weight, self.label_smoothing, prefix="TVDArguments.")
