@@ -115,6 +115,42 @@ def _row_chunks(num_rows: int, vocab_size: int) -> list[tuple[int, int]]:
     return [(start, min(start + rows, num_rows)) for start in range(0, num_rows, rows)] or [(0, 0)]
 
 
+def _logit_grad_coefficients(
+    grad_loss: torch.Tensor, weight: torch.Tensor, mask: torch.Tensor, eps: float, vocab_size: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """``(softmax_coef, onehot_coef, constant)``, each ``[N]`` fp32 (constant None without smoothing), such that
+
+    ``d loss_i / d logit_iv · g_i = softmax_coef_i · softmax_iv - onehot_coef_i · [v = y_i] - constant_i``, i.e.
+    ``((1-ε) w_i + ε) · softmax_iv  -  (1-ε) w_i · [v = y_i]  -  ε / V``, times the upstream gradient ``g_i``.
+    Ignored rows get exactly zero: weight is 0 there and the smoothing terms are masked.
+    """
+    grad_loss = grad_loss.float()
+    onehot_coef = grad_loss * (1.0 - eps) * weight
+    if eps > 0:
+        smooth_coef = grad_loss.masked_fill(~mask, 0.0) * eps
+        return onehot_coef + smooth_coef, onehot_coef, smooth_coef / vocab_size
+    return onehot_coef, onehot_coef, None
+
+
+def _probs_to_logit_grad_(
+    probs: torch.Tensor,
+    targets: torch.Tensor,
+    softmax_coef: torch.Tensor,
+    onehot_coef: torch.Tensor,
+    constant: torch.Tensor | None,
+    rows: slice,
+) -> torch.Tensor:
+    """Turn a chunk of softmax rows ``probs`` ``[n, V]`` (fp32) into the logits' gradient, in place.
+
+    ``targets`` ``[n]`` are this chunk's (safe) targets; the ``[N]`` coefficients are indexed with ``rows``.
+    """
+    probs.mul_(softmax_coef[rows].unsqueeze(1))
+    probs.scatter_add_(1, targets.unsqueeze(1), -onehot_coef[rows].unsqueeze(1))
+    if constant is not None:
+        probs.sub_(constant[rows].unsqueeze(1))
+    return probs
+
+
 TokenTerms = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
 
@@ -135,6 +171,49 @@ def _focal_terms(focusing: float, alpha: float) -> TokenTerms:
         return factor, grad_factor
 
     return terms
+
+
+def _per_token_values(
+    target_logit: torch.Tensor,
+    lse: torch.Tensor,
+    logit_sum: torch.Tensor | None,
+    mask: torch.Tensor,
+    vocab_size: int,
+    token_terms: TokenTerms,
+    label_smoothing: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-token ``(loss, nll, a, c)`` (fp32 ``[N]``, 0 where ``mask`` is False) from fp32 ``[N]`` row statistics.
+
+    ``target_logit`` is ``logit_y``, ``lse`` is ``logsumexp_v logit_v``, ``logit_sum`` is ``Σ_v logit_v`` (only
+    needed when ``label_smoothing > 0``: Σ_v -log p_v = V · lse - Σ_v logit_v); ``(a, c) = token_terms(log p)``.
+    """
+    log_p = target_logit - lse
+    nll = (-log_p).masked_fill(~mask, 0.0)
+    weight, grad_factor = token_terms(log_p)
+    weight = weight.masked_fill(~mask, 0.0)
+    grad_factor = grad_factor.masked_fill(~mask, 0.0)
+    loss = (1.0 - label_smoothing) * weight * nll
+    if label_smoothing > 0:
+        smooth = vocab_size * lse - logit_sum
+        loss = loss + (label_smoothing / vocab_size) * smooth.masked_fill(~mask, 0.0)
+    return loss, nll, weight, grad_factor
+
+
+def _token_terms(
+    target_logit: torch.Tensor,
+    lse: torch.Tensor,
+    logit_sum: torch.Tensor | None,
+    mask: torch.Tensor,
+    vocab_size: int,
+    gamma: float,
+    min_weight: float,
+    label_smoothing: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """γ-CE per-token ``(loss, nll, weight)`` from row statistics (see :func:`_per_token_values`)."""
+    loss, nll, weight, _ = _per_token_values(
+        target_logit, lse, logit_sum, mask, vocab_size, _gamma_terms(gamma, min_weight), label_smoothing
+    )
+    return loss, nll, weight
 
 
 class _TokenWeightedCrossEntropy(torch.autograd.Function):
@@ -162,22 +241,15 @@ class _TokenWeightedCrossEntropy(torch.autograd.Function):
             if rows.dtype != torch.float32:
                 rows = buf.copy_(rows)
             if smooth is not None:
-                # Σ_v -log p_v = V · logsumexp - Σ_v logit_v
-                smooth[start:end] = rows.sum(dim=-1)
+                smooth[start:end] = rows.sum(dim=-1)  # Σ_v logit_v
             row_max = rows.amax(dim=-1, keepdim=True)
             torch.sub(rows, row_max, out=buf).exp_()
             lse[start:end] = buf.sum(dim=-1).log_() + row_max.squeeze(1)
         del scratch
         target_logit = logits.gather(1, targets.unsqueeze(1)).squeeze(1).float()
-        log_p = target_logit - lse
-        nll = (-log_p).masked_fill(~mask, 0.0)
-        weight, grad_factor = token_terms(log_p)
-        weight = weight.masked_fill(~mask, 0.0)
-        grad_factor = grad_factor.masked_fill(~mask, 0.0)
-        loss = (1.0 - label_smoothing) * weight * nll
-        if smooth is not None:
-            smooth = vocab_size * lse - smooth
-            loss = loss + (label_smoothing / vocab_size) * smooth.masked_fill(~mask, 0.0)
+        loss, nll, weight, grad_factor = _per_token_values(
+            target_logit, lse, smooth, mask, vocab_size, token_terms, label_smoothing
+        )
         ctx.save_for_backward(logits, targets, mask, lse, grad_factor)
         ctx.label_smoothing = label_smoothing
         ctx.mark_non_differentiable(nll, weight)
@@ -189,16 +261,8 @@ class _TokenWeightedCrossEntropy(torch.autograd.Function):
         logits, targets, mask, lse, grad_factor = ctx.saved_tensors
         eps = ctx.label_smoothing
         num_rows, vocab_size = logits.shape
-        grad_loss = grad_loss.float()
-        # d loss_i / d logit_iv = ((1-ε) c_i + ε) · softmax_iv  -  (1-ε) c_i · [v = y_i]  -  ε / V
-        # Ignored rows get exactly zero: c is 0 there and the smoothing terms are masked.
-        onehot_coef = grad_loss * (1.0 - eps) * grad_factor
-        if eps > 0:
-            smooth_coef = grad_loss.masked_fill(~mask, 0.0) * eps
-            softmax_coef = onehot_coef + smooth_coef
-            constant = smooth_coef / vocab_size
-        else:
-            softmax_coef, constant = onehot_coef, None
+        # c_i (grad_factor) plays the role of the weight in the γ-CE gradient
+        softmax_coef, onehot_coef, constant = _logit_grad_coefficients(grad_loss, grad_factor, mask, eps, vocab_size)
         grad = torch.empty_like(logits)
         chunks = _row_chunks(num_rows, vocab_size)
         scratch = None
@@ -212,33 +276,85 @@ class _TokenWeightedCrossEntropy(torch.autograd.Function):
                 out = scratch[: end - start]
                 rows = out.copy_(rows)
             torch.sub(rows, lse[start:end].unsqueeze(1), out=out)
-            out.exp_().mul_(softmax_coef[start:end].unsqueeze(1))
-            out.scatter_add_(1, targets[start:end].unsqueeze(1), -onehot_coef[start:end].unsqueeze(1))
-            if constant is not None:
-                out.sub_(constant[start:end].unsqueeze(1))
+            _probs_to_logit_grad_(
+                out.exp_(), targets[start:end], softmax_coef, onehot_coef, constant, slice(start, end)
+            )
             if scratch is not None:
                 grad[start:end].copy_(out)
         return grad, None, None, None, None
 
 
-def _check_inputs(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int, shift_labels: bool) -> None:
+def _check_inputs(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    ignore_index: int,
+    shift_labels: bool,
+    *,
+    name: str = "logits",
+    last_dim: str = "vocab_size",
+) -> None:
+    """Validate a ``[..., last_dim]`` float tensor (``name``) against integer ``labels`` ``[...]``.
+
+    Shared with :mod:`hf_tvd_loss.linear_loss`, which checks its hidden states (``name="hidden"``) the same way.
+    """
     if not isinstance(logits, torch.Tensor) or not isinstance(labels, torch.Tensor):
-        raise ValueError(f"logits and labels must be tensors, got {type(logits).__name__} and {type(labels).__name__}")
+        raise ValueError(f"{name} and labels must be tensors, got {type(logits).__name__} and {type(labels).__name__}")
     if not logits.is_floating_point():
-        raise ValueError(f"logits must be a floating-point tensor, got dtype {logits.dtype}")
+        raise ValueError(f"{name} must be a floating-point tensor, got dtype {logits.dtype}")
     if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
         raise ValueError(f"labels must be an integer tensor of class indices, got dtype {labels.dtype}")
     if logits.dim() < 2:
-        raise ValueError(f"logits must have shape [..., vocab_size], got shape {tuple(logits.shape)}")
+        raise ValueError(f"{name} must have shape [..., {last_dim}], got shape {tuple(logits.shape)}")
     if tuple(logits.shape[:-1]) != tuple(labels.shape):
         raise ValueError(
-            f"logits shape {tuple(logits.shape)} does not match labels shape {tuple(labels.shape)}: "
-            "expected logits of shape labels.shape + (vocab_size,)"
+            f"{name} shape {tuple(logits.shape)} does not match labels shape {tuple(labels.shape)}: "
+            f"expected {name} of shape labels.shape + ({last_dim},)"
         )
     if shift_labels and labels.dim() < 1:
         raise ValueError("shift_labels=True needs labels with a sequence dimension")
     if logits.shape[-1] == 0:
-        raise ValueError("logits have an empty vocabulary dimension (vocab_size = 0)")
+        if name == "logits":
+            raise ValueError("logits have an empty vocabulary dimension (vocab_size = 0)")
+        raise ValueError(f"{name} has an empty last dimension ({last_dim} = 0)")
+
+
+def _check_options(gamma: float, min_weight: float, label_smoothing: float, reduction: str) -> None:
+    validate_loss_hyperparameters(gamma, min_weight, label_smoothing)
+    if reduction not in _REDUCTIONS:
+        raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
+
+
+def _flat_targets(
+    labels: torch.Tensor, vocab_size: int, device: torch.device, ignore_index: int, shift_labels: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(safe_targets [N], mask [N])`` of :func:`prepare_targets` (used by the fused linear path)."""
+    _, safe_targets, mask = prepare_targets(
+        labels, vocab_size, ignore_index=ignore_index, shift_labels=shift_labels, device=device
+    )
+    return safe_targets, mask
+
+
+def _per_token_output(per_token: torch.Tensor, labels_shape: torch.Size, shift_labels: bool) -> torch.Tensor:
+    """``[N]`` per-token values reshaped like the labels (``reduction="none"``)."""
+    per_token = per_token.view(labels_shape)
+    if shift_labels:
+        # Align each value with the label it scores: position t holds the loss of predicting labels[..., t].
+        per_token = F.pad(per_token[..., :-1], (1, 0), value=0.0)
+    return per_token
+
+
+def _mean(
+    total: torch.Tensor, num_tokens: torch.Tensor, num_items_in_batch: torch.Tensor | int | float | None
+) -> torch.Tensor:
+    """``total / num_items_in_batch`` (default: the scored-token count), never dividing by less than 1."""
+    if num_items_in_batch is None:
+        denominator = num_tokens
+    elif torch.is_tensor(num_items_in_batch):
+        denominator = num_items_in_batch.to(device=total.device, dtype=total.dtype)
+    else:
+        denominator = torch.tensor(float(num_items_in_batch), device=total.device)
+    # A batch with nothing to score gives 0 (and zero gradients), not 0/0.
+    return total / denominator.clamp(min=1.0)
 
 
 def prepare_targets(
@@ -288,22 +404,11 @@ def reduce_token_losses(
         num_tokens=num_tokens,
     )
     if reduction == "none":
-        per_token = per_token.view(labels_shape)
-        if shift_labels:
-            # Align each value with the label it scores: position t holds the loss of predicting labels[..., t].
-            per_token = F.pad(per_token[..., :-1], (1, 0), value=0.0)
-        return per_token, stats
+        return _per_token_output(per_token, labels_shape, shift_labels), stats
     total = per_token.sum()
     if reduction == "sum":
         return total, stats
-    if num_items_in_batch is None:
-        denominator = num_tokens
-    elif torch.is_tensor(num_items_in_batch):
-        denominator = num_items_in_batch.to(device=total.device, dtype=total.dtype)
-    else:
-        denominator = torch.tensor(float(num_items_in_batch), device=total.device)
-    # A batch with nothing to score gives 0 (and zero gradients), not 0/0.
-    return total / denominator.clamp(min=1.0), stats
+    return _mean(total, num_tokens, num_items_in_batch), stats
 
 
 def _token_weighted_cross_entropy(
