@@ -33,7 +33,9 @@ def load_yaml_config(path: str) -> dict[str, Any]:
     if content is None:
         return {}
     if not isinstance(content, Mapping):
-        raise ValueError(f"--config {path}: expected a mapping of option names to values, got {type(content).__name__}")
+        raise ValueError(
+            f"--config {path}: expected a mapping of option names to values, got {type(content).__name__}"
+        )
     return dict(content)
 
 

@@ -63,7 +63,9 @@ class ModelArguments:
     )
     config_name: str | None = field(
         default=None,
-        metadata={"help": "Config (Hub name or local folder/file) of a model built from scratch; --model_type if unset."},
+        metadata={
+            "help": "Config (Hub name or local folder/file) of a model built from scratch; --model_type if unset."
+        },
     )
     model_type: str | None = field(
         default=None,
@@ -90,7 +92,9 @@ class ModelArguments:
                   "corpus gives fewer tokens)."},
     )  # fmt: skip
     cache_dir: str | None = field(default=None, metadata={"help": "Where Hub models and datasets are cached."})
-    model_revision: str = field(default="main", metadata={"help": "Hub revision (branch, tag or commit) of the model."})
+    model_revision: str = field(
+        default="main", metadata={"help": "Hub revision (branch, tag or commit) of the model."}
+    )
 
 
 @dataclass
@@ -118,9 +122,7 @@ class DataArguments:
     max_train_samples: int | None = field(
         default=None, metadata={"help": "Keep only the first N training examples (for quick runs)."}
     )
-    max_eval_samples: int | None = field(
-        default=None, metadata={"help": "Keep only the first N validation examples."}
-    )
+    max_eval_samples: int | None = field(default=None, metadata={"help": "Keep only the first N validation examples."})
     max_predict_samples: int | None = field(default=None, metadata={"help": "Keep only the first N test examples."})
     synthetic_train_examples: int = field(
         default=2000,
@@ -163,7 +165,9 @@ class CalibrationMixin:
         self._calibration = sums if getattr(self, "_calibration", None) is None else self._calibration + sums
         return (loss, outputs) if return_outputs else loss
 
-    def evaluation_loop(self, dataloader, description, prediction_loss_only=None, ignore_keys=None, metric_key_prefix="eval"):  # type: ignore[no-untyped-def]  # noqa: E501
+    def evaluation_loop(
+        self, dataloader, description, prediction_loss_only=None, ignore_keys=None, metric_key_prefix="eval"
+    ):  # type: ignore[no-untyped-def]  # noqa: E501
         self._calibration = None
         output = super().evaluation_loop(  # type: ignore[misc]
             dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix
@@ -221,6 +225,10 @@ class Task:
         """Longest sequence the model must accept (checked against a from-scratch config's positions)."""
         raise NotImplementedError
 
+    def tokenizer_max_length(self, data_args: Any) -> int | None:
+        """``model_max_length`` of a trained tokenizer (None: unlimited, e.g. texts that are cut into blocks)."""
+        return self.max_length_needed(data_args)
+
     def data_collator(self, tokenizer: Any, model: Any) -> Callable | None:
         return None
 
@@ -241,6 +249,8 @@ class Task:
         )
         defaults = dict(self.defaults)
         defaults.setdefault("report_to", ["tensorboard"] if _tensorboard_available() else ["none"])
+        # Every parameter gets a gradient in these models; the search for unused ones costs a graph traversal.
+        defaults.setdefault("ddp_find_unused_parameters", False)
         parser.set_defaults(**defaults)
         return parser
 
@@ -295,7 +305,9 @@ def check_common_args(data_args: DataArguments, model_args: ModelArguments, trai
             continue
         extension = os.path.splitext(path)[1].lower()
         if extension not in _FILE_BUILDERS:
-            raise ValueError(f"{option} {path}: unsupported extension {extension!r}; use one of {sorted(_FILE_BUILDERS)}")
+            raise ValueError(
+                f"{option} {path}: unsupported extension {extension!r}; use one of {sorted(_FILE_BUILDERS)}"
+            )
         if not os.path.isfile(path):
             raise ValueError(f"{option}: file not found: {path}")
         if os.path.getsize(path) == 0:
@@ -309,6 +321,11 @@ def check_common_args(data_args: DataArguments, model_args: ModelArguments, trai
         )
     if model_args.model_name_or_path is None and model_args.config_name is None and not model_args.model_type:
         raise ValueError("set model_name_or_path (pretrained), config_name or model_type (built from scratch)")
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available() and not training_args.use_cpu:
+        raise ValueError(
+            "launched with several processes but no GPU: pass --use_cpu true, otherwise every process would "
+            "silently train alone (see configs/accelerate/cpu_2proc.yaml)"
+        )
     if not (training_args.do_train or training_args.do_eval or training_args.do_predict):
         raise ValueError("nothing to do: do_train, do_eval and do_predict are all false")
     check_output_dir(training_args.output_dir)
@@ -399,7 +416,7 @@ def check_columns_present(dataset: Dataset, split: str, origin: str, columns: di
 
 
 # ----------------------------------------------------------------------------------------------- tokenizer
-def train_tokenizer(texts: Iterator[str], vocab_size: int, model_max_length: int) -> Any:
+def train_tokenizer(texts: Iterator[str], vocab_size: int, model_max_length: int | None = None) -> Any:
     """A byte-fallback-free BPE tokenizer (``tokenizers``) trained on ``texts``, as a ``PreTrainedTokenizerFast``.
 
     Metaspace pre-tokenisation (as SentencePiece) so that decoding restores the spaces; every encoded sequence ends
@@ -420,7 +437,8 @@ def train_tokenizer(texts: Iterator[str], vocab_size: int, model_max_length: int
     backend.post_processor = processors.TemplateProcessing(
         single=f"$A {eos}", pair=f"$A {eos} $B {eos}", special_tokens=[(eos, backend.token_to_id(eos))]
     )
-    return PreTrainedTokenizerFast(tokenizer_object=backend, model_max_length=model_max_length, **SPECIAL_TOKENS)
+    extra = {"model_max_length": model_max_length} if model_max_length else {}
+    return PreTrainedTokenizerFast(tokenizer_object=backend, **extra, **SPECIAL_TOKENS)
 
 
 # ----------------------------------------------------------------------------------------------- model
@@ -520,7 +538,9 @@ def prepare(task: Task, argv: Sequence[str] | None = None) -> Prepared:
                 tokenizer_name, cache_dir=model_args.cache_dir, revision=model_args.model_revision
             )
         except (OSError, ValueError) as err:
-            raise ValueError(f"no tokenizer could be loaded from {tokenizer_name!r} ({err}); set tokenizer_name") from err
+            raise ValueError(
+                f"no tokenizer could be loaded from {tokenizer_name!r} ({err}); set tokenizer_name"
+            ) from err
         if tokenizer.pad_token is None:
             if tokenizer.eos_token is None:
                 raise ValueError(f"tokenizer {tokenizer_name!r} has neither a pad nor an eos token")
@@ -575,7 +595,7 @@ def train_and_evaluate(prepared: Prepared) -> dict[str, Any]:
                 tokenizer = train_tokenizer(
                     _texts_for_tokenizer(task, prepared),
                     model_args.tokenizer_vocab_size,
-                    model_max_length=task.max_length_needed(data_args),
+                    model_max_length=task.tokenizer_max_length(data_args),
                 )
                 tokenizer.save_pretrained(tokenizer_dir)
             else:
@@ -692,23 +712,30 @@ def write_model_card(prepared: Prepared, metrics: dict[str, Any], *, tokenizer_t
     if model_args.model_name_or_path:
         model_line = f"fine-tuned from `{model_args.model_name_or_path}`"
     else:
-        source = f"config `{model_args.config_name}`" if model_args.config_name else f"model type `{model_args.model_type}`"
+        source = (
+            f"config `{model_args.config_name}`" if model_args.config_name else f"model type `{model_args.model_type}`"
+        )
         overrides = f" with `{model_args.config_overrides}`" if model_args.config_overrides else ""
         model_line = f"trained from scratch: {source}{overrides}"
     data = prepared.data_args
     if data.dataset_name:
-        data_line = f"Hub dataset `{data.dataset_name}`" + (f" ({data.dataset_config_name})" if data.dataset_config_name else "")
+        data_line = f"Hub dataset `{data.dataset_name}`" + (
+            f" ({data.dataset_config_name})" if data.dataset_config_name else ""
+        )
     elif data.data_source() == "files":
         data_line = ", ".join(f"{name}: `{os.path.basename(path)}`" for name, path in
                               (("train", data.train_file), ("validation", data.validation_file),
                                ("test", data.test_file)) if path)  # fmt: skip
     else:
-        data_line = f"synthetic {prepared.task.name} corpus generated by `hf_tvd_loss.tasks.synthetic` (seed {args.seed})"
+        data_line = (
+            f"synthetic {prepared.task.name} corpus generated by `hf_tvd_loss.tasks.synthetic` (seed {args.seed})"
+        )
     schedule = (
         "constant"
         if tvd.gamma_schedule == "constant"
         else f"{tvd.gamma_schedule} from {tvd.gamma_start} (ratio {tvd.gamma_schedule_ratio}, steps {tvd.gamma_schedule_steps})"
     )
+    scheduler = getattr(args.lr_scheduler_type, "value", args.lr_scheduler_type)
     lines = [
         "---",
         "library_name: transformers",
@@ -737,7 +764,7 @@ def write_model_card(prepared: Prepared, metrics: dict[str, Any], *, tokenizer_t
         f"- Data: {data_line}",
         f"- Training: {args.num_train_epochs:g} epoch(s)"
         + (f", max_steps {args.max_steps}" if args.max_steps and args.max_steps > 0 else "")
-        + f", learning rate {args.learning_rate:g} ({getattr(args.lr_scheduler_type, "value", args.lr_scheduler_type)}), {args.per_device_train_batch_size} "
+        + f", learning rate {args.learning_rate:g} ({scheduler}), {args.per_device_train_batch_size} "
         f"per device × {args.gradient_accumulation_steps} accumulation × {args.world_size} process(es), seed "
         f"{args.seed}",
         "",
@@ -762,11 +789,11 @@ def write_model_card(prepared: Prepared, metrics: dict[str, Any], *, tokenizer_t
 
 def run_task(task: Task, argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Entry point of the scripts: bad input exits with status 2 and one ``error:`` line before anything is written."""
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.WARNING)
+    logging.getLogger("hf_tvd_loss").setLevel(logging.INFO)
     try:
         prepared = prepare(task, argv)
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
     return train_and_evaluate(prepared)
-

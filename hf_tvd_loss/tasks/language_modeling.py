@@ -71,6 +71,9 @@ class LanguageModelingTask(Task):
     def max_length_needed(self, data_args: Any) -> int:
         return data_args.block_size
 
+    def tokenizer_max_length(self, data_args: Any) -> int | None:
+        return None  # whole texts are tokenised, then cut into blocks
+
     def synthetic_rows(self, split: str, num_examples: int, seed: int) -> list[dict[str, Any]]:
         return language_modeling_corpus(num_examples, seed=seed)
 
@@ -98,7 +101,11 @@ class LanguageModelingTask(Task):
             joined = list(chain.from_iterable(batch["input_ids"]))
             usable = (len(joined) // block) * block
             blocks = [joined[i : i + block] for i in range(0, usable, block)]
-            return {"input_ids": blocks, "attention_mask": [[1] * block for _ in blocks], "labels": [list(b) for b in blocks]}
+            return {
+                "input_ids": blocks,
+                "attention_mask": [[1] * block for _ in blocks],
+                "labels": [list(b) for b in blocks],
+            }
 
         tokenized = dataset.map(
             tokenize, batched=True, remove_columns=dataset.column_names, num_proc=data_args.preprocessing_num_workers,

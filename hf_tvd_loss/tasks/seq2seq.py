@@ -27,7 +27,9 @@ class Seq2SeqDataArguments(DataArguments):
         default=128,
         metadata={"help": "Target tokens kept in training, and the generation length unless generation_max_length."},
     )
-    source_prefix: str = field(default="", metadata={"help": "Text put before every source (e.g. 'summarize: ' for T5)."})
+    source_prefix: str = field(
+        default="", metadata={"help": "Text put before every source (e.g. 'summarize: ' for T5)."}
+    )
     no_repeat_ngram_size: int = field(
         default=0, metadata={"help": "Generation: n-grams of this size cannot repeat (0 = off; the paper uses 3)."}
     )
@@ -81,9 +83,7 @@ class Seq2SeqTask(Task):
                 for s, t in zip(sources, targets, strict=True)
                 if isinstance(s, str) and s.strip() and isinstance(t, str) and t.strip()
             ]
-            model_inputs = tokenizer(
-                [s for s, _ in kept], max_length=data_args.max_source_length, truncation=True
-            )
+            model_inputs = tokenizer([s for s, _ in kept], max_length=data_args.max_source_length, truncation=True)
             labels = tokenizer(
                 text_target=[t for _, t in kept], max_length=data_args.max_target_length, truncation=True
             )
