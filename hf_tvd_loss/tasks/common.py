@@ -76,7 +76,8 @@ class ModelArguments:
         default=None,
         metadata={
             "help": "Comma-separated key=value settings applied to the config, e.g. 'd_model=512,encoder_layers=6'. "
-            "For a pretrained model only settings that keep the weights' shapes make sense (dropout etc.)."
+            "For a pretrained model only settings that keep the weights' shapes make sense (dropout etc.). Unset "
+            "with the task's default model_type: the tiny size of the offline default run (see docs/SCRIPTS.md)."
         },
     )
     tokenizer_name: str | None = field(
@@ -203,6 +204,8 @@ class Task:
     head_description: str = ""  # for the error when a model lacks the needed head
     is_seq2seq: bool = False
     defaults: dict[str, Any] = {}  # parser defaults: model, data, TVD and training options
+    # Sizes of the default model_type when built from scratch without --config_overrides (a tiny model).
+    scratch_config_overrides: str | None = None
 
     # --- hooks
     def synthetic_rows(self, split: str, num_examples: int, seed: int) -> list[dict[str, Any]]:
@@ -332,14 +335,16 @@ def check_common_args(data_args: DataArguments, model_args: ModelArguments, trai
 
 
 # ----------------------------------------------------------------------------------------------- data
-def _load_file(path: str, cache_dir: str | None) -> Dataset:
+def _load_file(path: str, option: str, split: str, cache_dir: str | None) -> Dataset:
     from datasets import load_dataset
 
     builder = _FILE_BUILDERS[os.path.splitext(path)[1].lower()]
     try:
         return load_dataset(builder, data_files={"data": path}, split="data", cache_dir=cache_dir)
     except Exception as err:  # datasets raises many types for malformed files
-        raise ValueError(f"could not read {path} as {builder}: {type(err).__name__}: {err}") from err
+        if "corresponds to no data" in str(err):
+            raise ValueError(f"the {split} split ({option} {path}) is empty: the file has no rows") from err
+        raise ValueError(f"{option} {path}: could not be read as {builder}: {type(err).__name__}: {err}") from err
 
 
 def load_raw_splits(task: Task, data_args: DataArguments, training_args: Any, cache_dir: str | None) -> DatasetDict:
@@ -364,7 +369,7 @@ def load_raw_splits(task: Task, data_args: DataArguments, training_args: Any, ca
         for split, option in zip(SPLITS, ("train_file", "validation_file", "test_file"), strict=True):
             path = getattr(data_args, option)
             if path and needed[split]:
-                splits[split], origin[split] = _load_file(path, cache_dir), f"{option} {path}"
+                splits[split], origin[split] = _load_file(path, option, split, cache_dir), f"{option} {path}"
     else:
         from datasets import load_dataset
 
@@ -465,6 +470,9 @@ def resolve_config(task: Task, model_args: ModelArguments) -> Any:
             config = AutoConfig.for_model(model_args.model_type)
         except ValueError as err:
             raise ValueError(f"model_type {model_args.model_type!r} is not a known transformers model type") from err
+    if model_args.config_overrides is None and not name and model_args.model_type == task.defaults.get("model_type"):
+        # The task's default model is tiny (the offline default run); any other model keeps its own sizes.
+        model_args.config_overrides = task.scratch_config_overrides
     if model_args.config_overrides:
         try:
             config.update_from_string(model_args.config_overrides)

@@ -38,9 +38,9 @@ class LanguageModelingTask(Task):
     training_args_class = TrainingArguments
     auto_model_class = "AutoModelForCausalLM"
     head_description = "causal language-modelling head (a decoder such as GPT-2 or Llama)"
+    scratch_config_overrides = "n_embd=64,n_layer=2,n_head=4,n_positions=256"
     defaults: dict[str, Any] = {
         "model_type": "gpt2",
-        "config_overrides": "n_embd=64,n_layer=2,n_head=4,n_positions=256",
         # TaiLr's language-modelling setting: γ tiny, so w = max(b, p/(1e-7 + p)) ≈ 1 except for very unlikely
         # targets, whose weight falls to the floor b
         "gamma": 1e-7,

@@ -29,11 +29,13 @@ class SummarizationTask(Seq2SeqTask):
     name = "summarization"
     description = "Fine-tune or train an encoder-decoder summariser with the γ-CE (TaiLr) loss."
     data_args_class = SummarizationDataArguments
+    scratch_config_overrides = (
+        "d_model=64,encoder_layers=2,decoder_layers=2,encoder_attention_heads=4,"
+        "decoder_attention_heads=4,encoder_ffn_dim=256,decoder_ffn_dim=256,max_position_embeddings=256"
+    )
     defaults: dict[str, Any] = {
         # model: a tiny BART from a config (offline default); the paper fine-tunes facebook/bart-base
         "model_type": "bart",
-        "config_overrides": "d_model=64,encoder_layers=2,decoder_layers=2,encoder_attention_heads=4,"
-        "decoder_attention_heads=4,encoder_ffn_dim=256,decoder_ffn_dim=256,max_position_embeddings=256",
         "max_source_length": 160,
         "max_target_length": 24,
         "no_repeat_ngram_size": 3,

@@ -43,12 +43,14 @@ class TranslationTask(Seq2SeqTask):
     name = "translation"
     description = "Train (from scratch) or fine-tune a translation model with the γ-CE (TaiLr) loss."
     data_args_class = TranslationDataArguments
+    scratch_config_overrides = (
+        "d_model=64,encoder_layers=2,decoder_layers=2,encoder_attention_heads=4,"
+        "decoder_attention_heads=4,encoder_ffn_dim=128,decoder_ffn_dim=128,max_position_embeddings=256,"
+        "activation_function=relu,scale_embedding=true,dropout=0.1"
+    )
     defaults: dict[str, Any] = {
         # model: a tiny post-LN transformer (Marian: sinusoidal positions, shared embeddings, as fairseq's)
         "model_type": "marian",
-        "config_overrides": "d_model=64,encoder_layers=2,decoder_layers=2,encoder_attention_heads=4,"
-        "decoder_attention_heads=4,encoder_ffn_dim=128,decoder_ffn_dim=128,max_position_embeddings=256,"
-        "activation_function=relu,scale_embedding=true,dropout=0.1",
         "max_source_length": 64,
         "max_target_length": 64,
         # TaiLr's translation setting
