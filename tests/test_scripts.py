@@ -45,7 +45,8 @@ def _check_outputs(out, task, expected_metrics, gamma):
     history = _read(os.path.join(out, "trainer_state.json"))["log_history"]
     train_logs = [h for h in history if "loss" in h]
     assert len(train_logs) == 3 and all({"nll", "tvd_weight_mean", "gamma"} <= set(h) for h in train_logs)
-    card = open(os.path.join(out, "README.md"), encoding="utf-8").read()
+    with open(os.path.join(out, "README.md"), encoding="utf-8") as f:
+        card = f.read()
     assert f"| γ (gamma) | {gamma} |" in card and "b (min_weight)" in card and "ε (label_smoothing)" in card
     info = _read(os.path.join(out, "run_info.json"))
     assert info["task"] == task and info["world_size"] == 1
