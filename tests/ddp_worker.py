@@ -25,9 +25,7 @@ def main(out_dir: str, families: list[str], tvd: dict) -> None:
         if trainer.args.process_index == 0:
             torch.save(state, os.path.join(out_dir, f"{family}.pt"))
             with open(os.path.join(out_dir, f"{family}.json"), "w") as f:
-                json.dump(
-                    {"history": history, "eval": eval_metrics, "world_size": trainer.args.world_size}, f
-                )
+                json.dump({"history": history, "eval": eval_metrics, "world_size": trainer.args.world_size}, f)
 
 
 if __name__ == "__main__":

@@ -70,9 +70,7 @@ def tiny_dataset(family: str, n: int = 32, seed: int = 0) -> Dataset:
             rows.append({"input_ids": ids, "attention_mask": [1] * length, "labels": target + [2]})
         else:
             prompt = int(torch.randint(0, length // 2, (1,), generator=g))
-            rows.append(
-                {"input_ids": ids, "attention_mask": [1] * length, "labels": [-100] * prompt + ids[prompt:]}
-            )
+            rows.append({"input_ids": ids, "attention_mask": [1] * length, "labels": [-100] * prompt + ids[prompt:]})
     return Dataset.from_list(rows)
 
 
@@ -102,6 +100,7 @@ def train_tiny(
     learning_rate: float = 1e-2,
     extra_args: dict | None = None,
     model=None,
+    callbacks: list | None = None,
 ) -> tuple[list[dict], dict[str, torch.Tensor], object]:
     """Train a tiny model; returns (log_history, final state_dict on CPU, trainer)."""
     from transformers import Seq2SeqTrainingArguments, Trainer, TrainingArguments
@@ -110,7 +109,7 @@ def train_tiny(
 
     seq2seq = is_seq2seq(family)
     args_cls = Seq2SeqTrainingArguments if seq2seq else TrainingArguments
-    args = args_cls(
+    settings = dict(
         output_dir=output_dir,
         per_device_train_batch_size=per_device_batch,
         per_device_eval_batch_size=8,
@@ -129,10 +128,14 @@ def train_tiny(
         data_seed=0,
         dataloader_num_workers=0,
         disable_tqdm=True,
-        **(extra_args or {}),
     )
+    settings.update(extra_args or {})
+    args = args_cls(**settings)
     model = model if model is not None else tiny_model(family)
-    kwargs = dict(model=model, args=args, train_dataset=tiny_dataset(family, n=n), data_collator=collator(family))
+    kwargs = dict(
+        model=model, args=args, train_dataset=tiny_dataset(family, n=n), data_collator=collator(family),
+        callbacks=callbacks,
+    )  # fmt: skip
     if stock:
         trainer = Trainer(**kwargs)
     else:

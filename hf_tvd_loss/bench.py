@@ -1,0 +1,502 @@
+"""Speed and memory of the γ-CE implementations against ``F.cross_entropy``, side by side in one process.
+
+Usage::
+
+    python -m hf_tvd_loss.bench --tokens 2048 --vocab 32000 --dtype float32 --out bench_out
+    python -m hf_tvd_loss.bench --tokens 4096 --vocab 32000 --hidden 512 --repeats 3 --out bench_out_4096
+    python -m hf_tvd_loss.bench --quick --out /tmp/bench        # tiny shapes, a few seconds (smoke test)
+
+Each variant is timed over ``--repeats`` forward+backward passes (after one warm-up; variants are interleaved
+round-robin so that drift on a shared machine hits all of them alike) and reported as the median and as a
+ratio to its baseline. Loss-on-logits variants (input: ``[N, V]`` logits, gradient w.r.t. the logits):
+
+* ``cross_entropy``: ``F.cross_entropy`` on fp32-upcast logits (what transformers' ``ForCausalLMLoss`` does),
+  with the same label smoothing as the γ-CE runs; the baseline.
+* ``gamma_ce``: :func:`hf_tvd_loss.gamma_cross_entropy`.
+* ``tailr_fairseq``: the official TaiLr fairseq criterion's computation written in PyTorch (full log-softmax,
+  ``softmax().log()`` of it, a second softmax for the weight, a smoothing sum).
+* ``dft_trl``: TRL's ``loss_type="dft"`` (log-softmax, gather, ``-sg(p) · log p``); γ = 1 by definition.
+
+Loss-on-hidden-states variants (input: hidden ``[N, d]`` and lm_head weight ``[V, d]``, gradients w.r.t. both):
+
+* ``linear_cross_entropy``: ``F.cross_entropy(F.linear(h, W).float())``; the baseline of this group.
+* ``linear_gamma_ce_materialised``: ``gamma_cross_entropy(F.linear(h, W))``.
+* ``linear_gamma_ce_fused``: :func:`hf_tvd_loss.linear_loss.linear_gamma_cross_entropy` (no ``[N, V]`` logits).
+
+Peak memory: on CUDA ``torch.cuda.max_memory_allocated`` minus what was allocated before the pass; on CPU each
+variant runs once in its own subprocess and reports its peak RSS (``getrusage`` ``ru_maxrss``) minus the RSS
+after its inputs were created. Each loss is also compared with the float64 reference of
+:mod:`hf_tvd_loss.reference` ("err vs f64"). Unless ``--no-train-step``, a training step of ``TVDTrainer`` and
+of the stock ``Trainer`` on a tiny Llama built from a config (``--vocab`` sized vocabulary) is timed too, each
+in its own subprocess. Results go to ``--out`` as ``bench.json`` and ``bench.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import importlib.metadata
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from .linear_loss import linear_gamma_cross_entropy
+from .loss import gamma_cross_entropy
+from .reference import gamma_cross_entropy_reference
+
+LOGIT_VARIANTS = ("cross_entropy", "gamma_ce", "tailr_fairseq", "dft_trl")
+HIDDEN_VARIANTS = ("linear_cross_entropy", "linear_gamma_ce_materialised", "linear_gamma_ce_fused")
+TRAIN_VARIANTS = ("train_step_stock_trainer", "train_step_tvd_trainer")
+BASELINE = {
+    **dict.fromkeys(LOGIT_VARIANTS, "cross_entropy"),
+    **dict.fromkeys(HIDDEN_VARIANTS, "linear_cross_entropy"),
+    **dict.fromkeys(TRAIN_VARIANTS, "train_step_stock_trainer"),
+}
+IGNORE_INDEX = -100
+
+
+@dataclass
+class Settings:
+    tokens: int
+    vocab: int
+    hidden: int
+    dtype: str
+    device: str
+    repeats: int
+    gamma: float
+    min_weight: float
+    label_smoothing: float
+    ignore_fraction: float
+    seed: int
+    train_steps: int
+    train_batch: int
+    train_seq_len: int
+
+
+# ------------------------------------------------------------------------------------------------ variants
+
+
+def tailr_fairseq_loss(logits: torch.Tensor, labels: torch.Tensor, gamma: float, min_weight: float, eps: float):
+    """The computation of the official TaiLr fairseq criterion (``tailr``), in PyTorch.
+
+    As described in TAILR.md: a full log-softmax, ``softmax().log()`` of it (the criterion asks the model for
+    normalised probabilities again), a second softmax for the weight (under no_grad, in log space, clamped to
+    [b, 1]), label smoothing as an unweighted sum over the vocabulary, sum over targets / number of targets.
+    """
+    lprobs = F.log_softmax(logits.float(), dim=-1)
+    lprobs = lprobs.softmax(dim=-1).log()
+    mask = labels != IGNORE_INDEX
+    safe = labels.masked_fill(~mask, 0).unsqueeze(-1)
+    with torch.no_grad():
+        probs = F.softmax(logits.float(), dim=-1)
+        p = probs.gather(-1, safe).squeeze(-1)
+        weight = torch.exp(torch.log(p) - torch.log(gamma + (1.0 - gamma) * p)).clamp(min=min_weight, max=1.0)
+    nll = -lprobs.gather(-1, safe).squeeze(-1)
+    smooth = -lprobs.sum(dim=-1)
+    per_token = (1.0 - eps) * weight * nll + (eps / logits.shape[-1]) * smooth
+    return (per_token * mask).sum() / mask.sum().clamp(min=1)
+
+
+def dft_trl_loss(logits: torch.Tensor, labels: torch.Tensor):
+    """TRL's DFT loss (``loss_type="dft"``): ``-sg(p) · log p`` per target token, mean over targets."""
+    mask = labels != IGNORE_INDEX
+    log_p = F.log_softmax(logits.float(), dim=-1).gather(-1, labels.masked_fill(~mask, 0).unsqueeze(-1)).squeeze(-1)
+    per_token = -log_p.detach().exp() * log_p
+    return (per_token * mask).sum() / mask.sum().clamp(min=1)
+
+
+def _make_inputs(s: Settings, group: str) -> dict[str, torch.Tensor]:
+    """Inputs of one group, created directly in their final dtype/device (no transient copies)."""
+    dtype = getattr(torch, s.dtype)
+    g = torch.Generator(device="cpu").manual_seed(s.seed)
+    labels = torch.randint(0, s.vocab, (s.tokens,), generator=g)
+    labels[torch.rand(s.tokens, generator=g) < s.ignore_fraction] = IGNORE_INDEX
+    labels = labels.to(s.device)
+    if group == "logits":
+        torch.manual_seed(s.seed)
+        logits = torch.randn(s.tokens, s.vocab, dtype=dtype, device=s.device).mul_(2.0).requires_grad_()
+        return {"logits": logits, "labels": labels}
+    torch.manual_seed(s.seed)
+    hidden = torch.randn(s.tokens, s.hidden, dtype=dtype, device=s.device).requires_grad_()
+    weight = torch.randn(s.vocab, s.hidden, dtype=dtype, device=s.device).mul_(s.hidden**-0.5).requires_grad_()
+    return {"hidden": hidden, "weight": weight, "labels": labels}
+
+
+def _loss_fn(name: str, s: Settings, inputs: dict[str, torch.Tensor]) -> Callable[[], torch.Tensor]:
+    labels = inputs["labels"]
+    gce = dict(gamma=s.gamma, min_weight=s.min_weight, label_smoothing=s.label_smoothing)
+    if name in LOGIT_VARIANTS:
+        logits = inputs["logits"]
+        return {
+            "cross_entropy": lambda: F.cross_entropy(
+                logits.float(), labels, ignore_index=IGNORE_INDEX, label_smoothing=s.label_smoothing
+            ),
+            "gamma_ce": lambda: gamma_cross_entropy(logits, labels, **gce),
+            "tailr_fairseq": lambda: tailr_fairseq_loss(logits, labels, s.gamma, s.min_weight, s.label_smoothing),
+            "dft_trl": lambda: dft_trl_loss(logits, labels),
+        }[name]
+    hidden, weight = inputs["hidden"], inputs["weight"]
+    return {
+        "linear_cross_entropy": lambda: F.cross_entropy(
+            F.linear(hidden, weight).float(), labels, ignore_index=IGNORE_INDEX, label_smoothing=s.label_smoothing
+        ),
+        "linear_gamma_ce_materialised": lambda: gamma_cross_entropy(F.linear(hidden, weight), labels, **gce),
+        "linear_gamma_ce_fused": lambda: linear_gamma_cross_entropy(hidden, weight, labels, **gce),
+    }[name]
+
+
+def _reference_settings(name: str, s: Settings) -> dict[str, float]:
+    """The γ-CE hyperparameters each variant computes (for the float64 comparison)."""
+    if name == "dft_trl":
+        return dict(gamma=1.0, min_weight=0.0, label_smoothing=0.0)
+    if name in ("cross_entropy", "linear_cross_entropy"):
+        return dict(gamma=0.0, min_weight=0.0, label_smoothing=s.label_smoothing)
+    return dict(gamma=s.gamma, min_weight=s.min_weight, label_smoothing=s.label_smoothing)
+
+
+def _step(fn: Callable[[], torch.Tensor], leaves: list[torch.Tensor]) -> float:
+    for t in leaves:
+        t.grad = None
+    loss = fn()
+    loss.backward()
+    value = float(loss.detach())  # host sync
+    for t in leaves:
+        t.grad = None
+    return value
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+# ------------------------------------------------------------------------------------------------ memory
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _maxrss_bytes() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # kilobytes on Linux
+
+
+def _memory_child(name: str, s: Settings) -> dict[str, Any]:
+    """Run one variant once in this (fresh) process and report its extra peak memory in bytes."""
+    if name in TRAIN_VARIANTS:
+        return _train_child(name, s)
+    group = "logits" if name in LOGIT_VARIANTS else "hidden"
+    # Warm up on tiny shapes first so that lazily loaded kernels and thread pools are not counted.
+    tiny = Settings(**{**asdict(s), "tokens": 8, "vocab": 16, "hidden": 8})
+    tiny_inputs = _make_inputs(tiny, group)
+    _step(_loss_fn(name, tiny, tiny_inputs), [t for t in tiny_inputs.values() if t.requires_grad])
+    del tiny_inputs
+    inputs = _make_inputs(s, group)
+    leaves = [t for t in inputs.values() if t.requires_grad]
+    fn = _loss_fn(name, s, inputs)
+    gc.collect()
+    if s.device.startswith("cuda"):
+        _sync(s.device)
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+        _step(fn, leaves)
+        _sync(s.device)
+        return {"extra_peak_bytes": torch.cuda.max_memory_allocated() - before, "method": "cuda_max_allocated"}
+    baseline, high_water = _rss_bytes(), _maxrss_bytes()
+    _step(fn, leaves)
+    peak = _maxrss_bytes()
+    # If the pass never exceeded the setup's high-water mark, ru_maxrss did not move: only a bound is known.
+    return {"extra_peak_bytes": peak - baseline, "method": "cpu_maxrss", "upper_bound_only": peak <= high_water}
+
+
+def _run_child(name: str, s: Settings) -> dict[str, Any]:
+    cmd = [sys.executable, "-m", "hf_tvd_loss.bench", "--_child", name, "--_settings", json.dumps(asdict(s))]
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([p for p in sys.path if p] + [os.environ.get("PYTHONPATH", "")]),
+    }
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
+    if out.returncode != 0:
+        raise RuntimeError(f"benchmark subprocess for {name} failed:\n{out.stderr[-4000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+# ------------------------------------------------------------------------------------------------ training step
+
+
+def _train_child(name: str, s: Settings) -> dict[str, Any]:
+    """Train a tiny Llama for ``train_steps`` steps; per-step times (after the first) and extra peak memory."""
+    from transformers import LlamaConfig, LlamaForCausalLM, Trainer, TrainerCallback, TrainingArguments
+
+    from .args import TVDArguments
+    from .trainer import TVDTrainer
+
+    torch.manual_seed(s.seed)
+    config = LlamaConfig(
+        vocab_size=s.vocab, hidden_size=s.hidden, intermediate_size=2 * s.hidden, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=max(64, s.train_seq_len),
+        pad_token_id=0, bos_token_id=1, eos_token_id=2, tie_word_embeddings=False,
+    )  # fmt: skip
+    dtype = getattr(torch, s.dtype)
+    model = LlamaForCausalLM(config).to(device=s.device, dtype=dtype)
+    g = torch.Generator().manual_seed(s.seed)
+    rows = []
+    for _ in range(s.train_batch * (s.train_steps + 1)):
+        ids = torch.randint(3, s.vocab, (s.train_seq_len,), generator=g)
+        labels = ids.clone()
+        labels[: s.train_seq_len // 4] = IGNORE_INDEX  # a prompt
+        rows.append({"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels})
+
+    class StepTimer(TrainerCallback):
+        def __init__(self) -> None:
+            self.times: list[float] = []
+            self.t0 = 0.0
+
+        def on_step_begin(self, args, state, control, **kwargs):
+            _sync(s.device)
+            self.t0 = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            _sync(s.device)
+            self.times.append(time.perf_counter() - self.t0)
+
+    args = TrainingArguments(
+        output_dir=os.path.join(os.environ.get("TMPDIR", "/tmp"), f"hf_tvd_bench_{os.getpid()}"),
+        per_device_train_batch_size=s.train_batch, max_steps=s.train_steps, learning_rate=1e-4,
+        lr_scheduler_type="constant", logging_steps=10**6, save_strategy="no", report_to="none",
+        use_cpu=not s.device.startswith("cuda"), seed=s.seed, dataloader_num_workers=0, disable_tqdm=True,
+        bf16=False, fp16=False,
+    )  # fmt: skip
+    timer = StepTimer()
+    kwargs = dict(model=model, args=args, train_dataset=rows, callbacks=[timer])
+    if name == "train_step_tvd_trainer":
+        gce = dict(gamma=s.gamma, min_weight=s.min_weight, label_smoothing=s.label_smoothing)
+        trainer = TVDTrainer(**kwargs, tvd_args=TVDArguments(**gce))
+    else:
+        trainer = Trainer(**kwargs)
+    gc.collect()
+    if s.device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+    else:
+        baseline = _rss_bytes()
+    trainer.train()
+    if s.device.startswith("cuda"):
+        extra, method = torch.cuda.max_memory_allocated() - before, "cuda_max_allocated"
+    else:
+        extra, method = _maxrss_bytes() - baseline, "cpu_maxrss"
+    # Memory includes the optimizer state created at the first step, alike for both trainers.
+    return {"extra_peak_bytes": extra, "method": method, "step_seconds": timer.times[1:] or timer.times}
+
+
+# ------------------------------------------------------------------------------------------------ driver
+
+
+def _environment(s: Settings) -> dict[str, Any]:
+    cpu = platform.processor()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    device = torch.cuda.get_device_name(s.device) if s.device.startswith("cuda") else f"CPU: {cpu}"
+    return {
+        "device": device,
+        "cpu_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "transformers": importlib.metadata.version("transformers"),  # without importing it (seconds)
+        "python": platform.python_version(),
+        "date_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()),
+        # Other processes on the machine skew timings: the 1-minute load average at the end of the run.
+        "load_average_1min": os.getloadavg()[0],
+    }
+
+
+def run(
+    s: Settings, variants: tuple[str, ...], train_step: bool, jobs: int = 2, parallel_train: bool = False
+) -> dict[str, Any]:
+    """Time every variant in this process, measure memory in subprocesses, and return the results dict."""
+    results: dict[str, dict[str, Any]] = {}
+    for group, names in (("logits", LOGIT_VARIANTS), ("hidden", HIDDEN_VARIANTS)):
+        names = tuple(n for n in names if n in variants)
+        if not names:
+            continue
+        inputs = _make_inputs(s, group)
+        leaves = [t for t in inputs.values() if t.requires_grad]
+        with torch.no_grad():
+            if group == "logits":
+                ref_logits = inputs["logits"].double()
+            else:
+                ref_logits = F.linear(inputs["hidden"].double(), inputs["weight"].double())
+        references = {
+            n: float(gamma_cross_entropy_reference(ref_logits, inputs["labels"], **_reference_settings(n, s)))
+            for n in names
+        }
+        del ref_logits
+        fns = {n: _loss_fn(n, s, inputs) for n in names}
+        times: dict[str, list[float]] = {n: [] for n in names}
+        values: dict[str, float] = {}
+        for n in names:  # warm-up
+            values[n] = _step(fns[n], leaves)
+        for _ in range(s.repeats):
+            for n in names:  # round-robin
+                _sync(s.device)
+                t0 = time.perf_counter()
+                _step(fns[n], leaves)
+                _sync(s.device)
+                times[n].append(time.perf_counter() - t0)
+        for n in names:
+            results[n] = {
+                "group": group,
+                "seconds": times[n],
+                "median_s": statistics.median(times[n]),
+                "loss": values[n],
+                "abs_err_vs_float64": abs(values[n] - references[n]),
+            }
+        del inputs, leaves, fns
+        gc.collect()
+    # Memory children are not timed, so they may run side by side (each reads only its own process's RSS).
+    # The training-step children are timed: they run one at a time after the others, unless the run is a smoke
+    # test (``parallel_train``), where everything runs at once.
+    memory_names = list(results)
+    train_names = list(TRAIN_VARIANTS) if train_step else []
+    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+        # Longest first (the training children import transformers), so that the pool ends together.
+        order = (train_names if parallel_train else []) + memory_names
+        pending = {n: pool.submit(_run_child, n, s) for n in order}
+        children = {n: future.result() for n, future in pending.items()}
+    for n in train_names:
+        if n not in children:
+            children[n] = _run_child(n, s)
+    for n in memory_names:
+        results[n].update(children[n])
+    for n in train_names:
+        child = children[n]
+        results[n] = {"group": "train", **child, "seconds": child.pop("step_seconds")}
+        results[n]["median_s"] = statistics.median(results[n]["seconds"])
+    for n, r in results.items():
+        base = results.get(BASELINE[n])
+        r["baseline"] = BASELINE[n]
+        r["time_ratio"] = r["median_s"] / base["median_s"] if base else None
+        r["memory_ratio"] = (
+            r["extra_peak_bytes"] / base["extra_peak_bytes"] if base and base["extra_peak_bytes"] > 0 else None
+        )
+    return {"settings": asdict(s), "environment": _environment(s), "results": results}
+
+
+def to_markdown(report: dict[str, Any]) -> str:
+    s, env = report["settings"], report["environment"]
+    lines = [
+        f"Device: {env['device']} ({env['cpu_threads']} threads); torch {env['torch']}, transformers "
+        f"{env['transformers']}, Python {env['python']}; {env['date_utc']} UTC; load average "
+        f"{env['load_average_1min']:.2f} at the end.",
+        f"N = {s['tokens']} tokens, V = {s['vocab']}, d = {s['hidden']}, dtype {s['dtype']}, device {s['device']}, "
+        f"{s['repeats']} repeats (median), γ = {s['gamma']}, b = {s['min_weight']}, ε = {s['label_smoothing']}, "
+        f"{s['ignore_fraction']:.0%} of labels ignored.",
+        "",
+        "| variant | median fwd+bwd (s) | time vs baseline | extra peak memory (MiB) | memory vs baseline "
+        "| baseline | loss err vs float64 |",
+        "|---|---:|---:|---:|---:|---|---:|",
+    ]
+    for name, r in report["results"].items():
+        ratio = f"{r['time_ratio']:.2f}×" if r.get("time_ratio") is not None else "–"
+        mem_ratio = f"{r['memory_ratio']:.2f}×" if r.get("memory_ratio") is not None else "–"
+        bound = " (≤)" if r.get("upper_bound_only") else ""
+        err = f"{r['abs_err_vs_float64']:.1e}" if "abs_err_vs_float64" in r else "–"
+        lines.append(
+            f"| {name} | {r['median_s']:.4f} | {ratio} | {r['extra_peak_bytes'] / 2**20:.1f}{bound} | {mem_ratio} "
+            f"| {r['baseline']} | {err} |"
+        )
+    if "train_step_tvd_trainer" in report["results"]:
+        lines += [
+            "",
+            f"Training steps: tiny Llama (2 layers, d = {s['hidden']}, V = {s['vocab']}), batch {s['train_batch']} × "
+            f"{s['train_seq_len']} tokens, {s['train_steps']} steps, median over all but the first; memory "
+            "includes the optimizer state.",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m hf_tvd_loss.bench", description=__doc__.split("\n\n")[0])
+    p.add_argument("--tokens", type=int, default=2048, help="N: number of token rows")
+    p.add_argument("--vocab", type=int, default=32000, help="V: vocabulary size")
+    p.add_argument("--hidden", type=int, default=512, help="d: hidden size for the fused-linear and train-step runs")
+    p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--repeats", type=int, default=5, help="timed forward+backward passes per variant")
+    p.add_argument("--gamma", type=float, default=0.1)
+    p.add_argument("--min-weight", type=float, default=0.3)
+    p.add_argument("--label-smoothing", type=float, default=0.1)
+    p.add_argument("--ignore-fraction", type=float, default=0.05, help="fraction of labels set to -100")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--variants",
+        default=",".join(LOGIT_VARIANTS + HIDDEN_VARIANTS),
+        help="comma-separated subset of: " + ", ".join(LOGIT_VARIANTS + HIDDEN_VARIANTS),
+    )
+    p.add_argument("--no-train-step", action="store_true", help="skip the TVDTrainer vs Trainer step comparison")
+    p.add_argument("--train-steps", type=int, default=6, help="training steps per trainer (the first is not timed)")
+    p.add_argument("--train-batch", type=int, default=8)
+    p.add_argument("--train-seq-len", type=int, default=128)
+    p.add_argument("--jobs", type=int, default=2, help="memory-measuring subprocesses run at once (not timed)")
+    p.add_argument(
+        "--quick", action="store_true", help="tiny shapes and 2 repeats, subprocesses in parallel (smoke test)"
+    )
+    p.add_argument("--out", help="directory for bench.json and bench.md (required)")
+    p.add_argument("--_child", help=argparse.SUPPRESS)
+    p.add_argument("--_settings", help=argparse.SUPPRESS)
+    return p
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any] | None:
+    args = _parser().parse_args(argv)
+    if args._child:
+        print(json.dumps(_memory_child(args._child, Settings(**json.loads(args._settings)))))
+        return None
+    if not args.out:
+        raise SystemExit("python -m hf_tvd_loss.bench: error: --out DIR is required")
+    if args.quick:
+        args.tokens, args.vocab, args.hidden, args.repeats = 64, 512, 32, 2
+        args.train_steps, args.train_batch, args.train_seq_len = 3, 2, 16
+    variants = tuple(v for v in args.variants.split(",") if v)
+    unknown = sorted(set(variants) - set(LOGIT_VARIANTS + HIDDEN_VARIANTS))
+    if unknown:
+        raise ValueError(f"unknown --variants {unknown}; choose from {LOGIT_VARIANTS + HIDDEN_VARIANTS}")
+    for name in ("tokens", "vocab", "hidden", "repeats", "train_steps", "train_batch", "train_seq_len"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be a positive integer")
+    settings = Settings(
+        tokens=args.tokens, vocab=args.vocab, hidden=args.hidden, dtype=args.dtype, device=args.device,
+        repeats=args.repeats, gamma=args.gamma, min_weight=args.min_weight, label_smoothing=args.label_smoothing,
+        ignore_fraction=args.ignore_fraction, seed=args.seed, train_steps=args.train_steps,
+        train_batch=args.train_batch, train_seq_len=args.train_seq_len,
+    )  # fmt: skip
+    jobs = max(1, args.jobs)
+    report = run(settings, variants, train_step=not args.no_train_step, jobs=jobs, parallel_train=args.quick)
+    report["command"] = "python -m hf_tvd_loss.bench " + " ".join(sys.argv[1:] if argv is None else argv)
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, "bench.json"), "w") as f:
+        json.dump(report, f, indent=2)
+    markdown = to_markdown(report)
+    with open(os.path.join(args.out, "bench.md"), "w") as f:
+        f.write(markdown)
+    print(markdown)
+    return report
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,259 @@
+"""TVDTrainer / TVDSeq2SeqTrainer on tiny models built from configs (CPU, no downloads)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from tiny import collator, tiny_dataset, tiny_model, train_tiny
+from transformers import Seq2SeqTrainingArguments, Trainer, TrainingArguments
+
+from hf_tvd_loss import TVDArguments, TVDLoss, TVDSeq2SeqTrainer, TVDTrainer, gamma_cross_entropy_with_stats
+
+TVD = dict(gamma=0.5, min_weight=0.1, label_smoothing=0.1)
+
+
+def train_losses(history: list[dict], key: str = "loss") -> list[float]:
+    return [row[key] for row in history if key in row and "eval_loss" not in row]
+
+
+def assert_same_training(run_a, run_b, *, loss_rtol=1e-3, param_atol=1e-4, keys=("loss", "nll")):
+    (hist_a, state_a, _), (hist_b, state_b, _) = run_a, run_b
+    for key in keys:
+        a, b = train_losses(hist_a, key), train_losses(hist_b, key)
+        assert len(a) == len(b) > 0
+        for x, y in zip(a, b):
+            assert abs(x - y) <= loss_rtol * abs(y), (key, a, b)
+    worst = max((state_a[name] - state_b[name]).abs().max().item() for name in state_b)
+    assert worst <= param_atol, f"final parameters differ by {worst}"
+
+
+@pytest.mark.parametrize("family", ["llama", "t5", "bart"])
+def test_gradient_accumulation_is_exact(family, tmp_path):
+    """Batch 16 = 8 × 2 accumulation = 4 × 4 accumulation, in logged losses and final parameters."""
+    full = train_tiny(family, str(tmp_path / "a"), per_device_batch=16, grad_accum=1, tvd=TVD)
+    for batch, accum in [(8, 2), (4, 4)]:
+        run = train_tiny(family, str(tmp_path / f"{batch}"), per_device_batch=batch, grad_accum=accum, tvd=TVD)
+        assert_same_training(run, full)
+    # parameters really moved (a loss that gave no gradient would also be "equal")
+    initial = tiny_model(family).state_dict()
+    assert max((full[1][k] - initial[k]).abs().max().item() for k in initial) > 1e-3
+
+
+def test_matches_stock_trainer_at_gamma_zero(tmp_path):
+    """γ=0, b=0, ε=0 is cross-entropy: same losses and parameters as the stock Trainer, step for step."""
+    ours = train_tiny("llama", str(tmp_path / "ours"), per_device_batch=8, grad_accum=2, tvd=dict(gamma=0.0))
+    stock = train_tiny("llama", str(tmp_path / "stock"), per_device_batch=8, grad_accum=2, stock=True)
+    assert_same_training(ours, stock, loss_rtol=1e-5, param_atol=1e-5, keys=("loss",))
+
+
+def test_tvd_loss_as_compute_loss_func(tmp_path):
+    """The compute_loss_func callable trains the stock Trainer exactly like TVDTrainer (Llama counts right)."""
+    from transformers import Trainer as StockTrainer
+
+    args = TVDArguments(**TVD)
+    ours = train_tiny("llama", str(tmp_path / "ours"), per_device_batch=4, grad_accum=2, tvd=TVD)
+    model = tiny_model("llama")
+    stock_args = TrainingArguments(
+        output_dir=str(tmp_path / "stock"), per_device_train_batch_size=4, gradient_accumulation_steps=2,
+        max_steps=3, learning_rate=1e-2, lr_scheduler_type="constant", weight_decay=0.0, max_grad_norm=1e9,
+        logging_steps=1, save_strategy="no", report_to="none", use_cpu=True, seed=0, data_seed=0,
+        disable_tqdm=True,
+    )  # fmt: skip
+    trainer = StockTrainer(
+        model=model, args=stock_args, train_dataset=tiny_dataset("llama"), data_collator=collator("llama"),
+        compute_loss_func=TVDLoss(args),
+    )  # fmt: skip
+    trainer.train()
+    a = train_losses(ours[0])
+    b = train_losses(trainer.state.log_history)
+    assert a == pytest.approx(b, rel=1e-5)
+
+
+def test_logged_metrics_and_exact_eval_loss(tmp_path):
+    history, _, trainer = train_tiny("llama", str(tmp_path), per_device_batch=4, grad_accum=2, tvd=TVD)
+    rows = [row for row in history if "loss" in row]
+    assert len(rows) == 3
+    for row in rows:
+        assert {"loss", "nll", "tvd_weight_mean", "gamma", "perplexity"} <= set(row)
+        assert row["gamma"] == 0.5
+        assert 0.1 - 1e-6 <= row["tvd_weight_mean"] <= 1.0
+        assert row["nll"] > row["loss"] > 0  # weights ≤ 1 shrink the NLL term
+        assert row["perplexity"] == pytest.approx(math.exp(row["nll"]), rel=1e-9)
+
+    dataset = tiny_dataset("llama", n=20, seed=1)
+    metrics = trainer.evaluate(dataset)
+    # exact: Σ token losses / Σ tokens over the whole set, recomputed by hand in one batch
+    batch = collator("llama")(list(dataset))
+    model = trainer.model.eval()
+    with torch.no_grad():
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    _, stats = gamma_cross_entropy_with_stats(logits, batch["labels"], shift_labels=True, **TVD)
+    count = stats.num_tokens.item()
+    assert metrics["eval_loss"] == pytest.approx(stats.objective_sum.item() / count, rel=1e-5)
+    assert metrics["eval_nll"] == pytest.approx(stats.nll_sum.item() / count, rel=1e-5)
+    assert metrics["eval_tvd_weight_mean"] == pytest.approx(stats.weight_sum.item() / count, rel=1e-5)
+    assert metrics["eval_gamma"] == 0.5
+    assert any("eval_nll" in row for row in trainer.state.log_history)
+    # predict() uses the test_ prefix
+    assert "test_nll" in trainer.predict(dataset).metrics
+
+
+def test_seq2seq_predict_with_generate_still_reports_gamma_ce(tmp_path):
+    dataset = tiny_dataset("t5", n=12, seed=2)
+
+    def make(generate: bool):
+        args = Seq2SeqTrainingArguments(
+            output_dir=str(tmp_path / str(generate)), per_device_eval_batch_size=4, report_to="none",
+            use_cpu=True, predict_with_generate=generate, generation_max_length=6, disable_tqdm=True,
+        )  # fmt: skip
+        return TVDSeq2SeqTrainer(
+            model=tiny_model("t5"), args=args, data_collator=collator("t5"), tvd_args=TVDArguments(**TVD)
+        )
+
+    plain = make(False).evaluate(dataset)
+    generated = make(True).evaluate(dataset)
+    for key in ("eval_loss", "eval_nll", "eval_tvd_weight_mean"):
+        assert generated[key] == pytest.approx(plain[key], rel=1e-6), key
+    assert generated["eval_nll"] > generated["eval_loss"]
+
+
+def test_linear_gamma_schedule_logged_and_resumed(tmp_path):
+    tvd = dict(gamma=0.8, gamma_schedule="linear", gamma_start=0.0, gamma_schedule_steps=4)
+    extra = dict(save_strategy="steps", save_steps=2)
+    history, _, _ = train_tiny(
+        "llama", str(tmp_path / "run"), per_device_batch=4, grad_accum=1, max_steps=6, tvd=tvd, extra_args=extra
+    )
+    gammas = train_losses(history, "gamma")
+    # the value logged at step k is the one used for that step (computed at global_step k-1)
+    assert gammas == pytest.approx([0.0, 0.2, 0.4, 0.6, 0.8, 0.8])
+
+    # resume from the step-2 checkpoint: the schedule continues, the later losses are the same
+    from transformers import TrainingArguments as _TA  # noqa: F401  (imported for symmetry with train_tiny)
+
+    resumed_hist, _, _ = _resume(tmp_path / "run", "checkpoint-2", tvd)
+    assert train_losses(resumed_hist, "gamma") == pytest.approx(gammas[2:])
+    assert train_losses(resumed_hist) == pytest.approx(train_losses(history)[2:], rel=1e-5)
+
+
+def _resume(run_dir, checkpoint, tvd):
+    args = TrainingArguments(
+        output_dir=str(run_dir), per_device_train_batch_size=4, max_steps=6, learning_rate=1e-2,
+        lr_scheduler_type="constant", weight_decay=0.0, max_grad_norm=1e9, logging_steps=1, save_strategy="no",
+        report_to="none", use_cpu=True, seed=0, data_seed=0, disable_tqdm=True,
+    )  # fmt: skip
+    trainer = TVDTrainer(
+        model=tiny_model("llama", seed=123), args=args, train_dataset=tiny_dataset("llama"),
+        data_collator=collator("llama"), tvd_args=TVDArguments(**tvd),
+    )  # fmt: skip
+    trainer.train(resume_from_checkpoint=str(run_dir / checkpoint))
+    history = [row for row in trainer.state.log_history if row.get("step", 0) > 2]
+    return history, None, trainer
+
+
+def test_peft_lora_model(tmp_path):
+    peft = pytest.importorskip("peft")  # peft is part of the dev extra installed by .ci/run
+    model = peft.get_peft_model(
+        tiny_model("llama"), peft.LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"])
+    )
+    before = {k: v.clone() for k, v in model.named_parameters()}
+    history, _, trainer = train_tiny("llama", str(tmp_path), per_device_batch=4, grad_accum=2, tvd=TVD, model=model)
+    after = dict(trainer.model.named_parameters())
+    lora_moved = [k for k in before if "lora_B" in k and not torch.equal(before[k], after[k])]
+    frozen_same = all(torch.equal(before[k], after[k]) for k in before if "lora_" not in k)
+    assert lora_moved and frozen_same
+    assert all(math.isfinite(x) for x in train_losses(history))
+
+
+def test_bf16_and_gradient_checkpointing(tmp_path):
+    extra = dict(bf16=True, activation_checkpointing=True)
+    history, state, _ = train_tiny("llama", str(tmp_path), per_device_batch=4, grad_accum=2, tvd=TVD, extra_args=extra)
+    losses = train_losses(history)
+    assert len(losses) == 3 and all(math.isfinite(x) for x in losses)
+    initial = tiny_model("llama").state_dict()
+    assert max((state[k].float() - initial[k]).abs().max().item() for k in initial) > 1e-3
+
+
+def test_gpt2_counts_shifted_tokens(tmp_path):
+    """GPT-2's loss_type is None in transformers 5.23, so the stock count includes the unshifted first label;
+    ours does not: 8 × 2 accumulation equals batch 16."""
+    full = train_tiny("gpt2", str(tmp_path / "a"), per_device_batch=16, grad_accum=1, tvd=TVD)
+    accum = train_tiny("gpt2", str(tmp_path / "b"), per_device_batch=8, grad_accum=2, tvd=TVD)
+    assert_same_training(accum, full)
+
+
+def _trainer_kwargs(tmp_path, **training):
+    args = TrainingArguments(output_dir=str(tmp_path), report_to="none", use_cpu=True, **training)
+    return dict(model=tiny_model("llama"), args=args, train_dataset=tiny_dataset("llama", n=8))
+
+
+def test_refuses_conflicting_configuration(tmp_path):
+    with pytest.raises(ValueError, match="label_smoothing_factor"):
+        TVDTrainer(**_trainer_kwargs(tmp_path, label_smoothing_factor=0.1), tvd_args=TVDArguments())
+    with pytest.raises(ValueError, match="tvd_args must be a TVDArguments"):
+        TVDTrainer(**_trainer_kwargs(tmp_path), tvd_args={"gamma": 0.1})
+    with pytest.raises(ValueError, match="compute_loss_func"):
+        TVDTrainer(**_trainer_kwargs(tmp_path), compute_loss_func=TVDLoss(), tvd_args=TVDArguments())
+    with pytest.raises(ValueError, match="gamma_schedule must be 'constant'"):
+        TVDLoss(TVDArguments(gamma_schedule="linear"))
+
+
+def test_refuses_batches_without_labels_and_models_without_lm_head(tmp_path):
+    from transformers import LlamaModel
+
+    trainer = TVDTrainer(**_trainer_kwargs(tmp_path), tvd_args=TVDArguments())
+    batch = {"input_ids": torch.randint(3, 60, (2, 5))}
+    with pytest.raises(ValueError, match="need `labels`"):
+        trainer.compute_loss(trainer.model, batch)
+    headless = LlamaModel(tiny_model("llama").config)
+    trainer = TVDTrainer(
+        model=headless, args=TrainingArguments(output_dir=str(tmp_path), report_to="none", use_cpu=True),
+        tvd_args=TVDArguments(),
+    )  # fmt: skip
+    with pytest.raises(ValueError, match="returned no logits; γ-CE needs a language-modelling head"):
+        trainer.compute_loss(headless, {**batch, "labels": batch["input_ids"]})
+
+
+def test_stock_trainer_is_untouched():
+    """Subclassing does not leak: the stock Trainer keeps its own compute_loss."""
+    assert Trainer.compute_loss is not TVDTrainer.compute_loss
+    assert TVDTrainer.loss_is_scaled_for_ga is True
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2", "t5", "bart"])
+def test_gamma_zero_loss_equals_models_own_loss_and_labels_stay_out(family, tmp_path):
+    """At γ=0 compute_loss equals the model's own cross-entropy (so shifting / decoder inputs are right),
+    and the model is called without labels (no second, wasted cross-entropy)."""
+    model = tiny_model(family).eval()
+    batch = collator(family)(list(tiny_dataset(family, n=6, seed=3)))
+    with torch.no_grad():
+        own = model(**batch).loss
+    seen: list[set] = []
+    original_forward = model.forward
+
+    def spy(*args, **kwargs):
+        seen.append(set(kwargs))
+        return original_forward(*args, **kwargs)
+
+    model.forward = spy
+    seq2seq = family in ("t5", "bart")
+    args_cls = Seq2SeqTrainingArguments if seq2seq else TrainingArguments
+    args = args_cls(output_dir=str(tmp_path), report_to="none", use_cpu=True)
+    trainer_cls = TVDSeq2SeqTrainer if seq2seq else TVDTrainer
+    trainer = trainer_cls(model=model, args=args, tvd_args=TVDArguments(gamma=0.0))
+    with torch.no_grad():
+        ours = trainer.compute_loss(model, batch)
+    assert ours.item() == pytest.approx(own.item(), rel=1e-6)
+    assert seen and all("labels" not in kwargs for kwargs in seen)
+
+
+def test_focal_baseline_same_normalisation(tmp_path):
+    focal = dict(loss_type="focal", focal_gamma=2.0, label_smoothing=0.1)
+    full = train_tiny("llama", str(tmp_path / "a"), per_device_batch=16, grad_accum=1, tvd=focal)
+    accum = train_tiny("llama", str(tmp_path / "b"), per_device_batch=4, grad_accum=4, tvd=focal)
+    assert_same_training(accum, full)
+    rows = [row for row in full[0] if "loss" in row]
+    assert all("nll" in row and "tvd_weight_mean" in row and "gamma" not in row for row in rows)
+    gce = train_tiny("llama", str(tmp_path / "c"), per_device_batch=16, grad_accum=1, tvd=dict(gamma=0.0))
+    assert train_losses(full[0])[0] < train_losses(gce[0])[0]  # (1-p)^2 < 1 shrinks the loss

@@ -1,0 +1,49 @@
+"""Two real processes (gloo on CPU) × 4 per device × 2 accumulation = one process with batch 16."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+from test_trainer import TVD, assert_same_training
+from tiny import train_tiny
+
+FAMILIES = ["llama", "t5", "bart"]
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+@pytest.fixture(scope="module")
+def two_process_runs(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ddp")
+    accelerate = shutil.which("accelerate") or os.path.join(os.path.dirname(sys.executable), "accelerate")
+    # `--cpu --num_processes 2` silently runs ONE process; --multi_gpu with use_cpu=True (set in
+    # train_tiny) gives two gloo processes on CPU.
+    cmd = [
+        accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+        "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29531",
+        os.path.join(HERE, "ddp_worker.py"), str(out), ",".join(FAMILIES), json.dumps(TVD),
+    ]  # fmt: skip
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", FAMILIES)
+def test_two_processes_match_one(family, two_process_runs, tmp_path):
+    with open(two_process_runs / f"{family}.json") as f:
+        result = json.load(f)
+    assert result["world_size"] == 2
+    state = torch.load(two_process_runs / f"{family}.pt")
+    single = train_tiny(family, str(tmp_path), per_device_batch=16, grad_accum=1, tvd=TVD)
+    assert_same_training((result["history"], state, None), single)
+    # evaluation metrics are token-weighted over both processes' shards
+    single_eval = single[2].evaluate(single[2].train_dataset)
+    for key in ("eval_loss", "eval_nll", "eval_tvd_weight_mean"):
+        assert result["eval"][key] == pytest.approx(single_eval[key], rel=1e-4), key
