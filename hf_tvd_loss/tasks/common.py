@@ -254,6 +254,7 @@ class Task:
         defaults.setdefault("report_to", ["tensorboard"] if _tensorboard_available() else ["none"])
         # Every parameter gets a gradient in these models; the search for unused ones costs a graph traversal.
         defaults.setdefault("ddp_find_unused_parameters", False)
+        defaults.setdefault("dataloader_pin_memory", torch.cuda.is_available())  # pinning needs an accelerator
         parser.set_defaults(**defaults)
         return parser
 
@@ -715,8 +716,14 @@ def _format_metric(value: Any) -> str:
 def write_model_card(prepared: Prepared, metrics: dict[str, Any], *, tokenizer_trained: bool) -> str:
     """``README.md`` in output_dir: the loss and its γ, b, ε, the model, data, training settings and metrics."""
     tvd, args, model_args = prepared.tvd_args, prepared.training_args, prepared.model_args
+    focal = getattr(tvd, "loss_type", "gamma_ce") == "focal"
     baseline = tvd.gamma == 0 and tvd.gamma_schedule == "constant"
-    loss_name = "cross-entropy (γ = 0: the MLE baseline)" if baseline else "token-level γ-cross-entropy (TaiLr)"
+    if focal:
+        loss_name = f"token-level focal loss (baseline; focal_gamma={tvd.focal_gamma}, focal_alpha={tvd.focal_alpha})"
+    elif baseline:
+        loss_name = "cross-entropy (γ = 0: the MLE baseline)"
+    else:
+        loss_name = "token-level γ-cross-entropy (TaiLr)"
     if model_args.model_name_or_path:
         model_line = f"fine-tuned from `{model_args.model_name_or_path}`"
     else:
@@ -757,7 +764,7 @@ def write_model_card(prepared: Prepared, metrics: dict[str, Any], *, tokenizer_t
         "Token-level γ-cross-entropy from TaiLr (Ji et al., *Tailoring Language Generation Models under Total "
         "Variation Distance*, ICLR 2023), as implemented by `hf_tvd_loss`: per target token with probability p, "
         "`loss = (1-ε)·w·(-log p) + (ε/V)·Σ_v(-log p_v)` with `w = clamp(p / (γ + (1-γ)p), b, 1)` (no gradient "
-        "through w).",
+        "through w)." + (" This run used the focal-loss baseline instead (γ and b unused)." if focal else ""),
         "",
         "| setting | value |",
         "|---|---|",
