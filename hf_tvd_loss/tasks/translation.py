@@ -67,10 +67,12 @@ class TranslationTask(Seq2SeqTask):
         "num_train_epochs": 3,
         "per_device_train_batch_size": 32,
         "per_device_eval_batch_size": 64,
-        "learning_rate": 2e-3,
+        # the paper's optimiser shape (Adam β2 0.98, inverse-sqrt after a linear warm-up), scaled to a tiny model
+        # and 375 steps (measured on the synthetic corpus: BLEU 73 with 3e-3/100, 6.6 with 2e-3/50)
+        "learning_rate": 3e-3,
         "adam_beta2": 0.98,
         "lr_scheduler_type": "inverse_sqrt",
-        "warmup_steps": 50,
+        "warmup_steps": 100,
         "logging_steps": 25,
         "save_strategy": "no",
         "seed": 42,
