@@ -223,6 +223,16 @@ def test_several_cpu_processes_need_use_cpu(tmp_path, monkeypatch):
     _refused("language_modeling", _args(tmp_path), "pass --use_cpu true", tmp_path)
 
 
+def test_too_little_text_for_one_block_removes_what_it_created(tmp_path, capsys):
+    train = _jsonl(tmp_path / "train.jsonl", [{"text": "only a few words here"}] * 3)
+    argv = _args(tmp_path, "--train_file", train, "--block_size", "200", "--do_eval", "false", "--do_predict", "false")
+    with pytest.raises(SystemExit) as exit_info:
+        run_task(get_task("language_modeling"), argv)
+    assert exit_info.value.code == 2
+    assert "fewer tokens than block_size=200" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
 def test_script_entry_prints_one_error_line_and_exits_2(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         run_task(get_task("summarization"), _args(tmp_path, "--gamma", "nan"))

@@ -1,11 +1,12 @@
 """What the three task scripts share: argument dataclasses, data loading and checks, tokenizer training, model
 building, the trainer with calibration metrics, and the run itself (:func:`run_task`).
 
-A run has two phases. :func:`prepare` parses the options (YAML + command line), checks them, loads the data and
+A run has three phases. :func:`prepare` parses the options (YAML + command line), checks them, loads the data and
 checks its columns, loads the pretrained model or resolves the config of a model built from scratch; it writes
-nothing, so bad input ends the run before anything exists on disk. :func:`train_and_evaluate` then creates
-``output_dir``, trains a tokenizer when there is no pretrained one, builds the model, trains, evaluates, predicts
-and writes the model, metrics, predictions, ``run_info.json`` and a model card.
+nothing, so bad input ends the run before anything exists on disk. :func:`build` creates ``output_dir``, trains a
+tokenizer when there is no pretrained one, builds the model, tokenises the data and constructs the trainer (a
+problem found there, such as texts too short for one block, removes the folder it created). :func:`train_and_evaluate`
+trains, evaluates, predicts and writes the model, metrics, predictions, ``run_info.json`` and a model card.
 
 A task (:class:`Task`, subclassed in ``summarization.py``, ``translation.py``, ``language_modeling.py``) supplies
 its data dataclass, default options, synthetic corpus, column checks, preprocessing and metrics.
@@ -16,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -33,7 +35,9 @@ from .metrics import calibration_from_sums, calibration_sums
 __all__ = [
     "DataArguments",
     "ModelArguments",
+    "Built",
     "Prepared",
+    "build",
     "Task",
     "TaskSeq2SeqTrainer",
     "TaskTrainer",
@@ -580,13 +584,40 @@ def _texts_for_tokenizer(task: Task, prepared: Prepared) -> Iterator[str]:
                           prepared.data_args)  # fmt: skip
 
 
-def train_and_evaluate(prepared: Prepared) -> dict[str, Any]:
-    """Train, evaluate, predict and save; returns the metrics (also written to ``all_results.json``)."""
+@dataclass
+class Built:
+    """The trainer and what it was built from; ``created_output_dir`` says whether this run made the folder."""
+
+    trainer: Any
+    tokenizer: Any
+    datasets: dict[str, Dataset]
+    created_output_dir: bool
+    start: float
+
+
+def build(prepared: Prepared) -> Built:
+    """Create output_dir, train a tokenizer if needed, build the model, preprocess, construct the trainer.
+
+    A ``ValueError`` here (e.g. texts too short for one block) removes the output_dir this run created, so a refused
+    run leaves nothing behind.
+    """
+    training_args = prepared.training_args
+    output_dir = training_args.output_dir
+    created = not os.path.exists(output_dir)
+    start = time.time()
+    try:
+        return _build(prepared, created, start)
+    except ValueError:
+        if created and training_args.process_index == 0:
+            shutil.rmtree(output_dir, ignore_errors=True)
+        raise
+
+
+def _build(prepared: Prepared, created: bool, start: float) -> Built:
     from transformers import set_seed
 
     task, data_args, training_args = prepared.task, prepared.data_args, prepared.training_args
     model_args = prepared.model_args
-    start = time.time()
     output_dir = training_args.output_dir
     set_seed(training_args.seed)
     is_main = training_args.process_index == 0
@@ -636,6 +667,15 @@ def train_and_evaluate(prepared: Prepared) -> dict[str, Any]:
         compute_metrics=task.compute_metrics(tokenizer, data_args),
         tvd_args=prepared.tvd_args,
     )
+    return Built(trainer, tokenizer, datasets, created, start)
+
+
+def train_and_evaluate(prepared: Prepared, built: Built | None = None) -> dict[str, Any]:
+    """Train, evaluate, predict and save; returns the metrics (also written to ``all_results.json``)."""
+    built = built if built is not None else build(prepared)
+    task, training_args = prepared.task, prepared.training_args
+    trainer, tokenizer, datasets, start = built.trainer, built.tokenizer, built.datasets, built.start
+    output_dir = training_args.output_dir
 
     metrics: dict[str, Any] = {}
     if training_args.do_train:
@@ -658,8 +698,8 @@ def train_and_evaluate(prepared: Prepared) -> dict[str, Any]:
         metrics.update(test_metrics)
         if trainer.is_world_process_zero():
             predictions_file = task.write_predictions(output, tokenizer, output_dir)
-    if not training_args.do_train and trainer.is_world_process_zero():
-        trainer.save_model()  # evaluation-only runs still leave a complete model folder
+    if not training_args.do_train:
+        trainer.save_model()  # evaluation-only runs still leave a complete model folder (a collective call)
 
     if trainer.is_world_process_zero():
         trainer.save_metrics("all", metrics, combined=False)
@@ -808,7 +848,8 @@ def run_task(task: Task, argv: Sequence[str] | None = None) -> dict[str, Any]:
     logging.getLogger("hf_tvd_loss").setLevel(logging.INFO)
     try:
         prepared = prepare(task, argv)
+        built = build(prepared)
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
-    return train_and_evaluate(prepared)
+    return train_and_evaluate(prepared, built)
