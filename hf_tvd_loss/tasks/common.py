@@ -378,7 +378,13 @@ def load_raw_splits(task: Task, data_args: DataArguments, training_args: Any, ca
     else:
         from datasets import load_dataset
 
-        hub = load_dataset(data_args.dataset_name, data_args.dataset_config_name, cache_dir=cache_dir)
+        try:
+            hub = load_dataset(data_args.dataset_name, data_args.dataset_config_name, cache_dir=cache_dir)
+        except Exception as err:  # offline, unknown name or config: many exception types
+            raise ValueError(
+                f"dataset_name {data_args.dataset_name!r} (config {data_args.dataset_config_name!r}) could not be "
+                f"loaded: {type(err).__name__}: {err}"
+            ) from err
         for split in SPLITS:
             if split in hub and needed[split]:
                 splits[split], origin[split] = hub[split], f"dataset {data_args.dataset_name} split {split}"
