@@ -1,7 +1,11 @@
 """Task layer of the launch scripts: one module per task over shared code.
 
-* ``common.py`` — model/data argument dataclasses, data loading and checks, tokenizer training, model building,
-  the trainer with calibration metrics, :func:`run_task` (what every script's ``main`` calls)
+* ``common.py`` — model/data argument dataclasses, the ``Task`` interface, option checks, and the run:
+  ``prepare`` (checks, writes nothing) → ``build`` → ``train_and_evaluate``; ``run_task`` is every script's ``main``
+* ``data.py`` — synthetic / local-file / Hub splits, caps, empty-split and column checks
+* ``modeling.py`` — BPE tokenizer training, config resolution with the head check, models built from a config
+* ``trainers.py`` — the TVD trainers plus token-level calibration in every evaluation
+* ``report.py`` — the model card and the closing summary
 * ``seq2seq.py`` — what summarization and translation share (pairs, generation, predictions file)
 * ``summarization.py`` / ``translation.py`` / ``language_modeling.py`` — columns, defaults, metrics per task
 * ``synthetic.py`` — the corpora generated in code that the offline defaults train on

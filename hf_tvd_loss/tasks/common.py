@@ -1,5 +1,5 @@
-"""What the three task scripts share: argument dataclasses, data loading and checks, tokenizer training, model
-building, the trainer with calibration metrics, and the run itself (:func:`run_task`).
+"""What the three task scripts share: the model/data argument dataclasses, the :class:`Task` interface, option
+checks, and the run itself (:func:`run_task`), over ``data.py``, ``modeling.py``, ``trainers.py`` and ``report.py``.
 
 A run has three phases. :func:`prepare` parses the options (YAML + command line), checks them, loads the data and
 checks its columns, loads the pretrained model or resolves the config of a model built from scratch; it writes
@@ -28,19 +28,19 @@ import torch
 from datasets import Dataset, DatasetDict
 
 from ..args import TVDArguments
-from ..trainer import TVDSeq2SeqTrainer, TVDTrainer
 from .cli import YamlArgumentParser
-from .metrics import calibration_from_sums, calibration_sums
+from .data import FILE_BUILDERS, load_raw_splits
+from .modeling import auto_model_class, build_model_from_config, max_positions, resolve_config, train_tokenizer
+from .report import print_summary, write_model_card
+from .trainers import TaskSeq2SeqTrainer, TaskTrainer
 
 __all__ = [
+    "Built",
     "DataArguments",
     "ModelArguments",
-    "Built",
     "Prepared",
-    "build",
     "Task",
-    "TaskSeq2SeqTrainer",
-    "TaskTrainer",
+    "build",
     "prepare",
     "run_task",
     "train_and_evaluate",
@@ -48,10 +48,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger("hf_tvd_loss.tasks")
-
-SPLITS = ("train", "validation", "test")
-_FILE_BUILDERS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet", ".txt": "text"}
-SPECIAL_TOKENS = {"pad_token": "<pad>", "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}
 
 
 @dataclass
@@ -147,53 +143,6 @@ class DataArguments:
         if self.train_file or self.validation_file or self.test_file:
             return "files"
         return "synthetic"
-
-
-# ----------------------------------------------------------------------------------------------- trainers
-class CalibrationMixin:
-    """Adds token-level calibration (``ece``, ``confidence``, ``accuracy``) to every evaluation and prediction.
-
-    The teacher-forced logits on the reference tokens are those of the γ-CE evaluation loss: ``compute_loss`` is
-    called by the evaluation loop with and without ``predict_with_generate``, so the sums are collected there
-    and reduced over all processes after the loop.
-    """
-
-    calibration_bins = 10
-
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):  # type: ignore[no-untyped-def]
-        if model.training or "labels" not in inputs:
-            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)  # type: ignore[misc]
-        loss, outputs = super().compute_loss(model, inputs, True, num_items_in_batch)  # type: ignore[misc]
-        logits = outputs.get("logits") if isinstance(outputs, dict) else outputs[0]
-        encoder_decoder = bool(getattr(self.accelerator.unwrap_model(model).config, "is_encoder_decoder", False))
-        sums = calibration_sums(logits, inputs["labels"], shift=not encoder_decoder, num_bins=self.calibration_bins)
-        self._calibration = sums if getattr(self, "_calibration", None) is None else self._calibration + sums
-        return (loss, outputs) if return_outputs else loss
-
-    def evaluation_loop(
-        self, dataloader, description, prediction_loss_only=None, ignore_keys=None, metric_key_prefix="eval"
-    ):  # type: ignore[no-untyped-def]  # noqa: E501
-        self._calibration = None
-        output = super().evaluation_loop(  # type: ignore[misc]
-            dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix
-        )
-        sums = self._calibration
-        if sums is None:
-            sums = torch.zeros(3, self.calibration_bins, dtype=torch.float64)
-        self._calibration = None
-        if self.args.world_size > 1:  # a collective: every process runs the evaluation loop
-            sums = self.accelerator.gather(sums.to(self.args.device).unsqueeze(0)).sum(0)
-        for name, value in calibration_from_sums(sums.cpu()).items():
-            output.metrics[f"{metric_key_prefix}_{name}"] = value
-        return output
-
-
-class TaskTrainer(CalibrationMixin, TVDTrainer):
-    """:class:`~hf_tvd_loss.TVDTrainer` with calibration metrics."""
-
-
-class TaskSeq2SeqTrainer(CalibrationMixin, TVDSeq2SeqTrainer):
-    """:class:`~hf_tvd_loss.TVDSeq2SeqTrainer` with calibration metrics."""
 
 
 # ----------------------------------------------------------------------------------------------- tasks
@@ -312,9 +261,9 @@ def check_common_args(data_args: DataArguments, model_args: ModelArguments, trai
         if path is None:
             continue
         extension = os.path.splitext(path)[1].lower()
-        if extension not in _FILE_BUILDERS:
+        if extension not in FILE_BUILDERS:
             raise ValueError(
-                f"{option} {path}: unsupported extension {extension!r}; use one of {sorted(_FILE_BUILDERS)}"
+                f"{option} {path}: unsupported extension {extension!r}; use one of {sorted(FILE_BUILDERS)}"
             )
         if not os.path.isfile(path):
             raise ValueError(f"{option}: file not found: {path}")
@@ -337,187 +286,6 @@ def check_common_args(data_args: DataArguments, model_args: ModelArguments, trai
     if not (training_args.do_train or training_args.do_eval or training_args.do_predict):
         raise ValueError("nothing to do: do_train, do_eval and do_predict are all false")
     check_output_dir(training_args.output_dir)
-
-
-# ----------------------------------------------------------------------------------------------- data
-def _load_file(path: str, option: str, split: str, cache_dir: str | None) -> Dataset:
-    from datasets import load_dataset
-
-    builder = _FILE_BUILDERS[os.path.splitext(path)[1].lower()]
-    try:
-        return load_dataset(builder, data_files={"data": path}, split="data", cache_dir=cache_dir)
-    except Exception as err:  # datasets raises many types for malformed files
-        if "corresponds to no data" in str(err):
-            raise ValueError(f"the {split} split ({option} {path}) is empty: the file has no rows") from err
-        raise ValueError(f"{option} {path}: could not be read as {builder}: {type(err).__name__}: {err}") from err
-
-
-def load_raw_splits(task: Task, data_args: DataArguments, training_args: Any, cache_dir: str | None) -> DatasetDict:
-    """The splits the run needs (``train`` / ``validation`` / ``test``), capped, with their columns checked."""
-    needed = {
-        "train": training_args.do_train,
-        "validation": training_args.do_eval or training_args.eval_strategy != "no",
-        "test": training_args.do_predict,
-    }
-    source = data_args.data_source()
-    splits: dict[str, Dataset] = {}
-    origin: dict[str, str] = {}
-    if source == "synthetic":
-        sizes = {"train": data_args.synthetic_train_examples, "validation": data_args.synthetic_eval_examples,
-                 "test": data_args.synthetic_eval_examples}  # fmt: skip
-        for index, split in enumerate(SPLITS):
-            if needed[split]:
-                # A different seed per split: the three splits are disjoint samples of the same generator.
-                rows = task.synthetic_rows(split, sizes[split], seed=training_args.seed + 1000 * index)
-                splits[split], origin[split] = Dataset.from_list(rows), f"synthetic {task.name} corpus"
-    elif source == "files":
-        for split, option in zip(SPLITS, ("train_file", "validation_file", "test_file"), strict=True):
-            path = getattr(data_args, option)
-            if path and needed[split]:
-                splits[split], origin[split] = _load_file(path, option, split, cache_dir), f"{option} {path}"
-    else:
-        from datasets import load_dataset
-
-        try:
-            hub = load_dataset(data_args.dataset_name, data_args.dataset_config_name, cache_dir=cache_dir)
-        except Exception as err:  # offline, unknown name or config: many exception types
-            raise ValueError(
-                f"dataset_name {data_args.dataset_name!r} (config {data_args.dataset_config_name!r}) could not be "
-                f"loaded: {type(err).__name__}: {err}"
-            ) from err
-        for split in SPLITS:
-            if split in hub and needed[split]:
-                splits[split], origin[split] = hub[split], f"dataset {data_args.dataset_name} split {split}"
-        if "validation" not in hub and "valid" in hub and needed["validation"]:
-            splits["validation"], origin["validation"] = hub["valid"], f"dataset {data_args.dataset_name} split valid"
-
-    if needed["train"] and "train" not in splits:
-        raise ValueError(f"do_train is set but the data ({source}) has no train split")
-    for split in SPLITS:
-        if split in splits and len(splits[split]) == 0:
-            raise ValueError(f"the {split} split ({origin[split]}) is empty")
-    if needed["validation"] and "validation" not in splits:
-        if "train" not in splits:
-            raise ValueError("evaluation needs validation_file (or a train split to hold some out)")
-        held_out = splits["train"].train_test_split(
-            test_size=data_args.validation_split_percentage / 100, seed=training_args.seed
-        )
-        splits["train"], splits["validation"] = held_out["train"], held_out["test"]
-        origin["validation"] = f"{data_args.validation_split_percentage}% of {origin['train']}"
-    if needed["test"] and "test" not in splits:
-        if "validation" not in splits:
-            raise ValueError("do_predict needs test_file or validation_file")
-        logger.info("no test split: predicting on the validation split")
-        splits["test"], origin["test"] = splits["validation"], origin["validation"] + " (no test split given)"
-
-    caps = {"train": data_args.max_train_samples, "validation": data_args.max_eval_samples,
-            "test": data_args.max_predict_samples}  # fmt: skip
-    for split, dataset in splits.items():
-        if caps[split] is not None and caps[split] < len(dataset):
-            splits[split] = dataset.select(range(caps[split]))
-        if len(splits[split]) == 0:
-            raise ValueError(f"the {split} split ({origin[split]}) is empty")
-        task.check_columns(splits[split], split, origin[split], data_args)
-    return DatasetDict(splits)
-
-
-def check_columns_present(dataset: Dataset, split: str, origin: str, columns: dict[str, str]) -> None:
-    """``columns`` maps each required column to the option that names it."""
-    for column, option in columns.items():
-        if column not in dataset.column_names:
-            raise ValueError(
-                f"the {split} data ({origin}) has no column {column!r} (set by --{option}); its columns are "
-                f"{dataset.column_names}"
-            )
-
-
-# ----------------------------------------------------------------------------------------------- tokenizer
-def train_tokenizer(texts: Iterator[str], vocab_size: int, model_max_length: int | None = None) -> Any:
-    """A byte-fallback-free BPE tokenizer (``tokenizers``) trained on ``texts``, as a ``PreTrainedTokenizerFast``.
-
-    Metaspace pre-tokenisation (as SentencePiece) so that decoding restores the spaces; every encoded sequence ends
-    with ``</s>``. Special tokens: ``<pad>`` 0, ``<s>`` 1, ``</s>`` 2, ``<unk>`` 3.
-    """
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    backend = Tokenizer(models.BPE(unk_token=SPECIAL_TOKENS["unk_token"]))
-    backend.normalizer = normalizers.NFKC()
-    backend.pre_tokenizer = pre_tokenizers.Metaspace()
-    backend.decoder = decoders.Metaspace()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size, min_frequency=2, special_tokens=list(SPECIAL_TOKENS.values()), show_progress=False
-    )
-    backend.train_from_iterator(texts, trainer=trainer)
-    eos = SPECIAL_TOKENS["eos_token"]
-    backend.post_processor = processors.TemplateProcessing(
-        single=f"$A {eos}", pair=f"$A {eos} $B {eos}", special_tokens=[(eos, backend.token_to_id(eos))]
-    )
-    extra = {"model_max_length": model_max_length} if model_max_length else {}
-    return PreTrainedTokenizerFast(tokenizer_object=backend, **extra, **SPECIAL_TOKENS)
-
-
-# ----------------------------------------------------------------------------------------------- model
-def _auto_class(task: Task) -> Any:
-    import transformers
-
-    return getattr(transformers, task.auto_model_class)
-
-
-def resolve_config(task: Task, model_args: ModelArguments) -> Any:
-    """The model config (pretrained or from scratch), with overrides, checked to have the task's head."""
-    from transformers import AutoConfig
-
-    hub_kwargs = {"cache_dir": model_args.cache_dir, "revision": model_args.model_revision}
-    name = model_args.model_name_or_path or model_args.config_name
-    if name:
-        try:
-            config = AutoConfig.from_pretrained(name, **hub_kwargs)
-        except (OSError, ValueError) as err:
-            option = "model_name_or_path" if model_args.model_name_or_path else "config_name"
-            raise ValueError(f"{option} {name!r}: no model config could be loaded ({err})") from err
-    else:
-        try:
-            config = AutoConfig.for_model(model_args.model_type)
-        except ValueError as err:
-            raise ValueError(f"model_type {model_args.model_type!r} is not a known transformers model type") from err
-    if model_args.config_overrides is None and not name and model_args.model_type == task.defaults.get("model_type"):
-        # The task's default model is tiny (the offline default run); any other model keeps its own sizes.
-        model_args.config_overrides = task.scratch_config_overrides
-    if model_args.config_overrides:
-        try:
-            config.update_from_string(model_args.config_overrides)
-        except ValueError as err:
-            raise ValueError(f"config_overrides {model_args.config_overrides!r}: {err}") from err
-    auto = _auto_class(task)
-    if type(config) not in auto._model_mapping:
-        raise ValueError(
-            f"a {config.model_type!r} model ({name or model_args.model_type}) has no {task.head_description}: the "
-            f"{task.name} task needs a model that {auto.__name__} can load"
-        )
-    return config
-
-
-def _max_positions(config: Any) -> int | None:
-    for attribute in ("max_position_embeddings", "n_positions"):
-        value = getattr(config, attribute, None)
-        if isinstance(value, int):
-            return value
-    return None
-
-
-def build_model_from_config(task: Task, config: Any, tokenizer: Any) -> Any:
-    """A freshly initialised model whose vocabulary and special tokens are the tokenizer's."""
-    config.vocab_size = len(tokenizer)
-    if hasattr(config, "decoder_vocab_size"):  # Marian keeps a separate decoder vocabulary size
-        config.decoder_vocab_size = len(tokenizer)
-    config.pad_token_id, config.bos_token_id = tokenizer.pad_token_id, tokenizer.bos_token_id
-    config.eos_token_id = tokenizer.eos_token_id
-    if getattr(config, "is_encoder_decoder", False):
-        config.decoder_start_token_id = tokenizer.bos_token_id
-        if hasattr(config, "forced_eos_token_id"):
-            config.forced_eos_token_id = tokenizer.eos_token_id
-    return _auto_class(task).from_config(config)
 
 
 # ----------------------------------------------------------------------------------------------- the run
@@ -566,7 +334,7 @@ def prepare(task: Task, argv: Sequence[str] | None = None) -> Prepared:
             tokenizer.pad_token = tokenizer.eos_token
     if model_args.model_name_or_path:
         try:
-            model = _auto_class(task).from_pretrained(
+            model = auto_model_class(task).from_pretrained(
                 model_args.model_name_or_path,
                 config=config,
                 cache_dir=model_args.cache_dir,
@@ -575,7 +343,7 @@ def prepare(task: Task, argv: Sequence[str] | None = None) -> Prepared:
         except (OSError, ValueError) as err:
             raise ValueError(f"model_name_or_path {model_args.model_name_or_path!r}: {err}") from err
     else:
-        positions = _max_positions(config)
+        positions = max_positions(config)
         needed = task.max_length_needed(data_args)
         if positions is not None and positions < needed and not getattr(config, "rotary_emb_base", None):
             raise ValueError(
@@ -721,131 +489,8 @@ def train_and_evaluate(prepared: Prepared, built: Built | None = None) -> dict[s
         with open(os.path.join(output_dir, "run_info.json"), "w", encoding="utf-8") as f:
             json.dump(info, f, indent=2)
         write_model_card(prepared, metrics, tokenizer_trained=prepared.tokenizer is None)
-        _print_summary(trainer, prepared, predictions_file, time.time() - start)
+        print_summary(trainer, prepared, predictions_file, time.time() - start)
     return metrics
-
-
-def _tensorboard_dir(trainer: Any) -> str | None:
-    for callback in trainer.callback_handler.callbacks:
-        if type(callback).__name__ == "TensorBoardCallback":
-            return getattr(callback, "logging_dir", None)
-    return None
-
-
-def _print_summary(trainer: Any, prepared: Prepared, predictions_file: str | None, seconds: float) -> None:
-    out = prepared.training_args.output_dir
-    rows = [
-        ("model + tokenizer", out),
-        ("metrics", os.path.join(out, "all_results.json")),
-        ("training log", os.path.join(out, "trainer_state.json")),
-        ("model card", os.path.join(out, "README.md")),
-    ]
-    if predictions_file:
-        rows.append(("predictions", predictions_file))
-    tensorboard = _tensorboard_dir(trainer)
-    if tensorboard:
-        rows.append(("TensorBoard logs", tensorboard))
-    width = max(len(name) for name, _ in rows)
-    print(
-        f"\n[hf_tvd_loss] {prepared.task.name}: done in {seconds:.1f} s on {prepared.training_args.world_size} "
-        "process(es)"
-    )
-    for name, path in rows:
-        print(f"  {name:<{width}}  {path}")
-    sys.stdout.flush()
-
-
-def _format_metric(value: Any) -> str:
-    return f"{value:.4g}" if isinstance(value, float) else str(value)
-
-
-def write_model_card(prepared: Prepared, metrics: dict[str, Any], *, tokenizer_trained: bool) -> str:
-    """``README.md`` in output_dir: the loss and its γ, b, ε, the model, data, training settings and metrics."""
-    tvd, args, model_args = prepared.tvd_args, prepared.training_args, prepared.model_args
-    focal = getattr(tvd, "loss_type", "gamma_ce") == "focal"
-    baseline = tvd.gamma == 0 and tvd.gamma_schedule == "constant"
-    if focal:
-        loss_name = f"token-level focal loss (baseline; focal_gamma={tvd.focal_gamma}, focal_alpha={tvd.focal_alpha})"
-    elif baseline:
-        loss_name = "cross-entropy (γ = 0: the MLE baseline)"
-    else:
-        loss_name = "token-level γ-cross-entropy (TaiLr)"
-    if model_args.model_name_or_path:
-        model_line = f"fine-tuned from `{model_args.model_name_or_path}`"
-    else:
-        source = (
-            f"config `{model_args.config_name}`" if model_args.config_name else f"model type `{model_args.model_type}`"
-        )
-        overrides = f" with `{model_args.config_overrides}`" if model_args.config_overrides else ""
-        model_line = f"trained from scratch: {source}{overrides}"
-    data = prepared.data_args
-    if data.dataset_name:
-        data_line = f"Hub dataset `{data.dataset_name}`" + (
-            f" ({data.dataset_config_name})" if data.dataset_config_name else ""
-        )
-    elif data.data_source() == "files":
-        data_line = ", ".join(f"{name}: `{os.path.basename(path)}`" for name, path in
-                              (("train", data.train_file), ("validation", data.validation_file),
-                               ("test", data.test_file)) if path)  # fmt: skip
-    else:
-        data_line = (
-            f"synthetic {prepared.task.name} corpus generated by `hf_tvd_loss.tasks.synthetic` (seed {args.seed})"
-        )
-    schedule = (
-        "constant"
-        if tvd.gamma_schedule == "constant"
-        else f"{tvd.gamma_schedule} from {tvd.gamma_start} (ratio {tvd.gamma_schedule_ratio}, steps {tvd.gamma_schedule_steps})"
-    )
-    scheduler = getattr(args.lr_scheduler_type, "value", args.lr_scheduler_type)
-    lines = [
-        "---",
-        "library_name: transformers",
-        f"tags: [hf_tvd_loss, tailr, {prepared.task.name}]",
-        "---",
-        "",
-        f"# {prepared.task.name} model trained with {loss_name}",
-        "",
-        "## Loss",
-        "",
-        "Token-level γ-cross-entropy from TaiLr (Ji et al., *Tailoring Language Generation Models under Total "
-        "Variation Distance*, ICLR 2023), as implemented by `hf_tvd_loss`: per target token with probability p, "
-        "`loss = (1-ε)·w·(-log p) + (ε/V)·Σ_v(-log p_v)` with `w = clamp(p / (γ + (1-γ)p), b, 1)` (no gradient "
-        "through w)." + (" This run used the focal-loss baseline instead (γ and b unused)." if focal else ""),
-        "",
-        "| setting | value |",
-        "|---|---|",
-        f"| γ (gamma) | {tvd.gamma} |",
-        f"| b (min_weight) | {tvd.min_weight} |",
-        f"| ε (label_smoothing) | {tvd.label_smoothing} |",
-        f"| γ schedule | {schedule} |",
-        "",
-        "## Model and data",
-        "",
-        f"- Model: {model_line}" + ("; tokenizer: BPE trained on the training data" if tokenizer_trained else ""),
-        f"- Data: {data_line}",
-        f"- Training: {args.num_train_epochs:g} epoch(s)"
-        + (f", max_steps {args.max_steps}" if args.max_steps and args.max_steps > 0 else "")
-        + f", learning rate {args.learning_rate:g} ({scheduler}), {args.per_device_train_batch_size} "
-        f"per device × {args.gradient_accumulation_steps} accumulation × {args.world_size} process(es), seed "
-        f"{args.seed}",
-        "",
-        "## Results (this run)",
-        "",
-        "| metric | value |",
-        "|---|---|",
-        *(f"| {name} | {_format_metric(value)} |" for name, value in sorted(metrics.items())),
-        "",
-        "## Command",
-        "",
-        "```",
-        " ".join([os.path.basename(sys.argv[0]) or "script", *prepared.argv]),
-        "```",
-        "",
-    ]
-    path = os.path.join(args.output_dir, "README.md")
-    with open(path, "w", encoding="utf-8") as f:
-        f.write("\n".join(lines))
-    return path
 
 
 def run_task(task: Task, argv: Sequence[str] | None = None) -> dict[str, Any]:

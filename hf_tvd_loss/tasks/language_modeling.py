@@ -15,7 +15,8 @@ from typing import Any
 from datasets import Dataset
 from transformers import TrainingArguments
 
-from .common import DataArguments, ModelArguments, Task, check_columns_present
+from .common import DataArguments, ModelArguments, Task
+from .data import check_columns_present
 from .synthetic import language_modeling_corpus
 
 __all__ = ["LanguageModelingDataArguments", "LanguageModelingTask"]

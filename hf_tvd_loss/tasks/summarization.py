@@ -64,7 +64,7 @@ class SummarizationTask(Seq2SeqTask):
         return summarization_corpus(num_examples, seed=seed)
 
     def check_columns(self, dataset: Dataset, split: str, origin: str, data_args: Any) -> None:
-        from .common import check_columns_present
+        from .data import check_columns_present
 
         check_columns_present(
             dataset, split, origin, {data_args.text_column: "text_column", data_args.summary_column: "summary_column"}

@@ -14,7 +14,8 @@ from typing import Any
 
 from datasets import Dataset
 
-from .common import ModelArguments, check_columns_present
+from .common import ModelArguments
+from .data import check_columns_present
 from .metrics import bleu_scores
 from .seq2seq import Seq2SeqDataArguments, Seq2SeqTask
 from .synthetic import translation_corpus
