@@ -55,7 +55,9 @@ def _check_outputs(out, task, expected_metrics, gamma):
 
 def test_summarization_default(tmp_path, capsys):
     out = str(tmp_path / "sum")
-    metrics = _script("finetune_summarization").main([*QUICK, "--output_dir", out, "--generation_num_beams", "2"])
+    metrics = _script("finetune_summarization").main(
+        [*QUICK, "--output_dir", out, "--generation_num_beams", "2", "--max_target_length", "12"]
+    )
     _check_outputs(out, "summarization", ("rouge1", "rouge2", "rougeL", "gen_len"), gamma=0.8)
     assert metrics["test_rouge1"] >= 0
     with open(os.path.join(out, "generated_predictions.jsonl"), encoding="utf-8") as f:
@@ -65,10 +67,21 @@ def test_summarization_default(tmp_path, capsys):
     assert "[hf_tvd_loss] summarization: done" in printed and os.path.join(out, "all_results.json") in printed
     assert os.path.isdir(os.path.join(out, "tokenizer")), "the trained tokenizer is saved with the model"
 
+    # The saved folder is a pretrained model for the next run (local path; its tokenizer is reused, none trained).
+    tuned = str(tmp_path / "tuned")
+    args = [*QUICK, "--output_dir", tuned, "--model_name_or_path", out, "--generation_num_beams", "1", "--do_predict",
+            "false", "--max_steps", "2", "--max_target_length", "12"]  # fmt: skip
+    metrics = _script("finetune_summarization").main(args)
+    assert "eval_rouge1" in metrics and not os.path.isdir(os.path.join(tuned, "tokenizer"))
+    with open(os.path.join(tuned, "README.md"), encoding="utf-8") as f:
+        assert f"fine-tuned from `{out}`" in f.read()
+
 
 def test_translation_default(tmp_path):
     out = str(tmp_path / "mt")
-    _script("finetune_translation").main([*QUICK, "--output_dir", out, "--generation_num_beams", "1"])
+    _script("finetune_translation").main(
+        [*QUICK, "--output_dir", out, "--generation_num_beams", "1", "--max_target_length", "16"]
+    )
     _check_outputs(out, "translation", ("bleu", "chrf"), gamma=0.1)
     config = _read(os.path.join(out, "config.json"))
     assert config["model_type"] == "marian" and config["d_model"] == 64
