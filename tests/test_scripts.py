@@ -119,6 +119,8 @@ def test_translation_from_local_flat_csv_files(tmp_path):
             "1",
             "--do_predict",
             "false",
+            "--max_target_length",
+            "16",
         ]  # fmt: skip
     )
     assert metrics["eval_samples"] == 24 and "eval_bleu" in metrics and "test_bleu" not in metrics
