@@ -1,0 +1,87 @@
+"""Evaluation metrics of the task scripts, computed offline with the metric packages themselves.
+
+``evaluate.load("rouge" | "sacrebleu")`` fetches a script from the Hub, so ROUGE comes from ``rouge_score`` and
+BLEU from ``sacrebleu`` directly. Calibration of token-level confidence is computed from the teacher-forced
+logits on the reference tokens: for each scored token, confidence = max_v p_v and correct = (argmax = reference).
+"""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = ["bleu_scores", "calibration_from_sums", "calibration_sums", "rouge_scores"]
+
+
+def rouge_scores(predictions: list[str], references: list[str]) -> dict[str, float]:
+    """Mean ROUGE-1/2/L/Lsum F-measures (×100) with the Porter stemmer, as the summarization literature reports.
+
+    ROUGE-Lsum splits on newlines; predictions and references are single paragraphs here, so sentences are
+    split at ". " first.
+    """
+    from rouge_score import rouge_scorer
+
+    if len(predictions) != len(references):
+        raise ValueError(f"{len(predictions)} predictions for {len(references)} references")
+    keys = ("rouge1", "rouge2", "rougeL", "rougeLsum")
+    scorer = rouge_scorer.RougeScorer(list(keys), use_stemmer=True)
+    totals = dict.fromkeys(keys, 0.0)
+    for prediction, reference in zip(predictions, references, strict=True):
+        scores = scorer.score(reference.replace(". ", ".\n"), prediction.replace(". ", ".\n"))
+        for key in keys:
+            totals[key] += scores[key].fmeasure
+    count = max(len(predictions), 1)
+    return {key: 100.0 * value / count for key, value in totals.items()}
+
+
+def bleu_scores(predictions: list[str], references: list[str]) -> dict[str, float]:
+    """Corpus BLEU and chrF (sacrebleu defaults: 13a tokenisation, case-sensitive)."""
+    import sacrebleu
+
+    if len(predictions) != len(references):
+        raise ValueError(f"{len(predictions)} predictions for {len(references)} references")
+    return {
+        "bleu": sacrebleu.corpus_bleu(predictions, [references]).score,
+        "chrf": sacrebleu.corpus_chrf(predictions, [references]).score,
+    }
+
+
+def calibration_sums(
+    logits: torch.Tensor, labels: torch.Tensor, *, shift: bool, num_bins: int = 10, ignore_index: int = -100
+) -> torch.Tensor:
+    """Per-bin sums for token-level calibration, to be added up over batches and processes.
+
+    Args:
+        logits: ``[batch, seq_len, vocab]`` scores.
+        labels: ``[batch, seq_len]`` reference tokens, ``ignore_index`` where not scored.
+        shift: score ``logits[:, t]`` against ``labels[:, t+1]`` (causal LMs).
+        num_bins: equal-width confidence bins over [0, 1].
+
+    Returns:
+        ``[3, num_bins]`` float64: token count, Σ confidence and Σ correct per bin.
+    """
+    with torch.no_grad():
+        if shift:
+            logits, labels = logits[:, :-1], labels[:, 1:]
+        mask = labels != ignore_index
+        scored = logits[mask].float()
+        targets = labels[mask]
+        confidence, prediction = scored.softmax(dim=-1).max(dim=-1)
+        correct = (prediction == targets).double()
+        bins = (confidence * num_bins).long().clamp(max=num_bins - 1)
+        sums = torch.zeros(3, num_bins, dtype=torch.float64, device=logits.device)
+        sums[0].index_add_(0, bins, torch.ones_like(correct))
+        sums[1].index_add_(0, bins, confidence.double())
+        sums[2].index_add_(0, bins, correct)
+        return sums
+
+
+def calibration_from_sums(sums: torch.Tensor) -> dict[str, float]:
+    """Expected calibration error ``Σ_b |Σ correct_b - Σ confidence_b| / N``, mean confidence and accuracy."""
+    count = float(sums[0].sum())
+    if count == 0:
+        return {}
+    return {
+        "ece": float((sums[2] - sums[1]).abs().sum()) / count,
+        "confidence": float(sums[1].sum()) / count,
+        "accuracy": float(sums[2].sum()) / count,
+    }

@@ -1,0 +1,108 @@
+"""Tokenizer training and model building: a pretrained model's config, or a new model from a config whose vocabulary
+and special tokens come from the tokenizer."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .common import ModelArguments, Task
+
+__all__ = [
+    "SPECIAL_TOKENS",
+    "auto_model_class",
+    "build_model_from_config",
+    "max_positions",
+    "resolve_config",
+    "train_tokenizer",
+]
+
+SPECIAL_TOKENS = {"pad_token": "<pad>", "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}
+
+
+def train_tokenizer(texts: Iterator[str], vocab_size: int, model_max_length: int | None = None) -> Any:
+    """A byte-fallback-free BPE tokenizer (``tokenizers``) trained on ``texts``, as a ``PreTrainedTokenizerFast``.
+
+    Metaspace pre-tokenisation (as SentencePiece) so that decoding restores the spaces; every encoded sequence ends
+    with ``</s>``. Special tokens: ``<pad>`` 0, ``<s>`` 1, ``</s>`` 2, ``<unk>`` 3.
+    """
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    backend = Tokenizer(models.BPE(unk_token=SPECIAL_TOKENS["unk_token"]))
+    backend.normalizer = normalizers.NFKC()
+    backend.pre_tokenizer = pre_tokenizers.Metaspace()
+    backend.decoder = decoders.Metaspace()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, min_frequency=2, special_tokens=list(SPECIAL_TOKENS.values()), show_progress=False
+    )
+    backend.train_from_iterator(texts, trainer=trainer)
+    eos = SPECIAL_TOKENS["eos_token"]
+    backend.post_processor = processors.TemplateProcessing(
+        single=f"$A {eos}", pair=f"$A {eos} $B {eos}", special_tokens=[(eos, backend.token_to_id(eos))]
+    )
+    extra = {"model_max_length": model_max_length} if model_max_length else {}
+    return PreTrainedTokenizerFast(tokenizer_object=backend, **extra, **SPECIAL_TOKENS)
+
+
+def auto_model_class(task: Task) -> Any:
+    import transformers
+
+    return getattr(transformers, task.auto_model_class)
+
+
+def resolve_config(task: Task, model_args: ModelArguments) -> Any:
+    """The model config (pretrained or from scratch), with overrides, checked to have the task's head."""
+    from transformers import AutoConfig
+
+    hub_kwargs = {"cache_dir": model_args.cache_dir, "revision": model_args.model_revision}
+    name = model_args.model_name_or_path or model_args.config_name
+    if name:
+        try:
+            config = AutoConfig.from_pretrained(name, **hub_kwargs)
+        except (OSError, ValueError) as err:
+            option = "model_name_or_path" if model_args.model_name_or_path else "config_name"
+            raise ValueError(f"{option} {name!r}: no model config could be loaded ({err})") from err
+    else:
+        try:
+            config = AutoConfig.for_model(model_args.model_type)
+        except ValueError as err:
+            raise ValueError(f"model_type {model_args.model_type!r} is not a known transformers model type") from err
+    if model_args.config_overrides is None and not name and model_args.model_type == task.defaults.get("model_type"):
+        # The task's default model is tiny (the offline default run); any other model keeps its own sizes.
+        model_args.config_overrides = task.scratch_config_overrides
+    if model_args.config_overrides:
+        try:
+            config.update_from_string(model_args.config_overrides)
+        except ValueError as err:
+            raise ValueError(f"config_overrides {model_args.config_overrides!r}: {err}") from err
+    auto = auto_model_class(task)
+    if type(config) not in auto._model_mapping:
+        raise ValueError(
+            f"a {config.model_type!r} model ({name or model_args.model_type}) has no {task.head_description}: the "
+            f"{task.name} task needs a model that {auto.__name__} can load"
+        )
+    return config
+
+
+def max_positions(config: Any) -> int | None:
+    for attribute in ("max_position_embeddings", "n_positions"):
+        value = getattr(config, attribute, None)
+        if isinstance(value, int):
+            return value
+    return None
+
+
+def build_model_from_config(task: Task, config: Any, tokenizer: Any) -> Any:
+    """A freshly initialised model whose vocabulary and special tokens are the tokenizer's."""
+    config.vocab_size = len(tokenizer)
+    if hasattr(config, "decoder_vocab_size"):  # Marian keeps a separate decoder vocabulary size
+        config.decoder_vocab_size = len(tokenizer)
+    config.pad_token_id, config.bos_token_id = tokenizer.pad_token_id, tokenizer.bos_token_id
+    config.eos_token_id = tokenizer.eos_token_id
+    if getattr(config, "is_encoder_decoder", False):
+        config.decoder_start_token_id = tokenizer.bos_token_id
+        if hasattr(config, "forced_eos_token_id"):
+            config.forced_eos_token_id = tokenizer.eos_token_id
+    return auto_model_class(task).from_config(config)

