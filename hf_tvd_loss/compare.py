@@ -349,3 +349,69 @@ def write_report(
             indent=1,
         )
     return path
+
+
+# ----------------------------------------------------------------------------------------------- task runs
+# Every run starts from plain γ-CE options, then applies its own, so a task's default loss (e.g. translation's
+# γ=0.1 b=0.3 ε=0.1) never leaks into a baseline.
+LOSS_RESET = ["--loss_type", "gamma_ce", "--gamma", "0", "--min_weight", "0", "--label_smoothing", "0",
+              "--gamma_schedule", "constant"]  # fmt: skip
+
+# Which metric each task is judged by (key in the metrics, label, higher is better).
+TASK_METRICS = {
+    "translation": ("eval_bleu", "BLEU", True),
+    "summarization": ("eval_rougeL", "ROUGE-L", True),
+    "language_modeling": ("eval_perplexity", "perplexity", False),
+}
+
+
+def apply_label_noise(dataset: Any, rate: float, vocab_size: int, protected: frozenset[int], seed: int) -> Any:
+    """The training set with ``rate`` of its scored target tokens replaced (:func:`~hf_tvd_loss.noise.noisy_labels`).
+
+    Each example gets its own random stream from ``(seed, index)``, so the noise does not depend on the order of
+    processing. Input ids are left as they are (the noise models wrong references, not wrong sources).
+    """
+    import random
+
+    from .noise import noisy_labels
+
+    def corrupt(example: dict[str, Any], index: int) -> dict[str, Any]:
+        rng = random.Random(f"label-noise-{seed}-{index}")
+        return {"labels": noisy_labels(example["labels"], rate, vocab_size, rng, protected=protected)}
+
+    return dataset.map(corrupt, with_indices=True, desc=f"label noise {rate:g}")
+
+
+def task_runner(task_name: str, task_argv: Sequence[str]) -> Runner:
+    """A :data:`Runner` that trains ``task_name`` in this process through the task layer.
+
+    ``task_argv`` are the task script's options shared by every run (``--config``, data files, caps, ...).
+    """
+    import shutil
+
+    from .tasks import get_task
+    from .tasks.common import build, prepare, train_and_evaluate
+
+    task = get_task(task_name)
+
+    def run(spec: RunSpec, run_dir: str) -> dict[str, Any]:
+        if os.path.isdir(run_dir):  # left by an interrupted run (no result.json): start it again
+            shutil.rmtree(run_dir)
+        argv = [*task_argv, *LOSS_RESET, *spec.loss.argv(), "--seed", str(spec.seed), "--output_dir", run_dir]
+        prepared = prepare(task, argv)
+        built = build(prepared)
+        if spec.noise > 0:
+            tokenizer = built.tokenizer
+            protected = frozenset(int(i) for i in tokenizer.all_special_ids)
+            built.trainer.train_dataset = apply_label_noise(
+                built.trainer.train_dataset, spec.noise, len(tokenizer), protected, spec.seed
+            )
+        metrics = train_and_evaluate(prepared, built)
+        sums = getattr(built.trainer, "last_calibration_sums", None)
+        return {
+            "metrics": {k: v for k, v in metrics.items() if isinstance(v, (int, float))},
+            "history": built.trainer.state.log_history,
+            "calibration_bins": None if sums is None else sums.tolist(),
+        }
+
+    return run
