@@ -24,8 +24,8 @@ Loss-on-hidden-states variants (input: hidden ``[N, d]`` and lm_head weight ``[V
 * ``linear_gamma_ce_fused``: :func:`hf_tvd_loss.linear_loss.linear_gamma_cross_entropy` (no ``[N, V]`` logits).
 
 Peak memory: on CUDA ``torch.cuda.max_memory_allocated`` minus what was allocated before the pass; on CPU each
-variant runs once in its own subprocess and reports its peak RSS (``getrusage`` ``ru_maxrss``) minus the RSS
-after its inputs were created. Each loss is also compared with the float64 reference of
+variant runs once in its own subprocess and reports its peak RSS minus the RSS after its inputs were created
+(the peak is the kernel's ``VmHWM``, reset after setup; see :class:`_PeakRSS` for why not ``ru_maxrss``). Each loss is also compared with the float64 reference of
 :mod:`hf_tvd_loss.reference` ("err vs f64"). Unless ``--no-train-step``, a training step of ``TVDTrainer`` and
 of the stock ``Trainer`` on a tiny Llama built from a config (``--vocab`` sized vocabulary) is timed too, each
 in its own subprocess. Results go to ``--out`` as ``bench.json`` and ``bench.md``.
@@ -185,13 +185,45 @@ def _sync(device: str) -> None:
 # ------------------------------------------------------------------------------------------------ memory
 
 
-def _rss_bytes() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+def _status_bytes(field: str) -> int:
+    """``VmRSS`` (current) or ``VmHWM`` (peak) of this process from ``/proc/self/status``, in bytes."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    raise OSError(f"{field} not in /proc/self/status")
 
 
-def _maxrss_bytes() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # kilobytes on Linux
+class _PeakRSS:
+    """Peak resident memory of this process from a reset point, on Linux.
+
+    ``getrusage(RUSAGE_SELF).ru_maxrss`` cannot be used as is: Linux carries it over ``execve``, so a child
+    started by a large parent starts with the parent's peak (measured here: every variant then showed the
+    parent's ~1 GB). Instead the per-process high-water mark ``VmHWM`` is reset to the current RSS by writing
+    5 to ``/proc/self/clear_refs`` (Linux >= 4.0); where that is refused, ``ru_maxrss`` is used and the result
+    is flagged as an upper bound when it did not move.
+    """
+
+    def __init__(self) -> None:
+        try:
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")
+            self.method = "cpu_vmhwm"
+            self.baseline = _status_bytes("VmRSS")
+        except OSError:
+            self.method = "cpu_maxrss"
+            self.baseline = _status_bytes("VmRSS")
+            self.high_water = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+
+    def result(self) -> dict[str, Any]:
+        if self.method == "cpu_vmhwm":
+            return {"extra_peak_bytes": _status_bytes("VmHWM") - self.baseline, "method": self.method}
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        return {
+            "extra_peak_bytes": peak - self.baseline,
+            "method": self.method,
+            "upper_bound_only": peak <= self.high_water,
+        }
 
 
 def _memory_child(name: str, s: Settings) -> dict[str, Any]:
@@ -215,11 +247,9 @@ def _memory_child(name: str, s: Settings) -> dict[str, Any]:
         _step(fn, leaves)
         _sync(s.device)
         return {"extra_peak_bytes": torch.cuda.max_memory_allocated() - before, "method": "cuda_max_allocated"}
-    baseline, high_water = _rss_bytes(), _maxrss_bytes()
+    meter = _PeakRSS()
     _step(fn, leaves)
-    peak = _maxrss_bytes()
-    # If the pass never exceeded the setup's high-water mark, ru_maxrss did not move: only a bound is known.
-    return {"extra_peak_bytes": peak - baseline, "method": "cpu_maxrss", "upper_bound_only": peak <= high_water}
+    return meter.result()
 
 
 def _run_child(name: str, s: Settings) -> dict[str, Any]:
@@ -292,14 +322,14 @@ def _train_child(name: str, s: Settings) -> dict[str, Any]:
         torch.cuda.reset_peak_memory_stats()
         before = torch.cuda.memory_allocated()
     else:
-        baseline = _rss_bytes()
+        meter = _PeakRSS()
     trainer.train()
     if s.device.startswith("cuda"):
-        extra, method = torch.cuda.max_memory_allocated() - before, "cuda_max_allocated"
+        memory = {"extra_peak_bytes": torch.cuda.max_memory_allocated() - before, "method": "cuda_max_allocated"}
     else:
-        extra, method = _maxrss_bytes() - baseline, "cpu_maxrss"
+        memory = meter.result()
     # Memory includes the optimizer state created at the first step, alike for both trainers.
-    return {"extra_peak_bytes": extra, "method": method, "step_seconds": timer.times[1:] or timer.times}
+    return {**memory, "step_seconds": timer.times[1:] or timer.times}
 
 
 # ------------------------------------------------------------------------------------------------ driver

@@ -21,10 +21,11 @@ Usage::
 :func:`hf_tvd_loss.heads.resolve_output_head` finds the weight, bias, scale and softcapping of a transformers
 model and computes its final hidden states. Measured speed and memory are in ``BENCHMARKS.md``.
 
-Backends (``impl``): ``"torch"`` is the pure-PyTorch implementation here (any device, the default on CPU);
+Backends (``impl``): ``"torch"`` (the default) is the pure-PyTorch implementation here, on any device;
 ``"cce"`` (cut-cross-entropy) and ``"liger"`` (liger-kernel) use those packages' fused CUDA kernels for the
 per-token negative log-likelihood and add the γ weighting on top; ``"auto"`` picks cce, then liger, on CUDA
-when installed and applicable, else torch.
+when installed and applicable, else torch. The two kernel backends have not been run in this repository
+(no GPU was available when they were written): they are opt-in, and ``"torch"`` stays the default.
 """
 
 from __future__ import annotations
@@ -339,17 +340,16 @@ def _select_impl(impl: str, hidden: torch.Tensor, softcap: float | None, label_s
 def _kernel_nll(name, hidden, weight, bias, targets, mask, softcap, ignore_index):
     """Per-token ``-log p_y`` ``[N]`` (differentiable, 0 where ignored) from a fused CUDA kernel. Untested here."""
     kernel_targets = targets.masked_fill(~mask, ignore_index)
+    kwargs = {"ignore_index": ignore_index, "softcap": softcap, "reduction": "none"}
+    if bias is not None:  # older releases of both packages have no bias argument
+        kwargs["bias"] = bias
     if name == "cce":
         from cut_cross_entropy import linear_cross_entropy
 
-        return linear_cross_entropy(
-            hidden, weight, kernel_targets, bias=bias, ignore_index=ignore_index, softcap=softcap, reduction="none"
-        ).float()
+        return linear_cross_entropy(hidden, weight, kernel_targets, **kwargs).float()
     from liger_kernel.transformers.functional import liger_fused_linear_cross_entropy
 
-    out = liger_fused_linear_cross_entropy(
-        hidden, weight, kernel_targets, bias=bias, ignore_index=ignore_index, softcap=softcap, reduction="none"
-    )
+    out = liger_fused_linear_cross_entropy(hidden, weight, kernel_targets, **kwargs)
     return (out[0] if isinstance(out, tuple) else out).float()  # some versions return (loss, z_loss, ...)
 
 
@@ -386,7 +386,7 @@ def linear_gamma_cross_entropy_with_stats(
     num_items_in_batch: torch.Tensor | int | float | None = None,
     reduction: Reduction = "mean",
     chunk_size: int | None = None,
-    impl: Impl = "auto",
+    impl: Impl = "torch",
 ) -> tuple[torch.Tensor, GammaCEStats]:
     """:func:`linear_gamma_cross_entropy` that also returns detached sums for logging (:class:`GammaCEStats`)."""
     _check_options(gamma, min_weight, label_smoothing, reduction)
@@ -467,7 +467,7 @@ def linear_gamma_cross_entropy(
     num_items_in_batch: torch.Tensor | int | float | None = None,
     reduction: Reduction = "mean",
     chunk_size: int | None = None,
-    impl: Impl = "auto",
+    impl: Impl = "torch",
 ) -> torch.Tensor:
     """γ-cross-entropy of ``logits = softcap((logit_scale · hidden) @ weight.T + bias)`` without materialising them.
 
@@ -485,8 +485,9 @@ def linear_gamma_cross_entropy(
             as in :func:`hf_tvd_loss.gamma_cross_entropy`.
         chunk_size: token rows per chunk (default: about 2**23 logits per chunk, e.g. 262 rows at V = 32000).
         impl: ``"torch"`` (pure PyTorch, any device), ``"cce"`` / ``"liger"`` (fused CUDA kernels from
-            cut-cross-entropy / liger-kernel for the per-token NLL, γ weighting added in torch), or ``"auto"``
-            (cce, then liger, on CUDA when installed; else torch).
+            cut-cross-entropy / liger-kernel for the per-token NLL, γ weighting added in torch; untested here,
+            and cut-cross-entropy's default gradient filtering applies), or ``"auto"`` (cce, then liger, on CUDA
+            when installed; else torch).
 
     Returns:
         A 0-dim fp32 tensor, or a ``labels``-shaped one for ``reduction="none"``. Gradients flow to
