@@ -9,12 +9,16 @@ import math
 from dataclasses import dataclass, field
 from typing import Literal
 
-from .loss import validate_loss_hyperparameters
+from .loss import validate_focal_hyperparameters, validate_loss_hyperparameters
 
-__all__ = ["GammaSchedule", "TVDArguments", "gamma_at_step"]
+__all__ = ["GammaSchedule", "LossType", "NonFinitePolicy", "TVDArguments", "gamma_at_step"]
 
 GammaSchedule = Literal["constant", "linear", "cosine"]
 _SCHEDULES = ("constant", "linear", "cosine")
+LossType = Literal["gamma_ce", "focal"]
+_LOSS_TYPES = ("gamma_ce", "focal")
+NonFinitePolicy = Literal["error", "skip", "ignore"]
+_NONFINITE = ("error", "skip", "ignore")
 
 
 @dataclass
@@ -22,8 +26,20 @@ class TVDArguments:
     """Hyperparameters of the token-level γ-CE (TaiLr) loss.
 
     The paper's settings (official launch scripts): language modelling γ=1e-7, b=0.2, ε=0;
-    translation γ=0.1, b=0.3, ε=0.1; summarization γ=0.8, b=0.2, ε=0.1. γ=0, b=0, ε=0 is cross-entropy.
+    translation γ=0.1, b=0.3, ε=0.1; summarization γ=0.8, b=0.2, ε=0.1.
+
+    Baselines, with the same normalisation and logging: cross-entropy is ``gamma=0`` (b=0), label smoothing
+    ``gamma=0, label_smoothing=ε``, DFT ``gamma=1``, focal loss ``loss_type="focal"`` with ``focal_gamma``.
     """
+
+    loss_type: LossType = field(
+        default="gamma_ce",
+        metadata={
+            "help": "'gamma_ce' (TaiLr γ-CE; gamma=0 is cross-entropy, gamma=1 is DFT) or 'focal' (token-level "
+            "focal loss baseline, see focal_gamma/focal_alpha).",
+            "choices": list(_LOSS_TYPES),
+        },
+    )
 
     gamma: float = field(
         default=0.1,
@@ -71,8 +87,39 @@ class TVDArguments:
         metadata={"help": "Number of optimisation steps over which γ moves from gamma_start to γ (overrides ratio)."},
     )
 
+    focal_gamma: float = field(
+        default=2.0,
+        metadata={"help": "Focusing parameter f ≥ 0 of loss_type='focal': loss = -α(1-p)^f log p (0 = CE)."},
+    )
+    focal_alpha: float = field(
+        default=1.0,
+        metadata={
+            "help": "Scale α > 0 of loss_type='focal' (a scalar: per-class α makes no sense over a vocabulary)."
+        },
+    )
+
+    nonfinite_policy: NonFinitePolicy = field(
+        default="error",
+        metadata={
+            "help": "What to do when an optimisation step's gradients are NaN/inf (e.g. a poisoned batch): "
+            "'error' stops before the update, naming the step (weights unchanged, checkpoints intact); 'skip' "
+            "skips that update and counts it in the logs (nonfinite_skipped_steps); 'ignore' does no check "
+            "(stock behaviour). The check is one pass over the gradients per optimisation step.",
+            "choices": list(_NONFINITE),
+        },
+    )
+
     def __post_init__(self) -> None:
+        if self.nonfinite_policy not in _NONFINITE:
+            raise ValueError(
+                f"TVDArguments.nonfinite_policy must be one of {list(_NONFINITE)}, got {self.nonfinite_policy!r}"
+            )
+        if self.loss_type not in _LOSS_TYPES:
+            raise ValueError(f"TVDArguments.loss_type must be one of {list(_LOSS_TYPES)}, got {self.loss_type!r}")
         validate_loss_hyperparameters(self.gamma, self.min_weight, self.label_smoothing, prefix="TVDArguments.")
+        validate_focal_hyperparameters(
+            self.focal_gamma, self.focal_alpha, self.label_smoothing, prefix="TVDArguments."
+        )
         if self.gamma_schedule not in _SCHEDULES:
             raise ValueError(
                 f"TVDArguments.gamma_schedule must be one of {list(_SCHEDULES)}, got {self.gamma_schedule!r}"

@@ -23,6 +23,7 @@ cost of one cross-entropy call, with less peak memory.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -31,6 +32,7 @@ import torch.nn.functional as F
 
 __all__ = [
     "GammaCEStats",
+    "focal_cross_entropy_with_stats",
     "Reduction",
     "gamma_cross_entropy",
     "gamma_cross_entropy_with_stats",
@@ -113,31 +115,6 @@ def _row_chunks(num_rows: int, vocab_size: int) -> list[tuple[int, int]]:
     return [(start, min(start + rows, num_rows)) for start in range(0, num_rows, rows)] or [(0, 0)]
 
 
-def _token_terms(
-    target_logit: torch.Tensor,
-    lse: torch.Tensor,
-    logit_sum: torch.Tensor | None,
-    mask: torch.Tensor,
-    vocab_size: int,
-    gamma: float,
-    min_weight: float,
-    label_smoothing: float,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per-token ``(loss, nll, weight)`` (fp32 ``[N]``, 0 where ``mask`` is False) from fp32 ``[N]`` row statistics.
-
-    ``target_logit`` is ``logit_y``, ``lse`` is ``logsumexp_v logit_v``, ``logit_sum`` is ``Σ_v logit_v`` (only
-    needed when ``label_smoothing > 0``; Σ_v -log p_v = V · lse - Σ_v logit_v).
-    """
-    log_p = target_logit - lse
-    nll = (-log_p).masked_fill(~mask, 0.0)
-    weight = tvd_weight(log_p, gamma, min_weight).masked_fill(~mask, 0.0)
-    loss = (1.0 - label_smoothing) * weight * nll
-    if label_smoothing > 0:
-        smooth = vocab_size * lse - logit_sum
-        loss = loss + (label_smoothing / vocab_size) * smooth.masked_fill(~mask, 0.0)
-    return loss, nll, weight
-
-
 def _logit_grad_coefficients(
     grad_loss: torch.Tensor, weight: torch.Tensor, mask: torch.Tensor, eps: float, vocab_size: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
@@ -174,15 +151,85 @@ def _probs_to_logit_grad_(
     return probs
 
 
-class _GammaCrossEntropy(torch.autograd.Function):
-    """Per-token γ-CE on ``[N, V]`` logits. Returns ``(loss [N], nll [N], weight [N])``; only ``loss`` has a gradient.
+TokenTerms = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+
+
+def _gamma_terms(gamma: float, min_weight: float) -> TokenTerms:
+    def terms(log_p: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        weight = tvd_weight(log_p, gamma, min_weight)
+        return weight, weight  # the weight is held constant (stop-gradient): gradient factor = weight
+
+    return terms
+
+
+def _focal_terms(focusing: float, alpha: float) -> TokenTerms:
+    def terms(log_p: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # loss = -α (1-p)^f log p;  d loss / d log p = -α [(1-p)^f + f p (1-p)^(f-1) (-log p)]
+        one_minus_p = (-torch.expm1(log_p)).clamp(min=1e-30)
+        factor = alpha * one_minus_p.pow(focusing)
+        grad_factor = factor + alpha * focusing * log_p.exp() * one_minus_p.pow(focusing - 1.0) * (-log_p)
+        return factor, grad_factor
+
+    return terms
+
+
+def _per_token_values(
+    target_logit: torch.Tensor,
+    lse: torch.Tensor,
+    logit_sum: torch.Tensor | None,
+    mask: torch.Tensor,
+    vocab_size: int,
+    token_terms: TokenTerms,
+    label_smoothing: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-token ``(loss, nll, a, c)`` (fp32 ``[N]``, 0 where ``mask`` is False) from fp32 ``[N]`` row statistics.
+
+    ``target_logit`` is ``logit_y``, ``lse`` is ``logsumexp_v logit_v``, ``logit_sum`` is ``Σ_v logit_v`` (only
+    needed when ``label_smoothing > 0``: Σ_v -log p_v = V · lse - Σ_v logit_v); ``(a, c) = token_terms(log p)``.
+    """
+    log_p = target_logit - lse
+    nll = (-log_p).masked_fill(~mask, 0.0)
+    weight, grad_factor = token_terms(log_p)
+    weight = weight.masked_fill(~mask, 0.0)
+    grad_factor = grad_factor.masked_fill(~mask, 0.0)
+    loss = (1.0 - label_smoothing) * weight * nll
+    if label_smoothing > 0:
+        smooth = vocab_size * lse - logit_sum
+        loss = loss + (label_smoothing / vocab_size) * smooth.masked_fill(~mask, 0.0)
+    return loss, nll, weight, grad_factor
+
+
+def _token_terms(
+    target_logit: torch.Tensor,
+    lse: torch.Tensor,
+    logit_sum: torch.Tensor | None,
+    mask: torch.Tensor,
+    vocab_size: int,
+    gamma: float,
+    min_weight: float,
+    label_smoothing: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """γ-CE per-token ``(loss, nll, weight)`` from row statistics (see :func:`_per_token_values`)."""
+    loss, nll, weight, _ = _per_token_values(
+        target_logit, lse, logit_sum, mask, vocab_size, _gamma_terms(gamma, min_weight), label_smoothing
+    )
+    return loss, nll, weight
+
+
+class _TokenWeightedCrossEntropy(torch.autograd.Function):
+    """Per-token ``(1-ε)·a(p)·(-log p) + (ε/V)·Σ_v(-log p_v)`` on ``[N, V]`` logits, for a loss that depends on
+    the logits only through ``log p`` of the target (γ-CE, focal, cross-entropy).
+
+    ``token_terms(log_p) -> (a, c)``: ``a`` multiplies the NLL in the loss value, ``c`` is ``-d(a·nll)/d log p``
+    (``c = a`` when ``a`` is held constant, as TaiLr's weight is). Returns ``(loss [N], nll [N], a [N])``;
+    only ``loss`` has a gradient.
 
     Forward keeps ``logsumexp`` per row (``[N]``); backward writes the gradient into one ``[N, V]`` buffer of the
     logits' dtype. Scratch memory is one fp32 chunk of rows, reused (fresh allocations cost page faults on CPU).
     """
 
     @staticmethod
-    def forward(ctx, logits, targets, mask, gamma, min_weight, label_smoothing):  # type: ignore[override]
+    def forward(ctx, logits, targets, mask, token_terms, label_smoothing):  # type: ignore[override]
         num_rows, vocab_size = logits.shape
         chunks = _row_chunks(num_rows, vocab_size)
         scratch = logits.new_empty((chunks[0][1] - chunks[0][0], vocab_size), dtype=torch.float32)
@@ -194,17 +241,16 @@ class _GammaCrossEntropy(torch.autograd.Function):
             if rows.dtype != torch.float32:
                 rows = buf.copy_(rows)
             if smooth is not None:
-                # Σ_v -log p_v = V · logsumexp - Σ_v logit_v
-                smooth[start:end] = rows.sum(dim=-1)
+                smooth[start:end] = rows.sum(dim=-1)  # Σ_v logit_v
             row_max = rows.amax(dim=-1, keepdim=True)
             torch.sub(rows, row_max, out=buf).exp_()
             lse[start:end] = buf.sum(dim=-1).log_() + row_max.squeeze(1)
         del scratch
         target_logit = logits.gather(1, targets.unsqueeze(1)).squeeze(1).float()
-        loss, nll, weight = _token_terms(
-            target_logit, lse, smooth, mask, vocab_size, gamma, min_weight, label_smoothing
+        loss, nll, weight, grad_factor = _per_token_values(
+            target_logit, lse, smooth, mask, vocab_size, token_terms, label_smoothing
         )
-        ctx.save_for_backward(logits, targets, mask, lse, weight)
+        ctx.save_for_backward(logits, targets, mask, lse, grad_factor)
         ctx.label_smoothing = label_smoothing
         ctx.mark_non_differentiable(nll, weight)
         return loss, nll, weight
@@ -212,10 +258,11 @@ class _GammaCrossEntropy(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_loss, _grad_nll, _grad_weight):  # type: ignore[override]
-        logits, targets, mask, lse, weight = ctx.saved_tensors
+        logits, targets, mask, lse, grad_factor = ctx.saved_tensors
         eps = ctx.label_smoothing
         num_rows, vocab_size = logits.shape
-        softmax_coef, onehot_coef, constant = _logit_grad_coefficients(grad_loss, weight, mask, eps, vocab_size)
+        # c_i (grad_factor) plays the role of the weight in the γ-CE gradient
+        softmax_coef, onehot_coef, constant = _logit_grad_coefficients(grad_loss, grad_factor, mask, eps, vocab_size)
         grad = torch.empty_like(logits)
         chunks = _row_chunks(num_rows, vocab_size)
         scratch = None
@@ -234,7 +281,7 @@ class _GammaCrossEntropy(torch.autograd.Function):
             )
             if scratch is not None:
                 grad[start:end].copy_(out)
-        return grad, None, None, None, None, None
+        return grad, None, None, None, None
 
 
 def _check_inputs(
@@ -280,25 +327,11 @@ def _check_options(gamma: float, min_weight: float, label_smoothing: float, redu
 def _flat_targets(
     labels: torch.Tensor, vocab_size: int, device: torch.device, ignore_index: int, shift_labels: bool
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Flatten ``labels`` ``[...]`` into ``(safe_targets [N], mask [N])``; raise on out-of-range labels.
-
-    With ``shift_labels`` row t is scored against ``labels[..., t+1]`` (the last row of each sequence is ignored).
-    Ignored rows get target 0 in ``safe_targets`` so they can be gathered.
-    """
-    labels = labels.to(device=device, dtype=torch.long)
-    # With shift_labels, score logits[..., t, :] against labels[..., t+1] by padding the labels instead of
-    # slicing the logits: slicing would force a copy of the whole [N, V] tensor.
-    targets = F.pad(labels[..., 1:], (0, 1), value=ignore_index) if shift_labels else labels
-    targets = targets.reshape(-1)
-    mask = targets != ignore_index
-    bad = mask & ((targets < 0) | (targets >= vocab_size))
-    if bool(bad.any()):  # one host sync; a CUDA gather with a bad index would be a device-side assert instead
-        offending = targets[bad][:5].tolist()
-        raise ValueError(
-            f"labels must be in [0, {vocab_size}) (the vocabulary size of logits) or equal ignore_index="
-            f"{ignore_index}; found {offending}"
-        )
-    return targets.masked_fill(~mask, 0), mask
+    """``(safe_targets [N], mask [N])`` of :func:`prepare_targets` (used by the fused linear path)."""
+    _, safe_targets, mask = prepare_targets(
+        labels, vocab_size, ignore_index=ignore_index, shift_labels=shift_labels, device=device
+    )
+    return safe_targets, mask
 
 
 def _per_token_output(per_token: torch.Tensor, labels_shape: torch.Size, shift_labels: bool) -> torch.Tensor:
@@ -324,6 +357,93 @@ def _mean(
     return total / denominator.clamp(min=1.0)
 
 
+def prepare_targets(
+    labels: torch.Tensor, vocab_size: int, *, ignore_index: int, shift_labels: bool, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Flatten (and, for causal LMs, shift) the labels; check their range.
+
+    Returns ``(targets [N], safe_targets [N], mask [N])``: ``targets`` aligned with the flattened logits rows,
+    ``safe_targets`` with ignored positions replaced by 0 (safe to gather), ``mask`` true where scored.
+    """
+    labels = labels.to(device=device, dtype=torch.long)
+    if shift_labels:
+        # Score logits[..., t, :] against labels[..., t+1] by padding the labels instead of slicing the
+        # logits: slicing would force a copy of the whole [N, V] tensor.
+        targets = F.pad(labels[..., 1:], (0, 1), value=ignore_index)
+    else:
+        targets = labels
+    targets = targets.reshape(-1)
+    mask = targets != ignore_index
+    bad = mask & ((targets < 0) | (targets >= vocab_size))
+    if bool(bad.any()):  # one host sync; a CUDA gather with a bad index would be a device-side assert instead
+        offending = targets[bad][:5].tolist()
+        raise ValueError(
+            f"labels must be in [0, {vocab_size}) (the vocabulary size of logits) or equal ignore_index="
+            f"{ignore_index}; found {offending}"
+        )
+    return targets, targets.masked_fill(~mask, 0), mask
+
+
+def reduce_token_losses(
+    per_token: torch.Tensor,
+    nll: torch.Tensor,
+    weight: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    labels_shape: torch.Size,
+    shift_labels: bool,
+    num_items_in_batch: torch.Tensor | int | float | None,
+    reduction: str,
+) -> tuple[torch.Tensor, GammaCEStats]:
+    """Apply ``reduction`` to flat per-token losses ``[N]`` and build the logging sums."""
+    num_tokens = mask.sum().float()
+    stats = GammaCEStats(
+        objective_sum=per_token.detach().sum(),
+        nll_sum=nll.detach().sum(),
+        weight_sum=weight.detach().sum(),
+        num_tokens=num_tokens,
+    )
+    if reduction == "none":
+        return _per_token_output(per_token, labels_shape, shift_labels), stats
+    total = per_token.sum()
+    if reduction == "sum":
+        return total, stats
+    return _mean(total, num_tokens, num_items_in_batch), stats
+
+
+def _token_weighted_cross_entropy(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    token_terms: TokenTerms,
+    *,
+    label_smoothing: float,
+    ignore_index: int,
+    shift_labels: bool,
+    num_items_in_batch: torch.Tensor | int | float | None,
+    reduction: str,
+) -> tuple[torch.Tensor, GammaCEStats]:
+    if reduction not in _REDUCTIONS:
+        raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
+    _check_inputs(logits, labels, ignore_index, shift_labels)
+    vocab_size = logits.shape[-1]
+    _, safe_targets, mask = prepare_targets(
+        labels, vocab_size, ignore_index=ignore_index, shift_labels=shift_labels, device=logits.device
+    )
+    per_token, nll, weight = _TokenWeightedCrossEntropy.apply(
+        logits.reshape(-1, vocab_size), safe_targets, mask, token_terms, float(label_smoothing)
+    )
+    return reduce_token_losses(
+        per_token,
+        nll,
+        weight,
+        mask,
+        labels_shape=labels.shape,
+        shift_labels=shift_labels,
+        num_items_in_batch=num_items_in_batch,
+        reduction=reduction,
+    )
+
+
 def gamma_cross_entropy_with_stats(
     logits: torch.Tensor,
     labels: torch.Tensor,
@@ -337,31 +457,59 @@ def gamma_cross_entropy_with_stats(
     reduction: Reduction = "mean",
 ) -> tuple[torch.Tensor, GammaCEStats]:
     """:func:`gamma_cross_entropy` that also returns detached sums for logging (:class:`GammaCEStats`)."""
-    _check_options(gamma, min_weight, label_smoothing, reduction)
-    _check_inputs(logits, labels, ignore_index, shift_labels)
-    gamma, min_weight, label_smoothing = float(gamma), float(min_weight), float(label_smoothing)
-
-    vocab_size = logits.shape[-1]
-    safe_targets, mask = _flat_targets(labels, vocab_size, logits.device, ignore_index, shift_labels)
-
-    flat_logits = logits.reshape(-1, vocab_size)
-    per_token, nll, weight = _GammaCrossEntropy.apply(
-        flat_logits, safe_targets, mask, gamma, min_weight, label_smoothing
+    validate_loss_hyperparameters(gamma, min_weight, label_smoothing)
+    return _token_weighted_cross_entropy(
+        logits,
+        labels,
+        _gamma_terms(float(gamma), float(min_weight)),
+        label_smoothing=label_smoothing,
+        ignore_index=ignore_index,
+        shift_labels=shift_labels,
+        num_items_in_batch=num_items_in_batch,
+        reduction=reduction,
     )
 
-    num_tokens = mask.sum().float()
-    stats = GammaCEStats(
-        objective_sum=per_token.detach().sum(),
-        nll_sum=nll.sum(),
-        weight_sum=weight.sum(),
-        num_tokens=num_tokens,
+
+def validate_focal_hyperparameters(focusing: float, alpha: float, label_smoothing: float, *, prefix: str = "") -> None:
+    """Raise ``ValueError`` naming the field: focusing ≥ 0, alpha > 0, label_smoothing in [0, 1)."""
+    validate_loss_hyperparameters(0.0, 0.0, label_smoothing, prefix=prefix)
+    for name, value, ok, rule in (
+        ("focal_gamma", focusing, lambda v: v >= 0, ">= 0"),
+        ("focal_alpha", alpha, lambda v: v > 0, "> 0"),
+    ):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value) or not ok(value):
+            raise ValueError(f"{prefix}{name} must be a number {rule}, got {value!r}")
+
+
+def focal_cross_entropy_with_stats(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    focal_gamma: float = 2.0,
+    focal_alpha: float = 1.0,
+    label_smoothing: float = 0.0,
+    ignore_index: int = -100,
+    shift_labels: bool = False,
+    num_items_in_batch: torch.Tensor | int | float | None = None,
+    reduction: Reduction = "mean",
+) -> tuple[torch.Tensor, GammaCEStats]:
+    """Token-level focal loss (Lin et al., 2017), a baseline for γ-CE, with the same layout and reductions.
+
+    Per scored token: ``(1-ε) · α (1-p_y)^f · (-log p_y) + (ε/V) · Σ_v(-log p_v)``, with the gradient flowing
+    through the modulating factor (standard focal loss). ``focal_gamma`` = f ≥ 0 (0 is cross-entropy),
+    ``focal_alpha`` = α > 0 a scalar scale. The stats' ``weight_sum`` sums ``α (1-p_y)^f``.
+    """
+    validate_focal_hyperparameters(focal_gamma, focal_alpha, label_smoothing)
+    return _token_weighted_cross_entropy(
+        logits,
+        labels,
+        _focal_terms(float(focal_gamma), float(focal_alpha)),
+        label_smoothing=label_smoothing,
+        ignore_index=ignore_index,
+        shift_labels=shift_labels,
+        num_items_in_batch=num_items_in_batch,
+        reduction=reduction,
     )
-    if reduction == "none":
-        return _per_token_output(per_token, labels.shape, shift_labels), stats
-    total = per_token.sum()
-    if reduction == "sum":
-        return total, stats
-    return _mean(total, num_tokens, num_items_in_batch), stats
 
 
 def gamma_cross_entropy(

@@ -73,3 +73,28 @@ def dft_reference(logits: torch.Tensor, labels: torch.Tensor, *, ignore_index: i
     log_p = F.log_softmax(logits, dim=-1).gather(-1, labels.masked_fill(~mask, 0).unsqueeze(-1)).squeeze(-1)
     per_token = -log_p.detach().exp() * log_p
     return (per_token * mask).sum() / mask.sum().clamp(min=1)
+
+
+def focal_cross_entropy_reference(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    focal_gamma: float,
+    focal_alpha: float = 1.0,
+    label_smoothing: float = 0.0,
+    ignore_index: int = -100,
+    shift_labels: bool = False,
+) -> torch.Tensor:
+    """Mean token-level focal loss ``(1-ε)·α(1-p)^f·(-log p) + (ε/V)·Σ_v(-log p_v)`` in float64 (gradient
+    through the modulating factor)."""
+    logits = logits.double()
+    labels = labels.long()
+    if shift_labels:
+        logits, labels = logits[..., :-1, :], labels[..., 1:]
+    log_probs = F.log_softmax(logits, dim=-1)
+    mask = labels != ignore_index
+    log_p = log_probs.gather(-1, labels.masked_fill(~mask, 0).unsqueeze(-1)).squeeze(-1)
+    focal = focal_alpha * (1.0 - log_p.exp()) ** focal_gamma * (-log_p)
+    smooth = -log_probs.sum(dim=-1) / logits.shape[-1]
+    per_token = (1.0 - label_smoothing) * focal + label_smoothing * smooth
+    return (per_token * mask).sum() / mask.sum().clamp(min=1)

@@ -19,21 +19,80 @@
 
 from __future__ import annotations
 
+import json
 import math
+import os
+import re
+import types
 from collections.abc import Mapping
 from typing import Any
 
 import torch
 from torch import nn
 from transformers import Seq2SeqTrainer, Trainer
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
 from .args import TVDArguments
-from .loss import GammaCEStats, gamma_cross_entropy_with_stats
+from .loss import GammaCEStats, focal_cross_entropy_with_stats, gamma_cross_entropy_with_stats
 
-__all__ = ["TVDLoss", "TVDLossMixin", "TVDSeq2SeqTrainer", "TVDTrainer"]
+__all__ = [
+    "NonFiniteLossError",
+    "TVDLoss",
+    "TVDLossMixin",
+    "TVDSeq2SeqTrainer",
+    "TVDTrainer",
+    "last_complete_checkpoint",
+]
 
 IGNORE_INDEX = -100
 _MODES = ("train", "eval")
+# Written (atomically) into a checkpoint folder once everything else in it is on disk.
+CHECKPOINT_COMPLETE_MARKER = "tvd_checkpoint_complete.json"
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training met NaN/inf gradients and ``TVDArguments.nonfinite_policy`` is ``"error"``."""
+
+
+def _checkpoint_is_complete(path: str) -> bool:
+    if os.path.isfile(os.path.join(path, CHECKPOINT_COMPLETE_MARKER)):
+        return True
+    # Checkpoints written by a stock Trainer have no marker; their trainer_state.json is written after the
+    # model, optimizer and RNG states, so a parseable one means the folder is complete.
+    try:
+        with open(os.path.join(path, "trainer_state.json")) as f:
+            json.load(f)
+    except (OSError, ValueError):
+        return False
+    return True
+
+
+def last_complete_checkpoint(output_dir: str) -> str | None:
+    """The highest-step ``checkpoint-N`` folder in ``output_dir`` that was completely written, or None.
+
+    Unlike ``transformers.trainer_utils.get_last_checkpoint``, a folder left half-written by a killed process
+    is skipped.
+    """
+    if not os.path.isdir(output_dir):
+        return None
+    pattern = re.compile(rf"^{PREFIX_CHECKPOINT_DIR}-(\d+)$")
+    steps = sorted(
+        (int(m.group(1)), name) for name in os.listdir(output_dir) if (m := pattern.match(name)) is not None
+    )
+    for _, name in reversed(steps):
+        path = os.path.join(output_dir, name)
+        if os.path.isdir(path) and _checkpoint_is_complete(path):
+            return path
+    return None
+
+
+def _write_json_atomically(path: str, payload: dict) -> None:
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(payload, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
@@ -92,6 +151,29 @@ def _get_logits(outputs: Any, model: nn.Module) -> torch.Tensor:
     return logits
 
 
+def token_loss(
+    tvd_args: TVDArguments,
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    gamma: float,
+    shift_labels: bool,
+    num_items_in_batch: torch.Tensor | int | None,
+) -> tuple[torch.Tensor, GammaCEStats]:
+    """The loss selected by ``tvd_args.loss_type`` (γ-CE at the given γ, or the focal baseline)."""
+    common = dict(
+        label_smoothing=tvd_args.label_smoothing,
+        ignore_index=IGNORE_INDEX,
+        shift_labels=shift_labels,
+        num_items_in_batch=num_items_in_batch,
+    )
+    if tvd_args.loss_type == "focal":
+        return focal_cross_entropy_with_stats(
+            logits, labels, focal_gamma=tvd_args.focal_gamma, focal_alpha=tvd_args.focal_alpha, **common
+        )
+    return gamma_cross_entropy_with_stats(logits, labels, gamma=gamma, min_weight=tvd_args.min_weight, **common)
+
+
 def _count_targets(batch: Mapping[str, Any], shifts_labels: bool) -> torch.Tensor | None:
     """Number of tokens the loss will score in one batch (labels ≠ -100, after the causal shift)."""
     if "shift_labels" in batch and torch.is_tensor(batch["shift_labels"]):
@@ -140,6 +222,7 @@ class TVDLossMixin:
         self.model_accepts_loss_kwargs = False
         self._tvd_sums: dict[str, torch.Tensor | None] = dict.fromkeys(_MODES)
         self._tvd_last_gamma: float | None = None
+        self._tvd_skipped_steps = 0
 
     # ---------------------------------------------------------------- γ
     def current_gamma(self) -> float:
@@ -202,14 +285,11 @@ class TVDLossMixin:
         # In training, normalise by the token count of the whole accumulation step (all processes); in
         # evaluation, by this batch's own count (the exact eval averages come from the logged sums).
         global_norm = model.training and num_items_in_batch is not None
-        args = self.tvd_args
-        loss, stats = gamma_cross_entropy_with_stats(
+        loss, stats = token_loss(
+            self.tvd_args,
             logits,
             targets,
             gamma=gamma,
-            min_weight=args.min_weight,
-            label_smoothing=args.label_smoothing,
-            ignore_index=IGNORE_INDEX,
             shift_labels=shift,
             num_items_in_batch=num_items_in_batch if global_norm else None,
         )
@@ -249,13 +329,16 @@ class TVDLossMixin:
             if prefix:  # training's `loss` is logged by Trainer itself (the same quantity, step-averaged)
                 metrics[f"{prefix}loss"] = objective / count
         gamma = self._tvd_last_gamma if mode == "train" and self._tvd_last_gamma is not None else None
-        metrics[f"{prefix}gamma"] = gamma if gamma is not None else self.current_gamma()
+        if self.tvd_args.loss_type == "gamma_ce":
+            metrics[f"{prefix}gamma"] = gamma if gamma is not None else self.current_gamma()
         return metrics
 
     def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
         # The periodic training log is the one with a `loss` entry (evaluation logs have `eval_loss`).
         if "loss" in logs:
             logs.update(self._tvd_drain("train", prefix=""))
+            if self.tvd_args.nonfinite_policy == "skip":
+                logs["nonfinite_skipped_steps"] = float(self._tvd_skipped_steps)
         super().log(logs, *args, **kwargs)
 
     def evaluation_loop(
@@ -274,9 +357,105 @@ class TVDLossMixin:
         output.metrics.update(self._tvd_drain("eval", prefix=f"{metric_key_prefix}_"))
         return output
 
-    def train(self, *args: Any, **kwargs: Any):  # type: ignore[override]
+    def train(self, resume_from_checkpoint: str | bool | None = None, *args: Any, **kwargs: Any):  # type: ignore[override]
         self._tvd_sums = dict.fromkeys(_MODES)
-        return super().train(*args, **kwargs)
+        self._tvd_skipped_steps = 0
+        if resume_from_checkpoint is True:
+            found = last_complete_checkpoint(self.args.output_dir)
+            if found is None:
+                raise ValueError(
+                    f"resume_from_checkpoint=True but {self.args.output_dir} holds no completely written "
+                    f"{PREFIX_CHECKPOINT_DIR}-N folder"
+                )
+            resume_from_checkpoint = found
+        elif isinstance(resume_from_checkpoint, str) and not _checkpoint_is_complete(resume_from_checkpoint):
+            raise ValueError(
+                f"checkpoint {resume_from_checkpoint} is missing or was not completely written (no "
+                f"{CHECKPOINT_COMPLETE_MARKER} and no readable trainer_state.json); last complete one in its "
+                f"folder: {last_complete_checkpoint(os.path.dirname(os.path.abspath(resume_from_checkpoint)))}"
+            )
+        return super().train(resume_from_checkpoint, *args, **kwargs)
+
+    # ---------------------------------------------------------------- checkpoints
+    def _save_checkpoint(self, model: nn.Module, trial: Any) -> None:
+        """Stock save, then a completion marker written atomically, then rotation of old checkpoints.
+
+        Rotation is deferred until the new checkpoint is marked complete, so a kill at any moment leaves at least
+        one complete checkpoint to resume from.
+        """
+        limit = self.args.save_total_limit
+        self.args.save_total_limit = None
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            self.args.save_total_limit = limit
+        self.accelerator.wait_for_everyone()  # every process has written its part (e.g. sharded states)
+        if not self.args.should_save:
+            return
+        run_dir = self._get_output_dir(trial=trial)
+        folder = os.path.join(run_dir, f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
+        _write_json_atomically(
+            os.path.join(folder, CHECKPOINT_COMPLETE_MARKER),
+            {"global_step": self.state.global_step, "tvd_args": dict(self.tvd_args.__dict__)},
+        )
+        if limit is not None:
+            rotate_checkpoints(
+                output_dir=run_dir,
+                save_total_limit=limit,
+                best_model_checkpoint=self.state.best_model_checkpoint,
+                use_mtime=True,
+            )
+
+    # ---------------------------------------------------------------- non-finite guard
+    def create_optimizer(self, *args: Any, **kwargs: Any) -> torch.optim.Optimizer:
+        optimizer = super().create_optimizer(*args, **kwargs)
+        if self.tvd_args.nonfinite_policy != "ignore" and not self.is_deepspeed_enabled:
+            self._tvd_guard_optimizer(optimizer)
+        return optimizer
+
+    def _tvd_guard_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
+        """Wrap ``optimizer.step`` so that an update with NaN/inf gradients never happens.
+
+        All processes see the same all-reduced gradients (and the flag is all-reduced for sharded ones), so they
+        take the same decision and nobody waits forever for a peer.
+        """
+        if getattr(optimizer, "_tvd_guarded", False):
+            return
+        inner_step = optimizer.step
+        trainer = self
+
+        def guarded_step(opt: torch.optim.Optimizer, *args: Any, **kwargs: Any) -> Any:
+            if trainer._tvd_gradients_finite(opt):
+                return inner_step(*args, **kwargs)
+            trainer._tvd_on_nonfinite()
+            return None
+
+        # a bound method (not a plain function), so that LR schedulers can wrap it as usual
+        optimizer.step = types.MethodType(guarded_step, optimizer)
+        optimizer._tvd_guarded = True
+
+    def _tvd_gradients_finite(self, optimizer: torch.optim.Optimizer) -> bool:
+        grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        if not grads:
+            return True
+        finite = torch.isfinite(torch.nn.utils.get_total_norm(grads, error_if_nonfinite=False)).float()
+        if self.args.world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
+            finite = finite.to(self.args.device)
+            torch.distributed.all_reduce(finite, op=torch.distributed.ReduceOp.MIN)
+        return bool(finite.item())  # one host sync per optimisation step
+
+    def _tvd_on_nonfinite(self) -> None:
+        step = self.state.global_step + 1
+        if self.tvd_args.nonfinite_policy == "skip":
+            self._tvd_skipped_steps += 1
+            return
+        last = last_complete_checkpoint(self.args.output_dir)
+        raise NonFiniteLossError(
+            f"non-finite loss or gradients at optimisation step {step} (NaN/inf, e.g. a poisoned batch or too "
+            "high a learning rate); training stopped before this update, so the weights are unchanged. Last "
+            f"complete checkpoint: {last or 'none saved yet'}. Set TVDArguments.nonfinite_policy='skip' to skip "
+            "such steps instead."
+        )
 
 
 class TVDTrainer(TVDLossMixin, Trainer):
@@ -336,13 +515,11 @@ class TVDLoss:
         if labels is None:
             raise ValueError("TVDLoss needs labels; the batch has none")
         logits = outputs.get("logits") if isinstance(outputs, Mapping) else outputs[0]
-        return gamma_cross_entropy_with_stats(
+        return token_loss(
+            self.tvd_args,
             logits,
             labels,
             gamma=self.tvd_args.gamma,
-            min_weight=self.tvd_args.min_weight,
-            label_smoothing=self.tvd_args.label_smoothing,
-            ignore_index=IGNORE_INDEX,
             shift_labels=self.shift_labels,
             num_items_in_batch=num_items_in_batch,
         )[0]

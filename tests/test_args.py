@@ -71,3 +71,13 @@ def test_schedule_length_from_ratio_or_steps():
     args = TVDArguments(gamma=0.5, gamma_schedule="linear", gamma_schedule_ratio=0.5)
     assert args.gamma_at(25, 100) == pytest.approx(0.25) and args.gamma_at(80, 100) == 0.5
     assert not math.isnan(args.gamma_at(0, 0))
+
+
+def test_loss_type_and_focal_fields():
+    assert TVDArguments(loss_type="focal", focal_gamma=0.5).focal_gamma == 0.5
+    with pytest.raises(ValueError, match="TVDArguments.loss_type"):
+        TVDArguments(loss_type="poly")
+    with pytest.raises(ValueError, match="TVDArguments.focal_gamma"):
+        TVDArguments(loss_type="focal", focal_gamma=-2.0)
+    with pytest.raises(ValueError, match="TVDArguments.focal_alpha"):
+        TVDArguments(loss_type="focal", focal_alpha=0.0)

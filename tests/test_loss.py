@@ -241,3 +241,34 @@ def test_loss_module_does_not_import_transformers():
         "assert 'transformers' not in sys.modules, 'transformers imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.parametrize("focal_gamma", [0.0, 0.5, 2.0, 5.0])
+@pytest.mark.parametrize("eps", [0.0, 0.1])
+def test_focal_matches_float64_reference(focal_gamma, eps):
+    from hf_tvd_loss.loss import focal_cross_entropy_with_stats
+    from hf_tvd_loss.reference import focal_cross_entropy_reference
+
+    logits, labels = make_batch()
+    x = logits.clone().requires_grad_()
+    x64 = logits.double().requires_grad_()
+    kw = dict(focal_gamma=focal_gamma, focal_alpha=0.5, label_smoothing=eps, shift_labels=True)
+    ours, stats = focal_cross_entropy_with_stats(x, labels, **kw)
+    ref = focal_cross_entropy_reference(x64, labels, **kw)
+    ours.backward()
+    ref.backward()
+    torch.testing.assert_close(ours.double(), ref.detach(), atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(x.grad.double(), x64.grad, atol=1e-6, rtol=1e-4)
+    assert 0 < stats.weight_sum.item() <= 0.5 * stats.num_tokens.item()
+
+
+def test_focal_zero_is_cross_entropy_and_bad_values():
+    from hf_tvd_loss.loss import focal_cross_entropy_with_stats
+
+    logits, labels = make_batch()
+    focal, _ = focal_cross_entropy_with_stats(logits, labels, focal_gamma=0.0)
+    assert abs(focal.item() - gamma_cross_entropy(logits, labels, gamma=0.0).item()) <= 1e-6
+    with pytest.raises(ValueError, match="focal_gamma must be a number >= 0"):
+        focal_cross_entropy_with_stats(logits, labels, focal_gamma=-1.0)
+    with pytest.raises(ValueError, match="focal_alpha must be a number > 0"):
+        focal_cross_entropy_with_stats(logits, labels, focal_alpha=0.0)

@@ -167,7 +167,7 @@ def test_peft_lora_model(tmp_path):
 
 
 def test_bf16_and_gradient_checkpointing(tmp_path):
-    extra = dict(bf16=True, gradient_checkpointing=True)
+    extra = dict(bf16=True, activation_checkpointing=True)
     history, state, _ = train_tiny("llama", str(tmp_path), per_device_batch=4, grad_accum=2, tvd=TVD, extra_args=extra)
     losses = train_losses(history)
     assert len(losses) == 3 and all(math.isfinite(x) for x in losses)
@@ -219,3 +219,41 @@ def test_stock_trainer_is_untouched():
     """Subclassing does not leak: the stock Trainer keeps its own compute_loss."""
     assert Trainer.compute_loss is not TVDTrainer.compute_loss
     assert TVDTrainer.loss_is_scaled_for_ga is True
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2", "t5", "bart"])
+def test_gamma_zero_loss_equals_models_own_loss_and_labels_stay_out(family, tmp_path):
+    """At γ=0 compute_loss equals the model's own cross-entropy (so shifting / decoder inputs are right),
+    and the model is called without labels (no second, wasted cross-entropy)."""
+    model = tiny_model(family).eval()
+    batch = collator(family)(list(tiny_dataset(family, n=6, seed=3)))
+    with torch.no_grad():
+        own = model(**batch).loss
+    seen: list[set] = []
+    original_forward = model.forward
+
+    def spy(*args, **kwargs):
+        seen.append(set(kwargs))
+        return original_forward(*args, **kwargs)
+
+    model.forward = spy
+    seq2seq = family in ("t5", "bart")
+    args_cls = Seq2SeqTrainingArguments if seq2seq else TrainingArguments
+    args = args_cls(output_dir=str(tmp_path), report_to="none", use_cpu=True)
+    trainer_cls = TVDSeq2SeqTrainer if seq2seq else TVDTrainer
+    trainer = trainer_cls(model=model, args=args, tvd_args=TVDArguments(gamma=0.0))
+    with torch.no_grad():
+        ours = trainer.compute_loss(model, batch)
+    assert ours.item() == pytest.approx(own.item(), rel=1e-6)
+    assert seen and all("labels" not in kwargs for kwargs in seen)
+
+
+def test_focal_baseline_same_normalisation(tmp_path):
+    focal = dict(loss_type="focal", focal_gamma=2.0, label_smoothing=0.1)
+    full = train_tiny("llama", str(tmp_path / "a"), per_device_batch=16, grad_accum=1, tvd=focal)
+    accum = train_tiny("llama", str(tmp_path / "b"), per_device_batch=4, grad_accum=4, tvd=focal)
+    assert_same_training(accum, full)
+    rows = [row for row in full[0] if "loss" in row]
+    assert all("nll" in row and "tvd_weight_mean" in row and "gamma" not in row for row in rows)
+    gce = train_tiny("llama", str(tmp_path / "c"), per_device_batch=16, grad_accum=1, tvd=dict(gamma=0.0))
+    assert train_losses(full[0])[0] < train_losses(gce[0])[0]  # (1-p)^2 < 1 shrinks the loss

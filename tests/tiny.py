@@ -100,6 +100,7 @@ def train_tiny(
     learning_rate: float = 1e-2,
     extra_args: dict | None = None,
     model=None,
+    callbacks: list | None = None,
 ) -> tuple[list[dict], dict[str, torch.Tensor], object]:
     """Train a tiny model; returns (log_history, final state_dict on CPU, trainer)."""
     from transformers import Seq2SeqTrainingArguments, Trainer, TrainingArguments
@@ -108,9 +109,7 @@ def train_tiny(
 
     seq2seq = is_seq2seq(family)
     args_cls = Seq2SeqTrainingArguments if seq2seq else TrainingArguments
-    settings = dict(save_strategy="no")
-    settings.update(extra_args or {})
-    args = args_cls(
+    settings = dict(
         output_dir=output_dir,
         per_device_train_batch_size=per_device_batch,
         per_device_eval_batch_size=8,
@@ -122,16 +121,21 @@ def train_tiny(
         weight_decay=0.0,
         max_grad_norm=1e9,
         logging_steps=1,
+        save_strategy="no",
         report_to="none",
         use_cpu=True,
         seed=0,
         data_seed=0,
         dataloader_num_workers=0,
         disable_tqdm=True,
-        **settings,
     )
+    settings.update(extra_args or {})
+    args = args_cls(**settings)
     model = model if model is not None else tiny_model(family)
-    kwargs = dict(model=model, args=args, train_dataset=tiny_dataset(family, n=n), data_collator=collator(family))
+    kwargs = dict(
+        model=model, args=args, train_dataset=tiny_dataset(family, n=n), data_collator=collator(family),
+        callbacks=callbacks,
+    )  # fmt: skip
     if stock:
         trainer = Trainer(**kwargs)
     else:

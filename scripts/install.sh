@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Creates ./.venv (if missing) and installs hf_tvd_loss with everything its scripts and tests need.
+# Idempotent: a second run only checks that the requirements are satisfied.
+#   PYTHON=python3.11 bash scripts/install.sh     # choose the interpreter
+#   TORCH_SPEC="torch==2.13.0" (default)          # pinned: a bare `torch` requirement on a machine without
+#                                                 # torch resolves to a multi-GB CUDA build
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON="${PYTHON:-python3}"
+TORCH_SPEC="${TORCH_SPEC:-torch==2.13.0}"
+if [ ! -x .venv/bin/python ]; then
+    "$PYTHON" -m venv .venv
+fi
+PIP=(.venv/bin/python -m pip --disable-pip-version-check -q)
+# torch first, pinned, so that no dependency pulls another build
+if ! .venv/bin/python -c "import torch" >/dev/null 2>&1; then
+    "${PIP[@]}" install "$TORCH_SPEC"
+fi
+"${PIP[@]}" install -e ".[dev]"
+.venv/bin/python -c "import torch, transformers, hf_tvd_loss; print('hf_tvd_loss', hf_tvd_loss.__version__, '| torch', torch.__version__, '| transformers', transformers.__version__)"
