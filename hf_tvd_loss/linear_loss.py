@@ -54,10 +54,11 @@ __all__ = ["Impl", "linear_gamma_cross_entropy", "linear_gamma_cross_entropy_wit
 Impl = Literal["auto", "torch", "cce", "liger"]
 _IMPLS = ("auto", "torch", "cce", "liger")
 
-# Default rows per chunk: about this many logits (fp32) at once, i.e. 32 MiB of scratch per buffer.
-# Larger chunks make the matmuls a little more efficient; smaller ones lower the peak. On the 2-core CPU of
-# BENCHMARKS.md, 2**22 .. 2**24 elements ran within a few percent of each other.
-_CHUNK_ELEMENTS = 1 << 23
+# Default rows per chunk: about this many logits at once (64 MiB of fp32 scratch per buffer; 524 rows at
+# V = 32000). Measured on the 2-core CPU of BENCHMARKS.md (N = 2048, d = 512): 262 / 524 / 1024 rows gave
+# 3.86 / 3.43 / 3.28 s and 108 / 140 / 201 MiB extra peak memory; matmuls of a few hundred rows are
+# noticeably less efficient there, and the memory stays far below the logits path's (510 MiB).
+_CHUNK_ELEMENTS = 1 << 24
 
 
 def _default_chunk_size(vocab_size: int) -> int:
@@ -483,7 +484,7 @@ def linear_gamma_cross_entropy(
         final_logit_softcapping: ``cap`` in ``cap · tanh(logits / cap)`` (Gemma 2), or None.
         gamma, min_weight, label_smoothing, ignore_index, shift_labels, num_items_in_batch, reduction:
             as in :func:`hf_tvd_loss.gamma_cross_entropy`.
-        chunk_size: token rows per chunk (default: about 2**23 logits per chunk, e.g. 262 rows at V = 32000).
+        chunk_size: token rows per chunk (default: about 2**24 logits per chunk, e.g. 524 rows at V = 32000).
         impl: ``"torch"`` (pure PyTorch, any device), ``"cce"`` / ``"liger"`` (fused CUDA kernels from
             cut-cross-entropy / liger-kernel for the per-token NLL, γ weighting added in torch; untested here,
             and cut-cross-entropy's default gradient filtering applies), or ``"auto"`` (cce, then liger, on CUDA
