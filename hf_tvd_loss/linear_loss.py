@@ -21,10 +21,11 @@ Usage::
 :func:`hf_tvd_loss.heads.resolve_output_head` finds the weight, bias, scale and softcapping of a transformers
 model and computes its final hidden states. Measured speed and memory are in ``BENCHMARKS.md``.
 
-Backends (``impl``): ``"torch"`` is the pure-PyTorch implementation here (any device, the default on CPU);
+Backends (``impl``): ``"torch"`` (the default) is the pure-PyTorch implementation here, on any device;
 ``"cce"`` (cut-cross-entropy) and ``"liger"`` (liger-kernel) use those packages' fused CUDA kernels for the
 per-token negative log-likelihood and add the γ weighting on top; ``"auto"`` picks cce, then liger, on CUDA
-when installed and applicable, else torch.
+when installed and applicable, else torch. The two kernel backends have not been run in this repository
+(no GPU was available when they were written): they are opt-in, and ``"torch"`` stays the default.
 """
 
 from __future__ import annotations
@@ -53,10 +54,11 @@ __all__ = ["Impl", "linear_gamma_cross_entropy", "linear_gamma_cross_entropy_wit
 Impl = Literal["auto", "torch", "cce", "liger"]
 _IMPLS = ("auto", "torch", "cce", "liger")
 
-# Default rows per chunk: about this many logits (fp32) at once, i.e. 32 MiB of scratch per buffer.
-# Larger chunks make the matmuls a little more efficient; smaller ones lower the peak. On the 2-core CPU of
-# BENCHMARKS.md, 2**22 .. 2**24 elements ran within a few percent of each other.
-_CHUNK_ELEMENTS = 1 << 23
+# Default rows per chunk: about this many logits at once (64 MiB of fp32 scratch per buffer; 524 rows at
+# V = 32000). Measured on the 2-core CPU of BENCHMARKS.md (N = 2048, d = 512): 262 / 524 / 1024 rows gave
+# 3.86 / 3.43 / 3.28 s and 108 / 140 / 201 MiB extra peak memory; matmuls of a few hundred rows are
+# noticeably less efficient there, and the memory stays far below the logits path's (510 MiB).
+_CHUNK_ELEMENTS = 1 << 24
 
 
 def _default_chunk_size(vocab_size: int) -> int:
@@ -339,17 +341,16 @@ def _select_impl(impl: str, hidden: torch.Tensor, softcap: float | None, label_s
 def _kernel_nll(name, hidden, weight, bias, targets, mask, softcap, ignore_index):
     """Per-token ``-log p_y`` ``[N]`` (differentiable, 0 where ignored) from a fused CUDA kernel. Untested here."""
     kernel_targets = targets.masked_fill(~mask, ignore_index)
+    kwargs = {"ignore_index": ignore_index, "softcap": softcap, "reduction": "none"}
+    if bias is not None:  # older releases of both packages have no bias argument
+        kwargs["bias"] = bias
     if name == "cce":
         from cut_cross_entropy import linear_cross_entropy
 
-        return linear_cross_entropy(
-            hidden, weight, kernel_targets, bias=bias, ignore_index=ignore_index, softcap=softcap, reduction="none"
-        ).float()
+        return linear_cross_entropy(hidden, weight, kernel_targets, **kwargs).float()
     from liger_kernel.transformers.functional import liger_fused_linear_cross_entropy
 
-    out = liger_fused_linear_cross_entropy(
-        hidden, weight, kernel_targets, bias=bias, ignore_index=ignore_index, softcap=softcap, reduction="none"
-    )
+    out = liger_fused_linear_cross_entropy(hidden, weight, kernel_targets, **kwargs)
     return (out[0] if isinstance(out, tuple) else out).float()  # some versions return (loss, z_loss, ...)
 
 
@@ -386,7 +387,7 @@ def linear_gamma_cross_entropy_with_stats(
     num_items_in_batch: torch.Tensor | int | float | None = None,
     reduction: Reduction = "mean",
     chunk_size: int | None = None,
-    impl: Impl = "auto",
+    impl: Impl = "torch",
 ) -> tuple[torch.Tensor, GammaCEStats]:
     """:func:`linear_gamma_cross_entropy` that also returns detached sums for logging (:class:`GammaCEStats`)."""
     _check_options(gamma, min_weight, label_smoothing, reduction)
@@ -467,7 +468,7 @@ def linear_gamma_cross_entropy(
     num_items_in_batch: torch.Tensor | int | float | None = None,
     reduction: Reduction = "mean",
     chunk_size: int | None = None,
-    impl: Impl = "auto",
+    impl: Impl = "torch",
 ) -> torch.Tensor:
     """γ-cross-entropy of ``logits = softcap((logit_scale · hidden) @ weight.T + bias)`` without materialising them.
 
@@ -483,10 +484,11 @@ def linear_gamma_cross_entropy(
         final_logit_softcapping: ``cap`` in ``cap · tanh(logits / cap)`` (Gemma 2), or None.
         gamma, min_weight, label_smoothing, ignore_index, shift_labels, num_items_in_batch, reduction:
             as in :func:`hf_tvd_loss.gamma_cross_entropy`.
-        chunk_size: token rows per chunk (default: about 2**23 logits per chunk, e.g. 262 rows at V = 32000).
+        chunk_size: token rows per chunk (default: about 2**24 logits per chunk, e.g. 524 rows at V = 32000).
         impl: ``"torch"`` (pure PyTorch, any device), ``"cce"`` / ``"liger"`` (fused CUDA kernels from
-            cut-cross-entropy / liger-kernel for the per-token NLL, γ weighting added in torch), or ``"auto"``
-            (cce, then liger, on CUDA when installed; else torch).
+            cut-cross-entropy / liger-kernel for the per-token NLL, γ weighting added in torch; untested here,
+            and cut-cross-entropy's default gradient filtering applies), or ``"auto"`` (cce, then liger, on CUDA
+            when installed; else torch).
 
     Returns:
         A 0-dim fp32 tensor, or a ``labels``-shaped one for ``reduction="none"``. Gradients flow to
