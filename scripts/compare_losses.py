@@ -111,8 +111,10 @@ def main(argv: Sequence[str] | None = None) -> str:
         noise_rates = args.noise_rates if args.noise_rates is not None else config.get("noise_rates", [0.0, 0.2])
         if any(not 0.0 <= r <= 1.0 for r in noise_rates):
             raise ValueError(f"noise rates must be in [0, 1], got {noise_rates}")
-        noise_losses = args.noise_losses or config.get("noise_losses") or DEFAULT_NOISE_LOSSES
         names = [loss.name for loss in losses]
+        noise_losses = args.noise_losses or config.get("noise_losses")
+        if noise_losses is None:  # not chosen: the default ones that are being compared
+            noise_losses = [name for name in DEFAULT_NOISE_LOSSES if name in names] or names
         if noise_losses == ["all"]:
             noise_losses = names
         missing = [n for n in noise_losses if n not in names]
