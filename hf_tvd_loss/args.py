@@ -19,6 +19,10 @@ LossType = Literal["gamma_ce", "focal"]
 _LOSS_TYPES = ("gamma_ce", "focal")
 NonFinitePolicy = Literal["error", "skip", "ignore"]
 _NONFINITE = ("error", "skip", "ignore")
+LossImpl = Literal["logits", "chunked"]
+_LOSS_IMPLS = ("logits", "chunked")
+ChunkedBackend = Literal["auto", "torch", "cce", "liger"]
+_BACKENDS = ("auto", "torch", "cce", "liger")
 
 
 @dataclass
@@ -98,6 +102,26 @@ class TVDArguments:
         },
     )
 
+    loss_impl: LossImpl = field(
+        default="logits",
+        metadata={
+            "help": "'logits': the model computes its [tokens, vocab] logits and the loss runs on them. 'chunked': "
+            "the loss is computed from the final hidden states and the output-embedding weight a chunk of tokens "
+            "at a time, never materialising the logits in training (much less memory at large vocabularies). "
+            "Models it cannot handle fall back to 'logits' with a warning naming the model class; evaluation "
+            "always uses the logits (predictions need them).",
+            "choices": list(_LOSS_IMPLS),
+        },
+    )
+    chunked_backend: ChunkedBackend = field(
+        default="auto",
+        metadata={
+            "help": "Kernel for loss_impl='chunked': 'torch' (pure PyTorch, CPU and GPU), 'cce' "
+            "(cut-cross-entropy) or 'liger' (liger-kernel), CUDA only; 'auto' picks an installed CUDA kernel, "
+            "else 'torch'.",
+            "choices": list(_BACKENDS),
+        },
+    )
     nonfinite_policy: NonFinitePolicy = field(
         default="error",
         metadata={
@@ -110,6 +134,9 @@ class TVDArguments:
     )
 
     def __post_init__(self) -> None:
+        for name, allowed in (("loss_impl", _LOSS_IMPLS), ("chunked_backend", _BACKENDS)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"TVDArguments.{name} must be one of {list(allowed)}, got {getattr(self, name)!r}")
         if self.nonfinite_policy not in _NONFINITE:
             raise ValueError(
                 f"TVDArguments.nonfinite_policy must be one of {list(_NONFINITE)}, got {self.nonfinite_policy!r}"

@@ -20,6 +20,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import re
@@ -33,7 +34,11 @@ from transformers import Seq2SeqTrainer, Trainer
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
 from .args import TVDArguments
+from .heads import resolve_output_head_with_reason
+from .linear_loss import linear_gamma_cross_entropy_with_stats
 from .loss import GammaCEStats, focal_cross_entropy_with_stats, gamma_cross_entropy_with_stats
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "NonFiniteLossError",
@@ -174,6 +179,38 @@ def token_loss(
     return gamma_cross_entropy_with_stats(logits, labels, gamma=gamma, min_weight=tvd_args.min_weight, **common)
 
 
+class _ChunkedHead:
+    """What the chunked loss needs besides the hidden states: the lm_head module (its input is captured, so any
+    scaling the model applies before it, such as T5's, is already in), the bias it adds after (BART's
+    ``final_logits_bias``) and Gemma-2's soft-capping."""
+
+    def __init__(self, module: nn.Linear, bias: torch.Tensor | None, softcap: float | None) -> None:
+        self.module, self.bias, self.softcap = module, bias, softcap
+
+
+def _forward_capturing_head_input(
+    model: nn.Module, head: nn.Module, inputs: dict[str, Any]
+) -> tuple[Any, torch.Tensor]:
+    """Run the (possibly DDP/FSDP-wrapped) model with its lm_head fed zero positions, and return the hidden
+    states the head would have seen. The model's own forward runs, so the wrappers' hooks (DDP gradient
+    all-reduce, FSDP unsharding) behave as usual, and the ``[tokens, vocab]`` logits are never built."""
+    captured: list[torch.Tensor] = []
+
+    def pre_hook(module: nn.Module, args: tuple) -> tuple:
+        hidden = args[0]
+        captured.append(hidden)
+        return (hidden[..., :0, :], *args[1:])
+
+    handle = head.register_forward_pre_hook(pre_hook)
+    try:
+        outputs = model(**inputs)
+    finally:
+        handle.remove()
+    if len(captured) != 1:
+        raise RuntimeError(f"expected the output head to run once in the forward pass, it ran {len(captured)} times")
+    return outputs, captured[0]
+
+
 def _count_targets(batch: Mapping[str, Any], shifts_labels: bool) -> torch.Tensor | None:
     """Number of tokens the loss will score in one batch (labels ≠ -100, after the causal shift)."""
     if "shift_labels" in batch and torch.is_tensor(batch["shift_labels"]):
@@ -223,6 +260,7 @@ class TVDLossMixin:
         self._tvd_sums: dict[str, torch.Tensor | None] = dict.fromkeys(_MODES)
         self._tvd_last_gamma: float | None = None
         self._tvd_skipped_steps = 0
+        self._tvd_head_cache: tuple[int, Any, str | None] | None = None
 
     # ---------------------------------------------------------------- γ
     def current_gamma(self) -> float:
@@ -273,9 +311,6 @@ class TVDLossMixin:
             and "decoder_inputs_embeds" not in inputs
         ):
             inputs["decoder_input_ids"] = decoder_input_ids_from_labels(model, labels)
-        outputs = model(**inputs)
-        logits = _get_logits(outputs, model)
-
         if shift_labels is not None:  # padding-free collators provide the shifted targets themselves
             targets, shift = shift_labels, False
         else:
@@ -285,14 +320,30 @@ class TVDLossMixin:
         # In training, normalise by the token count of the whole accumulation step (all processes); in
         # evaluation, by this batch's own count (the exact eval averages come from the logged sums).
         global_norm = model.training and num_items_in_batch is not None
-        loss, stats = token_loss(
-            self.tvd_args,
-            logits,
-            targets,
-            gamma=gamma,
-            shift_labels=shift,
-            num_items_in_batch=num_items_in_batch if global_norm else None,
-        )
+        denominator = num_items_in_batch if global_norm else None
+        head = self._tvd_chunked_head(model) if model.training else None
+        if head is not None:
+            outputs, hidden = _forward_capturing_head_input(model, head.module, inputs)
+            loss, stats = linear_gamma_cross_entropy_with_stats(
+                hidden,
+                head.module.weight,
+                targets,
+                bias=head.bias,
+                final_logit_softcapping=head.softcap,
+                gamma=gamma,
+                min_weight=self.tvd_args.min_weight,
+                label_smoothing=self.tvd_args.label_smoothing,
+                ignore_index=IGNORE_INDEX,
+                shift_labels=shift,
+                num_items_in_batch=denominator,
+                impl=self.tvd_args.chunked_backend,
+            )
+        else:
+            outputs = model(**inputs)
+            logits = _get_logits(outputs, model)
+            loss, stats = token_loss(
+                self.tvd_args, logits, targets, gamma=gamma, shift_labels=shift, num_items_in_batch=denominator
+            )
         if global_norm and self.args.average_tokens_across_devices and self.accelerator.num_processes > 1:
             # DDP averages gradients over processes; the count above is global, so undo that average.
             loss = loss * self.accelerator.num_processes
@@ -302,6 +353,27 @@ class TVDLossMixin:
         self._tvd_last_gamma = gamma
         self._tvd_record("train" if model.training else "eval", stats)
         return (loss, outputs) if return_outputs else loss
+
+    def _tvd_chunked_head(self, model: nn.Module) -> _ChunkedHead | None:
+        """The output head for ``loss_impl='chunked'``, or None (logits path), resolved once per model."""
+        if self.tvd_args.loss_impl != "chunked":
+            return None
+        base = _unwrap(model)
+        if self._tvd_head_cache is not None and self._tvd_head_cache[0] == id(base):
+            return self._tvd_head_cache[1]
+        head, reason = None, None
+        if self.tvd_args.loss_type != "gamma_ce":
+            reason = f"loss_type={self.tvd_args.loss_type!r} has no chunked implementation"
+        else:
+            resolved, reason = resolve_output_head_with_reason(base)
+            if resolved is not None:
+                head = _ChunkedHead(
+                    module=base.get_output_embeddings(), bias=resolved.bias, softcap=resolved.final_logit_softcapping
+                )
+        if head is None:
+            logger.warning("loss_impl='chunked' falls back to the logits path for %s: %s", type(base).__name__, reason)
+        self._tvd_head_cache = (id(base), head, reason)
+        return head
 
     # ---------------------------------------------------------------- metrics
     def _tvd_record(self, mode: str, stats: GammaCEStats) -> None:

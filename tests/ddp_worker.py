@@ -18,13 +18,16 @@ from tiny import train_tiny  # noqa: E402
 
 
 def main(out_dir: str, families: list[str], tvd: dict) -> None:
-    for family in families:
+    for entry in families:
+        # "llama:chunked" trains with loss_impl="chunked" (the head's input is captured through the DDP forward)
+        family, _, impl = entry.partition(":")
+        run_tvd = {**tvd, "loss_impl": impl} if impl else tvd
         with tempfile.TemporaryDirectory() as tmp:
-            history, state, trainer = train_tiny(family, tmp, per_device_batch=4, grad_accum=2, tvd=tvd)
+            history, state, trainer = train_tiny(family, tmp, per_device_batch=4, grad_accum=2, tvd=run_tvd)
             eval_metrics = trainer.evaluate(trainer.train_dataset)
         if trainer.args.process_index == 0:
-            torch.save(state, os.path.join(out_dir, f"{family}.pt"))
-            with open(os.path.join(out_dir, f"{family}.json"), "w") as f:
+            torch.save(state, os.path.join(out_dir, f"{entry}.pt"))
+            with open(os.path.join(out_dir, f"{entry}.json"), "w") as f:
                 json.dump({"history": history, "eval": eval_metrics, "world_size": trainer.args.world_size}, f)
 
 

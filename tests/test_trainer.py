@@ -257,3 +257,38 @@ def test_focal_baseline_same_normalisation(tmp_path):
     assert all("nll" in row and "tvd_weight_mean" in row and "gamma" not in row for row in rows)
     gce = train_tiny("llama", str(tmp_path / "c"), per_device_batch=16, grad_accum=1, tvd=dict(gamma=0.0))
     assert train_losses(full[0])[0] < train_losses(gce[0])[0]  # (1-p)^2 < 1 shrinks the loss
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2", "t5", "bart"])
+def test_chunked_loss_impl_trains_like_the_logits_path(family, tmp_path):
+    """loss_impl='chunked' never builds the logits in training, and trains the same."""
+    chunked_tvd = {**TVD, "loss_impl": "chunked", "chunked_backend": "torch"}
+    logits_run = train_tiny(family, str(tmp_path / "a"), per_device_batch=8, grad_accum=2, tvd=TVD)
+    chunked_run = train_tiny(family, str(tmp_path / "b"), per_device_batch=8, grad_accum=2, tvd=chunked_tvd)
+    assert chunked_run[2]._tvd_head_cache[1] is not None  # the chunked path was really used, no fallback
+    assert_same_training(chunked_run, logits_run, loss_rtol=1e-5)
+
+
+def test_chunked_path_builds_no_full_logits(tmp_path):
+    from tiny import collator as make_collator
+
+    trainer = TVDTrainer(
+        **_trainer_kwargs(tmp_path), tvd_args=TVDArguments(gamma=0.1, loss_impl="chunked", chunked_backend="torch")
+    )
+    batch = make_collator("llama")(list(tiny_dataset("llama", n=4)))
+    trainer.model.train()
+    loss, outputs = trainer.compute_loss(trainer.model, batch, return_outputs=True)
+    assert outputs.logits.shape[1] == 0  # the head saw zero positions
+    loss.backward()
+    assert trainer.model.lm_head.weight.grad is not None and trainer.model.lm_head.weight.grad.abs().sum() > 0
+
+
+def test_chunked_falls_back_with_a_reason(tmp_path, caplog):
+    focal = dict(loss_type="focal", loss_impl="chunked")
+    with caplog.at_level("WARNING", logger="hf_tvd_loss.trainer"):
+        run = train_tiny("llama", str(tmp_path / "a"), per_device_batch=8, grad_accum=1, max_steps=1, tvd=focal)
+    assert run[2]._tvd_head_cache[1] is None
+    assert "LlamaForCausalLM" in caplog.text and "loss_type='focal' has no chunked implementation" in caplog.text
+    reference = train_tiny("llama", str(tmp_path / "b"), per_device_batch=8, grad_accum=1, max_steps=1,
+                           tvd=dict(loss_type="focal"))  # fmt: skip
+    assert train_losses(run[0]) == train_losses(reference[0])

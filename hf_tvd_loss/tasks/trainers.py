@@ -43,7 +43,9 @@ class CalibrationMixin:
         self._calibration = None
         if self.args.world_size > 1:  # a collective: every process runs the evaluation loop
             sums = self.accelerator.gather(sums.to(self.args.device).unsqueeze(0)).sum(0)
-        for name, value in calibration_from_sums(sums.cpu()).items():
+        # kept for reliability diagrams (scripts/compare_losses.py): [count, Σ confidence, Σ correct] per bin
+        self.last_calibration_sums = sums.cpu()
+        for name, value in calibration_from_sums(self.last_calibration_sums).items():
             output.metrics[f"{metric_key_prefix}_{name}"] = value
         return output
 

@@ -1,0 +1,351 @@
+"""Loss comparison studies: γ-CE against cross-entropy, label smoothing, focal loss and DFT.
+
+:func:`parse_loss` turns a short name into ``TVDArguments`` options; :func:`run_study` trains one task under
+every (loss, seed, noise rate), skipping runs already finished; :func:`write_report` aggregates the results into
+a markdown table (mean ± std over seeds) and PNG plots. ``scripts/compare_losses.py`` is the command line.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import statistics
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["LossSetting", "RunSpec", "parse_loss", "plan_runs", "run_study", "write_report"]
+
+_FLOAT = r"(\d+(?:\.\d*)?(?:e-?\d+)?)"
+
+
+@dataclass(frozen=True)
+class LossSetting:
+    """A named loss configuration: ``options`` are ``TVDArguments`` fields."""
+
+    name: str
+    options: tuple[tuple[str, Any], ...]
+    family: str  # ce | ls | focal | gamma | dft | schedule (for grouping in plots)
+    gamma: float | None = None  # the (final) γ for γ-CE settings
+
+    def argv(self) -> list[str]:
+        out: list[str] = []
+        for key, value in self.options:
+            out += [f"--{key}", str(value)]
+        return out
+
+
+def parse_loss(spec: str) -> LossSetting:
+    """Parse a loss name.
+
+    ``ce``; ``ls`` or ``ls0.1`` (label smoothing ε); ``focal`` or ``focal2`` (focusing f); ``gamma0.8`` (γ-CE with
+    b = 0); ``gamma0.8b0.2`` (with floor b); ``dft`` (γ = 1); ``sched0.8`` (γ linear from 0 to 0.8 over the
+    first half of training). Any name may end with ``,key=value,...`` extra ``TVDArguments`` options.
+    """
+    head, *extras = spec.split(",")
+    extra: list[tuple[str, Any]] = []
+    for item in extras:
+        if "=" not in item:
+            raise ValueError(f"loss {spec!r}: extra option {item!r} is not key=value")
+        key, value = item.split("=", 1)
+        extra.append((key.strip(), value.strip()))
+    if head == "ce":
+        return LossSetting(spec, (("gamma", 0.0), *extra), "ce", 0.0)
+    if m := re.fullmatch(rf"ls{_FLOAT}?", head):
+        eps = float(m.group(1) or 0.1)
+        return LossSetting(spec, (("gamma", 0.0), ("label_smoothing", eps), *extra), "ls")
+    if m := re.fullmatch(rf"focal{_FLOAT}?", head):
+        f = float(m.group(1) or 2.0)
+        return LossSetting(spec, (("loss_type", "focal"), ("focal_gamma", f), *extra), "focal")
+    if head == "dft":
+        return LossSetting(spec, (("gamma", 1.0), *extra), "dft", 1.0)
+    if m := re.fullmatch(rf"gamma{_FLOAT}(?:b{_FLOAT})?", head):
+        gamma, floor = float(m.group(1)), float(m.group(2) or 0.0)
+        return LossSetting(spec, (("gamma", gamma), ("min_weight", floor), *extra), "gamma", gamma)
+    if m := re.fullmatch(rf"sched{_FLOAT}", head):
+        gamma = float(m.group(1))
+        options = (("gamma", gamma), ("gamma_schedule", "linear"), ("gamma_start", 0.0), ("gamma_schedule_ratio", 0.5))
+        return LossSetting(spec, (*options, *extra), "schedule", gamma)
+    raise ValueError(
+        f"unknown loss {spec!r}: expected ce, ls[ε], focal[f], dft, gamma<γ>[b<b>] or sched<γ> "
+        "(optionally followed by ,key=value TVDArguments options)"
+    )
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    loss: LossSetting
+    seed: int
+    noise: float
+
+    @property
+    def name(self) -> str:
+        safe = re.sub(r"[^A-Za-z0-9_.=-]+", "_", self.loss.name)
+        return f"{safe}__seed{self.seed}__noise{self.noise:g}"
+
+
+def plan_runs(
+    losses: Sequence[LossSetting],
+    seeds: Sequence[int],
+    noise_rates: Sequence[float],
+    noise_losses: Sequence[str] | None,
+) -> list[RunSpec]:
+    """Every loss × seed at noise 0, and the losses named in ``noise_losses`` (all if None) at each other rate."""
+    runs = [RunSpec(loss, seed, 0.0) for loss in losses for seed in seeds]
+    for rate in noise_rates:
+        if rate == 0.0:
+            continue
+        for loss in losses:
+            if noise_losses is None or loss.name in noise_losses:
+                runs += [RunSpec(loss, seed, rate) for seed in seeds]
+    return runs
+
+
+@dataclass
+class StudyResult:
+    spec: RunSpec
+    metrics: dict[str, float]
+    history: list[dict[str, Any]] = field(default_factory=list)
+    calibration_bins: list[list[float]] | None = None
+
+
+Runner = Callable[[RunSpec, str], dict[str, Any]]
+
+
+def run_study(
+    runs: Sequence[RunSpec], report_dir: str, runner: Runner, *, log: Callable[[str], None] = print
+) -> list[StudyResult]:
+    """Run each spec with ``runner(spec, run_dir)`` unless ``run_dir/result.json`` exists (finished earlier).
+
+    ``runner`` returns ``{"metrics": {...}, "history": [...], "calibration_bins": [[count, Σconf, Σcorrect]...]}``;
+    it is saved as ``result.json`` (written last and atomically, so an interrupted run is redone, never half-read).
+    """
+    results = []
+    for i, spec in enumerate(runs, 1):
+        run_dir = os.path.join(report_dir, "runs", spec.name)
+        result_file = os.path.join(run_dir, "result.json")
+        if os.path.isfile(result_file):
+            log(f"[{i}/{len(runs)}] {spec.name}: done earlier, reusing {result_file}")
+        else:
+            log(f"[{i}/{len(runs)}] {spec.name}: training")
+            payload = runner(spec, run_dir)
+            os.makedirs(run_dir, exist_ok=True)
+            tmp = result_file + ".tmp"
+            with open(tmp, "w") as f:
+                json.dump({"loss": spec.loss.name, "seed": spec.seed, "noise": spec.noise, **payload}, f, indent=1)
+            os.replace(tmp, result_file)
+        with open(result_file) as f:
+            data = json.load(f)
+        results.append(StudyResult(spec, data["metrics"], data.get("history", []), data.get("calibration_bins")))
+    return results
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    values = [v for v in values if v is not None and not math.isnan(v)]
+    if not values:
+        return float("nan"), float("nan")
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def _fmt(mean: float, std: float, digits: int) -> str:
+    if math.isnan(mean):
+        return "–"
+    return f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+def aggregate(results: Sequence[StudyResult], columns: Sequence[str]) -> list[dict[str, Any]]:
+    """One row per (loss, noise): mean and std over seeds of each metric in ``columns``."""
+    groups: dict[tuple[str, float], list[StudyResult]] = {}
+    for r in results:
+        groups.setdefault((r.spec.loss.name, r.spec.noise), []).append(r)
+    rows = []
+    for (loss, noise), members in groups.items():
+        row: dict[str, Any] = {"loss": loss, "noise": noise, "seeds": len(members), "spec": members[0].spec}
+        for column in columns:
+            row[column] = _mean_std([m.metrics.get(column, float("nan")) for m in members])
+        rows.append(row)
+    return rows
+
+
+def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[str], labels: dict[str, str]) -> str:
+    header = "| loss | label noise | seeds | " + " | ".join(labels.get(c, c) for c in columns) + " |"
+    lines = [header, "|" + "---|" * (3 + len(columns))]
+    for row in rows:
+        cells = [_fmt(*row[c], digits=4 if "ece" in c or "confidence" in c or "accuracy" in c else 2) for c in columns]
+        lines.append(f"| {row['loss']} | {row['noise']:g} | {row['seeds']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def write_report(
+    results: Sequence[StudyResult],
+    report_dir: str,
+    *,
+    task_metric: str,
+    task_metric_label: str,
+    higher_is_better: bool,
+    command: str,
+    title: str,
+) -> str:
+    """Write ``report.md``, ``results.json`` and PNG plots into ``report_dir``; returns the report's path."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    columns = [task_metric, "eval_nll", "eval_perplexity", "eval_ece", "eval_confidence", "eval_accuracy"]
+    labels = {
+        task_metric: task_metric_label,
+        "eval_nll": "NLL",
+        "eval_perplexity": "perplexity",
+        "eval_ece": "ECE",
+        "eval_confidence": "mean confidence",
+        "eval_accuracy": "token accuracy",
+    }
+    rows = aggregate(results, columns)
+    os.makedirs(report_dir, exist_ok=True)
+    plots = []
+
+    # learning curves: training NLL per step (comparable across losses), one line per loss at noise 0
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for loss in dict.fromkeys(r.spec.loss.name for r in results):
+        members = [r for r in results if r.spec.loss.name == loss and r.spec.noise == 0.0]
+        if not members:
+            continue
+        steps: dict[int, list[float]] = {}
+        for m in members:
+            for row in m.history:
+                if "nll" in row and "eval_nll" not in row:
+                    steps.setdefault(row["step"], []).append(row["nll"])
+        if steps:
+            xs = sorted(steps)
+            ax.plot(xs, [statistics.fmean(steps[x]) for x in xs], label=loss)
+    ax.set_xlabel("optimisation step")
+    ax.set_ylabel("training NLL (mean over seeds)")
+    ax.set_yscale("log")
+    ax.legend(fontsize=8, ncol=2)
+    ax.set_title("Learning curves (no label noise)")
+    fig.tight_layout()
+    plots.append(("learning_curves.png", "Learning curves"))
+    fig.savefig(os.path.join(report_dir, plots[-1][0]), dpi=110)
+    plt.close(fig)
+
+    # reliability diagrams, one panel per loss (noise 0, bins summed over seeds)
+    losses = [name for name in dict.fromkeys(r.spec.loss.name for r in results)]
+    cols = min(4, max(1, len(losses)))
+    rows_n = math.ceil(len(losses) / cols)
+    fig, axes = plt.subplots(rows_n, cols, figsize=(3.2 * cols, 3.2 * rows_n), squeeze=False)
+    for ax, loss in zip(axes.flat, losses, strict=False):
+        bins = None
+        for r in results:
+            if r.spec.loss.name == loss and r.spec.noise == 0.0 and r.calibration_bins:
+                b = r.calibration_bins
+                bins = (
+                    b
+                    if bins is None
+                    else [[x + y for x, y in zip(u, v, strict=True)] for u, v in zip(bins, b, strict=True)]
+                )
+        ax.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1)
+        if bins:
+            count, conf, correct = bins
+            n = len(count)
+            centers = [(i + 0.5) / n for i in range(n)]
+            acc = [c / k if k else 0.0 for c, k in zip(correct, count, strict=True)]
+            mean_conf = [c / k if k else 0.0 for c, k in zip(conf, count, strict=True)]
+            ax.bar(centers, acc, width=1.0 / n, edgecolor="black", alpha=0.7, label="accuracy")
+            ax.plot(mean_conf, acc, "o", markersize=3, color="red", label="(confidence, accuracy)")
+        ece = next((row["eval_ece"][0] for row in rows if row["loss"] == loss and row["noise"] == 0.0), float("nan"))
+        ax.set_title(f"{loss}  ECE {ece:.3f}", fontsize=9)
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1)
+    for ax in list(axes.flat)[len(losses) :]:
+        ax.axis("off")
+    fig.supxlabel("confidence (max probability)")
+    fig.supylabel("accuracy")
+    fig.tight_layout()
+    plots.append(("reliability_diagrams.png", "Reliability diagrams (no label noise)"))
+    fig.savefig(os.path.join(report_dir, plots[-1][0]), dpi=110)
+    plt.close(fig)
+
+    # task metric and ECE against γ (γ-CE settings, noise 0), baselines as horizontal lines
+    gamma_rows = sorted(
+        (row for row in rows if row["noise"] == 0.0 and row["spec"].loss.family in ("ce", "gamma", "dft")),
+        key=lambda row: row["spec"].loss.gamma,
+    )
+    if gamma_rows:
+        fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+        # γ values are spread over orders of magnitude (1e-7 ... 1): equally spaced categories read best
+        positions = list(range(len(gamma_rows)))
+        ticks = [f"{row['spec'].loss.gamma:g}" for row in gamma_rows]
+        baselines = [
+            row for row in rows if row["noise"] == 0.0 and row["spec"].loss.family in ("ls", "focal", "schedule")
+        ]
+        for ax, column in zip(axes, (task_metric, "eval_ece"), strict=True):
+            ax.errorbar(positions, [row[column][0] for row in gamma_rows], yerr=[row[column][1] for row in gamma_rows],
+                        marker="o", capsize=3, color="C0", label="γ-CE (γ=0: CE, γ=1: DFT)")  # fmt: skip
+            for k, row in enumerate(baselines):
+                ax.axhline(row[column][0], linestyle="--", linewidth=1.2, color=f"C{k + 1}", label=row["loss"])
+            ax.set_xticks(positions, ticks)
+            ax.set_xlabel("γ")
+            ax.set_ylabel(labels[column])
+            ax.legend(fontsize=7)
+        fig.suptitle("Task metric and calibration against γ (no label noise)")
+        fig.tight_layout()
+        plots.append(("metric_vs_gamma.png", "Task metric and ECE against γ"))
+        fig.savefig(os.path.join(report_dir, plots[-1][0]), dpi=110)
+        plt.close(fig)
+
+    # task metric against label-noise rate, one line per loss studied under noise
+    noises = sorted({r.spec.noise for r in results})
+    if len(noises) > 1:
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        for loss in losses:
+            points = sorted((row["noise"], row[task_metric]) for row in rows if row["loss"] == loss)
+            if len(points) > 1:
+                ax.errorbar([p[0] for p in points], [p[1][0] for p in points], yerr=[p[1][1] for p in points],
+                            marker="o", capsize=3, label=loss)  # fmt: skip
+        ax.set_xlabel("label-noise rate (fraction of training target tokens replaced)")
+        ax.set_ylabel(task_metric_label)
+        ax.legend(fontsize=8)
+        ax.set_title("Robustness to noisy training targets")
+        fig.tight_layout()
+        plots.append(("metric_vs_noise.png", "Task metric against label noise"))
+        fig.savefig(os.path.join(report_dir, plots[-1][0]), dpi=110)
+        plt.close(fig)
+
+    best = (max if higher_is_better else min)(
+        (row for row in rows if row["noise"] == 0.0 and not math.isnan(row[task_metric][0])),
+        key=lambda row: row[task_metric][0],
+        default=None,
+    )
+    lines = [
+        f"# {title}",
+        "",
+        f"Command: `{command}`",
+        "",
+        f"Mean ± standard deviation over seeds. {task_metric_label} is {'higher' if higher_is_better else 'lower'} "
+        "= better; NLL/perplexity and calibration are measured with teacher forcing on the reference tokens of the "
+        "evaluation set (ECE over 10 equal-width confidence bins of the top-1 probability). Label noise replaces that "
+        "fraction of training target tokens with random ones; evaluation data are clean.",
+        "",
+        markdown_table(rows, columns, labels),
+        "",
+    ]
+    if best is not None:
+        lines += [f"Best {task_metric_label} without label noise: **{best['loss']}**.", ""]
+    for filename, caption in plots:
+        lines += [f"![{caption}]({filename})", ""]
+    path = os.path.join(report_dir, "report.md")
+    with open(path, "w") as f:
+        f.write("\n".join(lines))
+    with open(os.path.join(report_dir, "results.json"), "w") as f:
+        json.dump(
+            [
+                {"loss": r.spec.loss.name, "seed": r.spec.seed, "noise": r.spec.noise, "metrics": r.metrics}
+                for r in results
+            ],
+            f,
+            indent=1,
+        )
+    return path
