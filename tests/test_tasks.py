@@ -219,6 +219,7 @@ def test_unwritable_output_dir(tmp_path):
 
 def test_several_cpu_processes_need_use_cpu(tmp_path, monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.delenv("ACCELERATE_USE_CPU", raising=False)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     _refused("language_modeling", _args(tmp_path), "pass --use_cpu true", tmp_path)
 

@@ -278,10 +278,11 @@ def check_common_args(data_args: DataArguments, model_args: ModelArguments, trai
         )
     if model_args.model_name_or_path is None and model_args.config_name is None and not model_args.model_type:
         raise ValueError("set model_name_or_path (pretrained), config_name or model_type (built from scratch)")
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available() and not training_args.use_cpu:
+    use_cpu = training_args.use_cpu or os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes")
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available() and not use_cpu:
         raise ValueError(
-            "launched with several processes but no GPU: pass --use_cpu true, otherwise every process would "
-            "silently train alone (see configs/accelerate/cpu_2proc.yaml)"
+            "launched with several processes but no GPU: pass --use_cpu true (or set ACCELERATE_USE_CPU=1), "
+            "otherwise every process would silently train alone (see configs/accelerate/cpu_2proc.yaml)"
         )
     if not (training_args.do_train or training_args.do_eval or training_args.do_predict):
         raise ValueError("nothing to do: do_train, do_eval and do_predict are all false")
