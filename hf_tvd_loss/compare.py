@@ -27,7 +27,7 @@ class LossSetting:
 
     name: str
     options: tuple[tuple[str, Any], ...]
-    family: str  # ce | ls | focal | gamma | dft | schedule (for grouping in plots)
+    family: str  # ce | ls | focal | gamma (pure γ-CE) | tailr (γ-CE with b or ε) | dft | schedule
     gamma: float | None = None  # the (final) γ for γ-CE settings
 
     def argv(self) -> list[str]:
@@ -41,8 +41,10 @@ def parse_loss(spec: str) -> LossSetting:
     """Parse a loss name.
 
     ``ce``; ``ls`` or ``ls0.1`` (label smoothing ε); ``focal`` or ``focal2`` (focusing f); ``gamma0.8`` (γ-CE with
-    b = 0); ``gamma0.8b0.2`` (with floor b); ``dft`` (γ = 1); ``sched0.8`` (γ linear from 0 to 0.8 over the
-    first half of training). Any name may end with ``,key=value,...`` extra ``TVDArguments`` options.
+    b = 0); ``gamma0.1b0.3`` (with floor b), ``gamma0.1b0.3ls0.1`` (and label smoothing, TaiLr's translation
+    setting); ``dft`` (γ = 1); ``sched0.8`` / ``sched0.8b0.3`` (γ linear from 0 to 0.8 over the first half of
+    training). Any name may end with ``,key=value,...`` extra ``TVDArguments`` options.
+    Pure γ-CE settings (b = 0, no smoothing, no extras) form the ``gamma`` family plotted against γ.
     """
     head, *extras = spec.split(",")
     extra: list[tuple[str, Any]] = []
@@ -61,15 +63,18 @@ def parse_loss(spec: str) -> LossSetting:
         return LossSetting(spec, (("loss_type", "focal"), ("focal_gamma", f), *extra), "focal")
     if head == "dft":
         return LossSetting(spec, (("gamma", 1.0), *extra), "dft", 1.0)
-    if m := re.fullmatch(rf"gamma{_FLOAT}(?:b{_FLOAT})?", head):
+    if m := re.fullmatch(rf"gamma{_FLOAT}(?:b{_FLOAT})?(?:ls{_FLOAT})?", head):
+        gamma, floor, eps = float(m.group(1)), float(m.group(2) or 0.0), float(m.group(3) or 0.0)
+        options = (("gamma", gamma), ("min_weight", floor), ("label_smoothing", eps))
+        pure = floor == 0.0 and eps == 0.0 and not extra
+        return LossSetting(spec, (*options, *extra), "gamma" if pure else "tailr", gamma)
+    if m := re.fullmatch(rf"sched{_FLOAT}(?:b{_FLOAT})?", head):
         gamma, floor = float(m.group(1)), float(m.group(2) or 0.0)
-        return LossSetting(spec, (("gamma", gamma), ("min_weight", floor), *extra), "gamma", gamma)
-    if m := re.fullmatch(rf"sched{_FLOAT}", head):
-        gamma = float(m.group(1))
-        options = (("gamma", gamma), ("gamma_schedule", "linear"), ("gamma_start", 0.0), ("gamma_schedule_ratio", 0.5))
+        options = (("gamma", gamma), ("min_weight", floor), ("gamma_schedule", "linear"), ("gamma_start", 0.0),
+                   ("gamma_schedule_ratio", 0.5))  # fmt: skip
         return LossSetting(spec, (*options, *extra), "schedule", gamma)
     raise ValueError(
-        f"unknown loss {spec!r}: expected ce, ls[ε], focal[f], dft, gamma<γ>[b<b>] or sched<γ> "
+        f"unknown loss {spec!r}: expected ce, ls[ε], focal[f], dft, gamma<γ>[b<b>][ls<ε>] or sched<γ>[b<b>] "
         "(optionally followed by ,key=value TVDArguments options)"
     )
 
@@ -283,7 +288,7 @@ def write_report(
         ]
         for ax, column in zip(axes, (task_metric, "eval_ece"), strict=True):
             ax.errorbar(positions, [row[column][0] for row in gamma_rows], yerr=[row[column][1] for row in gamma_rows],
-                        marker="o", capsize=3, color="C0", label="γ-CE (γ=0: CE, γ=1: DFT)")  # fmt: skip
+                        marker="o", capsize=3, color="C0", label="γ-CE, b=0 (γ=0: CE, γ=1: DFT)")  # fmt: skip
             for k, row in enumerate(baselines):
                 ax.axhline(row[column][0], linestyle="--", linewidth=1.2, color=f"C{k + 1}", label=row["loss"])
             ax.set_xticks(positions, ticks)

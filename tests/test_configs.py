@@ -42,7 +42,10 @@ def test_every_yaml_loads_and_opens_with_its_launch_command(path):
     assert isinstance(content, dict) and content
     first = text.splitlines()[:4]
     assert all(line.startswith("#") for line in first[:2])
-    assert any("accelerate launch" in line for line in first), "the opening comment gives the launch command"
+    launcher = (
+        "scripts/compare_losses.py" if os.path.basename(os.path.dirname(path)) == "compare" else "accelerate launch"
+    )
+    assert any(launcher in line for line in first), "the opening comment gives the launch command"
     if os.path.dirname(path) != os.path.join(CONFIGS, "accelerate"):
         assert any(os.path.relpath(path, ROOT) in line for line in first), "the command names this file"
 
