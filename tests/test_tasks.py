@@ -149,6 +149,19 @@ def test_missing_column_is_named(tmp_path):
              tmp_path)  # fmt: skip
 
 
+def test_column_of_the_wrong_type_is_named(tmp_path):
+    train = _jsonl(tmp_path / "train.jsonl", [{"document": "a b c", "summary": 7}] * 4)
+    _refused("summarization", _args(tmp_path, "--train_file", train),
+             r"column 'summary' \(set by --summary_column\) must hold text, but holds int64", tmp_path)  # fmt: skip
+
+
+def test_loading_never_runs_code_by_default():
+    from hf_tvd_loss.tasks.common import ModelArguments
+
+    args = ModelArguments()
+    assert args.trust_remote_code is False and args.allow_pickle_weights is False
+
+
 def test_translation_language_missing_from_dicts(tmp_path):
     train = _jsonl(tmp_path / "train.jsonl", [{"translation": {"de": "a", "fr": "b"}}] * 4)
     _refused("translation", _args(tmp_path, "--train_file", train), r"no 'en' entry \(--target_lang\)", tmp_path)

@@ -93,6 +93,20 @@ class ModelArguments:
                   "corpus gives fewer tokens)."},
     )  # fmt: skip
     cache_dir: str | None = field(default=None, metadata={"help": "Where Hub models and datasets are cached."})
+    allow_pickle_weights: bool = field(
+        default=False,
+        metadata={
+            "help": "Also load pickled (.bin) weights when a model has no safetensors file. Off by default: "
+            "unpickling can run code."
+        },
+    )
+    trust_remote_code: bool = field(
+        default=False,
+        metadata={
+            "help": "Allow a model/tokenizer repository to run its own Python code when loaded. Off by default: "
+            "inputs never run code unless you turn this on for a repository you trust."
+        },
+    )
     model_revision: str = field(
         default="main", metadata={"help": "Hub revision (branch, tag or commit) of the model."}
     )
@@ -323,7 +337,10 @@ def prepare(task: Task, argv: Sequence[str] | None = None) -> Prepared:
 
         try:
             tokenizer = AutoTokenizer.from_pretrained(
-                tokenizer_name, cache_dir=model_args.cache_dir, revision=model_args.model_revision
+                tokenizer_name,
+                cache_dir=model_args.cache_dir,
+                revision=model_args.model_revision,
+                trust_remote_code=model_args.trust_remote_code,
             )
         except (OSError, ValueError) as err:
             raise ValueError(
@@ -340,6 +357,9 @@ def prepare(task: Task, argv: Sequence[str] | None = None) -> Prepared:
                 config=config,
                 cache_dir=model_args.cache_dir,
                 revision=model_args.model_revision,
+                trust_remote_code=model_args.trust_remote_code,
+                # safetensors where the folder has them; a pickle-only checkpoint needs use_safetensors=None
+                use_safetensors=None if model_args.allow_pickle_weights else True,
             )
         except (OSError, ValueError) as err:
             raise ValueError(f"model_name_or_path {model_args.model_name_or_path!r}: {err}") from err

@@ -109,3 +109,10 @@ def check_columns_present(dataset: Dataset, split: str, origin: str, columns: di
                 f"the {split} data ({origin}) has no column {column!r} (set by --{option}); its columns are "
                 f"{dataset.column_names}"
             )
+        feature = dataset.features.get(column)
+        dtype = getattr(feature, "dtype", type(feature).__name__)
+        if dtype not in ("string", "large_string"):
+            raise ValueError(
+                f"the {split} data ({origin}): column {column!r} (set by --{option}) must hold text, but holds "
+                f"{dtype} values"
+            )

@@ -56,7 +56,11 @@ def resolve_config(task: Task, model_args: ModelArguments) -> Any:
     """The model config (pretrained or from scratch), with overrides, checked to have the task's head."""
     from transformers import AutoConfig
 
-    hub_kwargs = {"cache_dir": model_args.cache_dir, "revision": model_args.model_revision}
+    hub_kwargs = {
+        "cache_dir": model_args.cache_dir,
+        "revision": model_args.model_revision,
+        "trust_remote_code": model_args.trust_remote_code,
+    }
     name = model_args.model_name_or_path or model_args.config_name
     if name:
         try:
