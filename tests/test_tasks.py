@@ -254,3 +254,18 @@ def test_script_entry_prints_one_error_line_and_exits_2(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("error: ") and "gamma" in err[-1] and math.isnan(float("nan"))
     assert not (tmp_path / "out").exists()
+
+
+def test_over_long_sequences_are_truncated_as_configured(tmp_path):
+    from hf_tvd_loss.tasks.common import build
+
+    words = " ".join(f"w{i % 50}" for i in range(400))
+    rows = [{"document": words, "summary": words[:300]} for _ in range(8)]
+    train = _jsonl(tmp_path / "train.jsonl", rows)
+    argv = _args(tmp_path, "--train_file", train, "--validation_file", train, "--max_source_length", "16",
+                 "--max_target_length", "8", "--tokenizer_vocab_size", "300")  # fmt: skip
+    built = build(prepare(get_task("summarization"), argv))
+    for split in ("train", "validation"):
+        data = built.datasets[split]
+        assert max(len(ids) for ids in data["input_ids"]) == 16
+        assert max(len(ids) for ids in data["labels"]) == 8
