@@ -269,3 +269,19 @@ def test_over_long_sequences_are_truncated_as_configured(tmp_path):
         data = built.datasets[split]
         assert max(len(ids) for ids in data["input_ids"]) == 16
         assert max(len(ids) for ids in data["labels"]) == 8
+
+
+def test_pretrained_tokenizer_without_pad_token(tmp_path):
+    """A tokenizer saved without a pad token pads with its eos token; one with neither is refused by name."""
+    texts = [row["en"] for row in (r["translation"] for r in translation_corpus(100))]
+    tokenizer = train_tokenizer(iter(texts), vocab_size=200, model_max_length=64)
+    tokenizer.pad_token = None
+    tokenizer.save_pretrained(tmp_path / "tok")
+    train = _jsonl(tmp_path / "train.jsonl", [{"text": " ".join(texts[:20])}] * 4)
+    argv = _args(tmp_path, "--train_file", train, "--tokenizer_name", str(tmp_path / "tok"))
+    prepared = prepare(get_task("language_modeling"), argv)
+    assert prepared.tokenizer.pad_token == prepared.tokenizer.eos_token is not None
+    tokenizer.eos_token = None
+    tokenizer.save_pretrained(tmp_path / "tok2")
+    argv = _args(tmp_path, "--train_file", train, "--tokenizer_name", str(tmp_path / "tok2"))
+    _refused("language_modeling", argv, "has neither a pad nor an eos token", tmp_path)
