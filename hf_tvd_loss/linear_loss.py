@@ -42,10 +42,9 @@ from .loss import (
     _check_options,
     _flat_targets,
     _logit_grad_coefficients,
-    _mean,
-    _per_token_output,
     _probs_to_logit_grad_,
     _token_terms,
+    reduce_token_losses,
     tvd_weight,
 )
 
@@ -436,20 +435,17 @@ def linear_gamma_cross_entropy_with_stats(
             needs,
         )
 
-    num_tokens = mask.sum().float()
-    stats = GammaCEStats(
-        objective_sum=per_token.detach().sum(),
-        nll_sum=nll.sum(),
-        weight_sum=token_weight.sum(),
-        num_tokens=num_tokens,
+    return reduce_token_losses(
+        per_token,
+        nll,
+        token_weight,
+        mask,
+        labels_shape=labels.shape,
+        shift_labels=shift_labels,
+        num_items_in_batch=num_items_in_batch,
+        reduction=reduction,
+        total=total,
     )
-    if reduction == "none":
-        return _per_token_output(per_token, labels.shape, shift_labels), stats
-    if total is None:
-        total = per_token.sum()
-    if reduction == "sum":
-        return total, stats
-    return _mean(total, num_tokens, num_items_in_batch), stats
 
 
 def linear_gamma_cross_entropy(

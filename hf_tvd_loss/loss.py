@@ -394,8 +394,13 @@ def reduce_token_losses(
     shift_labels: bool,
     num_items_in_batch: torch.Tensor | int | float | None,
     reduction: str,
+    total: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, GammaCEStats]:
-    """Apply ``reduction`` to flat per-token losses ``[N]`` and build the logging sums."""
+    """Apply ``reduction`` to flat per-token losses ``[N]`` and build the logging sums.
+
+    ``total`` is the differentiable ``Σ per_token`` when the caller already has it (the fused linear path, whose
+    gradient flows through the total, not through ``per_token``).
+    """
     num_tokens = mask.sum().float()
     stats = GammaCEStats(
         objective_sum=per_token.detach().sum(),
@@ -405,7 +410,8 @@ def reduce_token_losses(
     )
     if reduction == "none":
         return _per_token_output(per_token, labels_shape, shift_labels), stats
-    total = per_token.sum()
+    if total is None:
+        total = per_token.sum()
     if reduction == "sum":
         return total, stats
     return _mean(total, num_tokens, num_items_in_batch), stats
