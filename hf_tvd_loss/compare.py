@@ -210,7 +210,13 @@ def write_report(
     }
     rows = aggregate(results, columns)
     os.makedirs(report_dir, exist_ok=True)
-    plots = []
+    plots: list[tuple[str, str]] = []
+
+    def save(fig: Any, filename: str, caption: str) -> None:
+        fig.tight_layout()
+        fig.savefig(os.path.join(report_dir, filename), dpi=110)
+        plt.close(fig)
+        plots.append((filename, caption))
 
     # learning curves: training NLL per step (comparable across losses), one line per loss at noise 0
     fig, ax = plt.subplots(figsize=(7, 4.5))
@@ -231,10 +237,7 @@ def write_report(
     ax.set_yscale("log")
     ax.legend(fontsize=8, ncol=2)
     ax.set_title("Learning curves (no label noise)")
-    fig.tight_layout()
-    plots.append(("learning_curves.png", "Learning curves"))
-    fig.savefig(os.path.join(report_dir, plots[-1][0]), dpi=110)
-    plt.close(fig)
+    save(fig, "learning_curves.png", "Learning curves")
 
     # reliability diagrams, one panel per loss (noise 0, bins summed over seeds)
     losses = [name for name in dict.fromkeys(r.spec.loss.name for r in results)]
@@ -268,10 +271,7 @@ def write_report(
         ax.axis("off")
     fig.supxlabel("confidence (max probability)")
     fig.supylabel("accuracy")
-    fig.tight_layout()
-    plots.append(("reliability_diagrams.png", "Reliability diagrams (no label noise)"))
-    fig.savefig(os.path.join(report_dir, plots[-1][0]), dpi=110)
-    plt.close(fig)
+    save(fig, "reliability_diagrams.png", "Reliability diagrams (no label noise)")
 
     # task metric and ECE against γ (γ-CE settings, noise 0), baselines as horizontal lines
     gamma_rows = sorted(
@@ -296,10 +296,7 @@ def write_report(
             ax.set_ylabel(labels[column])
             ax.legend(fontsize=7)
         fig.suptitle("Task metric and calibration against γ (no label noise)")
-        fig.tight_layout()
-        plots.append(("metric_vs_gamma.png", "Task metric and ECE against γ"))
-        fig.savefig(os.path.join(report_dir, plots[-1][0]), dpi=110)
-        plt.close(fig)
+        save(fig, "metric_vs_gamma.png", "Task metric and ECE against γ")
 
     # task metric against label-noise rate, one line per loss studied under noise
     noises = sorted({r.spec.noise for r in results})
@@ -314,10 +311,7 @@ def write_report(
         ax.set_ylabel(task_metric_label)
         ax.legend(fontsize=8)
         ax.set_title("Robustness to noisy training targets")
-        fig.tight_layout()
-        plots.append(("metric_vs_noise.png", "Task metric against label noise"))
-        fig.savefig(os.path.join(report_dir, plots[-1][0]), dpi=110)
-        plt.close(fig)
+        save(fig, "metric_vs_noise.png", "Task metric against label noise")
 
     best = (max if higher_is_better else min)(
         (row for row in rows if row["noise"] == 0.0 and not math.isnan(row[task_metric][0])),

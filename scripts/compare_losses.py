@@ -40,30 +40,11 @@ DEFAULT_LOSSES = ["ce", "gamma1e-7", "gamma0.1", "gamma0.5", "gamma0.8", "dft", 
 DEFAULT_NOISE_LOSSES = ["ce", "ls0.1", "focal2", "gamma0.1b0.3ls0.1"]
 # Shared by every run of the default study: greedy decoding for evaluation and no test-set pass keep a run at
 # about half a minute on 2 CPU cores; everything else is the translation script's offline default.
+_QUIET = ["--do_predict", "false", "--report_to", "none", "--disable_tqdm", "true"]
 DEFAULT_TASK_ARGS = {
-    "translation": [
-        "--do_predict",
-        "false",
-        "--generation_num_beams",
-        "1",
-        "--report_to",
-        "none",
-        "--disable_tqdm",
-        "true",
-        "--max_eval_samples",
-        "300",
-    ],  # fmt: skip
-    "summarization": [
-        "--do_predict",
-        "false",
-        "--generation_num_beams",
-        "1",
-        "--report_to",
-        "none",
-        "--disable_tqdm",
-        "true",
-    ],  # fmt: skip
-    "language_modeling": ["--do_predict", "false", "--report_to", "none", "--disable_tqdm", "true"],
+    "translation": [*_QUIET, "--generation_num_beams", "1", "--max_eval_samples", "300"],
+    "summarization": [*_QUIET, "--generation_num_beams", "1"],
+    "language_modeling": _QUIET,
 }
 STUDY_KEYS = {"task", "losses", "seeds", "noise_rates", "noise_losses", "report_dir", "task_args"}
 
