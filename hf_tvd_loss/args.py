@@ -128,7 +128,7 @@ class TVDArguments:
             "help": "What to do when an optimisation step's gradients are NaN/inf (e.g. a poisoned batch): "
             "'error' stops before the update, naming the step (weights unchanged, checkpoints intact); 'skip' "
             "skips that update and counts it in the logs (nonfinite_skipped_steps); 'ignore' does no check "
-            "(stock behaviour). The check is one pass over the gradients per optimisation step.",
+            "(stock behaviour). The check reuses the gradient norm Trainer computes for each step.",
             "choices": list(_NONFINITE),
         },
     )

@@ -506,7 +506,18 @@ class TVDLossMixin:
         optimizer.step = types.MethodType(guarded_step, optimizer)
         optimizer._tvd_guarded = True
 
+    def _get_grad_norm(self, model: nn.Module, grad_norm: Any = None) -> Any:
+        # Trainer computes the step's total gradient norm (global over processes) just before optimizer.step;
+        # keep it so the non-finite guard needs no second pass over the gradients.
+        norm = super()._get_grad_norm(model, grad_norm=grad_norm)
+        self._tvd_step_grad_norm = norm
+        return norm
+
     def _tvd_gradients_finite(self, optimizer: torch.optim.Optimizer) -> bool:
+        norm, self._tvd_step_grad_norm = getattr(self, "_tvd_step_grad_norm", None), None
+        if norm is not None:
+            return math.isfinite(float(norm))  # one host sync per optimisation step
+        # No norm from Trainer for this step (e.g. a custom loop calling optimizer.step): compute it here.
         grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
         if not grads:
             return True
