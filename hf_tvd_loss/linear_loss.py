@@ -23,14 +23,21 @@ model and computes its final hidden states. Measured speed and memory are in ``B
 
 Backends (``impl``): ``"torch"`` (the default) is the pure-PyTorch implementation here, on any device;
 ``"cce"`` (cut-cross-entropy) and ``"liger"`` (liger-kernel) use those packages' fused CUDA kernels for the
-per-token negative log-likelihood and add the γ weighting on top; ``"auto"`` picks cce, then liger, on CUDA
-when installed and applicable, else torch. The two kernel backends have not been run in this repository
-(no GPU was available when they were written): they are opt-in, and ``"torch"`` stays the default.
+per-token negative log-likelihood (``reduction="none"``) and add the γ weighting and label smoothing on top;
+``"auto"`` picks cce, then liger, on CUDA when installed and applicable, else torch. Each backend is checked
+for the capabilities it needs before use (arguments of the installed version; liger-kernel's per-token
+backward; cut-cross-entropy 25.1 takes no bias, so a head with a bias goes to liger or torch). The test suite
+runs cut-cross-entropy's own CPU implementation through this module and checks liger-kernel's installed
+signature; the CUDA kernels themselves have not been run in this repository (no GPU so far), and
+cut-cross-entropy's default gradient filtering applies. ``"torch"`` stays the default.
 """
 
 from __future__ import annotations
 
+import functools
+import importlib.metadata
 import importlib.util
+import inspect
 from typing import Literal
 
 import torch
@@ -307,29 +314,85 @@ def _check_linear_inputs(hidden, weight, bias, labels, ignore_index, shift_label
         raise ValueError(f"chunk_size must be a positive integer or None, got {chunk_size!r}")
 
 
-def _backend_available(name: str) -> bool:
-    module = {"cce": "cut_cross_entropy", "liger": "liger_kernel"}[name]
-    return importlib.util.find_spec(module) is not None
+_PACKAGES = {"cce": ("cut_cross_entropy", "cut-cross-entropy"), "liger": ("liger_kernel", "liger-kernel")}
+
+# Devices each kernel backend runs on. cut-cross-entropy's and liger-kernel's fused kernels are Triton kernels
+# for CUDA GPUs.
+_KERNEL_DEVICES = {"cce": ("cuda",), "liger": ("cuda",)}
+
+# The implementation of cut-cross-entropy's ``linear_cross_entropy`` that impl="cce" calls: its fused kernel.
+# The test suite, on machines without a GPU, switches this (and _KERNEL_DEVICES) to the package's own
+# "torch_compile" implementation, which runs on CPU, so that this module's call into the real package (argument
+# names, per-token output, ignored tokens, gradients) is exercised there too.
+_CCE_IMPL = "cce"
 
 
-def _select_impl(impl: str, hidden: torch.Tensor, softcap: float | None, label_smoothing: float) -> str:
+@functools.cache
+def _kernel_problem(name: str) -> str | None:
+    """Why backend ``name`` cannot be used at all in this environment (None if it can).
+
+    Checks capabilities rather than version numbers: the package must be installed, its function must take the
+    arguments passed below, and liger-kernel's ``reduction="none"`` must apply each token's upstream gradient
+    before the logits gradient is summed into ``grad_weight`` (releases without that give wrong gradients for
+    per-token weights, which is exactly what γ-CE needs).
+    """
+    module, dist = _PACKAGES[name]
+    if importlib.util.find_spec(module) is None:
+        return f"the package {dist} is not installed"
+    try:
+        version = importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        version = "unknown"
+    try:
+        if name == "cce":
+            from cut_cross_entropy import linear_cross_entropy as fn
+
+            required = {"ignore_index", "softcap", "reduction", "impl"}
+        else:
+            from liger_kernel.ops import fused_linear_cross_entropy as ops
+            from liger_kernel.transformers.functional import liger_fused_linear_cross_entropy as fn
+
+            required = {"bias", "ignore_index", "softcap", "reduction"}
+            if "token_grad_output" not in inspect.signature(ops.fused_linear_cross_entropy_forward).parameters:
+                return (
+                    f"liger-kernel {version} cannot apply per-token gradients with reduction='none' (its backward "
+                    "scales the summed weight gradient by one number); install a newer liger-kernel"
+                )
+    except Exception as exc:  # noqa: BLE001 - an import that breaks (e.g. no usable Triton) disables the backend
+        return f"{dist} {version} could not be imported ({type(exc).__name__}: {exc})"
+    missing = required - set(inspect.signature(fn).parameters)
+    if missing:
+        return f"{dist} {version} has no argument(s) {sorted(missing)} in {fn.__name__}"
+    return None
+
+
+@functools.cache
+def _cce_takes_bias() -> bool:
+    from cut_cross_entropy import linear_cross_entropy
+
+    return "bias" in inspect.signature(linear_cross_entropy).parameters
+
+
+def _select_impl(
+    impl: str, hidden: torch.Tensor, bias: torch.Tensor | None, softcap: float | None, label_smoothing: float
+) -> str:
     """Resolve ``impl``; raise ``ValueError`` when an explicitly requested backend cannot run this call."""
     if impl not in _IMPLS:
         raise ValueError(f"impl must be one of {_IMPLS}, got {impl!r}")
     if impl == "torch":
         return impl
-    # The kernels give Σ_v logit_v only through the linear identity (h · Σ_v W_v + Σ_v b_v), which softcapping
-    # breaks; label smoothing with softcapping therefore stays on the torch path.
-    smoothing_ok = softcap is None or label_smoothing == 0.0
     candidates = ("cce", "liger") if impl == "auto" else (impl,)
     for name in candidates:
         reason = None
-        if hidden.device.type != "cuda":
+        if hidden.device.type not in _KERNEL_DEVICES[name]:
             reason = f"it needs CUDA tensors (hidden is on {hidden.device})"
-        elif not _backend_available(name):
-            reason = f"the package {'cut-cross-entropy' if name == 'cce' else 'liger-kernel'} is not installed"
-        elif not smoothing_ok:
+        else:
+            reason = _kernel_problem(name)
+        if reason is None and label_smoothing > 0 and softcap is not None:
+            # Σ_v logit_v comes from the linear identity h · Σ_v W_v + Σ_v b_v, which softcapping breaks.
             reason = "label smoothing together with final_logit_softcapping is only implemented in impl='torch'"
+        if reason is None and name == "cce" and bias is not None and not _cce_takes_bias():
+            reason = "this cut-cross-entropy release has no bias argument (the model's head adds a bias)"
         if reason is None:
             return name
         if impl != "auto":
@@ -338,19 +401,19 @@ def _select_impl(impl: str, hidden: torch.Tensor, softcap: float | None, label_s
 
 
 def _kernel_nll(name, hidden, weight, bias, targets, mask, softcap, ignore_index):
-    """Per-token ``-log p_y`` ``[N]`` (differentiable, 0 where ignored) from a fused CUDA kernel. Untested here."""
+    """Per-token ``-log p_y`` ``[N]`` (differentiable, 0 where ignored) from a fused kernel of another package."""
     kernel_targets = targets.masked_fill(~mask, ignore_index)
     kwargs = {"ignore_index": ignore_index, "softcap": softcap, "reduction": "none"}
-    if bias is not None:  # older releases of both packages have no bias argument
+    if bias is not None:  # _select_impl has checked that the backend takes it
         kwargs["bias"] = bias
     if name == "cce":
         from cut_cross_entropy import linear_cross_entropy
 
-        return linear_cross_entropy(hidden, weight, kernel_targets, **kwargs).float()
+        # cut-cross-entropy's default gradient filtering (filter_eps) applies.
+        return linear_cross_entropy(hidden, weight, kernel_targets, impl=_CCE_IMPL, **kwargs).float()
     from liger_kernel.transformers.functional import liger_fused_linear_cross_entropy
 
-    out = liger_fused_linear_cross_entropy(hidden, weight, kernel_targets, **kwargs)
-    return (out[0] if isinstance(out, tuple) else out).float()  # some versions return (loss, z_loss, ...)
+    return liger_fused_linear_cross_entropy(hidden, weight, kernel_targets, **kwargs).float()
 
 
 def _kernel_per_token(name, hidden, weight, bias, targets, mask, gamma, min_weight, eps, softcap, ignore_index):
@@ -360,11 +423,12 @@ def _kernel_per_token(name, hidden, weight, bias, targets, mask, gamma, min_weig
     token_weight = tvd_weight(-nll.detach(), gamma, min_weight).masked_fill(~mask, 0.0)
     per_token = (1.0 - eps) * token_weight * nll
     if eps > 0:  # softcap is None here (see _select_impl): Σ_v -log p_v = V · (nll + z_y) - Σ_v z_v
-        target_logit = (hidden * weight[targets]).sum(-1).float()
-        logit_sum = hidden.float() @ weight.float().sum(0)
+        target_logit = (hidden * weight[targets]).sum(-1, dtype=torch.float32)
+        # Σ_v z_v = h · Σ_v W_v (+ Σ_v b_v), without an fp32 copy of the [V, d] weight
+        logit_sum = hidden.float() @ weight.sum(0, dtype=torch.float32)
         if bias is not None:
             target_logit = target_logit + bias.float()[targets]
-            logit_sum = logit_sum + bias.float().sum()
+            logit_sum = logit_sum + bias.sum(dtype=torch.float32)
         smooth = vocab_size * (nll + target_logit) - logit_sum
         per_token = per_token + (eps / vocab_size) * smooth.masked_fill(~mask, 0.0)
     return per_token, nll.detach(), token_weight
@@ -401,7 +465,7 @@ def linear_gamma_cross_entropy_with_stats(
     flat_hidden = hidden.reshape(-1, hidden_size)
     flat_bias = None if bias is None else bias.reshape(vocab_size)
     chunk_size = chunk_size or _default_chunk_size(vocab_size)
-    backend = _select_impl(impl, hidden, softcap, eps)
+    backend = _select_impl(impl, hidden, flat_bias, softcap, eps)
 
     total = None
     if backend != "torch":
@@ -482,9 +546,9 @@ def linear_gamma_cross_entropy(
             as in :func:`hf_tvd_loss.gamma_cross_entropy`.
         chunk_size: token rows per chunk (default: about 2**24 logits per chunk, e.g. 524 rows at V = 32000).
         impl: ``"torch"`` (pure PyTorch, any device), ``"cce"`` / ``"liger"`` (fused CUDA kernels from
-            cut-cross-entropy / liger-kernel for the per-token NLL, γ weighting added in torch; untested here,
-            and cut-cross-entropy's default gradient filtering applies), or ``"auto"`` (cce, then liger, on CUDA
-            when installed; else torch).
+            cut-cross-entropy / liger-kernel for the per-token NLL, γ weighting added in torch; see the module
+            docstring for what has been checked), or ``"auto"`` (cce, then liger, on CUDA when installed and
+            applicable; else torch).
 
     Returns:
         A 0-dim fp32 tensor, or a ``labels``-shaped one for ``reduction="none"``. Gradients flow to

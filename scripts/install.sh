@@ -16,5 +16,5 @@ PIP=(.venv/bin/python -m pip --disable-pip-version-check -q)
 if ! .venv/bin/python -c "import torch" >/dev/null 2>&1; then
     "${PIP[@]}" install "$TORCH_SPEC"
 fi
-"${PIP[@]}" install -e ".[dev]"
+"${PIP[@]}" install -e ".[dev,kernels]"
 .venv/bin/python -c "import torch, transformers, hf_tvd_loss; print('hf_tvd_loss', hf_tvd_loss.__version__, '| torch', torch.__version__, '| transformers', transformers.__version__)"
