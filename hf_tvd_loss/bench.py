@@ -27,12 +27,20 @@ Loss-on-hidden-states variants (input: hidden ``[N, d]`` and lm_head weight ``[V
   logits chunk by chunk in backward instead (summed and divided by the token count outside): the alternative
   design, measured to justify the choice.
 
+Kernel variants (same group and baseline; CUDA only, where the package is installed, and then part of the default
+list): ``linear_cross_entropy_cce`` (cut-cross-entropy's own ``linear_cross_entropy``: plain cross-entropy, no
+label smoothing, its default gradient filtering), ``linear_gamma_ce_cce`` (γ-CE with ``impl="cce"``),
+``linear_cross_entropy_liger`` (liger-kernel's ``liger_fused_linear_cross_entropy``, with the run's label
+smoothing) and ``linear_gamma_ce_liger`` (γ-CE with ``impl="liger"``). Compare like with like: run them with
+``--label-smoothing 0`` when cut-cross-entropy's cross-entropy is the reference.
+
 Peak memory: on CUDA ``torch.cuda.max_memory_allocated`` minus what was allocated before the pass; on CPU each
 variant runs once in its own subprocess and reports its peak RSS minus the RSS after its inputs were created
 (the peak is the kernel's ``VmHWM``, reset after setup; see :class:`_PeakRSS` for why not ``ru_maxrss``). Each loss is also compared with the float64 reference of
 :mod:`hf_tvd_loss.reference` ("err vs f64"). Unless ``--no-train-step``, a training step of ``TVDTrainer`` and
 of the stock ``Trainer`` on a tiny Llama built from a config (``--vocab`` sized vocabulary) is timed too, each
-in its own subprocess. Results go to ``--out`` as ``bench.json`` and ``bench.md``.
+in its own subprocess, and ``TVDTrainer`` with ``loss_impl="chunked"`` (backend ``--chunked-backend``) as a third.
+Results go to ``--out`` as ``bench.json`` and ``bench.md``.
 """
 
 from __future__ import annotations
@@ -56,6 +64,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from . import linear_loss
 from .linear_loss import linear_gamma_cross_entropy
 from .loss import gamma_cross_entropy
 from .reference import gamma_cross_entropy_reference
@@ -67,10 +76,17 @@ HIDDEN_VARIANTS = (
     "linear_gamma_ce_fused",
     "linear_gamma_ce_fused_recompute",
 )
-TRAIN_VARIANTS = ("train_step_stock_trainer", "train_step_tvd_trainer")
+# variant -> the backend it needs (CUDA kernels of optional packages)
+KERNEL_VARIANTS = {
+    "linear_cross_entropy_cce": "cce",
+    "linear_gamma_ce_cce": "cce",
+    "linear_cross_entropy_liger": "liger",
+    "linear_gamma_ce_liger": "liger",
+}
+TRAIN_VARIANTS = ("train_step_stock_trainer", "train_step_tvd_trainer", "train_step_tvd_trainer_chunked")
 BASELINE = {
     **dict.fromkeys(LOGIT_VARIANTS, "cross_entropy"),
-    **dict.fromkeys(HIDDEN_VARIANTS, "linear_cross_entropy"),
+    **dict.fromkeys((*HIDDEN_VARIANTS, *KERNEL_VARIANTS), "linear_cross_entropy"),
     **dict.fromkeys(TRAIN_VARIANTS, "train_step_stock_trainer"),
 }
 IGNORE_INDEX = -100
@@ -93,6 +109,7 @@ class Settings:
     train_batch: int
     train_seq_len: int
     chunk_size: int | None = None
+    chunked_backend: str = "torch"
 
 
 # ------------------------------------------------------------------------------------------------ variants
@@ -170,14 +187,43 @@ def _loss_fn(name: str, s: Settings, inputs: dict[str, torch.Tensor]) -> Callabl
             linear_gamma_cross_entropy(hidden, weight, labels, chunk_size=s.chunk_size, reduction="none", **gce).sum()
             / (labels != IGNORE_INDEX).sum().clamp(min=1)
         ),
+        "linear_cross_entropy_cce": lambda: _cce_cross_entropy(hidden, weight, labels),
+        "linear_gamma_ce_cce": lambda: linear_gamma_cross_entropy(hidden, weight, labels, impl="cce", **gce),
+        "linear_cross_entropy_liger": lambda: _liger_cross_entropy(hidden, weight, labels, s.label_smoothing),
+        "linear_gamma_ce_liger": lambda: linear_gamma_cross_entropy(hidden, weight, labels, impl="liger", **gce),
     }[name]
+
+
+def _cce_cross_entropy(hidden, weight, labels):
+    from cut_cross_entropy import linear_cross_entropy
+
+    # linear_loss._CCE_IMPL is the package's fused kernel ("cce") unless a CPU test switched it
+    return linear_cross_entropy(hidden, weight, labels, ignore_index=IGNORE_INDEX, impl=linear_loss._CCE_IMPL)
+
+
+def _liger_cross_entropy(hidden, weight, labels, label_smoothing):
+    from liger_kernel.transformers.functional import liger_fused_linear_cross_entropy
+
+    return liger_fused_linear_cross_entropy(
+        hidden, weight, labels, ignore_index=IGNORE_INDEX, label_smoothing=label_smoothing
+    )
+
+
+def kernel_variant_problem(name: str, device: str) -> str | None:
+    """Why kernel variant ``name`` cannot run on ``device`` here (None if it can)."""
+    backend = KERNEL_VARIANTS[name]
+    if not device.startswith(linear_loss._KERNEL_DEVICES[backend]):
+        return f"it needs --device cuda (the {backend} kernels are CUDA kernels)"
+    return linear_loss._kernel_problem(backend)
 
 
 def _reference_settings(name: str, s: Settings) -> dict[str, float]:
     """The γ-CE hyperparameters each variant computes (for the float64 comparison)."""
     if name == "dft_trl":
         return dict(gamma=1.0, min_weight=0.0, label_smoothing=0.0)
-    if name in ("cross_entropy", "linear_cross_entropy"):
+    if name == "linear_cross_entropy_cce":  # no label smoothing in cut-cross-entropy
+        return dict(gamma=0.0, min_weight=0.0, label_smoothing=0.0)
+    if name in ("cross_entropy", "linear_cross_entropy", "linear_cross_entropy_liger"):
         return dict(gamma=0.0, min_weight=0.0, label_smoothing=s.label_smoothing)
     return dict(gamma=s.gamma, min_weight=s.min_weight, label_smoothing=s.label_smoothing)
 
@@ -328,9 +374,12 @@ def _train_child(name: str, s: Settings) -> dict[str, Any]:
     )  # fmt: skip
     timer = StepTimer()
     kwargs = dict(model=model, args=args, train_dataset=rows, callbacks=[timer])
+    gce = dict(gamma=s.gamma, min_weight=s.min_weight, label_smoothing=s.label_smoothing)
     if name == "train_step_tvd_trainer":
-        gce = dict(gamma=s.gamma, min_weight=s.min_weight, label_smoothing=s.label_smoothing)
         trainer = TVDTrainer(**kwargs, tvd_args=TVDArguments(**gce))
+    elif name == "train_step_tvd_trainer_chunked":
+        chunked = TVDArguments(**gce, loss_impl="chunked", chunked_backend=s.chunked_backend)
+        trainer = TVDTrainer(**kwargs, tvd_args=chunked)
     else:
         trainer = Trainer(**kwargs)
     gc.collect()
@@ -376,7 +425,7 @@ def run(
 ) -> dict[str, Any]:
     """Time every variant in this process, measure memory in subprocesses, and return the results dict."""
     results: dict[str, dict[str, Any]] = {}
-    for group, names in (("logits", LOGIT_VARIANTS), ("hidden", HIDDEN_VARIANTS)):
+    for group, names in (("logits", LOGIT_VARIANTS), ("hidden", (*HIDDEN_VARIANTS, *KERNEL_VARIANTS))):
         names = tuple(n for n in names if n in variants)
         if not names:
             continue
@@ -478,7 +527,8 @@ def to_markdown(report: dict[str, Any]) -> str:
             "",
             f"Training steps: tiny Llama (2 layers, d = {s['hidden']}, V = {s['vocab']}), batch {s['train_batch']} × "
             f"{s['train_seq_len']} tokens, {s['train_steps']} steps, median over all but the first; memory "
-            "includes the optimizer state.",
+            f"includes the optimizer state; the chunked step uses chunked_backend="
+            f"{s.get('chunked_backend', 'torch')!r}.",
         ]
     return "\n".join(lines) + "\n"
 
@@ -498,8 +548,16 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
         "--variants",
-        default=",".join(LOGIT_VARIANTS + HIDDEN_VARIANTS),
-        help="comma-separated subset of: " + ", ".join(LOGIT_VARIANTS + HIDDEN_VARIANTS),
+        default=None,
+        help="comma-separated subset of: "
+        + ", ".join((*LOGIT_VARIANTS, *HIDDEN_VARIANTS, *KERNEL_VARIANTS))
+        + " (default: all that can run on the device; the kernel variants need CUDA and their package)",
+    )
+    p.add_argument(
+        "--chunked-backend",
+        choices=("torch", "cce", "liger", "auto"),
+        default="torch",
+        help="chunked_backend of the loss_impl='chunked' training step",
     )
     p.add_argument(
         "--chunk-size", type=int, default=None, help="token rows per chunk of the fused path (default: auto)"
@@ -528,10 +586,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     if args.quick:
         args.tokens, args.vocab, args.hidden, args.repeats = 64, 512, 32, 2
         args.train_steps, args.train_batch, args.train_seq_len = 3, 2, 16
-    variants = tuple(v for v in args.variants.split(",") if v)
-    unknown = sorted(set(variants) - set(LOGIT_VARIANTS + HIDDEN_VARIANTS))
+    known = (*LOGIT_VARIANTS, *HIDDEN_VARIANTS, *KERNEL_VARIANTS)
+    if args.variants is None:
+        kernels = tuple(n for n in KERNEL_VARIANTS if kernel_variant_problem(n, args.device) is None)
+        variants = (*LOGIT_VARIANTS, *HIDDEN_VARIANTS, *kernels)
+    else:
+        variants = tuple(v for v in args.variants.split(",") if v)
+    unknown = sorted(set(variants) - set(known))
     if unknown:
-        raise ValueError(f"unknown --variants {unknown}; choose from {LOGIT_VARIANTS + HIDDEN_VARIANTS}")
+        raise ValueError(f"unknown --variants {unknown}; choose from {known}")
+    for name in variants:
+        problem = kernel_variant_problem(name, args.device) if name in KERNEL_VARIANTS else None
+        if problem:
+            raise ValueError(f"--variants {name} cannot run: {problem}")
     for name in ("tokens", "vocab", "hidden", "repeats", "train_steps", "train_batch", "train_seq_len"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be a positive integer")
@@ -540,6 +607,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
         repeats=args.repeats, gamma=args.gamma, min_weight=args.min_weight, label_smoothing=args.label_smoothing,
         ignore_fraction=args.ignore_fraction, seed=args.seed, train_steps=args.train_steps,
         train_batch=args.train_batch, train_seq_len=args.train_seq_len, chunk_size=args.chunk_size,
+        chunked_backend=args.chunked_backend,
     )  # fmt: skip
     jobs = max(1, args.jobs)
     report = run(settings, variants, train_step=not args.no_train_step, jobs=jobs, parallel_train=args.quick)

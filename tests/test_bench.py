@@ -7,7 +7,7 @@ import os
 import subprocess
 import sys
 
-from hf_tvd_loss.bench import HIDDEN_VARIANTS, LOGIT_VARIANTS, TRAIN_VARIANTS
+from hf_tvd_loss.bench import HIDDEN_VARIANTS, KERNEL_VARIANTS, LOGIT_VARIANTS, TRAIN_VARIANTS
 
 
 def test_quick_benchmark_writes_all_variants(tmp_path):
@@ -45,6 +45,9 @@ def test_quick_benchmark_writes_all_variants(tmp_path):
     fused = results["linear_gamma_ce_fused"]["loss"]
     assert abs(fused - results["linear_gamma_ce_materialised"]["loss"]) < 1e-4
     assert abs(fused - results["linear_gamma_ce_fused_recompute"]["loss"]) < 1e-4
+    # The kernel variants are CUDA-only: not in the CPU default list.
+    assert not set(results) & set(KERNEL_VARIANTS)
+    assert "chunked_backend='torch'" in markdown
 
 
 def test_bad_arguments_exit_with_an_error(tmp_path):
@@ -59,3 +62,41 @@ def test_bad_arguments_exit_with_an_error(tmp_path):
         timeout=120,
     )
     assert proc.returncode != 0 and "unknown --variants" in proc.stderr
+
+
+def test_kernel_variants_on_cpu_are_refused_before_any_work(tmp_path):
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {**os.environ, "PYTHONPATH": root}
+    proc = subprocess.run(
+        [sys.executable, "-m", "hf_tvd_loss.bench", "--quick", "--device", "cpu", "--out", str(tmp_path / "o"),
+         "--variants", "linear_cross_entropy,linear_gamma_ce_cce"],
+        capture_output=True, text=True, env=env, cwd=root, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode != 0
+    assert "--variants linear_gamma_ce_cce cannot run: it needs --device cuda" in proc.stderr
+    assert not (tmp_path / "o").exists()
+
+
+def test_cut_cross_entropy_variants_compute_their_losses(monkeypatch):
+    """The cce variants' calls into the real package (its CPU implementation), against the float64 reference."""
+    import torch
+
+    from hf_tvd_loss import bench, linear_loss
+    from hf_tvd_loss.reference import gamma_cross_entropy_reference
+
+    monkeypatch.setattr(linear_loss, "_KERNEL_DEVICES", {"cce": ("cpu",), "liger": ("cuda",)})
+    monkeypatch.setattr(linear_loss, "_CCE_IMPL", "torch_compile")
+    linear_loss._kernel_problem.cache_clear()
+    s = bench.Settings(
+        tokens=40, vocab=96, hidden=16, dtype="float32", device="cpu", repeats=1, gamma=0.1, min_weight=0.3,
+        label_smoothing=0.1, ignore_fraction=0.2, seed=0, train_steps=1, train_batch=1, train_seq_len=8,
+    )  # fmt: skip
+    inputs = bench._make_inputs(s, "hidden")
+    with torch.no_grad():
+        logits = torch.nn.functional.linear(inputs["hidden"].double(), inputs["weight"].double())
+    for name in ("linear_cross_entropy_cce", "linear_gamma_ce_cce"):
+        assert bench.kernel_variant_problem(name, "cpu") is None
+        value = bench._step(bench._loss_fn(name, s, inputs), [inputs["hidden"], inputs["weight"]])
+        expected = float(gamma_cross_entropy_reference(logits, inputs["labels"], **bench._reference_settings(name, s)))
+        assert abs(value - expected) < 1e-5, (name, value, expected)
+    linear_loss._kernel_problem.cache_clear()
