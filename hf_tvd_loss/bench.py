@@ -228,6 +228,33 @@ def _reference_settings(name: str, s: Settings) -> dict[str, float]:
     return dict(gamma=s.gamma, min_weight=s.min_weight, label_smoothing=s.label_smoothing)
 
 
+_REFERENCE_BLOCK_ELEMENTS = 1 << 26  # 512 MiB of float64 logits per block
+
+
+def _references(inputs: dict[str, torch.Tensor], names, s: Settings, group: str) -> dict[str, float]:
+    """Each variant's loss in float64 (:mod:`hf_tvd_loss.reference`), a block of rows at a time.
+
+    Blocks keep the float64 logits small (at N = 16384, V = 128256 the whole matrix would be 16 GiB).
+    """
+    labels = inputs["labels"]
+    rows = max(1, _REFERENCE_BLOCK_ELEMENTS // s.vocab)
+    sums = dict.fromkeys(names, 0.0)
+    with torch.no_grad():
+        weight = inputs["weight"].double() if group == "hidden" else None
+        for start in range(0, s.tokens, rows):
+            block = slice(start, start + rows)
+            if group == "logits":
+                logits = inputs["logits"][block].double()
+            else:
+                logits = F.linear(inputs["hidden"][block].double(), weight)
+            for n in names:
+                settings = _reference_settings(n, s)
+                sums[n] += float(gamma_cross_entropy_reference(logits, labels[block], reduction="sum", **settings))
+            del logits
+    count = max(int((labels != IGNORE_INDEX).sum()), 1)
+    return {n: total / count for n, total in sums.items()}
+
+
 def _step(fn: Callable[[], torch.Tensor], leaves: list[torch.Tensor]) -> float:
     for t in leaves:
         t.grad = None
@@ -337,9 +364,10 @@ def _train_child(name: str, s: Settings) -> dict[str, Any]:
     from .trainer import TVDTrainer
 
     torch.manual_seed(s.seed)
+    heads = max(4, s.hidden // 128)  # head_dim 128 from d = 512 on, like Llama
     config = LlamaConfig(
         vocab_size=s.vocab, hidden_size=s.hidden, intermediate_size=2 * s.hidden, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=max(64, s.train_seq_len),
+        num_attention_heads=heads, num_key_value_heads=heads // 2, max_position_embeddings=max(64, s.train_seq_len),
         pad_token_id=0, bos_token_id=1, eos_token_id=2, tie_word_embeddings=False,
     )  # fmt: skip
     dtype = getattr(torch, s.dtype)
@@ -431,16 +459,7 @@ def run(
             continue
         inputs = _make_inputs(s, group)
         leaves = [t for t in inputs.values() if t.requires_grad]
-        with torch.no_grad():
-            if group == "logits":
-                ref_logits = inputs["logits"].double()
-            else:
-                ref_logits = F.linear(inputs["hidden"].double(), inputs["weight"].double())
-        references = {
-            n: float(gamma_cross_entropy_reference(ref_logits, inputs["labels"], **_reference_settings(n, s)))
-            for n in names
-        }
-        del ref_logits
+        references = _references(inputs, names, s, group)
         fns = {n: _loss_fn(n, s, inputs) for n in names}
         times: dict[str, list[float]] = {n: [] for n in names}
         values: dict[str, float] = {}

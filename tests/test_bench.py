@@ -100,3 +100,24 @@ def test_cut_cross_entropy_variants_compute_their_losses(monkeypatch):
         expected = float(gamma_cross_entropy_reference(logits, inputs["labels"], **bench._reference_settings(name, s)))
         assert abs(value - expected) < 1e-5, (name, value, expected)
     linear_loss._kernel_problem.cache_clear()
+
+
+def test_float64_references_in_blocks_equal_the_whole(monkeypatch):
+    import torch
+
+    from hf_tvd_loss import bench
+    from hf_tvd_loss.reference import gamma_cross_entropy_reference
+
+    s = bench.Settings(
+        tokens=50, vocab=64, hidden=8, dtype="float32", device="cpu", repeats=1, gamma=0.1, min_weight=0.3,
+        label_smoothing=0.1, ignore_fraction=0.2, seed=1, train_steps=1, train_batch=1, train_seq_len=8,
+    )  # fmt: skip
+    monkeypatch.setattr(bench, "_REFERENCE_BLOCK_ELEMENTS", 64 * 7)  # blocks of 7 rows, the last one partial
+    for group, names in (("logits", ("cross_entropy", "gamma_ce")), ("hidden", ("linear_gamma_ce_fused",))):
+        inputs = bench._make_inputs(s, group)
+        with torch.no_grad():
+            logits = inputs["logits"] if group == "logits" else inputs["hidden"] @ inputs["weight"].T
+        got = bench._references(inputs, names, s, group)
+        for n in names:
+            whole = float(gamma_cross_entropy_reference(logits, inputs["labels"], **bench._reference_settings(n, s)))
+            assert abs(got[n] - whole) < 1e-6, (n, got[n], whole)

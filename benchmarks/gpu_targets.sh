@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# The GPU measurements asked for in issue 4, in one command, for a machine with one CUDA GPU (an H100 for the
+# targets in BENCHMARKS.md). NOT YET RUN: no session so far was lent a GPU; record what it prints in
+# BENCHMARKS.md, targets missed included.
+#
+#   bash benchmarks/gpu_targets.sh                  # writes benchmarks/gpu_<name>/...
+#   OUT=/tmp/gpu PY=python bash benchmarks/gpu_targets.sh
+#
+# Needs torch with CUDA, transformers and this package; the kernel variants (cut-cross-entropy, liger-kernel)
+# run when those packages are installed (`pip install -e ".[kernels]"`) and are skipped otherwise.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY="${PY:-.venv/bin/python}"
+export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+NAME=$("$PY" -c "import torch; assert torch.cuda.is_available(), 'no CUDA device visible to torch'; \
+print(torch.cuda.get_device_name(0).split()[-1].lower())")
+OUT="${OUT:-benchmarks/gpu_${NAME}}"
+
+# 1. The loss head at the issue's shape: Llama-3 vocabulary, 16384 tokens, d = 4096, bf16. No label smoothing,
+#    so that cut-cross-entropy's cross-entropy (which has none) computes the same loss as the baselines.
+#    Default variants: every logits and hidden-state variant, plus the cce / liger ones that can run here.
+"$PY" -m hf_tvd_loss.bench --device cuda --dtype bfloat16 --tokens 16384 --vocab 128256 --hidden 4096 \
+    --label-smoothing 0 --repeats 10 --no-train-step --out "$OUT/loss_n16384_v128256_bf16"
+
+# 2. The same with TaiLr's translation setting (label smoothing 0.1): γ-CE against F.cross_entropy with the
+#    same smoothing, logits group only.
+"$PY" -m hf_tvd_loss.bench --device cuda --dtype bfloat16 --tokens 16384 --vocab 128256 --hidden 4096 \
+    --repeats 10 --no-train-step --variants cross_entropy,gamma_ce,tailr_fairseq,dft_trl \
+    --out "$OUT/logits_n16384_v128256_bf16_ls0.1"
+
+# 3. Training steps: stock Trainer, TVDTrainer (logits), TVDTrainer (loss_impl="chunked", torch backend) on a
+#    2-layer Llama with the same vocabulary and width, 8 × 2048 = 16384 tokens per step.
+"$PY" -m hf_tvd_loss.bench --device cuda --dtype bfloat16 --tokens 16384 --vocab 128256 --hidden 4096 \
+    --variants "" --train-batch 8 --train-seq-len 2048 --train-steps 8 --out "$OUT/train_n16384_v128256_bf16"
+echo "results under $OUT"
