@@ -550,23 +550,38 @@ class TVDSeq2SeqTrainer(TVDLossMixin, Seq2SeqTrainer):
 
     With ``predict_with_generate=True`` the stock class computes its evaluation loss with ``model(**inputs)``
     and never calls ``compute_loss``; here the γ-CE loss (and ``eval_nll`` etc.) is computed by a teacher-forced
-    pass before generating.
+    pass before generating, and that pass replaces the stock one (one teacher-forced forward per batch, as in
+    the stock class).
     """
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None, **gen_kwargs):  # type: ignore[override]
-        if not self.args.predict_with_generate or prediction_loss_only:
+        if not self.args.predict_with_generate or prediction_loss_only or "labels" not in inputs:
             return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys=ignore_keys, **gen_kwargs)
-        loss = None
-        if "labels" in inputs:
-            prepared = self._prepare_inputs(inputs)
-            with torch.no_grad(), self.compute_loss_context_manager():
-                loss = self.compute_loss(model, prepared).detach()
-        # The parent still runs its own teacher-forced pass for the stock loss, which is discarded; the
-        # generation it then runs dominates evaluation time.
-        _, generated_tokens, labels = super().prediction_step(
-            model, inputs, prediction_loss_only, ignore_keys=ignore_keys, **gen_kwargs
+        prepared = self._prepare_inputs(inputs)
+        with torch.no_grad(), self.compute_loss_context_manager():
+            loss = self.compute_loss(model, prepared).detach()
+        # The parent generates with self.model and computes its (stock) loss with one teacher-forced call of the
+        # `model` it is given: hand it our γ-CE loss instead of running that forward a second time.
+        loss, generated_tokens, labels = super().prediction_step(
+            _ReturnsLoss(model, loss), inputs, prediction_loss_only, ignore_keys=ignore_keys, **gen_kwargs
         )
         return loss, generated_tokens, labels
+
+
+class _ReturnsLoss:
+    """Stands in for ``model`` in ``Seq2SeqTrainer.prediction_step``: calling it returns ``{"loss": loss}``.
+
+    Every attribute is the wrapped model's, so anything else the parent does with ``model`` still works.
+    """
+
+    def __init__(self, model: nn.Module, loss: torch.Tensor) -> None:
+        self._model, self._loss = model, loss
+
+    def __call__(self, *args: Any, **kwargs: Any) -> dict[str, torch.Tensor]:
+        return {"loss": self._loss}
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._model, name)
 
 
 class TVDLoss:

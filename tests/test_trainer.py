@@ -108,15 +108,23 @@ def test_seq2seq_predict_with_generate_still_reports_gamma_ce(tmp_path):
             output_dir=str(tmp_path / str(generate)), per_device_eval_batch_size=4, report_to="none",
             use_cpu=True, predict_with_generate=generate, generation_max_length=6, disable_tqdm=True,
         )  # fmt: skip
+        # With compute_metrics, evaluate() asks for predictions, so predict_with_generate really generates.
         return TVDSeq2SeqTrainer(
-            model=tiny_model("t5"), args=args, data_collator=collator("t5"), tvd_args=TVDArguments(**TVD)
-        )
+            model=tiny_model("t5"), args=args, data_collator=collator("t5"), tvd_args=TVDArguments(**TVD),
+            compute_metrics=lambda p: {"predicted_rows": float(len(p.predictions))},
+        )  # fmt: skip
 
     plain = make(False).evaluate(dataset)
-    generated = make(True).evaluate(dataset)
+    trainer = make(True)
+    encoder_calls = []
+    trainer.model.get_encoder().register_forward_hook(lambda *_: encoder_calls.append(1))
+    generated = trainer.evaluate(dataset)
     for key in ("eval_loss", "eval_nll", "eval_tvd_weight_mean"):
         assert generated[key] == pytest.approx(plain[key], rel=1e-6), key
     assert generated["eval_nll"] > generated["eval_loss"]
+    assert generated["eval_predicted_rows"] == 12
+    # per batch: one teacher-forced pass (the γ-CE loss) and one generate, no second teacher-forced pass
+    assert len(encoder_calls) == 2 * 3
 
 
 def test_linear_gamma_schedule_logged_and_resumed(tmp_path):
