@@ -4,7 +4,7 @@
 # BENCHMARKS.md, targets missed included.
 #
 #   bash benchmarks/gpu_targets.sh                  # writes benchmarks/gpu_<name>/...
-#   OUT=/tmp/gpu PY=python bash benchmarks/gpu_targets.sh
+#   OUT=out/gpu PY=python bash benchmarks/gpu_targets.sh
 #
 # Needs torch with CUDA, transformers and this package; the kernel variants (cut-cross-entropy, liger-kernel)
 # run when those packages are installed (`pip install -e ".[kernels]"`) and are skipped otherwise.

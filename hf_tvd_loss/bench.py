@@ -110,6 +110,7 @@ class Settings:
     train_seq_len: int
     chunk_size: int | None = None
     chunked_backend: str = "torch"
+    train_model: str | None = None
 
 
 # ------------------------------------------------------------------------------------------------ variants
@@ -356,26 +357,44 @@ def _run_child(name: str, s: Settings) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------------------ training step
 
 
+def _tiny_llama(s: Settings, config_class, model_class):
+    heads = max(4, s.hidden // 128)  # head_dim 128 from d = 512 on, like Llama
+    config = config_class(
+        vocab_size=s.vocab, hidden_size=s.hidden, intermediate_size=2 * s.hidden, num_hidden_layers=2,
+        num_attention_heads=heads, num_key_value_heads=heads // 2, max_position_embeddings=max(64, s.train_seq_len),
+        pad_token_id=0, bos_token_id=1, eos_token_id=2, tie_word_embeddings=False,
+    )  # fmt: skip
+    return model_class(config)
+
+
 def _train_child(name: str, s: Settings) -> dict[str, Any]:
-    """Train a tiny Llama for ``train_steps`` steps; per-step times (after the first) and extra peak memory."""
-    from transformers import LlamaConfig, LlamaForCausalLM, Trainer, TrainerCallback, TrainingArguments
+    """Train for ``train_steps`` steps; per-step times (after the first) and extra peak memory.
+
+    The model is ``--train-model`` (a local checkpoint folder) or a tiny Llama built from a config.
+    """
+    from transformers import (
+        AutoModelForCausalLM,
+        LlamaConfig,
+        LlamaForCausalLM,
+        Trainer,
+        TrainerCallback,
+        TrainingArguments,
+    )
 
     from .args import TVDArguments
     from .trainer import TVDTrainer
 
     torch.manual_seed(s.seed)
-    heads = max(4, s.hidden // 128)  # head_dim 128 from d = 512 on, like Llama
-    config = LlamaConfig(
-        vocab_size=s.vocab, hidden_size=s.hidden, intermediate_size=2 * s.hidden, num_hidden_layers=2,
-        num_attention_heads=heads, num_key_value_heads=heads // 2, max_position_embeddings=max(64, s.train_seq_len),
-        pad_token_id=0, bos_token_id=1, eos_token_id=2, tie_word_embeddings=False,
-    )  # fmt: skip
     dtype = getattr(torch, s.dtype)
-    model = LlamaForCausalLM(config).to(device=s.device, dtype=dtype)
+    if s.train_model:
+        model = AutoModelForCausalLM.from_pretrained(s.train_model, dtype=dtype).to(s.device)
+        vocab = model.config.vocab_size
+    else:
+        model, vocab = _tiny_llama(s, LlamaConfig, LlamaForCausalLM).to(device=s.device, dtype=dtype), s.vocab
     g = torch.Generator().manual_seed(s.seed)
     rows = []
     for _ in range(s.train_batch * (s.train_steps + 1)):
-        ids = torch.randint(3, s.vocab, (s.train_seq_len,), generator=g)
+        ids = torch.randint(3, vocab, (s.train_seq_len,), generator=g)
         labels = ids.clone()
         labels[: s.train_seq_len // 4] = IGNORE_INDEX  # a prompt
         rows.append({"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels})
@@ -542,9 +561,14 @@ def to_markdown(report: dict[str, Any]) -> str:
             f"| {r['baseline']} | {err} |"
         )
     if "train_step_tvd_trainer" in report["results"]:
+        model = (
+            f"`{os.path.basename(os.path.normpath(s['train_model']))}` (pretrained checkpoint)"
+            if s.get("train_model")
+            else f"tiny Llama (2 layers, d = {s['hidden']}, V = {s['vocab']})"
+        )
         lines += [
             "",
-            f"Training steps: tiny Llama (2 layers, d = {s['hidden']}, V = {s['vocab']}), batch {s['train_batch']} × "
+            f"Training steps: {model}, batch {s['train_batch']} × "
             f"{s['train_seq_len']} tokens, {s['train_steps']} steps, median over all but the first; memory "
             f"includes the optimizer state; the chunked step uses chunked_backend="
             f"{s.get('chunked_backend', 'torch')!r}.",
@@ -585,6 +609,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--train-steps", type=int, default=6, help="training steps per trainer (the first is not timed)")
     p.add_argument("--train-batch", type=int, default=8)
     p.add_argument("--train-seq-len", type=int, default=128)
+    p.add_argument(
+        "--train-model",
+        default=None,
+        help="local causal-LM checkpoint folder for the training steps (e.g. the SmolLM2 of scripts/prepare_model.py)"
+        "; default: a tiny Llama built from a config with --vocab / --hidden",
+    )
     p.add_argument("--jobs", type=int, default=2, help="memory-measuring subprocesses run at once (not timed)")
     p.add_argument(
         "--quick", action="store_true", help="tiny shapes and 2 repeats, subprocesses in parallel (smoke test)"
@@ -621,12 +651,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     for name in ("tokens", "vocab", "hidden", "repeats", "train_steps", "train_batch", "train_seq_len"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be a positive integer")
+    if args.train_model is not None and not os.path.isfile(os.path.join(args.train_model, "config.json")):
+        raise ValueError(f"--train-model {args.train_model!r} is not a checkpoint folder (no config.json in it)")
     settings = Settings(
         tokens=args.tokens, vocab=args.vocab, hidden=args.hidden, dtype=args.dtype, device=args.device,
         repeats=args.repeats, gamma=args.gamma, min_weight=args.min_weight, label_smoothing=args.label_smoothing,
         ignore_fraction=args.ignore_fraction, seed=args.seed, train_steps=args.train_steps,
         train_batch=args.train_batch, train_seq_len=args.train_seq_len, chunk_size=args.chunk_size,
-        chunked_backend=args.chunked_backend,
+        chunked_backend=args.chunked_backend, train_model=args.train_model,
     )  # fmt: skip
     jobs = max(1, args.jobs)
     report = run(settings, variants, train_step=not args.no_train_step, jobs=jobs, parallel_train=args.quick)

@@ -121,3 +121,13 @@ def test_float64_references_in_blocks_equal_the_whole(monkeypatch):
         for n in names:
             whole = float(gamma_cross_entropy_reference(logits, inputs["labels"], **bench._reference_settings(n, s)))
             assert abs(got[n] - whole) < 1e-6, (n, got[n], whole)
+
+
+def test_train_model_must_be_a_checkpoint_folder(tmp_path):
+    import pytest
+
+    from hf_tvd_loss import bench
+
+    with pytest.raises(ValueError, match="is not a checkpoint folder"):
+        bench.main(["--quick", "--out", str(tmp_path / "o"), "--train-model", str(tmp_path)])
+    assert not (tmp_path / "o").exists()
