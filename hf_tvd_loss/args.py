@@ -114,11 +114,12 @@ class TVDArguments:
         },
     )
     chunked_backend: ChunkedBackend = field(
-        default="auto",
+        default="torch",
         metadata={
-            "help": "Kernel for loss_impl='chunked': 'torch' (pure PyTorch, CPU and GPU), 'cce' "
-            "(cut-cross-entropy) or 'liger' (liger-kernel), CUDA only; 'auto' picks an installed CUDA kernel, "
-            "else 'torch'.",
+            "help": "Kernel for loss_impl='chunked': 'torch' (pure PyTorch, CPU and GPU; the default), 'cce' "
+            "(cut-cross-entropy, approximate gradients through its filtering) or 'liger' (liger-kernel), CUDA "
+            "only; 'auto' picks an installed, applicable CUDA kernel, else 'torch'. The CUDA kernels are opt-in: "
+            "they have not yet been measured on a GPU in this project (BENCHMARKS.md).",
             "choices": list(_BACKENDS),
         },
     )

@@ -197,3 +197,10 @@ def test_trainer_with_cut_cross_entropy_backend_trains_like_torch(kernels_on_cpu
                          tvd={**TVD, "loss_impl": "chunked", "chunked_backend": "cce"})  # fmt: skip
     assert used and set(used) == {"cce"}
     assert_same_training(cce_run, torch_run, loss_rtol=1e-5)
+
+
+def test_kernels_are_opt_in():
+    """Until the CUDA kernels are measured on a GPU here, loss_impl='chunked' uses the torch backend by default."""
+    from hf_tvd_loss import TVDArguments
+
+    assert TVDArguments(loss_impl="chunked").chunked_backend == "torch"
