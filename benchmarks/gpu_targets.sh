@@ -19,13 +19,14 @@ OUT="${OUT:-benchmarks/gpu_${NAME}}"
 # 1. The loss head at the shape: Llama-3 vocabulary, 16384 tokens, d = 4096, bf16. No label smoothing,
 #    so that cut-cross-entropy's cross-entropy (which has none) computes the same loss as the baselines.
 #    Default variants: every logits and hidden-state variant, plus the cce / liger ones that can run here.
+#    --jobs 1: one memory-measuring subprocess at a time (at this shape one variant can need ~40 GB).
 "$PY" -m hf_tvd_loss.bench --device cuda --dtype bfloat16 --tokens 16384 --vocab 128256 --hidden 4096 \
-    --label-smoothing 0 --repeats 10 --no-train-step --out "$OUT/loss_n16384_v128256_bf16"
+    --label-smoothing 0 --repeats 10 --no-train-step --jobs 1 --out "$OUT/loss_n16384_v128256_bf16"
 
 # 2. The same with TaiLr's translation setting (label smoothing 0.1): γ-CE against F.cross_entropy with the
 #    same smoothing, logits group only.
 "$PY" -m hf_tvd_loss.bench --device cuda --dtype bfloat16 --tokens 16384 --vocab 128256 --hidden 4096 \
-    --repeats 10 --no-train-step --variants cross_entropy,gamma_ce,tailr_fairseq,dft_trl \
+    --repeats 10 --no-train-step --jobs 1 --variants cross_entropy,gamma_ce,tailr_fairseq,dft_trl \
     --out "$OUT/logits_n16384_v128256_bf16_ls0.1"
 
 # 3. Training steps: stock Trainer, TVDTrainer (logits), TVDTrainer (loss_impl="chunked", torch backend) on a

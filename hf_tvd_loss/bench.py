@@ -502,6 +502,8 @@ def run(
             }
         del inputs, leaves, fns
         gc.collect()
+        if s.device.startswith("cuda"):
+            torch.cuda.empty_cache()  # the memory subprocesses below share this GPU
     # Memory children are not timed, so they may run side by side (each reads only its own process's RSS).
     # The training-step children are timed: they run one at a time after the others, unless the run is a smoke
     # test (``parallel_train``), where everything runs at once.
