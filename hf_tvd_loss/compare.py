@@ -200,6 +200,7 @@ def write_report(
     import matplotlib.pyplot as plt
 
     columns = [task_metric, "eval_nll", "eval_perplexity", "eval_ece", "eval_confidence", "eval_accuracy"]
+    columns = list(dict.fromkeys(columns))  # language modelling's task metric is the perplexity column itself
     labels = {
         task_metric: task_metric_label,
         "eval_nll": "NLL",

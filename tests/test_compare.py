@@ -64,6 +64,12 @@ def test_plan_and_resumable_study(tmp_path):
         assert f"]({png})" in text
     with open(tmp_path / "results.json") as f:
         assert len(json.load(f)) == 10
+    # language modelling: the task metric is the perplexity column, listed once
+    lm = write_report(results, str(tmp_path / "lm"), task_metric="eval_perplexity", task_metric_label="perplexity",
+                      higher_is_better=False, command="cmd", title="Study")  # fmt: skip
+    with open(lm) as f:
+        header = next(line for line in f if line.startswith("| loss |"))
+    assert header.count("perplexity") == 1 and "NLL" in header
 
 
 def test_noisy_labels():
