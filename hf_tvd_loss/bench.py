@@ -357,14 +357,16 @@ def _run_child(name: str, s: Settings) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------------------ training step
 
 
-def _tiny_llama(s: Settings, config_class, model_class):
+def _tiny_llama(s: Settings):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
     heads = max(4, s.hidden // 128)  # head_dim 128 from d = 512 on, like Llama
-    config = config_class(
+    config = LlamaConfig(
         vocab_size=s.vocab, hidden_size=s.hidden, intermediate_size=2 * s.hidden, num_hidden_layers=2,
         num_attention_heads=heads, num_key_value_heads=heads // 2, max_position_embeddings=max(64, s.train_seq_len),
         pad_token_id=0, bos_token_id=1, eos_token_id=2, tie_word_embeddings=False,
     )  # fmt: skip
-    return model_class(config)
+    return LlamaForCausalLM(config)
 
 
 def _train_child(name: str, s: Settings) -> dict[str, Any]:
@@ -372,14 +374,7 @@ def _train_child(name: str, s: Settings) -> dict[str, Any]:
 
     The model is ``--train-model`` (a local checkpoint folder) or a tiny Llama built from a config.
     """
-    from transformers import (
-        AutoModelForCausalLM,
-        LlamaConfig,
-        LlamaForCausalLM,
-        Trainer,
-        TrainerCallback,
-        TrainingArguments,
-    )
+    from transformers import AutoModelForCausalLM, Trainer, TrainerCallback, TrainingArguments
 
     from .args import TVDArguments
     from .trainer import TVDTrainer
@@ -390,7 +385,7 @@ def _train_child(name: str, s: Settings) -> dict[str, Any]:
         model = AutoModelForCausalLM.from_pretrained(s.train_model, dtype=dtype).to(s.device)
         vocab = model.config.vocab_size
     else:
-        model, vocab = _tiny_llama(s, LlamaConfig, LlamaForCausalLM).to(device=s.device, dtype=dtype), s.vocab
+        model, vocab = _tiny_llama(s).to(device=s.device, dtype=dtype), s.vocab
     g = torch.Generator().manual_seed(s.seed)
     rows = []
     for _ in range(s.train_batch * (s.train_steps + 1)):

@@ -77,16 +77,13 @@ def test_kernel_variants_on_cpu_are_refused_before_any_work(tmp_path):
     assert not (tmp_path / "o").exists()
 
 
-def test_cut_cross_entropy_variants_compute_their_losses(monkeypatch):
+def test_cut_cross_entropy_variants_compute_their_losses(kernels_on_cpu):
     """The cce variants' calls into the real package (its CPU implementation), against the float64 reference."""
     import torch
 
-    from hf_tvd_loss import bench, linear_loss
+    from hf_tvd_loss import bench
     from hf_tvd_loss.reference import gamma_cross_entropy_reference
 
-    monkeypatch.setattr(linear_loss, "_KERNEL_DEVICES", {"cce": ("cpu",), "liger": ("cuda",)})
-    monkeypatch.setattr(linear_loss, "_CCE_IMPL", "torch_compile")
-    linear_loss._kernel_problem.cache_clear()
     s = bench.Settings(
         tokens=40, vocab=96, hidden=16, dtype="float32", device="cpu", repeats=1, gamma=0.1, min_weight=0.3,
         label_smoothing=0.1, ignore_fraction=0.2, seed=0, train_steps=1, train_batch=1, train_seq_len=8,
@@ -99,7 +96,6 @@ def test_cut_cross_entropy_variants_compute_their_losses(monkeypatch):
         value = bench._step(bench._loss_fn(name, s, inputs), [inputs["hidden"], inputs["weight"]])
         expected = float(gamma_cross_entropy_reference(logits, inputs["labels"], **bench._reference_settings(name, s)))
         assert abs(value - expected) < 1e-5, (name, value, expected)
-    linear_loss._kernel_problem.cache_clear()
 
 
 def test_float64_references_in_blocks_equal_the_whole(monkeypatch):

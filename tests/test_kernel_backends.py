@@ -3,7 +3,7 @@
 Their fused kernels are Triton kernels for CUDA, which this suite cannot run (no GPU). What it can run:
 
 * cut-cross-entropy for real, through its own ``impl="torch_compile"`` implementation (CPU), switched in
-  with ``linear_loss._CCE_IMPL``: the same public function, arguments, per-token output and gradients as the
+  with ``linear_loss._CCE_IMPL`` (the ``kernels_on_cpu`` fixture of conftest.py): the same public function, arguments, per-token output and gradients as the
   kernel, so the call into the package and the γ weighting on top are checked against impl="torch";
 * liger-kernel's installed function signature and capabilities (the per-token backward of reduction="none");
   its kernel is replaced by a torch function bound to the real signature.
@@ -21,16 +21,6 @@ from hf_tvd_loss import linear_loss
 from hf_tvd_loss.linear_loss import linear_gamma_cross_entropy, linear_gamma_cross_entropy_with_stats
 
 V, D = 37, 16
-
-
-@pytest.fixture
-def kernels_on_cpu(monkeypatch):
-    """Let both backends run on CPU tensors; cce through the package's torch_compile implementation."""
-    monkeypatch.setattr(linear_loss, "_KERNEL_DEVICES", {"cce": ("cpu", "cuda"), "liger": ("cpu", "cuda")})
-    monkeypatch.setattr(linear_loss, "_CCE_IMPL", "torch_compile")
-    linear_loss._kernel_problem.cache_clear()
-    yield
-    linear_loss._kernel_problem.cache_clear()
 
 
 @pytest.fixture
@@ -77,9 +67,8 @@ def _loss_and_grads(impl, hidden, weight, bias, labels, reduction, **kwargs):
     return loss.detach(), stats, torch.autograd.grad(loss, leaves, upstream)
 
 
-def test_installed_packages_pass_the_capability_checks():
+def test_installed_packages_pass_the_capability_checks(fresh_kernel_checks):
     """The versions install.sh installs take every argument the backends pass (checked, not assumed)."""
-    linear_loss._kernel_problem.cache_clear()
     assert linear_loss._kernel_problem("cce") is None
     assert linear_loss._kernel_problem("liger") is None
 
@@ -154,7 +143,7 @@ def test_softcap_with_label_smoothing_stays_on_torch(kernels_on_cpu):
     assert torch.equal(auto, linear_gamma_cross_entropy(hidden, weight, labels, impl="torch", **kwargs))
 
 
-def test_liger_without_per_token_backward_is_refused(monkeypatch):
+def test_liger_without_per_token_backward_is_refused(monkeypatch, fresh_kernel_checks):
     """A liger-kernel whose reduction='none' backward cannot weight tokens would give wrong gradients."""
     from liger_kernel.ops import fused_linear_cross_entropy as ops
 
@@ -162,23 +151,14 @@ def test_liger_without_per_token_backward_is_refused(monkeypatch):
         raise AssertionError("not called")
 
     monkeypatch.setattr(ops, "fused_linear_cross_entropy_forward", old_forward)
-    linear_loss._kernel_problem.cache_clear()
-    try:
-        assert "cannot apply per-token gradients" in linear_loss._kernel_problem("liger")
-    finally:
-        linear_loss._kernel_problem.cache_clear()
+    assert "cannot apply per-token gradients" in linear_loss._kernel_problem("liger")
 
 
-def test_missing_package_is_named(monkeypatch):
+def test_missing_package_is_named(kernels_on_cpu, monkeypatch):
     monkeypatch.setitem(linear_loss._PACKAGES, "cce", ("no_such_module_hf_tvd", "cut-cross-entropy"))
-    monkeypatch.setattr(linear_loss, "_KERNEL_DEVICES", {"cce": ("cpu",), "liger": ("cuda",)})
-    linear_loss._kernel_problem.cache_clear()
     hidden, weight, _, labels = _inputs(7)
-    try:
-        with pytest.raises(ValueError, match="the package cut-cross-entropy is not installed"):
-            linear_gamma_cross_entropy(hidden, weight, labels, gamma=0.1, impl="cce")
-    finally:
-        linear_loss._kernel_problem.cache_clear()
+    with pytest.raises(ValueError, match="the package cut-cross-entropy is not installed"):
+        linear_gamma_cross_entropy(hidden, weight, labels, gamma=0.1, impl="cce")
 
 
 @pytest.mark.parametrize("family", ["llama", "gpt2"])

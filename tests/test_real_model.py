@@ -7,7 +7,6 @@ embeddings), and the language-modelling script fine-tunes it for a few steps on 
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -16,6 +15,7 @@ import sys
 import pytest
 import torch
 import torch.nn.functional as F
+from test_scripts import _script
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from hf_tvd_loss import TVDArguments, TVDTrainer
@@ -151,10 +151,7 @@ def test_language_model_script_fine_tunes_the_real_model(smollm2, tmp_path):
         with open(data / f"{split}.jsonl", "w") as f:
             f.writelines(json.dumps({"text": t}) + "\n" for t in rows)
     out = str(tmp_path / "run")
-    spec = importlib.util.spec_from_file_location("lm", os.path.join(ROOT, "scripts", "train_language_model.py"))
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
-    metrics = script.main(
+    metrics = _script("train_language_model").main(
         ["--model_name_or_path", smollm2, "--train_file", str(data / "train.jsonl"),
          "--validation_file", str(data / "validation.jsonl"), "--test_file", str(data / "test.jsonl"),
          "--block_size", "32", "--per_device_train_batch_size", "4", "--max_steps", "3", "--learning_rate", "1e-4",
