@@ -562,10 +562,9 @@ class TVDSeq2SeqTrainer(TVDLossMixin, Seq2SeqTrainer):
             loss = self.compute_loss(model, prepared).detach()
         # The parent generates with self.model and computes its (stock) loss with one teacher-forced call of the
         # `model` it is given: hand it our γ-CE loss instead of running that forward a second time.
-        loss, generated_tokens, labels = super().prediction_step(
+        return super().prediction_step(
             _ReturnsLoss(model, loss), inputs, prediction_loss_only, ignore_keys=ignore_keys, **gen_kwargs
         )
-        return loss, generated_tokens, labels
 
 
 class _ReturnsLoss:
