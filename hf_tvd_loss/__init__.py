@@ -1,7 +1,8 @@
 """hf_tvd_loss: the TaiLr / γ-cross-entropy loss for Hugging Face Transformers.
 
-``gamma_cross_entropy`` and ``TVDArguments`` are pure PyTorch / dataclasses; the trainer classes (which import
-transformers) are loaded on first access, so ``import hf_tvd_loss`` stays light.
+The loss functions (:mod:`hf_tvd_loss.ops`) and ``TVDArguments`` are pure PyTorch / dataclasses; the trainer
+classes and callbacks (which import transformers) are loaded on first access, so ``import hf_tvd_loss`` stays
+light. The layout: ``docs/ARCHITECTURE.md``.
 """
 
 from __future__ import annotations
@@ -9,7 +10,14 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from .args import TVDArguments, gamma_at_step
-from .loss import GammaCEStats, gamma_cross_entropy, gamma_cross_entropy_with_stats, tvd_weight
+from .ops import (
+    GammaCEStats,
+    gamma_cross_entropy,
+    gamma_cross_entropy_with_stats,
+    linear_gamma_cross_entropy,
+    linear_gamma_cross_entropy_with_stats,
+    tvd_weight,
+)
 
 __version__ = "0.1.0"
 
@@ -18,10 +26,16 @@ _LAZY = {
     "TVDTrainer": "trainer",
     "TVDSeq2SeqTrainer": "trainer",
     "TVDLoss": "trainer",
+    "NonFiniteGuard": "callbacks",
+    "NonFiniteLossError": "callbacks",
+    "CheckpointSafetyMixin": "callbacks",
 }
 
 __all__ = [
+    "CheckpointSafetyMixin",
     "GammaCEStats",
+    "NonFiniteGuard",
+    "NonFiniteLossError",
     "TVDArguments",
     "TVDLoss",
     "TVDLossMixin",
@@ -30,10 +44,13 @@ __all__ = [
     "gamma_at_step",
     "gamma_cross_entropy",
     "gamma_cross_entropy_with_stats",
+    "linear_gamma_cross_entropy",
+    "linear_gamma_cross_entropy_with_stats",
     "tvd_weight",
 ]
 
 if TYPE_CHECKING:
+    from .callbacks import CheckpointSafetyMixin, NonFiniteGuard, NonFiniteLossError
     from .trainer import TVDLoss, TVDLossMixin, TVDSeq2SeqTrainer, TVDTrainer
 
 

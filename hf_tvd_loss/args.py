@@ -9,7 +9,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Literal
 
-from .loss import validate_focal_hyperparameters, validate_loss_hyperparameters
+from .ops.common import check_number, validate_focal_hyperparameters, validate_loss_hyperparameters
 
 __all__ = ["GammaSchedule", "LossType", "NonFinitePolicy", "TVDArguments", "gamma_at_step"]
 
@@ -23,6 +23,7 @@ LossImpl = Literal["logits", "chunked"]
 _LOSS_IMPLS = ("logits", "chunked")
 ChunkedBackend = Literal["auto", "torch", "cce", "liger"]
 _BACKENDS = ("auto", "torch", "cce", "liger")
+_P = "TVDArguments."
 
 
 @dataclass
@@ -107,9 +108,10 @@ class TVDArguments:
         metadata={
             "help": "'logits': the model computes its [tokens, vocab] logits and the loss runs on them. 'chunked': "
             "the loss is computed from the final hidden states and the output-embedding weight a chunk of tokens "
-            "at a time, never materialising the logits in training (much less memory at large vocabularies). "
-            "Models it cannot handle fall back to 'logits' with a warning naming the model class; evaluation "
-            "always uses the logits (predictions need them).",
+            "at a time, inside the output head's own forward (so FSDP2 and ZeRO-3 have its weight gathered), never "
+            "materialising the [tokens, vocab] logits, in training and in loss-only evaluation. Any model whose "
+            "output head is a linear layer qualifies; it is checked against the logits path at first use, and a "
+            "model that fails the check is refused with the reason (never a silent fallback).",
             "choices": list(_LOSS_IMPLS),
         },
     )
@@ -119,7 +121,7 @@ class TVDArguments:
             "help": "Kernel for loss_impl='chunked': 'torch' (pure PyTorch, CPU and GPU; the default), 'cce' "
             "(cut-cross-entropy, approximate gradients through its filtering) or 'liger' (liger-kernel), CUDA "
             "only; 'auto' picks an installed, applicable CUDA kernel, else 'torch'. The CUDA kernels are opt-in: "
-            "they have not yet been measured on a GPU in this project (BENCHMARKS.md).",
+            "see BENCHMARKS.md for what was measured where.",
             "choices": list(_BACKENDS),
         },
     )
@@ -153,12 +155,10 @@ class TVDArguments:
                 f"TVDArguments.gamma_schedule must be one of {list(_SCHEDULES)}, got {self.gamma_schedule!r}"
             )
         validate_loss_hyperparameters(self.gamma_start, prefix="TVDArguments.gamma_start: ")
-        ratio = self.gamma_schedule_ratio
-        if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or math.isnan(ratio) or not 0 < ratio <= 1:
-            raise ValueError(f"TVDArguments.gamma_schedule_ratio must be in (0, 1], got {ratio!r}")
-        steps = self.gamma_schedule_steps
-        if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
-            raise ValueError(f"TVDArguments.gamma_schedule_steps must be a positive integer or None, got {steps!r}")
+        check_number("gamma_schedule_ratio", self.gamma_schedule_ratio, low=0.0, low_open=True, high=1.0, prefix=_P)
+        check_number(
+            "gamma_schedule_steps", self.gamma_schedule_steps, low=1, integer=True, allow_none=True, prefix=_P
+        )
 
     def schedule_length(self, max_steps: int) -> int:
         """Steps over which γ moves, given the run's total optimisation steps."""

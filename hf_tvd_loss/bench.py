@@ -21,7 +21,7 @@ Loss-on-hidden-states variants (input: hidden ``[N, d]`` and lm_head weight ``[V
 
 * ``linear_cross_entropy``: ``F.cross_entropy(F.linear(h, W).float())``; the baseline of this group.
 * ``linear_gamma_ce_materialised``: ``gamma_cross_entropy(F.linear(h, W))``.
-* ``linear_gamma_ce_fused``: :func:`hf_tvd_loss.linear_loss.linear_gamma_cross_entropy` (no ``[N, V]`` logits;
+* ``linear_gamma_ce_fused``: :func:`hf_tvd_loss.ops.linear_gamma_cross_entropy` (no ``[N, V]`` logits;
   gradients computed in the forward pass).
 * ``linear_gamma_ce_fused_recompute``: the same loss through its ``reduction="none"`` path, which recomputes the
   logits chunk by chunk in backward instead (summed and divided by the token count outside): the alternative
@@ -37,7 +37,7 @@ smoothing) and ``linear_gamma_ce_liger`` (γ-CE with ``impl="liger"``). Compare 
 Peak memory: on CUDA ``torch.cuda.max_memory_allocated`` minus what was allocated before the pass; on CPU each
 variant runs once in its own subprocess and reports its peak RSS minus the RSS after its inputs were created
 (the peak is the kernel's ``VmHWM``, reset after setup; see :class:`_PeakRSS` for why not ``ru_maxrss``). Each loss is also compared with the float64 reference of
-:mod:`hf_tvd_loss.reference` ("err vs f64"). Unless ``--no-train-step``, a training step of ``TVDTrainer`` and
+:mod:`hf_tvd_loss.ops.reference` ("err vs f64"). Unless ``--no-train-step``, a training step of ``TVDTrainer`` and
 of the stock ``Trainer`` on a tiny Llama built from a config (``--vocab`` sized vocabulary) is timed too, each
 in its own subprocess, and ``TVDTrainer`` with ``loss_impl="chunked"`` (backend ``--chunked-backend``) as a third.
 Results go to ``--out`` as ``bench.json`` and ``bench.md``.
@@ -64,10 +64,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from . import linear_loss
-from .linear_loss import linear_gamma_cross_entropy
-from .loss import gamma_cross_entropy
-from .reference import gamma_cross_entropy_reference
+from .ops import gamma_cross_entropy, linear_gamma_cross_entropy
+from .ops import kernels as linear_loss
+from .ops.reference import gamma_cross_entropy_reference
 
 LOGIT_VARIANTS = ("cross_entropy", "gamma_ce", "tailr_fairseq", "dft_trl")
 HIDDEN_VARIANTS = (
@@ -215,7 +214,7 @@ def kernel_variant_problem(name: str, device: str) -> str | None:
     backend = KERNEL_VARIANTS[name]
     if not device.startswith(linear_loss._KERNEL_DEVICES[backend]):
         return f"it needs --device cuda (the {backend} kernels are CUDA kernels)"
-    return linear_loss._kernel_problem(backend)
+    return linear_loss.kernel_problem(backend)
 
 
 def _reference_settings(name: str, s: Settings) -> dict[str, float]:
@@ -233,7 +232,7 @@ _REFERENCE_BLOCK_ELEMENTS = 1 << 26  # 512 MiB of float64 logits per block
 
 
 def _references(inputs: dict[str, torch.Tensor], names, s: Settings, group: str) -> dict[str, float]:
-    """Each variant's loss in float64 (:mod:`hf_tvd_loss.reference`), a block of rows at a time.
+    """Each variant's loss in float64 (:mod:`hf_tvd_loss.ops.reference`), a block of rows at a time.
 
     Blocks keep the float64 logits small (at N = 16384, V = 128256 the whole matrix would be 16 GiB).
     """

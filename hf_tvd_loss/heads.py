@@ -1,24 +1,30 @@
-"""Find a transformers model's output head, so the loss can run on hidden states without full logits.
+"""The output head of a transformers model, and the hidden-state ("chunked") loss run inside it.
 
-:func:`resolve_output_head` returns an :class:`OutputHead`: the ``lm_head`` weight ``[V, d]``, an optional
-bias (BART/Marian ``final_logits_bias``), the scale applied to the hidden states before the projection (T5
-with tied embeddings: ``d_model**-0.5``), Gemma-2's ``final_logit_softcapping``, whether labels are shifted
-(causal LMs), and a function that computes the final hidden states from a training batch without calling
-the head. Together with :func:`hf_tvd_loss.linear_loss.linear_gamma_cross_entropy` this reproduces the
-model's own logits-based loss::
+One unwrap (:func:`unwrap_model`), one resolver (:func:`resolve_output_head`), and one way to reach the head in
+training and evaluation (:func:`loss_in_output_head`): for the length of one forward pass the head's ``forward``
+is replaced by a function that computes the loss from its input (the final hidden states) and its own weight, a
+chunk of tokens at a time, and returns that loss in place of the ``[batch, seq, vocab]`` logits::
 
-    head = resolve_output_head(model)
-    if head is not None:
-        hidden = head.hidden_states(batch)                                     # [B, T, d]
-        loss = linear_gamma_cross_entropy(hidden, head.weight, batch["labels"], gamma=0.1, **head.loss_kwargs())
+    head = resolve_output_head(model)                  # ValueError naming the reason if it cannot be used
+    loss, stats, outputs = loss_in_output_head(model, head, inputs, loss_fn)
 
-Only architectures whose ``forward`` was read and checked against their real logits are accepted (the
-class names in :data:`SUPPORTED_CLASSES`); anything else gets ``None`` and a reason from
-:func:`resolve_output_head_with_reason`, so the caller can fall back to the logits path.
+Why inside the head's own forward: sharding engines gather a module's parameters just before its forward and
+free them right after (FSDP2 ``fully_shard`` with ``reshard_after_forward``, DeepSpeed ZeRO-3), and register their
+backward hooks on the module's outputs. Computing the loss there, and back-propagating through the tensor the
+head returned, lets the engines gather, reduce and free as for any module; reading ``lm_head.weight`` after the
+model's forward fails under both (a sharded DTensor, or a freed ZeRO-3 placeholder). DDP and torch.compile'd or
+PEFT-wrapped models go through the same path: the model's own forward always runs.
+
+What the model does to the head's output (a bias such as BART's ``final_logits_bias``, Gemma-2/3 soft-capping,
+a logit scale) is read from the model and then **checked on the concrete model** at first use
+(:func:`verify_output_head`): one forward pass on a few positions of the first batch compares the model's real
+logits with what the loss will compute. A model that fails the check is refused with the reason; nothing falls
+back silently.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -26,204 +32,336 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["SUPPORTED_CLASSES", "OutputHead", "resolve_output_head", "resolve_output_head_with_reason"]
+__all__ = [
+    "IGNORE_INDEX",
+    "OutputHead",
+    "decoder_input_ids_from_labels",
+    "is_encoder_decoder",
+    "logits_of",
+    "loss_in_output_head",
+    "model_class_name",
+    "resolve_output_head",
+    "unwrap_model",
+    "verify_output_head",
+]
 
-# Decoder-only models whose forward is ``lm_head(base_model(...).last_hidden_state)`` (+ softcapping for Gemma 2).
-_CAUSAL = (
-    "LlamaForCausalLM",
-    "MistralForCausalLM",
-    "Qwen2ForCausalLM",
-    "Qwen3ForCausalLM",
-    "GemmaForCausalLM",
-    "Gemma2ForCausalLM",
-    "GPT2LMHeadModel",
-)
-# Encoder-decoders whose forward is ``lm_head(model.model(...)[0]) + final_logits_bias``.
-_BART_LIKE = ("BartForConditionalGeneration", "MarianMTModel")
-_T5_LIKE = ("T5ForConditionalGeneration",)
-SUPPORTED_CLASSES: tuple[str, ...] = _CAUSAL + _BART_LIKE + _T5_LIKE
-
-# Batch keys that belong to the loss, not to the base model.
-_NOT_MODEL_INPUTS = ("labels", "num_items_in_batch", "logits_to_keep", "return_dict", "return_loss")
+IGNORE_INDEX = -100
+# Decoder positions of the first batch row used by verify_output_head (a causal prefix: the model's logits on it
+# equal those of the full sequence at the same positions).
+_VERIFY_POSITIONS = 8
+# Batch keys that belong to the loss, not to the model.
+_NOT_MODEL_INPUTS = ("labels", "shift_labels", "num_items_in_batch", "loss_weights")
+# Per-position inputs of a causal LM (sliced together by verify_output_head).
+_CAUSAL_SEQ_KEYS = ("input_ids", "attention_mask", "position_ids", "token_type_ids", "inputs_embeds")
+_DECODER_SEQ_KEYS = ("decoder_input_ids", "decoder_attention_mask", "decoder_inputs_embeds", "decoder_position_ids")
 
 
+# ---------------------------------------------------------------------------------------------- the model
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The transformers model inside DDP / DataParallel / DeepSpeed (``.module``), torch.compile (``._orig_mod``)
+    and PEFT (``get_base_model()``) wrappers. FSDP2 shards in place (same object, class renamed ``FSDP<Class>``),
+    so it needs no unwrapping."""
+    for _ in range(8):  # wrappers nest only a few levels deep
+        if isinstance(getattr(model, "module", None), nn.Module):
+            model = model.module
+        elif isinstance(getattr(model, "_orig_mod", None), nn.Module):
+            model = model._orig_mod
+        elif hasattr(model, "peft_config") and callable(getattr(model, "get_base_model", None)):
+            model = model.get_base_model()
+        else:
+            break
+    return model
+
+
+def model_class_name(model: nn.Module) -> str:
+    """The class name users know: ``LlamaForCausalLM`` also for FSDP2's renamed ``FSDPLlamaForCausalLM``."""
+    cls = type(model)
+    if cls.__name__.startswith("FSDP") and len(cls.__bases__) >= 2:
+        return cls.__bases__[-1].__name__
+    return cls.__name__
+
+
+def is_encoder_decoder(model: nn.Module) -> bool:
+    return bool(getattr(getattr(unwrap_model(model), "config", None), "is_encoder_decoder", False))
+
+
+def decoder_input_ids_from_labels(model: nn.Module, labels: torch.Tensor) -> torch.Tensor:
+    """Right-shifted decoder inputs for an encoder-decoder model, as its own loss path would build them."""
+    base = unwrap_model(model)
+    prepare = getattr(base, "prepare_decoder_input_ids_from_labels", None)
+    if callable(prepare):
+        return prepare(labels=labels)
+    config = base.config
+    start = getattr(config, "decoder_start_token_id", None)
+    pad = getattr(config, "pad_token_id", None)
+    if start is None or pad is None:
+        raise ValueError(
+            f"{model_class_name(base)} has no prepare_decoder_input_ids_from_labels and its config lacks "
+            "decoder_start_token_id/pad_token_id: pass decoder_input_ids in the batch (e.g. with "
+            "DataCollatorForSeq2Seq(model=...))."
+        )
+    shifted = labels.new_full(labels.shape, pad)
+    shifted[..., 1:] = labels[..., :-1]
+    shifted[..., 0] = start
+    return shifted.masked_fill_(shifted == IGNORE_INDEX, pad)
+
+
+def logits_of(outputs: Any, model: nn.Module) -> torch.Tensor:
+    """The logits of a model's outputs (a ModelOutput, a dict or a tuple), or a ValueError naming the model."""
+    logits = outputs.get("logits") if isinstance(outputs, Mapping) else outputs[0]
+    if not torch.is_tensor(logits):
+        raise ValueError(
+            f"{model_class_name(unwrap_model(model))} returned no logits; γ-CE needs a language-modelling head "
+            "(e.g. AutoModelForCausalLM or AutoModelForSeq2SeqLM)."
+        )
+    return logits
+
+
+# ---------------------------------------------------------------------------------------------- the head
 @dataclass
 class OutputHead:
-    """How a model turns hidden states into logits: ``softcap((logit_scale · hidden) @ weight.T + bias)``.
+    """How a model turns its final hidden states into logits: ``softcap(scale · (hidden @ W.T + b) + bias_after)``.
 
     Attributes:
-        weight: ``[V, d]`` output embedding (``lm_head.weight``; tied to the input embedding where the model ties).
-        bias: ``[1, V]`` or ``[V]`` added to the logits (BART/Marian ``final_logits_bias``), or None.
-        logit_scale: factor applied to the hidden states before the projection (1.0 unless T5 rescales).
-        final_logit_softcapping: Gemma-2's ``cap`` in ``cap · tanh(logits / cap)``, or None.
+        module: the module returned by ``get_output_embeddings()`` (its forward is replaced during the loss).
+        bias_after: ``[V]`` or ``[1, V]`` added by the model after the head (BART/Marian ``final_logits_bias``).
+        logit_scale: factor the model applies to the logits after the head (``config.logit_scale``), else 1.
+        final_logit_softcapping: ``cap`` in ``cap · tanh(logits / cap)`` (Gemma 2/3), or None.
         shift_labels: True for causal LMs (position t predicts ``labels[t+1]``), False for encoder-decoders.
-        hidden_states: ``fn(batch) -> [B, T, d]`` final hidden states (after the final norm), computed without
-            the head. ``batch`` is the training batch (``input_ids``, ``attention_mask``, ``labels``, ...);
-            encoder-decoders build ``decoder_input_ids`` from ``labels`` as the model itself does.
-        model_class: class name of the (unwrapped) model.
+        model_class: class name of the (unwrapped) model, for messages.
     """
 
-    weight: torch.Tensor
-    bias: torch.Tensor | None
+    module: nn.Module
+    bias_after: torch.Tensor | None
     logit_scale: float
     final_logit_softcapping: float | None
     shift_labels: bool
-    hidden_states: Callable[[Mapping[str, Any]], torch.Tensor]
     model_class: str
+    verified: bool = False
 
-    def loss_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments for :func:`~hf_tvd_loss.linear_loss.linear_gamma_cross_entropy` describing this head."""
-        return {
-            "bias": self.bias,
-            "logit_scale": self.logit_scale,
-            "final_logit_softcapping": self.final_logit_softcapping,
-            "shift_labels": self.shift_labels,
-        }
+    def linear(self) -> nn.Linear:
+        """The ``nn.Linear`` that computes the logits now (PEFT ``modules_to_save``: the active trained copy)."""
+        return _effective_linear(self.module)
+
+
+def _effective_linear(module: nn.Module) -> nn.Linear:
+    copies = getattr(module, "modules_to_save", None)
+    if isinstance(copies, nn.ModuleDict) and isinstance(getattr(module, "original_module", None), nn.Module):
+        active = list(getattr(module, "active_adapters", []) or [])
+        if getattr(module, "disable_adapters", False) or not active or any(a not in copies for a in active):
+            return module.original_module
+        if len(active) > 1:
+            raise ValueError(
+                f"output head with several active PEFT adapters {active}: not supported by the chunked loss"
+            )
+        return copies[active[0]]
+    return module  # type: ignore[return-value]
+
+
+def _head_problem(module: nn.Module | None, name: str) -> str | None:
+    if module is None:
+        return f"{name} has no output embedding (get_output_embeddings() is None): it is not a language model"
+    if hasattr(module, "lora_A") or hasattr(module, "base_layer"):
+        return (
+            f"{name}: its output head is a PEFT adapter layer ({type(module).__name__}, e.g. LoRA on lm_head), whose "
+            "output base(x) + B(A(dropout(x)))·s is not a single weight the chunked loss can use; train with "
+            "loss_impl='logits', or leave lm_head out of target_modules (modules_to_save=['lm_head'] works)"
+        )
+    try:
+        linear = _effective_linear(module)
+    except ValueError as exc:
+        return f"{name}: {exc}"
+    if not isinstance(linear, nn.Linear) or type(linear).forward is not nn.Linear.forward:
+        return (
+            f"{name}: its output head is a {type(linear).__name__}, not a plain torch.nn.Linear, so its weight alone "
+            "does not give the logits"
+        )
+    return None
+
+
+def resolve_output_head(model: nn.Module) -> OutputHead:
+    """The output head of a (possibly wrapped) transformers model; ``ValueError`` naming the reason otherwise."""
+    base = unwrap_model(model)
+    name = model_class_name(base)
+    config = getattr(base, "config", None)
+    if getattr(base, "hf_quantizer", None) is not None or getattr(config, "quantization_config", None):
+        raise ValueError(
+            f"{name}: quantized models store lm_head in a packed format that the chunked loss cannot read"
+        )
+    getter = getattr(base, "get_output_embeddings", None)
+    module = getter() if callable(getter) else None
+    problem = _head_problem(module, name)
+    if problem is not None:
+        raise ValueError(problem)
+    text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    softcap = getattr(text_config, "final_logit_softcapping", None)
+    scale = getattr(text_config, "logit_scale", None)
+    bias_after = getattr(base, "final_logits_bias", None)
+    return OutputHead(
+        module=module,  # type: ignore[arg-type]
+        bias_after=bias_after if torch.is_tensor(bias_after) else None,
+        logit_scale=float(scale) if isinstance(scale, (int, float)) and not isinstance(scale, bool) else 1.0,
+        final_logit_softcapping=float(softcap) if softcap else None,
+        shift_labels=not bool(getattr(config, "is_encoder_decoder", False)),
+        model_class=name,
+    )
+
+
+def _postprocess(head: OutputHead, z: torch.Tensor) -> torch.Tensor:
+    """What the model does to the head's output ``z``, per :class:`OutputHead` (fp32)."""
+    logits = z.float()
+    if head.bias_after is not None:
+        logits = logits + head.bias_after.float()
+    logits = logits * head.logit_scale
+    if head.final_logit_softcapping is not None:
+        cap = head.final_logit_softcapping
+        logits = cap * torch.tanh(logits / cap)
+    return logits
+
+
+def loss_arguments(head: OutputHead, linear: nn.Linear) -> dict[str, Any]:
+    """``weight`` / ``bias`` / ``logit_scale`` / ``final_logit_softcapping`` for :mod:`hf_tvd_loss.ops.linear`.
+
+    Call inside the head's forward (where engines have the parameters gathered). With a logit scale s the logits
+    are ``s · (W h + b) = W (s h) + s b``.
+    """
+    bias = linear.bias
+    if head.bias_after is not None:
+        after = head.bias_after.reshape(-1).to(linear.weight.dtype)
+        bias = after if bias is None else bias + after
+    if bias is not None and head.logit_scale != 1.0:
+        bias = bias * head.logit_scale
+    return {
+        "weight": linear.weight,
+        "bias": bias,
+        "logit_scale": head.logit_scale,
+        "final_logit_softcapping": head.final_logit_softcapping,
+    }
+
+
+# ---------------------------------------------------------------------------------------------- replacing forward
+class _HeadForward:
+    """Replaces ``module.forward`` (an instance attribute shadows the class method; engine hooks stay in place)
+    and records what the module's ``__call__`` returned after every hook (DeepSpeed wraps outputs there)."""
+
+    def __init__(self, module: nn.Module, forward: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        self.module, self.forward = module, forward
+        self.calls = 0
+        self.output: torch.Tensor | None = None
+
+    def __enter__(self) -> _HeadForward:
+        if "forward" in self.module.__dict__:
+            raise RuntimeError(f"{type(self.module).__name__}.forward is already replaced (nested chunked loss?)")
+
+        def forward(hidden: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+            self.calls += 1
+            return self.forward(hidden)
+
+        def record(_module: nn.Module, _args: Any, output: Any) -> None:
+            self.output = output
+
+        self.module.forward = forward  # type: ignore[method-assign]
+        self._handle = self.module.register_forward_hook(record)  # registered last: sees the final output
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._handle.remove()
+        del self.module.forward
 
 
 def _model_inputs(batch: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in batch.items() if k not in _NOT_MODEL_INPUTS}
 
 
-def _decoder_input_ids(model: nn.Module, batch: Mapping[str, Any]) -> dict[str, Any]:
-    inputs = _model_inputs(batch)
-    if inputs.get("decoder_input_ids") is None and inputs.get("decoder_inputs_embeds") is None:
-        labels = batch.get("labels")
-        if labels is None:
-            raise ValueError(
-                f"{type(model).__name__}: the batch has neither decoder_input_ids nor labels to build them from"
-            )
-        inputs["decoder_input_ids"] = model.prepare_decoder_input_ids_from_labels(labels=labels)
-    return inputs
+def loss_in_output_head(
+    model: nn.Module,
+    head: OutputHead,
+    inputs: Mapping[str, Any],
+    loss_fn: Callable[..., tuple[torch.Tensor, Any]],
+) -> tuple[torch.Tensor, Any, Any]:
+    """Run ``model(**inputs)`` with the loss computed inside the output head's forward.
 
+    ``loss_fn(hidden, weight=..., bias=..., logit_scale=..., final_logit_softcapping=...)`` gets the head's input
+    ``[B, T, d]`` and the head's parameters (gathered by whatever engine shards them) and returns
+    ``(0-dim loss, stats)``; see :func:`hf_tvd_loss.ops.linear_token_weighted_cross_entropy`. ``inputs`` are the
+    model's inputs (labels removed; encoder-decoders need ``decoder_input_ids``).
 
-def _causal_hidden(model: nn.Module) -> Callable[[Mapping[str, Any]], torch.Tensor]:
-    base = model.base_model  # LlamaModel, GPT2Model, ...: everything up to and including the final norm
-
-    def hidden_states(batch: Mapping[str, Any]) -> torch.Tensor:
-        inputs = _model_inputs(batch)
-        inputs.setdefault("use_cache", False)  # a KV cache is useless in training and costs memory
-        return base(**inputs).last_hidden_state
-
-    return hidden_states
-
-
-def _bart_hidden(model: nn.Module) -> Callable[[Mapping[str, Any]], torch.Tensor]:
-    def hidden_states(batch: Mapping[str, Any]) -> torch.Tensor:
-        inputs = _decoder_input_ids(model, batch)
-        inputs.setdefault("use_cache", False)
-        return model.model(**inputs).last_hidden_state
-
-    return hidden_states
-
-
-def _t5_hidden(model: nn.Module) -> Callable[[Mapping[str, Any]], torch.Tensor]:
-    # T5ForConditionalGeneration.forward, without the lm_head (and without the output scaling, which the
-    # OutputHead's logit_scale carries).
-    def hidden_states(batch: Mapping[str, Any]) -> torch.Tensor:
-        inputs = _decoder_input_ids(model, batch)
-        encoder_outputs = inputs.get("encoder_outputs")
-        if encoder_outputs is None:
-            encoder_outputs = model.encoder(
-                input_ids=inputs.get("input_ids"),
-                attention_mask=inputs.get("attention_mask"),
-                inputs_embeds=inputs.get("inputs_embeds"),
-            )
-        return model.decoder(
-            input_ids=inputs.get("decoder_input_ids"),
-            attention_mask=inputs.get("decoder_attention_mask"),
-            inputs_embeds=inputs.get("decoder_inputs_embeds"),
-            encoder_hidden_states=encoder_outputs[0],
-            encoder_attention_mask=inputs.get("attention_mask"),
-            use_cache=False,
-        ).last_hidden_state
-
-    return hidden_states
-
-
-def _unwrap(model: nn.Module) -> tuple[nn.Module | None, str | None]:
-    """Strip torch.compile and PEFT wrappers; refuse DataParallel/DDP (see the reason string)."""
-    while True:
-        if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
-            return None, (
-                f"{type(model).__name__} wraps {type(model.module).__name__}: hidden states computed through the "
-                "wrapped model's submodules would bypass the wrapper's forward, and DDP then does not all-reduce "
-                "the gradients; use the logits path (or a kernel that patches the model's forward)"
-            )
-        if hasattr(model, "_orig_mod") and type(model).__name__ == "OptimizedModule":
-            model = model._orig_mod
-            continue
-        if hasattr(model, "get_base_model") and hasattr(model, "peft_config"):
-            config = getattr(model, "active_peft_config", None)
-            if config is not None and getattr(config, "is_prompt_learning", False):
-                return None, (
-                    f"{type(model).__name__} uses prompt learning ({type(config).__name__}): its forward adds "
-                    "virtual tokens that the base model alone does not see"
-                )
-            model = model.get_base_model()
-            continue
-        return model, None
-
-
-def resolve_output_head_with_reason(model: nn.Module) -> tuple[OutputHead | None, str | None]:
-    """:func:`resolve_output_head`, plus the reason (naming the model class) when it returns None."""
-    inner, reason = _unwrap(model)
-    if inner is None:
-        return None, reason
-    name = type(inner).__name__
-    if name not in SUPPORTED_CLASSES:
-        return None, (
-            f"{name}: not one of the architectures whose output head was checked against its logits "
-            f"({', '.join(SUPPORTED_CLASSES)})"
-        )
-    config = inner.config
-    if getattr(inner, "hf_quantizer", None) is not None or getattr(config, "quantization_config", None):
-        return None, f"{name}: quantized models store lm_head in a packed format that the fused loss cannot read"
-    head = inner.get_output_embeddings()
-    if type(head) is not nn.Linear:
-        return None, (
-            f"{name}: its output embedding is a {type(head).__name__}, not a plain torch.nn.Linear (e.g. an "
-            "adapter or modules_to_save wrapper on lm_head), so its weight alone does not give the logits"
-        )
-    if head.bias is not None:
-        return None, f"{name}: lm_head has a bias, which none of the checked architectures has"
-    weight = head.weight
-    bias = None
-    logit_scale = 1.0
-    softcap = None
-    if name in _CAUSAL:
-        hidden_fn = _causal_hidden(inner)
-        shift = True
-        softcap = getattr(config, "final_logit_softcapping", None) if name == "Gemma2ForCausalLM" else None
-    elif name in _BART_LIKE:
-        hidden_fn = _bart_hidden(inner)
-        shift = False
-        bias = inner.final_logits_bias
-    else:
-        hidden_fn = _t5_hidden(inner)
-        shift = False
-        # transformers 5.x: T5Config.scale_decoder_outputs (set from tie_word_embeddings); older: tie_word_embeddings.
-        if getattr(config, "scale_decoder_outputs", getattr(config, "tie_word_embeddings", True)):
-            logit_scale = inner.model_dim**-0.5
-    return (
-        OutputHead(
-            weight=weight,
-            bias=bias,
-            logit_scale=logit_scale,
-            final_logit_softcapping=softcap,
-            shift_labels=shift,
-            hidden_states=hidden_fn,
-            model_class=name,
-        ),
-        None,
-    )
-
-
-def resolve_output_head(model: nn.Module) -> OutputHead | None:
-    """The output head of a transformers model (PEFT and torch.compile wrappers are unwrapped), or None.
-
-    None means the model is not one of :data:`SUPPORTED_CLASSES`, is quantized, has an adapter or wrapper on
-    ``lm_head``, uses PEFT prompt learning, or is wrapped in DataParallel/DDP (whose forward must not be
-    bypassed); :func:`resolve_output_head_with_reason` says which.
+    Returns ``(loss, stats, outputs)``: the loss is taken from the tensor the head returned (so every engine hook
+    on it fires in backward), and the model's outputs are kept in its graph with a zero factor (so hooks a root
+    module registered on them fire too). ``outputs.logits`` is a placeholder, not logits.
     """
-    return resolve_output_head_with_reason(model)[0]
+    stats: list[Any] = []
+
+    def forward(hidden: torch.Tensor) -> torch.Tensor:
+        loss, loss_stats = loss_fn(hidden, **loss_arguments(head, head.linear()))
+        stats.append(loss_stats)
+        return loss.reshape(1, 1, 1)  # "logits" of one position and one class: the model's post-processing is cheap
+
+    with _HeadForward(head.module, forward) as replaced:
+        outputs = model(**_model_inputs(inputs))
+    if replaced.calls != 1 or replaced.output is None:
+        raise RuntimeError(
+            f"{head.model_class}: the output head ran {replaced.calls} times in one forward pass (expected once); "
+            "the chunked loss cannot be used with this model: use loss_impl='logits'"
+        )
+    loss = replaced.output.reshape(())
+    logits = outputs.get("logits") if isinstance(outputs, Mapping) else None
+    if torch.is_tensor(logits) and logits.requires_grad:
+        loss = loss + 0.0 * logits.sum()
+    return loss, stats[0], outputs
+
+
+# ---------------------------------------------------------------------------------------------- first-use check
+def _verification_inputs(model: nn.Module, inputs: Mapping[str, Any], shift_labels: bool) -> dict[str, Any]:
+    """The first row of the batch, cut to its first positions (decoder positions for encoder-decoders)."""
+    small: dict[str, Any] = {}
+    seq_keys = _CAUSAL_SEQ_KEYS if shift_labels else _DECODER_SEQ_KEYS
+    for key, value in _model_inputs(inputs).items():
+        if torch.is_tensor(value) and value.dim() >= 1 and value.shape[0] >= 1 and key != "cache_position":
+            value = value[:1]
+            if key in seq_keys and value.dim() >= 2:
+                value = value[:, :_VERIFY_POSITIONS]
+        small[key] = value
+    return small
+
+
+def verify_output_head(model: nn.Module, head: OutputHead, inputs: Mapping[str, Any]) -> None:
+    """Check on this model that ``postprocess(head(hidden))`` reproduces its logits; ``ValueError`` if not.
+
+    One forward pass without gradients on the first row of ``inputs`` (a few positions): inside the head the
+    normal output is kept, and after the model returns, its logits are compared with what the chunked loss
+    computes from that output. Dropout does not matter (both come from the same pass). Every process of a
+    distributed run must call this at the same point (the forward is collective under FSDP/ZeRO-3).
+    """
+    kept: list[torch.Tensor] = []
+
+    def forward(hidden: torch.Tensor) -> torch.Tensor:
+        z = nn.functional.linear(hidden, head.linear().weight, head.linear().bias)
+        kept.append(z.detach())
+        return z
+
+    small = _verification_inputs(model, inputs, head.shift_labels)
+    with torch.no_grad(), _HeadForward(head.module, forward) as replaced:
+        outputs = model(**small)
+    if replaced.calls != 1:
+        raise ValueError(
+            f"{head.model_class}: its output head ran {replaced.calls} times in one forward pass (expected once), "
+            "so the chunked loss cannot replace it; use loss_impl='logits'"
+        )
+    logits = logits_of(outputs, model).float()
+    ours = _postprocess(head, kept[0])
+    if ours.shape != logits.shape:
+        raise ValueError(
+            f"{head.model_class}: the model's logits {tuple(logits.shape)} are not the output head's output "
+            f"{tuple(ours.shape)} position by position; the chunked loss cannot be used (loss_impl='logits')"
+        )
+    low_precision = kept[0].dtype in (torch.float16, torch.bfloat16)
+    tolerance = (2e-2 if low_precision else 1e-4) * max(1.0, float(logits.abs().max()))
+    error = float((ours - logits).abs().max())
+    if not math.isfinite(error) or error > tolerance:
+        raise ValueError(
+            f"{head.model_class}: its logits differ from softcap(scale · lm_head(hidden) + bias) by {error:.3g} "
+            f"(tolerance {tolerance:.3g}): the model transforms the head's output in a way the chunked loss does "
+            "not reproduce; use loss_impl='logits'"
+        )
+    head.verified = True

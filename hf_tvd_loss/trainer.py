@@ -1,12 +1,13 @@
 """Trainers whose ``compute_loss`` is token-level γ-CE (TaiLr).
 
-``TVDLossMixin`` holds everything; ``TVDTrainer`` and ``TVDSeq2SeqTrainer`` are the mixin on top of
-``transformers.Trainer`` and ``Seq2SeqTrainer``. What the mixin changes, and why:
+``TVDLossMixin`` holds the loss, the token counting and the metrics; ``TVDTrainer`` and ``TVDSeq2SeqTrainer`` are
+the mixin on top of ``transformers.Trainer`` and ``Seq2SeqTrainer`` (plus the checkpoint safety and non-finite guard
+of :mod:`hf_tvd_loss.callbacks`). What the mixin changes, and why:
 
 * The loss: labels are popped before the model call (so the model does not compute a second, wasted
-  cross-entropy), the logits go to :func:`~hf_tvd_loss.gamma_cross_entropy_with_stats`; causal LMs have their
-  labels shifted inside the loss, encoder-decoders get ``decoder_input_ids`` built from the labels when the
-  collator did not.
+  cross-entropy); with ``loss_impl="logits"`` the logits go to :mod:`hf_tvd_loss.ops.logits`, with ``"chunked"``
+  the loss runs inside the output head's forward (:mod:`hf_tvd_loss.heads`). Causal LMs have their labels shifted
+  inside the loss, encoder-decoders get ``decoder_input_ids`` built from the labels when the collator did not.
 * Normalisation: the loss is ``Σ token losses / num_items_in_batch``, where ``num_items_in_batch`` is counted
   here (over the whole gradient-accumulation step, summed across processes) with the right rule for the
   model family, times the number of processes because DDP averages gradients. This makes batch 16, 8×2 and
@@ -15,30 +16,36 @@
   when logging; ``loss`` / ``nll`` / ``tvd_weight_mean`` / ``gamma`` are token-weighted averages over all
   processes, for training logs and for ``evaluate()``/``predict()`` (prefixed ``eval_``/``test_``), also when
   ``predict_with_generate`` makes the stock ``Seq2SeqTrainer`` skip ``compute_loss``.
+
+How a batch flows: ``docs/ARCHITECTURE.md``.
 """
 
 from __future__ import annotations
 
-import json
-import logging
 import math
-import os
-import re
-import types
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
 from torch import nn
 from transformers import Seq2SeqTrainer, Trainer
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
 from .args import TVDArguments
-from .heads import resolve_output_head_with_reason
-from .linear_loss import linear_gamma_cross_entropy_with_stats
-from .loss import GammaCEStats, focal_cross_entropy_with_stats, gamma_cross_entropy_with_stats
-
-logger = logging.getLogger(__name__)
+from .callbacks import CheckpointSafetyMixin, NonFiniteGuard, NonFiniteLossError, last_complete_checkpoint
+from .heads import (
+    IGNORE_INDEX,
+    OutputHead,
+    decoder_input_ids_from_labels,
+    is_encoder_decoder,
+    logits_of,
+    loss_in_output_head,
+    resolve_output_head,
+    unwrap_model,
+    verify_output_head,
+)
+from .ops.common import GammaCEStats, TokenTerms, focal_terms, gamma_terms
+from .ops.linear import linear_token_weighted_cross_entropy
+from .ops.logits import token_weighted_cross_entropy
 
 __all__ = [
     "NonFiniteLossError",
@@ -47,168 +54,19 @@ __all__ = [
     "TVDSeq2SeqTrainer",
     "TVDTrainer",
     "last_complete_checkpoint",
+    "select_token_terms",
 ]
 
-IGNORE_INDEX = -100
 _MODES = ("train", "eval")
-# Written (atomically) into a checkpoint folder once everything else in it is on disk.
-CHECKPOINT_COMPLETE_MARKER = "tvd_checkpoint_complete.json"
 
 
-class NonFiniteLossError(RuntimeError):
-    """Training met NaN/inf gradients and ``TVDArguments.nonfinite_policy`` is ``"error"``."""
-
-
-def _checkpoint_is_complete(path: str) -> bool:
-    if os.path.isfile(os.path.join(path, CHECKPOINT_COMPLETE_MARKER)):
-        return True
-    # Checkpoints written by a stock Trainer have no marker; their trainer_state.json is written after the
-    # model, optimizer and RNG states, so a parseable one means the folder is complete.
-    try:
-        with open(os.path.join(path, "trainer_state.json")) as f:
-            json.load(f)
-    except (OSError, ValueError):
-        return False
-    return True
-
-
-def last_complete_checkpoint(output_dir: str) -> str | None:
-    """The highest-step ``checkpoint-N`` folder in ``output_dir`` that was completely written, or None.
-
-    Unlike ``transformers.trainer_utils.get_last_checkpoint``, a folder left half-written by a killed process
-    is skipped.
-    """
-    if not os.path.isdir(output_dir):
-        return None
-    pattern = re.compile(rf"^{PREFIX_CHECKPOINT_DIR}-(\d+)$")
-    steps = sorted(
-        (int(m.group(1)), name) for name in os.listdir(output_dir) if (m := pattern.match(name)) is not None
-    )
-    for _, name in reversed(steps):
-        path = os.path.join(output_dir, name)
-        if os.path.isdir(path) and _checkpoint_is_complete(path):
-            return path
-    return None
-
-
-def _write_json_atomically(path: str, payload: dict) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(payload, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def _unwrap(model: nn.Module) -> nn.Module:
-    """The underlying transformers model: strips DDP/FSDP/compile wrappers (``.module``) and PEFT wrappers."""
-    seen = 0
-    while seen < 8:  # wrappers nest only a few levels deep
-        seen += 1
-        if hasattr(model, "module") and isinstance(model.module, nn.Module):
-            model = model.module
-        elif hasattr(model, "_orig_mod"):
-            model = model._orig_mod
-        elif hasattr(model, "get_base_model") and callable(model.get_base_model):
-            model = model.get_base_model()
-        else:
-            break
-    return model
-
-
-def _is_encoder_decoder(model: nn.Module) -> bool:
-    config = getattr(_unwrap(model), "config", None)
-    return bool(getattr(config, "is_encoder_decoder", False))
-
-
-def _shift_tokens_right(labels: torch.Tensor, pad_token_id: int, decoder_start_token_id: int) -> torch.Tensor:
-    shifted = labels.new_full(labels.shape, pad_token_id)
-    shifted[..., 1:] = labels[..., :-1]
-    shifted[..., 0] = decoder_start_token_id
-    return shifted.masked_fill_(shifted == IGNORE_INDEX, pad_token_id)
-
-
-def decoder_input_ids_from_labels(model: nn.Module, labels: torch.Tensor) -> torch.Tensor:
-    """Right-shifted decoder inputs for an encoder-decoder model, as its own loss path would build them."""
-    base = _unwrap(model)
-    prepare = getattr(base, "prepare_decoder_input_ids_from_labels", None)
-    if callable(prepare):
-        return prepare(labels=labels)
-    config = base.config
-    start = getattr(config, "decoder_start_token_id", None)
-    pad = getattr(config, "pad_token_id", None)
-    if start is None or pad is None:
-        raise ValueError(
-            f"{type(base).__name__} has no prepare_decoder_input_ids_from_labels and its config lacks "
-            "decoder_start_token_id/pad_token_id: pass decoder_input_ids in the batch (e.g. with "
-            "DataCollatorForSeq2Seq(model=...))."
-        )
-    return _shift_tokens_right(labels, pad, start)
-
-
-def _get_logits(outputs: Any, model: nn.Module) -> torch.Tensor:
-    logits = outputs.get("logits") if isinstance(outputs, Mapping) else outputs[0]
-    if not torch.is_tensor(logits):
-        raise ValueError(
-            f"{type(_unwrap(model)).__name__} returned no logits; γ-CE needs a language-modelling head "
-            "(e.g. AutoModelForCausalLM or AutoModelForSeq2SeqLM)."
-        )
-    return logits
-
-
-def token_loss(
-    tvd_args: TVDArguments,
-    logits: torch.Tensor,
-    labels: torch.Tensor,
-    *,
-    gamma: float,
-    shift_labels: bool,
-    num_items_in_batch: torch.Tensor | int | None,
-) -> tuple[torch.Tensor, GammaCEStats]:
-    """The loss selected by ``tvd_args.loss_type`` (γ-CE at the given γ, or the focal baseline)."""
-    common = dict(
-        label_smoothing=tvd_args.label_smoothing,
-        ignore_index=IGNORE_INDEX,
-        shift_labels=shift_labels,
-        num_items_in_batch=num_items_in_batch,
-    )
+def select_token_terms(tvd_args: TVDArguments) -> Callable[[float], TokenTerms]:
+    """The loss chosen by ``tvd_args.loss_type``, once: a function of the current γ giving its per-token terms."""
     if tvd_args.loss_type == "focal":
-        return focal_cross_entropy_with_stats(
-            logits, labels, focal_gamma=tvd_args.focal_gamma, focal_alpha=tvd_args.focal_alpha, **common
-        )
-    return gamma_cross_entropy_with_stats(logits, labels, gamma=gamma, min_weight=tvd_args.min_weight, **common)
-
-
-class _ChunkedHead:
-    """What the chunked loss needs besides the hidden states: the lm_head module (its input is captured, so any
-    scaling the model applies before it, such as T5's, is already in), the bias it adds after (BART's
-    ``final_logits_bias``) and Gemma-2's soft-capping."""
-
-    def __init__(self, module: nn.Linear, bias: torch.Tensor | None, softcap: float | None) -> None:
-        self.module, self.bias, self.softcap = module, bias, softcap
-
-
-def _forward_capturing_head_input(
-    model: nn.Module, head: nn.Module, inputs: dict[str, Any]
-) -> tuple[Any, torch.Tensor]:
-    """Run the (possibly DDP/FSDP-wrapped) model with its lm_head fed zero positions, and return the hidden
-    states the head would have seen. The model's own forward runs, so the wrappers' hooks (DDP gradient
-    all-reduce, FSDP unsharding) behave as usual, and the ``[tokens, vocab]`` logits are never built."""
-    captured: list[torch.Tensor] = []
-
-    def pre_hook(module: nn.Module, args: tuple) -> tuple:
-        hidden = args[0]
-        captured.append(hidden)
-        return (hidden[..., :0, :], *args[1:])
-
-    handle = head.register_forward_pre_hook(pre_hook)
-    try:
-        outputs = model(**inputs)
-    finally:
-        handle.remove()
-    if len(captured) != 1:
-        raise RuntimeError(f"expected the output head to run once in the forward pass, it ran {len(captured)} times")
-    return outputs, captured[0]
+        terms = focal_terms(float(tvd_args.focal_gamma), float(tvd_args.focal_alpha))
+        return lambda gamma: terms
+    min_weight = float(tvd_args.min_weight)
+    return lambda gamma: gamma_terms(float(gamma), min_weight)
 
 
 def _count_targets(batch: Mapping[str, Any], shifts_labels: bool) -> torch.Tensor | None:
@@ -229,7 +87,8 @@ class TVDLossMixin:
 
         trainer = TVDTrainer(model=model, args=training_args, train_dataset=ds, tvd_args=TVDArguments(gamma=0.1))
 
-    Put it before the Trainer class in the bases (``class MyTrainer(TVDLossMixin, Trainer)``).
+    Put it before the Trainer class in the bases (``class MyTrainer(TVDLossMixin, Trainer)``). It adds a
+    :class:`~hf_tvd_loss.callbacks.NonFiniteGuard` with ``tvd_args.nonfinite_policy``.
     """
 
     # compute_loss returns Σ / (token count of the whole accumulation step), so Trainer must not divide again.
@@ -253,14 +112,18 @@ class TVDLossMixin:
                 "with the γ-CE term as in the official TaiLr criterion)"
             )
         self.tvd_args = tvd_args
+        self._tvd_terms = select_token_terms(tvd_args)
+        self.nonfinite_guard = NonFiniteGuard(tvd_args.nonfinite_policy)
+        callbacks = list(kwargs.pop("callbacks", None) or [])
+        kwargs["callbacks"] = [*callbacks, self.nonfinite_guard]
         super().__init__(*args, **kwargs)
         # Keep the stock token counting and the model's own loss path off: this class counts the scored
         # tokens itself (get_batch_samples) with the rule that matches its loss.
         self.model_accepts_loss_kwargs = False
         self._tvd_sums: dict[str, torch.Tensor | None] = dict.fromkeys(_MODES)
         self._tvd_last_gamma: float | None = None
-        self._tvd_skipped_steps = 0
-        self._tvd_head_cache: tuple[int, Any, str | None] | None = None
+        self._tvd_head: tuple[int, OutputHead] | None = None
+        self._tvd_needs_logits = False
 
     # ---------------------------------------------------------------- γ
     def current_gamma(self) -> float:
@@ -278,7 +141,7 @@ class TVDLossMixin:
         return batch_samples, num_items_in_batch
 
     def _tvd_count_tokens(self, batch_samples: list, device: torch.device) -> torch.Tensor | None:
-        shifts = not _is_encoder_decoder(self.model)
+        shifts = not is_encoder_decoder(self.model)
         counts = [_count_targets(batch, shifts) for batch in batch_samples if isinstance(batch, Mapping)]
         if not counts or any(c is None for c in counts):
             return None
@@ -298,12 +161,14 @@ class TVDLossMixin:
         if "labels" not in inputs and "shift_labels" not in inputs:
             raise ValueError(
                 "TVD trainers need `labels` in every batch (token ids, -100 where not scored); got keys "
-                f"{sorted(inputs)}"
+                f"{sorted(inputs)}. If your dataset has a labels column, check that the model has a "
+                "language-modelling head: Trainer drops columns the model's forward does not accept "
+                f"({type(unwrap_model(model)).__name__}.forward)."
             )
         inputs = dict(inputs)
         labels = inputs.pop("labels", None)
         shift_labels = inputs.pop("shift_labels", None)
-        encoder_decoder = _is_encoder_decoder(model)
+        encoder_decoder = is_encoder_decoder(model)
         if (
             encoder_decoder
             and labels is not None
@@ -317,33 +182,37 @@ class TVDLossMixin:
             targets, shift = labels, not encoder_decoder
 
         gamma = self.current_gamma()
+        terms = self._tvd_terms(gamma)
         # In training, normalise by the token count of the whole accumulation step (all processes); in
         # evaluation, by this batch's own count (the exact eval averages come from the logged sums).
         global_norm = model.training and num_items_in_batch is not None
         denominator = num_items_in_batch if global_norm else None
-        head = self._tvd_chunked_head(model) if model.training else None
-        if head is not None:
-            outputs, hidden = _forward_capturing_head_input(model, head.module, inputs)
-            loss, stats = linear_gamma_cross_entropy_with_stats(
-                hidden,
-                head.module.weight,
-                targets,
-                bias=head.bias,
-                final_logit_softcapping=head.softcap,
-                gamma=gamma,
-                min_weight=self.tvd_args.min_weight,
-                label_smoothing=self.tvd_args.label_smoothing,
-                ignore_index=IGNORE_INDEX,
-                shift_labels=shift,
-                num_items_in_batch=denominator,
-                impl=self.tvd_args.chunked_backend,
-            )
+        common = dict(
+            label_smoothing=self.tvd_args.label_smoothing,
+            ignore_index=IGNORE_INDEX,
+            shift_labels=shift,
+            num_items_in_batch=denominator,
+        )
+        if self._tvd_use_chunked(model):
+            head = self._tvd_output_head(model, inputs)
+
+            def loss_fn(hidden: torch.Tensor, **head_args: Any) -> tuple[torch.Tensor, GammaCEStats]:
+                if hidden.shape[:-1] != targets.shape:
+                    raise ValueError(
+                        f"{head.model_class}: the output head saw hidden states {tuple(hidden.shape)} for labels "
+                        f"{tuple(targets.shape)} (a model that keeps only some positions, e.g. logits_to_keep): "
+                        "the chunked loss needs one hidden state per label; use loss_impl='logits'"
+                    )
+                return linear_token_weighted_cross_entropy(
+                    hidden, labels=targets, terms=terms, impl=self.tvd_args.chunked_backend, **head_args, **common
+                )
+
+            loss, stats, outputs = loss_in_output_head(model, head, inputs, loss_fn)
         else:
             outputs = model(**inputs)
-            logits = _get_logits(outputs, model)
-            loss, stats = token_loss(
-                self.tvd_args, logits, targets, gamma=gamma, shift_labels=shift, num_items_in_batch=denominator
-            )
+            loss, stats = token_weighted_cross_entropy(logits_of(outputs, model), targets, terms, **common)
+        if model.training:
+            self.nonfinite_guard.observe_loss(loss)
         if global_norm and self.args.average_tokens_across_devices and self.accelerator.num_processes > 1:
             # DDP averages gradients over processes; the count above is global, so undo that average.
             loss = loss * self.accelerator.num_processes
@@ -354,26 +223,37 @@ class TVDLossMixin:
         self._tvd_record("train" if model.training else "eval", stats)
         return (loss, outputs) if return_outputs else loss
 
-    def _tvd_chunked_head(self, model: nn.Module) -> _ChunkedHead | None:
-        """The output head for ``loss_impl='chunked'``, or None (logits path), resolved once per model."""
-        if self.tvd_args.loss_impl != "chunked":
-            return None
-        base = _unwrap(model)
-        if self._tvd_head_cache is not None and self._tvd_head_cache[0] == id(base):
-            return self._tvd_head_cache[1]
-        head, reason = None, None
-        if self.tvd_args.loss_type != "gamma_ce":
-            reason = f"loss_type={self.tvd_args.loss_type!r} has no chunked implementation"
-        else:
-            resolved, reason = resolve_output_head_with_reason(base)
-            if resolved is not None:
-                head = _ChunkedHead(
-                    module=base.get_output_embeddings(), bias=resolved.bias, softcap=resolved.final_logit_softcapping
-                )
-        if head is None:
-            logger.warning("loss_impl='chunked' falls back to the logits path for %s: %s", type(base).__name__, reason)
-        self._tvd_head_cache = (id(base), head, reason)
+    def _tvd_use_chunked(self, model: nn.Module) -> bool:
+        """Chunked in training, and in evaluation unless the caller needs the logits as predictions."""
+        return self.tvd_args.loss_impl == "chunked" and (model.training or not self._tvd_needs_logits)
+
+    def _tvd_output_head(self, model: nn.Module, inputs: Mapping[str, Any]) -> OutputHead:
+        """The model's output head, resolved and checked against the logits path once per model."""
+        base = unwrap_model(model)
+        if self._tvd_head is not None and self._tvd_head[0] == id(base):
+            return self._tvd_head[1]
+        try:
+            head = resolve_output_head(model)
+            verify_output_head(model, head, inputs)
+        except ValueError as exc:
+            raise ValueError(f"loss_impl='chunked' cannot be used: {exc}") from exc
+        self._tvd_head = (id(base), head)
         return head
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None, **kwargs):  # type: ignore[override]
+        # The chunked path has no logits to return as predictions: use it only when the loss is all that is needed.
+        self._tvd_needs_logits = not prediction_loss_only
+        try:
+            return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys=ignore_keys, **kwargs)
+        finally:
+            self._tvd_needs_logits = False
+
+    def _get_grad_norm(self, model: nn.Module, grad_norm: Any = None) -> Any:
+        # Trainer computes the step's global gradient norm just before the optimizer step; hand it to the
+        # non-finite guard so that it needs no second pass over the gradients.
+        norm = super()._get_grad_norm(model, grad_norm=grad_norm)
+        self.nonfinite_guard.set_grad_norm(norm)
+        return norm
 
     # ---------------------------------------------------------------- metrics
     def _tvd_record(self, mode: str, stats: GammaCEStats) -> None:
@@ -410,7 +290,7 @@ class TVDLossMixin:
         if "loss" in logs:
             logs.update(self._tvd_drain("train", prefix=""))
             if self.tvd_args.nonfinite_policy == "skip":
-                logs["nonfinite_skipped_steps"] = float(self._tvd_skipped_steps)
+                logs["nonfinite_skipped_steps"] = float(self.nonfinite_guard.skipped_steps)
         super().log(logs, *args, **kwargs)
 
     def evaluation_loop(
@@ -429,123 +309,19 @@ class TVDLossMixin:
         output.metrics.update(self._tvd_drain("eval", prefix=f"{metric_key_prefix}_"))
         return output
 
-    def train(self, resume_from_checkpoint: str | bool | None = None, *args: Any, **kwargs: Any):  # type: ignore[override]
+    def train(self, *args: Any, **kwargs: Any):  # type: ignore[no-untyped-def]
         self._tvd_sums = dict.fromkeys(_MODES)
-        self._tvd_skipped_steps = 0
-        if resume_from_checkpoint is True:
-            found = last_complete_checkpoint(self.args.output_dir)
-            if found is None:
-                raise ValueError(
-                    f"resume_from_checkpoint=True but {self.args.output_dir} holds no completely written "
-                    f"{PREFIX_CHECKPOINT_DIR}-N folder"
-                )
-            resume_from_checkpoint = found
-        elif isinstance(resume_from_checkpoint, str) and not _checkpoint_is_complete(resume_from_checkpoint):
-            raise ValueError(
-                f"checkpoint {resume_from_checkpoint} is missing or was not completely written (no "
-                f"{CHECKPOINT_COMPLETE_MARKER} and no readable trainer_state.json); last complete one in its "
-                f"folder: {last_complete_checkpoint(os.path.dirname(os.path.abspath(resume_from_checkpoint)))}"
-            )
-        return super().train(resume_from_checkpoint, *args, **kwargs)
+        return super().train(*args, **kwargs)
 
-    # ---------------------------------------------------------------- checkpoints
-    def _save_checkpoint(self, model: nn.Module, trial: Any) -> None:
-        """Stock save, then a completion marker written atomically, then rotation of old checkpoints.
-
-        Rotation is deferred until the new checkpoint is marked complete, so a kill at any moment leaves at least
-        one complete checkpoint to resume from.
-        """
-        limit = self.args.save_total_limit
-        self.args.save_total_limit = None
-        try:
-            super()._save_checkpoint(model, trial)
-        finally:
-            self.args.save_total_limit = limit
-        self.accelerator.wait_for_everyone()  # every process has written its part (e.g. sharded states)
-        if not self.args.should_save:
-            return
-        run_dir = self._get_output_dir(trial=trial)
-        folder = os.path.join(run_dir, f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
-        _write_json_atomically(
-            os.path.join(folder, CHECKPOINT_COMPLETE_MARKER),
-            {"global_step": self.state.global_step, "tvd_args": dict(self.tvd_args.__dict__)},
-        )
-        if limit is not None:
-            rotate_checkpoints(
-                output_dir=run_dir,
-                save_total_limit=limit,
-                best_model_checkpoint=self.state.best_model_checkpoint,
-                use_mtime=True,
-            )
-
-    # ---------------------------------------------------------------- non-finite guard
-    def create_optimizer(self, *args: Any, **kwargs: Any) -> torch.optim.Optimizer:
-        optimizer = super().create_optimizer(*args, **kwargs)
-        if self.tvd_args.nonfinite_policy != "ignore" and not self.is_deepspeed_enabled:
-            self._tvd_guard_optimizer(optimizer)
-        return optimizer
-
-    def _tvd_guard_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
-        """Wrap ``optimizer.step`` so that an update with NaN/inf gradients never happens.
-
-        All processes see the same all-reduced gradients (and the flag is all-reduced for sharded ones), so they
-        take the same decision and nobody waits forever for a peer.
-        """
-        if getattr(optimizer, "_tvd_guarded", False):
-            return
-        inner_step = optimizer.step
-        trainer = self
-
-        def guarded_step(opt: torch.optim.Optimizer, *args: Any, **kwargs: Any) -> Any:
-            if trainer._tvd_gradients_finite(opt):
-                return inner_step(*args, **kwargs)
-            trainer._tvd_on_nonfinite()
-            return None
-
-        # a bound method (not a plain function), so that LR schedulers can wrap it as usual
-        optimizer.step = types.MethodType(guarded_step, optimizer)
-        optimizer._tvd_guarded = True
-
-    def _get_grad_norm(self, model: nn.Module, grad_norm: Any = None) -> Any:
-        # Trainer computes the step's total gradient norm (global over processes) just before optimizer.step;
-        # keep it so the non-finite guard needs no second pass over the gradients.
-        norm = super()._get_grad_norm(model, grad_norm=grad_norm)
-        self._tvd_step_grad_norm = norm
-        return norm
-
-    def _tvd_gradients_finite(self, optimizer: torch.optim.Optimizer) -> bool:
-        norm, self._tvd_step_grad_norm = getattr(self, "_tvd_step_grad_norm", None), None
-        if norm is not None:
-            return math.isfinite(float(norm))  # one host sync per optimisation step
-        # No norm from Trainer for this step (e.g. a custom loop calling optimizer.step): compute it here.
-        grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
-        if not grads:
-            return True
-        finite = torch.isfinite(torch.nn.utils.get_total_norm(grads, error_if_nonfinite=False)).float()
-        if self.args.world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
-            finite = finite.to(self.args.device)
-            torch.distributed.all_reduce(finite, op=torch.distributed.ReduceOp.MIN)
-        return bool(finite.item())  # one host sync per optimisation step
-
-    def _tvd_on_nonfinite(self) -> None:
-        step = self.state.global_step + 1
-        if self.tvd_args.nonfinite_policy == "skip":
-            self._tvd_skipped_steps += 1
-            return
-        last = last_complete_checkpoint(self.args.output_dir)
-        raise NonFiniteLossError(
-            f"non-finite loss or gradients at optimisation step {step} (NaN/inf, e.g. a poisoned batch or too "
-            "high a learning rate); training stopped before this update, so the weights are unchanged. Last "
-            f"complete checkpoint: {last or 'none saved yet'}. Set TVDArguments.nonfinite_policy='skip' to skip "
-            "such steps instead."
-        )
+    def checkpoint_metadata(self) -> dict[str, Any]:
+        return {"tvd_args": dict(self.tvd_args.__dict__)}
 
 
-class TVDTrainer(TVDLossMixin, Trainer):
+class TVDTrainer(TVDLossMixin, CheckpointSafetyMixin, Trainer):
     """``transformers.Trainer`` whose loss is token-level γ-CE. Extra argument: ``tvd_args=TVDArguments(...)``."""
 
 
-class TVDSeq2SeqTrainer(TVDLossMixin, Seq2SeqTrainer):
+class TVDSeq2SeqTrainer(TVDLossMixin, CheckpointSafetyMixin, Seq2SeqTrainer):
     """``transformers.Seq2SeqTrainer`` whose loss is token-level γ-CE. Extra argument: ``tvd_args``.
 
     With ``predict_with_generate=True`` the stock class computes its evaluation loss with ``model(**inputs)``
@@ -605,6 +381,7 @@ class TVDLoss:
             )
         self.tvd_args = tvd_args
         self.shift_labels = shift_labels
+        self._terms = select_token_terms(tvd_args)(tvd_args.gamma)
 
     def __call__(
         self, outputs: Any, labels: torch.Tensor, num_items_in_batch: torch.Tensor | int | None = None
@@ -612,11 +389,12 @@ class TVDLoss:
         if labels is None:
             raise ValueError("TVDLoss needs labels; the batch has none")
         logits = outputs.get("logits") if isinstance(outputs, Mapping) else outputs[0]
-        return token_loss(
-            self.tvd_args,
+        return token_weighted_cross_entropy(
             logits,
             labels,
-            gamma=self.tvd_args.gamma,
+            self._terms,
+            label_smoothing=self.tvd_args.label_smoothing,
+            ignore_index=IGNORE_INDEX,
             shift_labels=self.shift_labels,
             num_items_in_batch=num_items_in_batch,
         )[0]

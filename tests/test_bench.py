@@ -82,7 +82,7 @@ def test_cut_cross_entropy_variants_compute_their_losses(kernels_on_cpu):
     import torch
 
     from hf_tvd_loss import bench
-    from hf_tvd_loss.reference import gamma_cross_entropy_reference
+    from hf_tvd_loss.ops.reference import gamma_cross_entropy_reference
 
     s = bench.Settings(
         tokens=40, vocab=96, hidden=16, dtype="float32", device="cpu", repeats=1, gamma=0.1, min_weight=0.3,
@@ -102,7 +102,7 @@ def test_float64_references_in_blocks_equal_the_whole(monkeypatch):
     import torch
 
     from hf_tvd_loss import bench
-    from hf_tvd_loss.reference import gamma_cross_entropy_reference
+    from hf_tvd_loss.ops.reference import gamma_cross_entropy_reference
 
     s = bench.Settings(
         tokens=50, vocab=64, hidden=8, dtype="float32", device="cpu", repeats=1, gamma=0.1, min_weight=0.3,

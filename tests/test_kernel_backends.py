@@ -17,8 +17,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from hf_tvd_loss import linear_loss
-from hf_tvd_loss.linear_loss import linear_gamma_cross_entropy, linear_gamma_cross_entropy_with_stats
+from hf_tvd_loss.ops import kernels as linear_loss
+from hf_tvd_loss.ops import linear_gamma_cross_entropy, linear_gamma_cross_entropy_with_stats
 
 V, D = 37, 16
 
@@ -69,8 +69,8 @@ def _loss_and_grads(impl, hidden, weight, bias, labels, reduction, **kwargs):
 
 def test_installed_packages_pass_the_capability_checks(fresh_kernel_checks):
     """The versions install.sh installs take every argument the backends pass (checked, not assumed)."""
-    assert linear_loss._kernel_problem("cce") is None
-    assert linear_loss._kernel_problem("liger") is None
+    assert linear_loss.kernel_problem("cce") is None
+    assert linear_loss.kernel_problem("liger") is None
 
 
 _CASES = [
@@ -151,7 +151,7 @@ def test_liger_without_per_token_backward_is_refused(monkeypatch, fresh_kernel_c
         raise AssertionError("not called")
 
     monkeypatch.setattr(ops, "fused_linear_cross_entropy_forward", old_forward)
-    assert "cannot apply per-token gradients" in linear_loss._kernel_problem("liger")
+    assert "cannot apply per-token gradients" in linear_loss.kernel_problem("liger")
 
 
 def test_missing_package_is_named(kernels_on_cpu, monkeypatch):

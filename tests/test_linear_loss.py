@@ -10,9 +10,9 @@ import torch
 import torch.nn.functional as F
 
 from hf_tvd_loss import gamma_cross_entropy, gamma_cross_entropy_with_stats
-from hf_tvd_loss.heads import resolve_output_head, resolve_output_head_with_reason
-from hf_tvd_loss.linear_loss import linear_gamma_cross_entropy, linear_gamma_cross_entropy_with_stats
-from hf_tvd_loss.reference import gamma_cross_entropy_reference
+from hf_tvd_loss.heads import loss_in_output_head, resolve_output_head, verify_output_head
+from hf_tvd_loss.ops import linear_gamma_cross_entropy, linear_gamma_cross_entropy_with_stats
+from hf_tvd_loss.ops.reference import gamma_cross_entropy_reference
 
 V, D = 53, 12
 
@@ -276,27 +276,44 @@ def _param_grads(model, loss):
     return torch.autograd.grad(loss, params, allow_unused=True)
 
 
+def _model_inputs(model, batch):
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    if model.config.is_encoder_decoder:
+        inputs["decoder_input_ids"] = model.prepare_decoder_input_ids_from_labels(labels=batch["labels"])
+    return inputs
+
+
+def _chunked_loss(model, batch, **kwargs):
+    """The loss computed inside the output head's forward, as the trainer does it."""
+    head = resolve_output_head(model)
+    inputs = _model_inputs(getattr(model, "get_base_model", lambda: model)(), batch)
+    verify_output_head(model, head, inputs)
+
+    def loss_fn(hidden, **head_args):
+        assert hidden.shape == (*batch["labels"].shape, head_args["weight"].shape[1])
+        return linear_gamma_cross_entropy_with_stats(
+            hidden, labels=batch["labels"], chunk_size=5, shift_labels=head.shift_labels, **kwargs, **head_args
+        )
+
+    loss, _, outputs = loss_in_output_head(model, head, inputs, loss_fn)
+    assert outputs.logits.numel() <= model.config.vocab_size  # a placeholder, not [tokens, vocab] logits
+    return loss
+
+
 @pytest.mark.parametrize("family", ["llama", "gpt2", "t5", "t5_untied", "bart", "marian", "gemma2", "qwen2"])
 def test_head_reproduces_model_logits_loss(family):
     model = _model(family)
     batch = _batch(model)
     head = resolve_output_head(model)
-    assert head is not None and head.model_class == type(model).__name__
+    assert head.model_class == type(model).__name__
     assert head.shift_labels is (not model.config.is_encoder_decoder)
     kwargs = dict(gamma=0.1, min_weight=0.2, label_smoothing=0.1)
 
-    inputs = {k: v for k, v in batch.items() if k != "labels"}
-    if model.config.is_encoder_decoder:
-        inputs["decoder_input_ids"] = model.prepare_decoder_input_ids_from_labels(labels=batch["labels"])
-    logits = model(**inputs).logits
+    logits = model(**_model_inputs(model, batch)).logits
     expected = gamma_cross_entropy(logits, batch["labels"], shift_labels=head.shift_labels, **kwargs)
     expected_grads = _param_grads(model, expected)
 
-    hidden = head.hidden_states(batch)
-    assert hidden.shape == (*batch["labels"].shape, head.weight.shape[1])
-    got = linear_gamma_cross_entropy(
-        hidden, head.weight, batch["labels"], chunk_size=5, **kwargs, **head.loss_kwargs()
-    )
+    got = _chunked_loss(model, batch, **kwargs)
     got_grads = _param_grads(model, got)
 
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
@@ -308,53 +325,59 @@ def test_head_reproduces_model_logits_loss(family):
 
 
 def test_head_settings_per_architecture():
-    t5 = resolve_output_head(_model("t5"))
-    assert t5.logit_scale == pytest.approx(32**-0.5)
-    assert resolve_output_head(_model("t5_untied")).logit_scale == 1.0
+    # T5 scales the hidden states before its head: the head's input already carries it, nothing to add after.
+    assert resolve_output_head(_model("t5")).logit_scale == 1.0
     assert resolve_output_head(_model("gemma2")).final_logit_softcapping == 0.5
     bart = _model("bart")
-    assert resolve_output_head(bart).bias is bart.final_logits_bias
-    assert resolve_output_head(_model("llama")).bias is None
+    assert resolve_output_head(bart).bias_after is bart.final_logits_bias
+    assert resolve_output_head(_model("llama")).bias_after is None
 
 
-def test_head_through_peft_lora_matches_logits():
+def test_verification_catches_an_unknown_transformation():
+    model = _model("gemma2")
+    head = resolve_output_head(model)
+    head.final_logit_softcapping = None  # as if the resolver did not know about the model's soft-capping
+    with pytest.raises(ValueError, match="Gemma2ForCausalLM: its logits differ from"):
+        verify_output_head(model, head, _model_inputs(model, _batch(model)))
+
+
+@pytest.mark.parametrize("peft_setup", ["lora_qv", "modules_to_save"])
+def test_head_through_peft_matches_logits(peft_setup):
     from peft import LoraConfig, get_peft_model
 
-    model = get_peft_model(_model("llama"), LoraConfig(r=4, target_modules=["q_proj", "v_proj"], lora_dropout=0.0))
+    extra = {"modules_to_save": ["lm_head"]} if peft_setup == "modules_to_save" else {}
+    model = get_peft_model(
+        _model("llama"), LoraConfig(r=4, target_modules=["q_proj", "v_proj"], lora_dropout=0.0, **extra)
+    )
     for module in model.modules():  # non-zero LoRA B so that the adapter changes the output
         if hasattr(module, "lora_B"):
             torch.nn.init.normal_(module.lora_B["default"].weight)
+    if peft_setup == "modules_to_save":  # the trained copy differs from the frozen original
+        with torch.no_grad():
+            model.base_model.model.lm_head.modules_to_save["default"].weight.mul_(1.5)
     batch = _batch(model.get_base_model())
-    head = resolve_output_head(model)
-    assert head is not None
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
     expected = gamma_cross_entropy(logits, batch["labels"], gamma=0.5, shift_labels=True)
-    got = linear_gamma_cross_entropy(
-        head.hidden_states(batch), head.weight, batch["labels"], gamma=0.5, **head.loss_kwargs()
-    )
+    got = _chunked_loss(model, batch, gamma=0.5)
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
-    lora_params = [p for n, p in model.named_parameters() if "lora_" in n]
-    for g, e in zip(torch.autograd.grad(got, lora_params), torch.autograd.grad(expected, lora_params)):
+    trained = [p for p in model.parameters() if p.requires_grad]
+    assert any(p.shape[0] == model.config.vocab_size for p in trained) == (peft_setup == "modules_to_save")
+    for g, e in zip(torch.autograd.grad(got, trained), torch.autograd.grad(expected, trained)):
         torch.testing.assert_close(g, e, rtol=1e-4, atol=1e-6)
 
 
-def test_refusals_name_the_model_class():
+def test_refusals_name_the_model_and_the_reason():
     from peft import LoraConfig, get_peft_model
     from tiny import tiny_model
     from transformers import LlamaForSequenceClassification
 
     classifier = LlamaForSequenceClassification(tiny_model("llama").config)
-    head, reason = resolve_output_head_with_reason(classifier)
-    assert head is None and reason.startswith("LlamaForSequenceClassification: not one of")
+    with pytest.raises(ValueError, match="LlamaForSequenceClassification has no output embedding"):
+        resolve_output_head(classifier)
 
-    # lm_head replaced by a PEFT wrapper: its weight alone no longer gives the logits.
-    wrapped = get_peft_model(
-        tiny_model("llama"), LoraConfig(r=4, target_modules=["q_proj"], modules_to_save=["lm_head"])
-    )
-    head, reason = resolve_output_head_with_reason(wrapped)
-    assert head is None and reason.startswith("LlamaForCausalLM: its output embedding is a ModulesToSaveWrapper")
+    lora_head = get_peft_model(tiny_model("llama"), LoraConfig(r=4, target_modules=["q_proj", "lm_head"]))
+    with pytest.raises(ValueError, match="LlamaForCausalLM: its output head is a PEFT adapter layer"):
+        resolve_output_head(lora_head)
 
-    data_parallel = torch.nn.DataParallel(tiny_model("gpt2"))
-    head, reason = resolve_output_head_with_reason(data_parallel)
-    assert head is None and "DataParallel wraps GPT2LMHeadModel" in reason
-    assert resolve_output_head(data_parallel) is None
+    # wrappers that rename or hide the class are seen through: DataParallel, and FSDP2's FSDP<Class> naming
+    assert resolve_output_head(torch.nn.DataParallel(tiny_model("gpt2"))).model_class == "GPT2LMHeadModel"

@@ -10,9 +10,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import hf_tvd_loss.loss as loss_module
+import hf_tvd_loss.ops.common as loss_module
 from hf_tvd_loss import gamma_cross_entropy, gamma_cross_entropy_with_stats, tvd_weight
-from hf_tvd_loss.reference import dft_reference, gamma_closed_form_reference, gamma_cross_entropy_reference
+from hf_tvd_loss.ops.reference import dft_reference, gamma_closed_form_reference, gamma_cross_entropy_reference
 
 GAMMAS = [0.0, 1e-7, 0.1, 0.8, 1.0]
 
@@ -109,7 +109,7 @@ def test_chunking_does_not_change_results(monkeypatch):
     x_full = logits.clone().requires_grad_()
     full = gamma_cross_entropy(x_full, labels, **kw)
     full.backward()
-    monkeypatch.setattr(loss_module, "_CHUNK_ELEMENTS", 17 * 3)  # 3 rows a chunk, 55 rows: a ragged last chunk
+    monkeypatch.setattr(loss_module, "CHUNK_ELEMENTS", 17 * 3)  # 3 rows a chunk, 55 rows: a ragged last chunk
     x_chunk = logits.clone().requires_grad_()
     chunked = gamma_cross_entropy(x_chunk, labels, **kw)
     chunked.backward()
@@ -246,8 +246,8 @@ def test_loss_module_does_not_import_transformers():
 @pytest.mark.parametrize("focal_gamma", [0.0, 0.5, 2.0, 5.0])
 @pytest.mark.parametrize("eps", [0.0, 0.1])
 def test_focal_matches_float64_reference(focal_gamma, eps):
-    from hf_tvd_loss.loss import focal_cross_entropy_with_stats
-    from hf_tvd_loss.reference import focal_cross_entropy_reference
+    from hf_tvd_loss.ops import focal_cross_entropy_with_stats
+    from hf_tvd_loss.ops.reference import focal_cross_entropy_reference
 
     logits, labels = make_batch()
     x = logits.clone().requires_grad_()
@@ -263,7 +263,7 @@ def test_focal_matches_float64_reference(focal_gamma, eps):
 
 
 def test_focal_zero_is_cross_entropy_and_bad_values():
-    from hf_tvd_loss.loss import focal_cross_entropy_with_stats
+    from hf_tvd_loss.ops import focal_cross_entropy_with_stats
 
     logits, labels = make_batch()
     focal, _ = focal_cross_entropy_with_stats(logits, labels, focal_gamma=0.0)

@@ -16,8 +16,8 @@ from tiny import train_tiny
 from transformers.trainer_utils import get_last_checkpoint
 
 from hf_tvd_loss import gamma_cross_entropy
-from hf_tvd_loss.reference import gamma_cross_entropy_reference
-from hf_tvd_loss.trainer import NonFiniteLossError, last_complete_checkpoint
+from hf_tvd_loss.callbacks import NonFiniteLossError, last_complete_checkpoint
+from hf_tvd_loss.ops.reference import gamma_cross_entropy_reference
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 WORKER = os.path.join(HERE, "resume_worker.py")

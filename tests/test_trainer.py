@@ -6,7 +6,8 @@ import math
 
 import pytest
 import torch
-from tiny import collator, tiny_dataset, tiny_model, train_tiny
+from tiny import VOCAB, collator, tiny_dataset, tiny_model, train_tiny
+from torch.utils._python_dispatch import TorchDispatchMode
 from transformers import Seq2SeqTrainingArguments, Trainer, TrainingArguments
 
 from hf_tvd_loss import TVDArguments, TVDLoss, TVDSeq2SeqTrainer, TVDTrainer, gamma_cross_entropy_with_stats
@@ -273,30 +274,72 @@ def test_chunked_loss_impl_trains_like_the_logits_path(family, tmp_path):
     chunked_tvd = {**TVD, "loss_impl": "chunked", "chunked_backend": "torch"}
     logits_run = train_tiny(family, str(tmp_path / "a"), per_device_batch=8, grad_accum=2, tvd=TVD)
     chunked_run = train_tiny(family, str(tmp_path / "b"), per_device_batch=8, grad_accum=2, tvd=chunked_tvd)
-    assert chunked_run[2]._tvd_head_cache[1] is not None  # the chunked path was really used, no fallback
+    assert chunked_run[2]._tvd_head is not None and chunked_run[2]._tvd_head[1].verified  # really used
     assert_same_training(chunked_run, logits_run, loss_rtol=1e-5)
 
 
-def test_chunked_path_builds_no_full_logits(tmp_path):
+class _LargestTensor(TorchDispatchMode):
+    """Records the largest tensor any operator returns (forward and backward)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.largest = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in out if isinstance(out, (tuple, list)) else (out,):
+            if isinstance(t, torch.Tensor):
+                self.largest = max(self.largest, t.numel())
+        return out
+
+
+@pytest.mark.parametrize("impl", ["logits", "chunked"])
+def test_chunked_path_builds_no_full_logits(tmp_path, impl, monkeypatch):
     from tiny import collator as make_collator
 
-    trainer = TVDTrainer(
-        **_trainer_kwargs(tmp_path), tvd_args=TVDArguments(gamma=0.1, loss_impl="chunked", chunked_backend="torch")
-    )
-    batch = make_collator("llama")(list(tiny_dataset("llama", n=4)))
+    import hf_tvd_loss.ops.common as common
+
+    # a vocabulary larger than every other dimension of the tiny model, and chunks of 4 token rows, so that a
+    # [tokens, vocab] tensor stands out from everything else
+    vocab = 8 * VOCAB
+    monkeypatch.setattr(common, "CHUNK_ELEMENTS", 4 * vocab)
+    kwargs = _trainer_kwargs(tmp_path)
+    config = kwargs["model"].config
+    config.vocab_size = vocab
+    kwargs["model"] = type(kwargs["model"])(config)
+    trainer = TVDTrainer(**kwargs, tvd_args=TVDArguments(gamma=0.1, loss_impl=impl, chunked_backend="torch"))
+    batch = make_collator("llama")(list(tiny_dataset("llama", n=8)))
+    tokens = batch["input_ids"].numel()  # more tokens than hidden units: [V, d] weight gradients stay below half
     trainer.model.train()
-    loss, outputs = trainer.compute_loss(trainer.model, batch, return_outputs=True)
-    assert outputs.logits.shape[1] == 0  # the head saw zero positions
-    loss.backward()
+    trainer.compute_loss(trainer.model, batch)  # first use: resolves and checks the head
+    with _LargestTensor() as spy:
+        loss = trainer.compute_loss(trainer.model, batch)
+        loss.backward()
     assert trainer.model.lm_head.weight.grad is not None and trainer.model.lm_head.weight.grad.abs().sum() > 0
+    full_logits = tokens * vocab
+    if impl == "logits":
+        assert spy.largest >= full_logits  # the spy sees the logits when they exist
+    else:
+        assert spy.largest < full_logits / 2
 
 
-def test_chunked_falls_back_with_a_reason(tmp_path, caplog):
-    focal = dict(loss_type="focal", loss_impl="chunked")
-    with caplog.at_level("WARNING", logger="hf_tvd_loss.trainer"):
-        run = train_tiny("llama", str(tmp_path / "a"), per_device_batch=8, grad_accum=1, max_steps=1, tvd=focal)
-    assert run[2]._tvd_head_cache[1] is None
-    assert "LlamaForCausalLM" in caplog.text and "loss_type='focal' has no chunked implementation" in caplog.text
-    reference = train_tiny("llama", str(tmp_path / "b"), per_device_batch=8, grad_accum=1, max_steps=1,
-                           tvd=dict(loss_type="focal"))  # fmt: skip
-    assert train_losses(run[0]) == train_losses(reference[0])
+def test_chunked_focal_equals_logits_focal(tmp_path):
+    focal = dict(loss_type="focal", focal_gamma=2.0)
+    run = train_tiny("llama", str(tmp_path / "a"), per_device_batch=8, grad_accum=1, max_steps=2,
+                     tvd={**focal, "loss_impl": "chunked"})  # fmt: skip
+    reference = train_tiny("llama", str(tmp_path / "b"), per_device_batch=8, grad_accum=1, max_steps=2, tvd=focal)
+    assert run[2]._tvd_head is not None
+    assert_same_training(run, reference, loss_rtol=1e-5)
+
+
+def test_chunked_refuses_with_the_reason(tmp_path):
+    from peft import LoraConfig, get_peft_model
+    from tiny import collator as make_collator
+
+    kwargs = _trainer_kwargs(tmp_path)
+    kwargs["model"] = get_peft_model(kwargs["model"], LoraConfig(r=4, target_modules=["q_proj", "lm_head"]))
+    trainer = TVDTrainer(**kwargs, tvd_args=TVDArguments(gamma=0.1, loss_impl="chunked"))
+    batch = make_collator("llama")(list(tiny_dataset("llama", n=2)))
+    with pytest.raises(ValueError, match="loss_impl='chunked' cannot be used: LlamaForCausalLM: its output head is a "
+                       "PEFT adapter layer"):  # fmt: skip
+        trainer.compute_loss(trainer.model, batch)

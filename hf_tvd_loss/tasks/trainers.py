@@ -23,6 +23,8 @@ class CalibrationMixin:
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):  # type: ignore[no-untyped-def]
         if model.training or "labels" not in inputs:
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)  # type: ignore[misc]
+        # calibration needs the logits: evaluate through the logits path (TODO chunk-wise sums)
+        self._tvd_needs_logits = True
         loss, outputs = super().compute_loss(model, inputs, True, num_items_in_batch)  # type: ignore[misc]
         logits = outputs.get("logits") if isinstance(outputs, dict) else outputs[0]
         encoder_decoder = bool(getattr(self.accelerator.unwrap_model(model).config, "is_encoder_decoder", False))

@@ -1,0 +1,370 @@
+"""Pieces shared by the logits path (:mod:`.logits`) and the hidden-state path (:mod:`.linear`).
+
+Everything here is pure PyTorch and works on flat ``[N]`` per-token tensors or ``[n, V]`` chunks of logits:
+
+* option checks (:func:`check_number` and the two hyperparameter validators built on it);
+* the per-token terms of each loss (:func:`gamma_terms`, :func:`focal_terms`), selected once by the caller;
+* target preparation (flattening, the causal shift, range checks) and the reductions;
+* the closed-form gradient of a token-weighted cross-entropy with respect to a chunk of logits.
+
+Notation: ``N`` scored-or-not token rows, ``V`` vocabulary size, ``log p`` the target token's log-probability.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+
+__all__ = [
+    "CHUNK_ELEMENTS",
+    "GammaCEStats",
+    "Reduction",
+    "TokenTerms",
+    "check_inputs",
+    "check_number",
+    "check_reduction",
+    "focal_terms",
+    "gamma_terms",
+    "logit_grad_coefficients",
+    "per_token_values",
+    "prepare_targets",
+    "probs_to_logit_grad_",
+    "reduce_token_losses",
+    "rows_per_chunk",
+    "tvd_weight",
+    "validate_focal_hyperparameters",
+    "validate_loss_hyperparameters",
+]
+
+Reduction = Literal["mean", "sum", "none"]
+REDUCTIONS = ("mean", "sum", "none")
+
+# Rows of logits processed at once, in both paths: about this many logits per chunk (64 MiB of fp32 scratch at
+# 2**24; 524 rows at V = 32000), independently of the number of tokens. Measured on the 2-core CPU of
+# BENCHMARKS.md (N = 2048, d = 512, hidden-state path): 262 / 524 / 1024 rows gave 3.86 / 3.43 / 3.28 s and
+# 108 / 140 / 201 MiB extra peak memory; matmuls of a few hundred rows are noticeably less efficient there.
+CHUNK_ELEMENTS = 1 << 24
+
+
+def rows_per_chunk(vocab_size: int) -> int:
+    """Token rows per chunk so that one chunk holds about :data:`CHUNK_ELEMENTS` logits."""
+    return max(1, CHUNK_ELEMENTS // max(1, vocab_size))
+
+
+# ---------------------------------------------------------------------------------------------- option checks
+def check_number(
+    name: str,
+    value: object,
+    *,
+    low: float | None = None,
+    high: float | None = None,
+    low_open: bool = False,
+    high_open: bool = False,
+    integer: bool = False,
+    allow_none: bool = False,
+    prefix: str = "",
+) -> None:
+    """Raise ``ValueError`` naming ``prefix + name`` unless ``value`` is a finite number within the bounds.
+
+    Booleans are refused (``True`` is an ``int`` in Python), and so are NaN and infinity. ``low_open`` /
+    ``high_open`` make the bounds strict; ``None`` leaves a side unbounded.
+    """
+    if value is None and allow_none:
+        return
+    kind = "an integer" if integer else "a number"
+    ok_type = isinstance(value, int) if integer else isinstance(value, (int, float))
+    if isinstance(value, bool) or not ok_type:
+        raise ValueError(f"{prefix}{name} must be {kind}, got {value!r} ({type(value).__name__})")
+    v = float(value)  # type: ignore[arg-type]
+    if high is None and low is not None:
+        interval = f"{'>' if low_open else '>='} {low:g}"
+    elif low is None and high is not None:
+        interval = f"{'<' if high_open else '<='} {high:g}"
+    else:
+        low_text = "-inf" if low is None else f"{low:g}"
+        high_text = "inf" if high is None else f"{high:g}"
+        interval = f"in {'(' if low_open else '['}{low_text}, {high_text}{')' if high_open else ']'}"
+    if math.isnan(v):
+        raise ValueError(f"{prefix}{name} must be {kind} {interval}, got NaN")
+    too_low = low is not None and (v <= low if low_open else v < low)
+    too_high = high is not None and (v >= high if high_open else v > high)
+    if math.isinf(v):
+        raise ValueError(f"{prefix}{name} must be finite, {interval.removeprefix('in ')}; got {value!r}")
+    if too_low or too_high:
+        rule = interval if interval.startswith("in ") else f"{kind} {interval}"
+        raise ValueError(f"{prefix}{name} must be {rule}, got {value!r}")
+
+
+def validate_loss_hyperparameters(
+    gamma: float, min_weight: float = 0.0, label_smoothing: float = 0.0, *, prefix: str = ""
+) -> None:
+    """Raise ``ValueError`` naming the first hyperparameter out of range: γ, b in [0, 1]; ε in [0, 1)."""
+    check_number("gamma", gamma, low=0.0, high=1.0, prefix=prefix)
+    check_number("min_weight", min_weight, low=0.0, high=1.0, prefix=prefix)
+    check_number("label_smoothing", label_smoothing, low=0.0, high=1.0, high_open=True, prefix=prefix)
+
+
+def validate_focal_hyperparameters(focusing: float, alpha: float, label_smoothing: float, *, prefix: str = "") -> None:
+    """Raise ``ValueError`` naming the field: focusing f ≥ 0, alpha α > 0, label_smoothing in [0, 1)."""
+    check_number("label_smoothing", label_smoothing, low=0.0, high=1.0, high_open=True, prefix=prefix)
+    check_number("focal_gamma", focusing, low=0.0, prefix=prefix)
+    check_number("focal_alpha", alpha, low=0.0, low_open=True, prefix=prefix)
+
+
+def check_reduction(reduction: str) -> None:
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+
+
+def check_inputs(
+    scores: torch.Tensor,
+    labels: torch.Tensor,
+    ignore_index: int,
+    shift_labels: bool,
+    *,
+    name: str = "logits",
+    last_dim: str = "vocab_size",
+) -> None:
+    """Validate a ``[..., last_dim]`` float tensor (``name``: logits, or hidden states) against ``labels`` ``[...]``."""
+    if not isinstance(scores, torch.Tensor) or not isinstance(labels, torch.Tensor):
+        raise ValueError(f"{name} and labels must be tensors, got {type(scores).__name__} and {type(labels).__name__}")
+    if not scores.is_floating_point():
+        raise ValueError(f"{name} must be a floating-point tensor, got dtype {scores.dtype}")
+    if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
+        raise ValueError(f"labels must be an integer tensor of class indices, got dtype {labels.dtype}")
+    if scores.dim() < 2:
+        raise ValueError(f"{name} must have shape [..., {last_dim}], got shape {tuple(scores.shape)}")
+    if tuple(scores.shape[:-1]) != tuple(labels.shape):
+        raise ValueError(
+            f"{name} shape {tuple(scores.shape)} does not match labels shape {tuple(labels.shape)}: "
+            f"expected {name} of shape labels.shape + ({last_dim},)"
+        )
+    if shift_labels and labels.dim() < 1:
+        raise ValueError("shift_labels=True needs labels with a sequence dimension")
+    if scores.shape[-1] == 0:
+        if name == "logits":
+            raise ValueError("logits have an empty vocabulary dimension (vocab_size = 0)")
+        raise ValueError(f"{name} has an empty last dimension ({last_dim} = 0)")
+
+
+# ---------------------------------------------------------------------------------------------- per-token terms
+def tvd_weight(log_p: torch.Tensor, gamma: float, min_weight: float = 0.0) -> torch.Tensor:
+    """TaiLr's per-token weight ``clamp(p / (γ + (1-γ) p), b, 1)`` from ``log p``, computed in log space.
+
+    Args:
+        log_p: ``[...]`` log-probabilities of the target tokens (≤ 0), any float dtype; math in fp32 or wider.
+        gamma: γ in [0, 1].
+        min_weight: the floor b in [0, 1].
+
+    Returns:
+        ``[...]`` weights in [b, 1], detached from the graph.
+    """
+    with torch.no_grad():
+        log_p = log_p.float() if log_p.dtype in (torch.float16, torch.bfloat16) else log_p
+        if gamma == 0.0:
+            weight = torch.ones_like(log_p)
+        elif gamma == 1.0:
+            weight = log_p.exp()
+        else:
+            # log(γ + (1-γ)p) = logaddexp(log γ, log(1-γ) + log p): no cancellation, no overflow, even at γ=1e-7.
+            log_denominator = torch.logaddexp(torch.full_like(log_p, math.log(gamma)), log_p + math.log1p(-gamma))
+            weight = (log_p - log_denominator).exp()
+        return weight.clamp(min=min_weight, max=1.0)
+
+
+TokenTerms = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+"""``terms(log_p [N]) -> (a [N], c [N])``: ``a`` multiplies the NLL in the loss value, ``c = -d(a·nll)/d log p``
+is the factor of the NLL's gradient (``c = a`` when ``a`` is held constant, as TaiLr's weight is)."""
+
+
+def gamma_terms(gamma: float, min_weight: float) -> TokenTerms:
+    """γ-CE: ``a = c = clamp(p / (γ + (1-γ) p), b, 1)`` (the weight is held constant: stop-gradient)."""
+
+    def terms(log_p: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        weight = tvd_weight(log_p, gamma, min_weight)
+        return weight, weight
+
+    return terms
+
+
+def focal_terms(focusing: float, alpha: float) -> TokenTerms:
+    """Focal loss ``-α (1-p)^f log p``, with the gradient flowing through the modulating factor."""
+
+    def terms(log_p: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # d loss / d log p = -α [(1-p)^f + f p (1-p)^(f-1) (-log p)]
+        one_minus_p = (-torch.expm1(log_p)).clamp(min=1e-30)
+        factor = alpha * one_minus_p.pow(focusing)
+        grad_factor = factor + alpha * focusing * log_p.exp() * one_minus_p.pow(focusing - 1.0) * (-log_p)
+        return factor, grad_factor
+
+    return terms
+
+
+@dataclass
+class GammaCEStats:
+    """Detached sums over the scored (non-ignored) tokens of one call, for logging.
+
+    All fields are 0-dim fp32 tensors on the inputs' device (no host synchronisation is needed to build them).
+    """
+
+    objective_sum: torch.Tensor  # Σ loss_i
+    nll_sum: torch.Tensor  # Σ -log p_y  (plain cross-entropy, comparable across losses)
+    weight_sum: torch.Tensor  # Σ w_i
+    num_tokens: torch.Tensor  # number of scored tokens
+
+
+def per_token_values(
+    target_logit: torch.Tensor,
+    lse: torch.Tensor,
+    logit_sum: torch.Tensor | None,
+    mask: torch.Tensor,
+    vocab_size: int,
+    terms: TokenTerms,
+    label_smoothing: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-token ``(loss, nll, a, c)`` (fp32 ``[N]``, 0 where ``mask`` is False) from fp32 ``[N]`` row statistics.
+
+    ``target_logit`` is ``logit_y``, ``lse`` is ``logsumexp_v logit_v``, ``logit_sum`` is ``Σ_v logit_v`` (only
+    needed when ``label_smoothing > 0``: Σ_v -log p_v = V · lse - Σ_v logit_v); ``(a, c) = terms(log p)``.
+
+    A target with probability exactly 0 (``-inf`` logit) has an infinite NLL; its loss is ``+inf`` (as with
+    ``F.cross_entropy``), not the ``0 · inf = NaN`` of the weighted product, so a caller sees a non-finite loss.
+    """
+    log_p = target_logit - lse
+    nll = (-log_p).masked_fill(~mask, 0.0)
+    weight, grad_factor = terms(log_p)
+    weight = weight.masked_fill(~mask, 0.0)
+    grad_factor = grad_factor.masked_fill(~mask, 0.0)
+    weighted = weight * nll
+    weighted = torch.where(torch.isinf(nll), nll, weighted)
+    loss = (1.0 - label_smoothing) * weighted
+    if label_smoothing > 0:
+        smooth = vocab_size * lse - logit_sum
+        loss = loss + (label_smoothing / vocab_size) * smooth.masked_fill(~mask, 0.0)
+    return loss, nll, weight, grad_factor
+
+
+# ---------------------------------------------------------------------------------------------- gradient
+def logit_grad_coefficients(
+    grad_loss: torch.Tensor, grad_factor: torch.Tensor, mask: torch.Tensor, eps: float, vocab_size: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """``(softmax_coef, onehot_coef, constant)``, each ``[N]`` fp32 (constant None without smoothing), such that
+
+    ``d loss_i / d logit_iv · g_i = softmax_coef_i · softmax_iv - onehot_coef_i · [v = y_i] - constant_i``, i.e.
+    ``((1-ε) c_i + ε) · softmax_iv  -  (1-ε) c_i · [v = y_i]  -  ε / V``, times the upstream gradient ``g_i``.
+    Ignored rows get exactly zero: ``c`` is 0 there and the smoothing terms are masked.
+    """
+    grad_loss = grad_loss.float()
+    onehot_coef = grad_loss * (1.0 - eps) * grad_factor
+    if eps > 0:
+        smooth_coef = grad_loss.masked_fill(~mask, 0.0) * eps
+        return onehot_coef + smooth_coef, onehot_coef, smooth_coef / vocab_size
+    return onehot_coef, onehot_coef, None
+
+
+def probs_to_logit_grad_(
+    probs: torch.Tensor,
+    targets: torch.Tensor,
+    softmax_coef: torch.Tensor,
+    onehot_coef: torch.Tensor,
+    constant: torch.Tensor | None,
+    rows: slice,
+) -> torch.Tensor:
+    """Turn a chunk of softmax rows ``probs`` ``[n, V]`` (fp32) into the logits' gradient, in place.
+
+    ``targets`` ``[n]`` are this chunk's (safe) targets; the ``[N]`` coefficients are indexed with ``rows``.
+    """
+    probs.mul_(softmax_coef[rows].unsqueeze(1))
+    probs.scatter_add_(1, targets.unsqueeze(1), -onehot_coef[rows].unsqueeze(1))
+    if constant is not None:
+        probs.sub_(constant[rows].unsqueeze(1))
+    return probs
+
+
+# ---------------------------------------------------------------------------------------------- targets, reduction
+def prepare_targets(
+    labels: torch.Tensor, vocab_size: int, *, ignore_index: int, shift_labels: bool, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Flatten (and, for causal LMs, shift) the labels; check their range.
+
+    Returns ``(safe_targets [N], mask [N])`` aligned with the flattened score rows: ``mask`` true where scored,
+    ``safe_targets`` with ignored positions replaced by 0 (safe to gather).
+    """
+    labels = labels.to(device=device, dtype=torch.long)
+    if shift_labels:
+        # Score row t against labels[..., t+1] by padding the labels instead of slicing the scores: slicing
+        # would force a copy of the whole [N, V] (or [N, d]) tensor.
+        targets = F.pad(labels[..., 1:], (0, 1), value=ignore_index)
+    else:
+        targets = labels
+    targets = targets.reshape(-1)
+    mask = targets != ignore_index
+    bad = mask & ((targets < 0) | (targets >= vocab_size))
+    if bool(bad.any()):  # one host sync; a CUDA gather with a bad index would be a device-side assert instead
+        offending = targets[bad][:5].tolist()
+        raise ValueError(
+            f"labels must be in [0, {vocab_size}) (the vocabulary size) or equal ignore_index={ignore_index}; "
+            f"found {offending}"
+        )
+    return targets.masked_fill(~mask, 0), mask
+
+
+def _per_token_output(per_token: torch.Tensor, labels_shape: torch.Size, shift_labels: bool) -> torch.Tensor:
+    """``[N]`` per-token values reshaped like the labels (``reduction="none"``)."""
+    per_token = per_token.view(labels_shape)
+    if shift_labels:
+        # Align each value with the label it scores: position t holds the loss of predicting labels[..., t].
+        per_token = F.pad(per_token[..., :-1], (1, 0), value=0.0)
+    return per_token
+
+
+def _mean(
+    total: torch.Tensor, num_tokens: torch.Tensor, num_items_in_batch: torch.Tensor | int | float | None
+) -> torch.Tensor:
+    """``total / num_items_in_batch`` (default: the scored-token count), never dividing by less than 1."""
+    if num_items_in_batch is None:
+        denominator = num_tokens
+    elif torch.is_tensor(num_items_in_batch):
+        denominator = num_items_in_batch.to(device=total.device, dtype=total.dtype)
+    else:
+        denominator = torch.tensor(float(num_items_in_batch), device=total.device)
+    # A batch with nothing to score gives 0 (and zero gradients), not 0/0.
+    return total / denominator.clamp(min=1.0)
+
+
+def reduce_token_losses(
+    per_token: torch.Tensor,
+    nll: torch.Tensor,
+    weight: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    labels_shape: torch.Size,
+    shift_labels: bool,
+    num_items_in_batch: torch.Tensor | int | float | None,
+    reduction: str,
+    total: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, GammaCEStats]:
+    """Apply ``reduction`` to flat per-token losses ``[N]`` and build the logging sums.
+
+    ``total`` is the differentiable ``Σ per_token`` when the caller already has it (the fused hidden-state path,
+    whose gradient flows through the total, not through ``per_token``).
+    """
+    num_tokens = mask.sum().float()
+    stats = GammaCEStats(
+        objective_sum=per_token.detach().sum(),
+        nll_sum=nll.detach().sum(),
+        weight_sum=weight.detach().sum(),
+        num_tokens=num_tokens,
+    )
+    if reduction == "none":
+        return _per_token_output(per_token, labels_shape, shift_labels), stats
+    if total is None:
+        total = per_token.sum()
+    if reduction == "sum":
+        return total, stats
+    return _mean(total, num_tokens, num_items_in_batch), stats

@@ -1,0 +1,161 @@
+"""Fused-kernel backends of the hidden-state path: cut-cross-entropy (``cce``) and liger-kernel (``liger``).
+
+Each package's fused linear + cross-entropy kernel gives the per-token negative log-likelihood
+(``reduction="none"``) with its gradient; the γ weighting and label smoothing are added here in torch. Each backend
+is checked for the capabilities it needs before use: the arguments of the installed release, liger-kernel's
+per-token backward (releases without ``token_grad_output`` give wrong gradients for per-token weights), and
+cut-cross-entropy 25.1 takes no bias, so a head with a bias goes to liger or torch. What was executed and measured,
+on which device, is in ``BENCHMARKS.md``; cut-cross-entropy's default gradient filtering applies.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.metadata
+import importlib.util
+import inspect
+from typing import Literal
+
+import torch
+
+from .common import TokenTerms
+
+__all__ = ["Impl", "kernel_per_token", "kernel_problem", "select_impl"]
+
+Impl = Literal["auto", "torch", "cce", "liger"]
+IMPLS = ("auto", "torch", "cce", "liger")
+
+_PACKAGES = {"cce": ("cut_cross_entropy", "cut-cross-entropy"), "liger": ("liger_kernel", "liger-kernel")}
+
+# Devices each kernel backend runs on. cut-cross-entropy's and liger-kernel's fused kernels are Triton kernels
+# for CUDA GPUs.
+_KERNEL_DEVICES = {"cce": ("cuda",), "liger": ("cuda",)}
+
+# The implementation of cut-cross-entropy's ``linear_cross_entropy`` that impl="cce" calls: its fused kernel.
+# The test suite, on machines without a GPU, switches this (and _KERNEL_DEVICES) to the package's own
+# "torch_compile" implementation, which runs on CPU, so that this module's call into the real package (argument
+# names, per-token output, ignored tokens, gradients) is exercised there too.
+_CCE_IMPL = "cce"
+
+
+@functools.cache
+def kernel_problem(name: str) -> str | None:
+    """Why backend ``name`` cannot be used at all in this environment (None if it can).
+
+    Checks capabilities rather than version numbers: the package must be installed, its function must take the
+    arguments passed below, and liger-kernel's ``reduction="none"`` must apply each token's upstream gradient
+    before the logits gradient is summed into ``grad_weight`` (releases without that give wrong gradients for
+    per-token weights, which is exactly what γ-CE needs).
+    """
+    module, dist = _PACKAGES[name]
+    if importlib.util.find_spec(module) is None:
+        return f"the package {dist} is not installed"
+    try:
+        version = importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        version = "unknown"
+    try:
+        if name == "cce":
+            from cut_cross_entropy import linear_cross_entropy as fn
+
+            required = {"ignore_index", "softcap", "reduction", "impl"}
+        else:
+            from liger_kernel.ops import fused_linear_cross_entropy as ops
+            from liger_kernel.transformers.functional import liger_fused_linear_cross_entropy as fn
+
+            required = {"bias", "ignore_index", "softcap", "reduction"}
+            if "token_grad_output" not in inspect.signature(ops.fused_linear_cross_entropy_forward).parameters:
+                return (
+                    f"liger-kernel {version} cannot apply per-token gradients with reduction='none' (its backward "
+                    "scales the summed weight gradient by one number); install a newer liger-kernel"
+                )
+    except Exception as exc:  # noqa: BLE001 - an import that breaks (e.g. no usable Triton) disables the backend
+        return f"{dist} {version} could not be imported ({type(exc).__name__}: {exc})"
+    missing = required - set(inspect.signature(fn).parameters)
+    if missing:
+        return f"{dist} {version} has no argument(s) {sorted(missing)} in {fn.__name__}"
+    return None
+
+
+@functools.cache
+def _cce_takes_bias() -> bool:
+    from cut_cross_entropy import linear_cross_entropy
+
+    return "bias" in inspect.signature(linear_cross_entropy).parameters
+
+
+def select_impl(
+    impl: str, hidden: torch.Tensor, bias: torch.Tensor | None, softcap: float | None, label_smoothing: float
+) -> str:
+    """Resolve ``impl``; raise ``ValueError`` when an explicitly requested backend cannot run this call."""
+    if impl not in IMPLS:
+        raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
+    if impl == "torch":
+        return impl
+    candidates = ("cce", "liger") if impl == "auto" else (impl,)
+    for name in candidates:
+        reason = None
+        if hidden.device.type not in _KERNEL_DEVICES[name]:
+            reason = f"it needs CUDA tensors (hidden is on {hidden.device})"
+        else:
+            reason = kernel_problem(name)
+        if reason is None and label_smoothing > 0 and softcap is not None:
+            # Σ_v logit_v comes from the linear identity h · Σ_v W_v + Σ_v b_v, which softcapping breaks.
+            reason = "label smoothing together with final_logit_softcapping is only implemented in impl='torch'"
+        if reason is None and name == "cce" and bias is not None and not _cce_takes_bias():
+            reason = "this cut-cross-entropy release has no bias argument (the model's head adds a bias)"
+        if reason is None:
+            return name
+        if impl != "auto":
+            raise ValueError(f"impl={impl!r} is not available: {reason}; use impl='torch' or 'auto'")
+    return "torch"
+
+
+def _kernel_nll(name, hidden, weight, bias, targets, mask, softcap, ignore_index):
+    """Per-token ``-log p_y`` ``[N]`` (differentiable, 0 where ignored) from a fused kernel of another package."""
+    kernel_targets = targets.masked_fill(~mask, ignore_index)
+    kwargs = {"ignore_index": ignore_index, "softcap": softcap, "reduction": "none"}
+    if bias is not None:  # _select_impl has checked that the backend takes it
+        kwargs["bias"] = bias
+    if name == "cce":
+        from cut_cross_entropy import linear_cross_entropy
+
+        # cut-cross-entropy's default gradient filtering (filter_eps) applies.
+        return linear_cross_entropy(hidden, weight, kernel_targets, impl=_CCE_IMPL, **kwargs).float()
+    from liger_kernel.transformers.functional import liger_fused_linear_cross_entropy
+
+    return liger_fused_linear_cross_entropy(hidden, weight, kernel_targets, **kwargs).float()
+
+
+def kernel_per_token(
+    name: str,
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    targets: torch.Tensor,
+    mask: torch.Tensor,
+    terms: TokenTerms,
+    eps: float,
+    softcap: float | None,
+    ignore_index: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(per_token, nll, weight)`` ``[N]`` from a kernel's per-token NLL, with the loss's ``terms`` in torch."""
+    vocab_size = weight.shape[0]
+    nll = _kernel_nll(name, hidden, weight, bias, targets, mask, softcap, ignore_index).masked_fill(~mask, 0.0)
+    nll_value = nll.detach()
+    token_weight, grad_factor = terms(-nll_value)
+    token_weight = token_weight.masked_fill(~mask, 0.0)
+    grad_factor = grad_factor.masked_fill(~mask, 0.0)
+    # value a · nll, gradient c · ∇nll (c = a for γ-CE, whose weight is held constant)
+    weighted = token_weight * nll_value + grad_factor * (nll - nll_value)
+    per_token = (1.0 - eps) * torch.where(torch.isinf(nll_value), nll_value, weighted)
+    if eps > 0:  # softcap is None here (see _select_impl): Σ_v -log p_v = V · (nll + z_y) - Σ_v z_v
+        target_logit = (hidden * weight[targets]).sum(-1, dtype=torch.float32)
+        # Σ_v z_v = h · Σ_v W_v (+ Σ_v b_v), without an fp32 copy of the [V, d] weight
+        logit_sum = hidden.float() @ weight.sum(0, dtype=torch.float32)
+        if bias is not None:
+            target_logit = target_logit + bias.float()[targets]
+            logit_sum = logit_sum + bias.sum(dtype=torch.float32)
+        smooth = vocab_size * (nll + target_logit) - logit_sum
+        per_token = per_token + (eps / vocab_size) * smooth.masked_fill(~mask, 0.0)
+    return per_token, nll.detach(), token_weight
