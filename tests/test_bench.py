@@ -7,7 +7,7 @@ import os
 import subprocess
 import sys
 
-from hf_tvd_loss.bench import HIDDEN_VARIANTS, KERNEL_VARIANTS, LOGIT_VARIANTS, TRAIN_VARIANTS
+from hf_tvd_lab.bench import HIDDEN_VARIANTS, KERNEL_VARIANTS, LOGIT_VARIANTS, TRAIN_VARIANTS
 
 
 def test_quick_benchmark_writes_all_variants(tmp_path):
@@ -15,7 +15,7 @@ def test_quick_benchmark_writes_all_variants(tmp_path):
     env = {**os.environ, "PYTHONPATH": root, "HF_HUB_OFFLINE": "1"}
     out = tmp_path / "bench"
     proc = subprocess.run(
-        [sys.executable, "-m", "hf_tvd_loss.bench", "--quick", "--out", str(out)],
+        [sys.executable, "-m", "hf_tvd_lab.bench", "--quick", "--out", str(out)],
         capture_output=True,
         text=True,
         env=env,
@@ -54,7 +54,7 @@ def test_bad_arguments_exit_with_an_error(tmp_path):
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = {**os.environ, "PYTHONPATH": root}
     proc = subprocess.run(
-        [sys.executable, "-m", "hf_tvd_loss.bench", "--quick", "--out", str(tmp_path), "--variants", "nope"],
+        [sys.executable, "-m", "hf_tvd_lab.bench", "--quick", "--out", str(tmp_path), "--variants", "nope"],
         capture_output=True,
         text=True,
         env=env,
@@ -68,7 +68,7 @@ def test_kernel_variants_on_cpu_are_refused_before_any_work(tmp_path):
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = {**os.environ, "PYTHONPATH": root}
     proc = subprocess.run(
-        [sys.executable, "-m", "hf_tvd_loss.bench", "--quick", "--device", "cpu", "--out", str(tmp_path / "o"),
+        [sys.executable, "-m", "hf_tvd_lab.bench", "--quick", "--device", "cpu", "--out", str(tmp_path / "o"),
          "--variants", "linear_cross_entropy,linear_gamma_ce_cce"],
         capture_output=True, text=True, env=env, cwd=root, timeout=120,
     )  # fmt: skip

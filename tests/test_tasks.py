@@ -11,9 +11,11 @@ import sqlite3
 import pytest
 import torch
 
-from hf_tvd_loss.tasks import corpora, get_task
-from hf_tvd_loss.tasks.common import prepare, run_task, train_tokenizer
+from hf_tvd_lab import corpora
+from hf_tvd_loss.tasks import get_task, run_task
 from hf_tvd_loss.tasks.metrics import bleu_scores, calibration_from_sums, calibration_sums, rouge_scores
+from hf_tvd_loss.tasks.modeling import train_tokenizer
+from hf_tvd_loss.tasks.run import prepare
 from hf_tvd_loss.tasks.synthetic import language_modeling_corpus, summarization_corpus, translation_corpus
 
 
@@ -156,7 +158,7 @@ def test_column_of_the_wrong_type_is_named(tmp_path):
 
 
 def test_loading_never_runs_code_by_default():
-    from hf_tvd_loss.tasks.common import ModelArguments
+    from hf_tvd_loss.tasks.arguments import ModelArguments
 
     args = ModelArguments()
     assert args.trust_remote_code is False and args.allow_pickle_weights is False
@@ -257,7 +259,7 @@ def test_script_entry_prints_one_error_line_and_exits_2(tmp_path, capsys):
 
 
 def test_over_long_sequences_are_truncated_as_configured(tmp_path):
-    from hf_tvd_loss.tasks.common import build
+    from hf_tvd_loss.tasks.run import build
 
     words = " ".join(f"w{i % 50}" for i in range(400))
     rows = [{"document": words, "summary": words[:300]} for _ in range(8)]

@@ -2,9 +2,9 @@
 
 Usage::
 
-    python -m hf_tvd_loss.bench --tokens 2048 --vocab 32000 --dtype float32 --out bench_out
-    python -m hf_tvd_loss.bench --tokens 4096 --vocab 32000 --hidden 512 --repeats 3 --out bench_out_4096
-    python -m hf_tvd_loss.bench --quick --out /tmp/bench        # tiny shapes, a few seconds (smoke test)
+    python -m hf_tvd_lab.bench --tokens 2048 --vocab 32000 --dtype float32 --out bench_out
+    python -m hf_tvd_lab.bench --tokens 4096 --vocab 32000 --hidden 512 --repeats 3 --out bench_out_4096
+    python -m hf_tvd_lab.bench --quick --out /tmp/bench        # tiny shapes, a few seconds (smoke test)
 
 Each variant is timed over ``--repeats`` forward+backward passes (after one warm-up; variants are interleaved
 round-robin so that drift on a shared machine hits all of them alike) and reported as the median and the
@@ -64,10 +64,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from . import linear_loss
-from .linear_loss import linear_gamma_cross_entropy
-from .loss import gamma_cross_entropy
-from .reference import gamma_cross_entropy_reference
+from hf_tvd_loss import linear_loss
+from hf_tvd_loss.linear_loss import linear_gamma_cross_entropy
+from hf_tvd_loss.loss import gamma_cross_entropy
+from hf_tvd_loss.reference import gamma_cross_entropy_reference
 
 LOGIT_VARIANTS = ("cross_entropy", "gamma_ce", "tailr_fairseq", "dft_trl")
 HIDDEN_VARIANTS = (
@@ -343,7 +343,7 @@ def _memory_child(name: str, s: Settings) -> dict[str, Any]:
 
 
 def _run_child(name: str, s: Settings) -> dict[str, Any]:
-    cmd = [sys.executable, "-m", "hf_tvd_loss.bench", "--_child", name, "--_settings", json.dumps(asdict(s))]
+    cmd = [sys.executable, "-m", "hf_tvd_lab.bench", "--_child", name, "--_settings", json.dumps(asdict(s))]
     env = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join([p for p in sys.path if p] + [os.environ.get("PYTHONPATH", "")]),
@@ -376,8 +376,8 @@ def _train_child(name: str, s: Settings) -> dict[str, Any]:
     """
     from transformers import AutoModelForCausalLM, Trainer, TrainerCallback, TrainingArguments
 
-    from .args import TVDArguments
-    from .trainer import TVDTrainer
+    from hf_tvd_loss.args import TVDArguments
+    from hf_tvd_loss.trainer import TVDTrainer
 
     torch.manual_seed(s.seed)
     dtype = getattr(torch, s.dtype)
@@ -574,7 +574,7 @@ def to_markdown(report: dict[str, Any]) -> str:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m hf_tvd_loss.bench", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m hf_tvd_lab.bench", description=__doc__.split("\n\n")[0])
     p.add_argument("--tokens", type=int, default=2048, help="N: number of token rows")
     p.add_argument("--vocab", type=int, default=32000, help="V: vocabulary size")
     p.add_argument("--hidden", type=int, default=512, help="d: hidden size for the fused-linear and train-step runs")
@@ -628,7 +628,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
         print(json.dumps(_memory_child(args._child, Settings(**json.loads(args._settings)))))
         return None
     if not args.out:
-        raise SystemExit("python -m hf_tvd_loss.bench: error: --out DIR is required")
+        raise SystemExit("python -m hf_tvd_lab.bench: error: --out DIR is required")
     if args.quick:
         args.tokens, args.vocab, args.hidden, args.repeats = 64, 512, 32, 2
         args.train_steps, args.train_batch, args.train_seq_len = 3, 2, 16
@@ -659,7 +659,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     )  # fmt: skip
     jobs = max(1, args.jobs)
     report = run(settings, variants, train_step=not args.no_train_step, jobs=jobs, parallel_train=args.quick)
-    report["command"] = "python -m hf_tvd_loss.bench " + " ".join(sys.argv[1:] if argv is None else argv)
+    report["command"] = "python -m hf_tvd_lab.bench " + " ".join(sys.argv[1:] if argv is None else argv)
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "bench.json"), "w") as f:
         json.dump(report, f, indent=2)
