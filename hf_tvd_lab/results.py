@@ -18,6 +18,7 @@ one block per run), ``chunks`` (the fused path's chunk-size runs, against materi
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -87,35 +88,24 @@ def _mib(row: dict[str, Any]) -> str:
     return f"{row['extra_peak_bytes'] / 2**20:.1f}" + (" (≤)" if row.get("upper_bound_only") else "")
 
 
-def _full(runs: dict[str, list[dict[str, Any]]]) -> list[str]:
+def _loss_table(runs: dict[str, list[dict[str, Any]]], *, full: bool) -> list[str]:
+    """Times and memory of every variant; ``full`` adds the baseline's name and the error against float64."""
+    head = "| variant | median fwd+bwd (s) " if full else "| variant | median (s) "
+    head += "| median vs baseline | min (s) | min vs baseline | extra peak memory (MiB) | memory vs baseline |"
     lines = [
-        "| variant | median fwd+bwd (s) | median vs baseline | min (s) | min vs baseline | extra peak memory (MiB) "
-        "| memory vs baseline | baseline | loss err vs float64 |",
-        "|---|---:|---:|---:|---:|---:|---:|---|---:|",
+        head + (" baseline | loss err vs float64 |" if full else ""),
+        "|---|---:|---:|---:|---:|---:|---:|" + ("---|---:|" if full else ""),
     ]
     for rows in runs.values():
         for r in rows:
-            err = f"{r['abs_err_vs_float64']:.1e}" if "abs_err_vs_float64" in r else "–"
-            lines.append(
-                f"| {r['variant']} | {r['median_s']:.4f} | {_ratio(r.get('time_ratio'))} | {r['min_s']:.4f} "
-                f"| {_ratio(r.get('min_time_ratio'))} | {_mib(r)} | {_ratio(r.get('memory_ratio'))} "
-                f"| {r['baseline']} | {err} |"
-            )
-    return lines
-
-
-def _compact(runs: dict[str, list[dict[str, Any]]]) -> list[str]:
-    lines = [
-        "| variant | median (s) | median vs baseline | min (s) | min vs baseline | extra peak memory (MiB) "
-        "| memory vs baseline |",
-        "|---|---:|---:|---:|---:|---:|---:|",
-    ]
-    for rows in runs.values():
-        for r in rows:
-            lines.append(
+            line = (
                 f"| {r['variant']} | {r['median_s']:.4f} | {_ratio(r.get('time_ratio'))} | {r['min_s']:.4f} "
                 f"| {_ratio(r.get('min_time_ratio'))} | {_mib(r)} | {_ratio(r.get('memory_ratio'))} |"
             )
+            if full:
+                err = f"{r['abs_err_vs_float64']:.1e}" if "abs_err_vs_float64" in r else "–"
+                line += f" {r['baseline']} | {err} |"
+            lines.append(line)
     return lines
 
 
@@ -169,8 +159,8 @@ def _chunks(runs: dict[str, list[dict[str, Any]]]) -> list[str]:
 
 
 LAYOUTS: dict[str, Callable[[dict[str, list[dict[str, Any]]]], list[str]]] = {
-    "full": _full,
-    "compact": _compact,
+    "full": functools.partial(_loss_table, full=True),
+    "compact": functools.partial(_loss_table, full=False),
     "train": _train,
     "chunks": _chunks,
 }
