@@ -151,6 +151,15 @@ def test_missing_column_is_named(tmp_path):
              tmp_path)  # fmt: skip
 
 
+def test_missing_metric_package_is_refused_naming_the_extra(tmp_path, monkeypatch):
+    """ROUGE / BLEU come from the `scripts` extra: without it, a run that evaluates is refused before it trains."""
+    from hf_tvd_loss.tasks.summarization import SummarizationTask
+
+    monkeypatch.setattr(SummarizationTask, "metric_package", ("no_such_rouge_package", "ROUGE"))
+    _refused("summarization", _args(tmp_path), r'ROUGE needs .*pip install "hf_tvd_loss\[scripts\]"', tmp_path)
+    prepare(get_task("summarization"), _args(tmp_path, "--do_eval", "false", "--do_predict", "false"))  # train only
+
+
 def test_column_of_the_wrong_type_is_named(tmp_path):
     train = _jsonl(tmp_path / "train.jsonl", [{"document": "a b c", "summary": 7}] * 4)
     _refused("summarization", _args(tmp_path, "--train_file", train),
