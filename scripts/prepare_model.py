@@ -17,13 +17,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from collections.abc import Sequence
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from hf_tvd_loss.tasks import pretrained  # noqa: E402
+from hf_tvd_lab import pretrained
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -17,17 +17,11 @@ joined and cut into ``--block_size`` token blocks. Every option: ``--help``. Opt
 
 from __future__ import annotations
 
-import os
-import sys
 from collections.abc import Sequence
 from typing import Any
 
-# Run from a checkout without installing: the repository root goes first on the path.
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from hf_tvd_loss.tasks import get_task  # noqa: E402
-from hf_tvd_loss.tasks.cli import YamlArgumentParser  # noqa: E402
-from hf_tvd_loss.tasks.common import run_task  # noqa: E402
+from hf_tvd_loss.tasks import get_task, run_task
+from hf_tvd_loss.tasks.cli import YamlArgumentParser
 
 TASK = "language_modeling"
 

@@ -7,7 +7,7 @@ import os
 import subprocess
 import sys
 
-from hf_tvd_loss.bench import HIDDEN_VARIANTS, KERNEL_VARIANTS, LOGIT_VARIANTS, TRAIN_VARIANTS
+from hf_tvd_lab.bench import HIDDEN_VARIANTS, KERNEL_VARIANTS, LOGIT_VARIANTS, TRAIN_VARIANTS
 
 
 def test_quick_benchmark_writes_all_variants(tmp_path):
@@ -15,7 +15,7 @@ def test_quick_benchmark_writes_all_variants(tmp_path):
     env = {**os.environ, "PYTHONPATH": root, "HF_HUB_OFFLINE": "1"}
     out = tmp_path / "bench"
     proc = subprocess.run(
-        [sys.executable, "-m", "hf_tvd_loss.bench", "--quick", "--out", str(out)],
+        [sys.executable, "-m", "hf_tvd_lab.bench", "--quick", "--out", str(out)],
         capture_output=True,
         text=True,
         env=env,
@@ -54,7 +54,7 @@ def test_bad_arguments_exit_with_an_error(tmp_path):
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = {**os.environ, "PYTHONPATH": root}
     proc = subprocess.run(
-        [sys.executable, "-m", "hf_tvd_loss.bench", "--quick", "--out", str(tmp_path), "--variants", "nope"],
+        [sys.executable, "-m", "hf_tvd_lab.bench", "--quick", "--out", str(tmp_path), "--variants", "nope"],
         capture_output=True,
         text=True,
         env=env,
@@ -68,7 +68,7 @@ def test_kernel_variants_on_cpu_are_refused_before_any_work(tmp_path):
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = {**os.environ, "PYTHONPATH": root}
     proc = subprocess.run(
-        [sys.executable, "-m", "hf_tvd_loss.bench", "--quick", "--device", "cpu", "--out", str(tmp_path / "o"),
+        [sys.executable, "-m", "hf_tvd_lab.bench", "--quick", "--device", "cpu", "--out", str(tmp_path / "o"),
          "--variants", "linear_cross_entropy,linear_gamma_ce_cce"],
         capture_output=True, text=True, env=env, cwd=root, timeout=120,
     )  # fmt: skip
@@ -81,7 +81,7 @@ def test_cut_cross_entropy_variants_compute_their_losses(kernels_on_cpu):
     """The cce variants' calls into the real package (its CPU implementation), against the float64 reference."""
     import torch
 
-    from hf_tvd_loss import bench
+    from hf_tvd_lab import bench
     from hf_tvd_loss.ops.reference import gamma_cross_entropy_reference
 
     s = bench.Settings(
@@ -101,7 +101,7 @@ def test_cut_cross_entropy_variants_compute_their_losses(kernels_on_cpu):
 def test_float64_references_in_blocks_equal_the_whole(monkeypatch):
     import torch
 
-    from hf_tvd_loss import bench
+    from hf_tvd_lab import bench
     from hf_tvd_loss.ops.reference import gamma_cross_entropy_reference
 
     s = bench.Settings(
@@ -122,8 +122,42 @@ def test_float64_references_in_blocks_equal_the_whole(monkeypatch):
 def test_train_model_must_be_a_checkpoint_folder(tmp_path):
     import pytest
 
-    from hf_tvd_loss import bench
+    from hf_tvd_lab import bench
 
     with pytest.raises(ValueError, match="is not a checkpoint folder"):
         bench.main(["--quick", "--out", str(tmp_path / "o"), "--train-model", str(tmp_path)])
     assert not (tmp_path / "o").exists()
+
+
+def test_benchmarks_md_tables_are_generated_from_the_results_file():
+    """Every table of BENCHMARKS.md is what ``python -m hf_tvd_lab.bench --table`` makes of benchmarks/results.jsonl."""
+    from hf_tvd_lab import results
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    rows = results.read_rows(os.path.join(root, "benchmarks", "results.jsonl"))
+    with open(os.path.join(root, "BENCHMARKS.md"), encoding="utf-8") as f:
+        text = f.read()
+    assert text.count("<!-- bench-table ") == text.count("<!-- /bench-table -->") >= 6
+    assert results.update_markdown(text, rows) == text
+    for row in rows:  # every row says what, where, when and how
+        assert row["run"] and row["variant"] and row["date_utc"] and row["command"], row.get("run")
+        assert row["environment"]["torch"] and row["settings"]["tokens"], row["run"]
+
+
+def test_rows_are_appended_under_a_new_run_label(tmp_path):
+    from hf_tvd_lab import bench, results
+
+    path = tmp_path / "results.jsonl"
+    argv = ["--quick", "--no-train-step", "--variants", "cross_entropy,gamma_ce", "--results", str(path)]
+    bench.main([*argv, "--run", "first"])
+    rows = results.read_rows(str(path))
+    assert [(r["run"], r["variant"]) for r in rows] == [("first", "cross_entropy"), ("first", "gamma_ce")]
+    assert rows[1]["baseline"] == "cross_entropy" and rows[1]["settings"]["tokens"] == 64
+    assert "--run first" in rows[0]["command"]
+    table = results.render_table(rows, ["first"], "compact")
+    assert "| gamma_ce |" in table and "| cross_entropy |" in table
+    import pytest
+
+    with pytest.raises(ValueError, match="'first' is already in"):
+        bench.main([*argv, "--run", "first"])
+    assert len(results.read_rows(str(path))) == 2

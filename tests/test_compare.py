@@ -8,9 +8,9 @@ import random
 
 import pytest
 
+from hf_tvd_lab.compare import parse_loss, plan_runs, run_study, write_report
+from hf_tvd_lab.noise import noisy_labels
 from hf_tvd_loss import TVDArguments
-from hf_tvd_loss.compare import parse_loss, plan_runs, run_study, write_report
-from hf_tvd_loss.noise import noisy_labels
 
 
 def test_loss_names_map_to_valid_tvd_arguments():
@@ -104,7 +104,7 @@ def _load_script():
 @pytest.mark.parametrize("path", COMPARE_CONFIGS, ids=os.path.basename)
 def test_study_configs_parse(path, monkeypatch):
     """Every shipped study config loads, its losses parse, and every run's options parse with the task's parser."""
-    from hf_tvd_loss.compare import LOSS_RESET
+    from hf_tvd_lab.compare import LOSS_RESET
     from hf_tvd_loss.tasks import get_task
 
     monkeypatch.chdir(ROOT)

@@ -18,9 +18,9 @@ import torch.nn.functional as F
 from test_scripts import _script
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from hf_tvd_lab import pretrained
 from hf_tvd_loss import TVDArguments, TVDTrainer
 from hf_tvd_loss.ops.reference import gamma_cross_entropy_reference
-from hf_tvd_loss.tasks import pretrained
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TEXT = [

@@ -11,9 +11,11 @@ import sqlite3
 import pytest
 import torch
 
-from hf_tvd_loss.tasks import corpora, get_task
-from hf_tvd_loss.tasks.common import prepare, run_task, train_tokenizer
+from hf_tvd_lab import corpora
+from hf_tvd_loss.tasks import get_task, run_task
 from hf_tvd_loss.tasks.metrics import bleu_scores, calibration_from_sums, calibration_sums, rouge_scores
+from hf_tvd_loss.tasks.modeling import train_tokenizer
+from hf_tvd_loss.tasks.run import prepare
 from hf_tvd_loss.tasks.synthetic import language_modeling_corpus, summarization_corpus, translation_corpus
 
 
@@ -149,6 +151,15 @@ def test_missing_column_is_named(tmp_path):
              tmp_path)  # fmt: skip
 
 
+def test_missing_metric_package_is_refused_naming_the_extra(tmp_path, monkeypatch):
+    """ROUGE / BLEU come from the `scripts` extra: without it, a run that evaluates is refused before it trains."""
+    from hf_tvd_loss.tasks.summarization import SummarizationTask
+
+    monkeypatch.setattr(SummarizationTask, "metric_package", ("no_such_rouge_package", "ROUGE"))
+    _refused("summarization", _args(tmp_path), r'ROUGE needs .*pip install "hf_tvd_loss\[scripts\]"', tmp_path)
+    prepare(get_task("summarization"), _args(tmp_path, "--do_eval", "false", "--do_predict", "false"))  # train only
+
+
 def test_column_of_the_wrong_type_is_named(tmp_path):
     train = _jsonl(tmp_path / "train.jsonl", [{"document": "a b c", "summary": 7}] * 4)
     _refused("summarization", _args(tmp_path, "--train_file", train),
@@ -156,7 +167,7 @@ def test_column_of_the_wrong_type_is_named(tmp_path):
 
 
 def test_loading_never_runs_code_by_default():
-    from hf_tvd_loss.tasks.common import ModelArguments
+    from hf_tvd_loss.tasks.arguments import ModelArguments
 
     args = ModelArguments()
     assert args.trust_remote_code is False and args.allow_pickle_weights is False
@@ -257,7 +268,7 @@ def test_script_entry_prints_one_error_line_and_exits_2(tmp_path, capsys):
 
 
 def test_over_long_sequences_are_truncated_as_configured(tmp_path):
-    from hf_tvd_loss.tasks.common import build
+    from hf_tvd_loss.tasks.run import build
 
     words = " ".join(f"w{i % 50}" for i in range(400))
     rows = [{"document": words, "summary": words[:300]} for _ in range(8)]

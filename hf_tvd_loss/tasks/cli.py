@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import argparse
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 from transformers import HfArgumentParser
@@ -19,23 +19,31 @@ from transformers import HfArgumentParser
 __all__ = ["YamlArgumentParser", "load_yaml_config"]
 
 
-def load_yaml_config(path: str) -> dict[str, Any]:
-    """A config file's mapping (``yaml.safe_load``); an empty file is ``{}``."""
+def load_yaml_config(path: str, *, option: str = "--config", allowed: Collection[str] | None = None) -> dict[str, Any]:
+    """A config file's mapping (``yaml.safe_load``); an empty file is ``{}``.
+
+    Every problem is a ``ValueError`` that starts with ``option`` (the command-line option that named the file).
+    With ``allowed``, a key outside it is refused here; :class:`YamlArgumentParser` checks keys against its options.
+    """
     import yaml
 
     if not os.path.isfile(path):
-        raise ValueError(f"--config: file not found: {path}")
+        raise ValueError(f"{option}: file not found: {path}")
     with open(path, encoding="utf-8") as f:
         try:
             content = yaml.safe_load(f)
         except yaml.YAMLError as err:
-            raise ValueError(f"--config {path}: not valid YAML: {err}") from err
+            raise ValueError(f"{option} {path}: not valid YAML: {err}") from err
     if content is None:
         return {}
     if not isinstance(content, Mapping):
         raise ValueError(
-            f"--config {path}: expected a mapping of option names to values, got {type(content).__name__}"
+            f"{option} {path}: expected a mapping of option names to values, got {type(content).__name__}"
         )
+    if allowed is not None:
+        unknown = sorted(str(key) for key in content if key not in allowed)
+        if unknown:
+            raise ValueError(f"{option} {path}: unknown key(s) {unknown}; allowed: {sorted(allowed)}")
     return dict(content)
 
 

@@ -9,7 +9,10 @@ from typing import TYPE_CHECKING, Any
 from datasets import Dataset, DatasetDict
 
 if TYPE_CHECKING:
-    from .common import DataArguments, Task
+    from transformers import TrainingArguments
+
+    from .arguments import DataArguments
+    from .base import Task
 
 __all__ = ["FILE_BUILDERS", "SPLITS", "check_columns_present", "load_raw_splits"]
 
@@ -32,7 +35,9 @@ def _load_file(path: str, option: str, split: str, cache_dir: str | None) -> Dat
         raise ValueError(f"{option} {path}: could not be read as {builder}: {type(err).__name__}: {err}") from err
 
 
-def load_raw_splits(task: Task, data_args: DataArguments, training_args: Any, cache_dir: str | None) -> DatasetDict:
+def load_raw_splits(
+    task: Task[Any, Any], data_args: DataArguments, training_args: TrainingArguments, cache_dir: str | None
+) -> DatasetDict:
     """The splits the run needs (``train`` / ``validation`` / ``test``), capped, with their columns checked."""
     needed = {
         "train": training_args.do_train,

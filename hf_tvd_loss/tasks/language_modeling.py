@@ -7,15 +7,19 @@ language-modelling setting γ=1e-7, b=0.2, ε=0 (``configs/language_modeling/tai
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from itertools import chain
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from datasets import Dataset
 from transformers import TrainingArguments
 
-from .common import DataArguments, ModelArguments, Task
+if TYPE_CHECKING:
+    from transformers import DataCollator, PreTrainedModel, PreTrainedTokenizerBase
+
+from .arguments import DataArguments, ModelArguments
+from .base import Task
 from .data import check_columns_present
 from .synthetic import language_modeling_corpus
 
@@ -32,7 +36,7 @@ class LanguageModelingDataArguments(DataArguments):
     )  # fmt: skip
 
 
-class LanguageModelingTask(Task):
+class LanguageModelingTask(Task[LanguageModelingDataArguments, TrainingArguments]):
     name = "language_modeling"
     description = "Train or fine-tune a causal language model with the γ-CE (TaiLr) loss."
     data_args_class = LanguageModelingDataArguments
@@ -64,28 +68,39 @@ class LanguageModelingTask(Task):
         "seed": 42,
     }
 
-    def check_args(self, data_args: Any, model_args: ModelArguments, training_args: Any) -> None:
+    def check_args(
+        self, data_args: LanguageModelingDataArguments, model_args: ModelArguments, training_args: TrainingArguments
+    ) -> None:
         block = data_args.block_size
         if isinstance(block, bool) or not isinstance(block, int) or block < 2:
             raise ValueError(f"block_size must be an integer ≥ 2, got {block!r}")
 
-    def max_length_needed(self, data_args: Any) -> int:
+    def max_length_needed(self, data_args: LanguageModelingDataArguments) -> int:
         return data_args.block_size
 
-    def tokenizer_max_length(self, data_args: Any) -> int | None:
+    def tokenizer_max_length(self, data_args: LanguageModelingDataArguments) -> int | None:
         return None  # whole texts are tokenised, then cut into blocks
 
     def synthetic_rows(self, split: str, num_examples: int, seed: int) -> list[dict[str, Any]]:
         return language_modeling_corpus(num_examples, seed=seed)
 
-    def check_columns(self, dataset: Dataset, split: str, origin: str, data_args: Any) -> None:
+    def check_columns(
+        self, dataset: Dataset, split: str, origin: str, data_args: LanguageModelingDataArguments
+    ) -> None:
         check_columns_present(dataset, split, origin, {data_args.text_column: "text_column"})
 
-    def texts(self, dataset: Dataset, data_args: Any) -> Iterator[str]:
+    def texts(self, dataset: Dataset, data_args: LanguageModelingDataArguments) -> Iterator[str]:
         for start in range(0, len(dataset), 1000):
             yield from (t for t in dataset[start : start + 1000][data_args.text_column] if isinstance(t, str) and t)
 
-    def preprocess(self, dataset: Dataset, tokenizer: Any, data_args: Any, training_args: Any, split: str) -> Dataset:
+    def preprocess(
+        self,
+        dataset: Dataset,
+        tokenizer: PreTrainedTokenizerBase,
+        data_args: LanguageModelingDataArguments,
+        training_args: TrainingArguments,
+        split: str,
+    ) -> Dataset:
         column, block = data_args.text_column, data_args.block_size
         eos = tokenizer.eos_token_id
         # A trained tokenizer appends </s> itself; a pretrained one may not: then eos is added here.
@@ -123,11 +138,17 @@ class LanguageModelingTask(Task):
             )
         return grouped
 
-    def data_collator(self, tokenizer: Any, model: Any) -> Callable:
+    def data_collator(self, tokenizer: PreTrainedTokenizerBase, model: PreTrainedModel) -> DataCollator:
         from transformers import default_data_collator
 
         return default_data_collator
 
-    def configure_model(self, model: Any, tokenizer: Any, data_args: Any, training_args: Any) -> None:
+    def configure_model(
+        self,
+        model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        data_args: LanguageModelingDataArguments,
+        training_args: TrainingArguments,
+    ) -> None:
         if model.config.pad_token_id is None and tokenizer.pad_token_id is not None:
             model.config.pad_token_id = tokenizer.pad_token_id

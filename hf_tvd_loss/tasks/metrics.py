@@ -1,15 +1,36 @@
 """Evaluation metrics of the task scripts, computed offline with the metric packages themselves.
 
 ``evaluate.load("rouge" | "sacrebleu")`` fetches a script from the Hub, so ROUGE comes from ``rouge_score`` and
-BLEU from ``sacrebleu`` directly. Calibration of token-level confidence is computed from the teacher-forced
+BLEU from ``sacrebleu`` directly. Both install with the ``scripts`` extra (``pip install "hf_tvd_loss[scripts]"``)
+and are imported only where a score is computed; :func:`check_metric_package` refuses a run that would need a
+missing one before it trains. Calibration of token-level confidence is computed from the teacher-forced
 logits on the reference tokens: for each scored token, confidence = max_v p_v and correct = (argmax = reference).
 """
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
+from types import ModuleType
+
 import torch
 
-__all__ = ["bleu_scores", "calibration_from_sums", "calibration_sums", "rouge_scores"]
+__all__ = ["bleu_scores", "calibration_from_sums", "calibration_sums", "check_metric_package", "rouge_scores"]
+
+_INSTALL_HINT = 'install the scripts extra: pip install "hf_tvd_loss[scripts]"'
+
+
+def check_metric_package(package: str, metric: str) -> None:
+    """Raise ``ValueError`` before a run when ``package`` (which computes ``metric``) is not installed."""
+    if importlib.util.find_spec(package) is None:
+        raise ValueError(f"{metric} needs the {package} package, which is not installed: {_INSTALL_HINT}")
+
+
+def _import_metric_module(module: str, metric: str) -> ModuleType:
+    try:
+        return importlib.import_module(module)
+    except ImportError as err:
+        raise ImportError(f"{metric} needs {module.split('.')[0]}, which is not installed: {_INSTALL_HINT}") from err
 
 
 def rouge_scores(predictions: list[str], references: list[str]) -> dict[str, float]:
@@ -18,8 +39,7 @@ def rouge_scores(predictions: list[str], references: list[str]) -> dict[str, flo
     ROUGE-Lsum splits on newlines; predictions and references are single paragraphs here, so sentences are
     split at ". " first.
     """
-    from rouge_score import rouge_scorer
-
+    rouge_scorer = _import_metric_module("rouge_score.rouge_scorer", "ROUGE")
     if len(predictions) != len(references):
         raise ValueError(f"{len(predictions)} predictions for {len(references)} references")
     keys = ("rouge1", "rouge2", "rougeL", "rougeLsum")
@@ -35,8 +55,7 @@ def rouge_scores(predictions: list[str], references: list[str]) -> dict[str, flo
 
 def bleu_scores(predictions: list[str], references: list[str]) -> dict[str, float]:
     """Corpus BLEU and chrF (sacrebleu defaults: 13a tokenisation, case-sensitive)."""
-    import sacrebleu
-
+    sacrebleu = _import_metric_module("sacrebleu", "BLEU/chrF")
     if len(predictions) != len(references):
         raise ValueError(f"{len(predictions)} predictions for {len(references)} references")
     return {

@@ -7,7 +7,10 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .common import ModelArguments, Task
+    from transformers import PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase, PreTrainedTokenizerFast
+
+    from .arguments import ModelArguments
+    from .base import Task
 
 __all__ = [
     "SPECIAL_TOKENS",
@@ -21,7 +24,9 @@ __all__ = [
 SPECIAL_TOKENS = {"pad_token": "<pad>", "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}
 
 
-def train_tokenizer(texts: Iterator[str], vocab_size: int, model_max_length: int | None = None) -> Any:
+def train_tokenizer(
+    texts: Iterator[str], vocab_size: int, model_max_length: int | None = None
+) -> PreTrainedTokenizerFast:
     """A byte-fallback-free BPE tokenizer (``tokenizers``) trained on ``texts``, as a ``PreTrainedTokenizerFast``.
 
     Metaspace pre-tokenisation (as SentencePiece) so that decoding restores the spaces; every encoded sequence ends
@@ -46,14 +51,20 @@ def train_tokenizer(texts: Iterator[str], vocab_size: int, model_max_length: int
     return PreTrainedTokenizerFast(tokenizer_object=backend, **extra, **SPECIAL_TOKENS)
 
 
-def auto_model_class(task: Task) -> Any:
+def auto_model_class(task: Task[Any, Any]) -> Any:
+    """The ``transformers`` auto class named by the task (e.g. ``AutoModelForSeq2SeqLM``)."""
     import transformers
 
     return getattr(transformers, task.auto_model_class)
 
 
-def resolve_config(task: Task, model_args: ModelArguments) -> Any:
-    """The model config (pretrained or from scratch), with overrides, checked to have the task's head."""
+def resolve_config(task: Task[Any, Any], model_args: ModelArguments) -> tuple[PretrainedConfig, str | None]:
+    """The model config (pretrained or from scratch), with overrides, checked to have the task's head.
+
+    Returns the config and the ``config_overrides`` applied to it: the given ones, or the task's tiny sizes
+    (``scratch_config_overrides``) for its default model type built from scratch without overrides. Reads
+    ``model_args`` without changing it.
+    """
     from transformers import AutoConfig
 
     hub_kwargs = {
@@ -73,24 +84,26 @@ def resolve_config(task: Task, model_args: ModelArguments) -> Any:
             config = AutoConfig.for_model(model_args.model_type)
         except ValueError as err:
             raise ValueError(f"model_type {model_args.model_type!r} is not a known transformers model type") from err
-    if model_args.config_overrides is None and not name and model_args.model_type == task.defaults.get("model_type"):
+    overrides = model_args.config_overrides
+    if overrides is None and not name and model_args.model_type == task.defaults.get("model_type"):
         # The task's default model is tiny (the offline default run); any other model keeps its own sizes.
-        model_args.config_overrides = task.scratch_config_overrides
-    if model_args.config_overrides:
+        overrides = task.scratch_config_overrides
+    if overrides:
         try:
-            config.update_from_string(model_args.config_overrides)
+            config.update_from_string(overrides)
         except ValueError as err:
-            raise ValueError(f"config_overrides {model_args.config_overrides!r}: {err}") from err
+            raise ValueError(f"config_overrides {overrides!r}: {err}") from err
     auto = auto_model_class(task)
     if type(config) not in auto._model_mapping:
         raise ValueError(
             f"a {config.model_type!r} model ({name or model_args.model_type}) has no {task.head_description}: the "
             f"{task.name} task needs a model that {auto.__name__} can load"
         )
-    return config
+    return config, overrides
 
 
-def max_positions(config: Any) -> int | None:
+def max_positions(config: PretrainedConfig) -> int | None:
+    """The number of positions the config allows (None: no such limit, e.g. relative positions)."""
     for attribute in ("max_position_embeddings", "n_positions"):
         value = getattr(config, attribute, None)
         if isinstance(value, int):
@@ -98,7 +111,9 @@ def max_positions(config: Any) -> int | None:
     return None
 
 
-def build_model_from_config(task: Task, config: Any, tokenizer: Any) -> Any:
+def build_model_from_config(
+    task: Task[Any, Any], config: PretrainedConfig, tokenizer: PreTrainedTokenizerBase
+) -> PreTrainedModel:
     """A freshly initialised model whose vocabulary and special tokens are the tokenizer's."""
     config.vocab_size = len(tokenizer)
     if hasattr(config, "decoder_vocab_size"):  # Marian keeps a separate decoder vocabulary size

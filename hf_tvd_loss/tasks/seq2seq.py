@@ -5,15 +5,21 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 from datasets import Dataset
 from transformers import Seq2SeqTrainingArguments
 
-from .common import DataArguments, ModelArguments, Task
+from .arguments import DataArguments, ModelArguments
+from .base import MetricsFunction, Task
+from .metrics import check_metric_package
+
+if TYPE_CHECKING:
+    from transformers import DataCollator, EvalPrediction, PreTrainedModel, PreTrainedTokenizerBase
+    from transformers.trainer_utils import PredictionOutput
 
 __all__ = ["Seq2SeqDataArguments", "Seq2SeqTask"]
 
@@ -38,16 +44,21 @@ class Seq2SeqDataArguments(DataArguments):
     )
 
 
-class Seq2SeqTask(Task):
+Seq2SeqDataArgsT = TypeVar("Seq2SeqDataArgsT", bound=Seq2SeqDataArguments)
+
+
+class Seq2SeqTask(Task[Seq2SeqDataArgsT, Seq2SeqTrainingArguments]):
     """Pairs of texts, an ``AutoModelForSeq2SeqLM``, generation-based metrics from :meth:`text_metrics`."""
 
     training_args_class = Seq2SeqTrainingArguments
     auto_model_class = "AutoModelForSeq2SeqLM"
     head_description = "sequence-to-sequence language-modelling head (an encoder-decoder such as BART, T5, Marian)"
     is_seq2seq = True
+    # (package, metric name) of text_metrics: an optional dependency, checked before a run that evaluates
+    metric_package: tuple[str, str] = ("", "")
 
     # --- hooks of the two tasks
-    def pairs(self, batch: dict[str, list[Any]], data_args: Any) -> tuple[list[Any], list[Any]]:
+    def pairs(self, batch: dict[str, list[Any]], data_args: Seq2SeqDataArgsT) -> tuple[list[Any], list[Any]]:
         """(sources, targets) of a batch of raw rows."""
         raise NotImplementedError
 
@@ -55,7 +66,9 @@ class Seq2SeqTask(Task):
         raise NotImplementedError
 
     # --- shared
-    def check_args(self, data_args: Any, model_args: ModelArguments, training_args: Any) -> None:
+    def check_args(
+        self, data_args: Seq2SeqDataArgsT, model_args: ModelArguments, training_args: Seq2SeqTrainingArguments
+    ) -> None:
         for name in ("max_source_length", "max_target_length"):
             value = getattr(data_args, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 2:
@@ -65,16 +78,26 @@ class Seq2SeqTask(Task):
         beams = training_args.generation_num_beams
         if beams is not None and beams < 1:
             raise ValueError(f"generation_num_beams must be ≥ 1, got {beams!r}")
+        evaluates = training_args.do_eval or training_args.do_predict or training_args.eval_strategy != "no"
+        if evaluates and self.metric_package[0]:
+            check_metric_package(*self.metric_package)
 
-    def max_length_needed(self, data_args: Any) -> int:
+    def max_length_needed(self, data_args: Seq2SeqDataArgsT) -> int:
         return max(data_args.max_source_length, data_args.max_target_length)
 
-    def texts(self, dataset: Dataset, data_args: Any) -> Iterator[str]:
+    def texts(self, dataset: Dataset, data_args: Seq2SeqDataArgsT) -> Iterator[str]:
         for start in range(0, len(dataset), 1000):
             sources, targets = self.pairs(dataset[start : start + 1000], data_args)
             yield from (text for text in sources + targets if isinstance(text, str) and text)
 
-    def preprocess(self, dataset: Dataset, tokenizer: Any, data_args: Any, training_args: Any, split: str) -> Dataset:
+    def preprocess(
+        self,
+        dataset: Dataset,
+        tokenizer: PreTrainedTokenizerBase,
+        data_args: Seq2SeqDataArgsT,
+        training_args: Seq2SeqTrainingArguments,
+        split: str,
+    ) -> Dataset:
         def tokenize(batch: dict[str, list[Any]]) -> dict[str, list[Any]]:
             sources, targets = self.pairs(batch, data_args)
             # Rows with a missing or empty side are dropped (a batched map may return fewer rows).
@@ -98,12 +121,18 @@ class Seq2SeqTask(Task):
             desc=f"tokenising {split}",
         )
 
-    def data_collator(self, tokenizer: Any, model: Any) -> Callable:
+    def data_collator(self, tokenizer: PreTrainedTokenizerBase, model: PreTrainedModel) -> DataCollator:
         from transformers import DataCollatorForSeq2Seq
 
         return DataCollatorForSeq2Seq(tokenizer, model=model, label_pad_token_id=-100)
 
-    def configure_model(self, model: Any, tokenizer: Any, data_args: Any, training_args: Any) -> None:
+    def configure_model(
+        self,
+        model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        data_args: Seq2SeqDataArgsT,
+        training_args: Seq2SeqTrainingArguments,
+    ) -> None:
         # Generation settings live in the model's generation config, so that the saved model generates the same
         # way; Seq2SeqTrainer passes generation_max_length / generation_num_beams explicitly as well.
         if training_args.generation_max_length is None:
@@ -119,12 +148,12 @@ class Seq2SeqTask(Task):
             if value is not None:
                 setattr(generation, name, value)
 
-    def _decode(self, tokenizer: Any, ids: np.ndarray) -> list[str]:
+    def _decode(self, tokenizer: PreTrainedTokenizerBase, ids: np.ndarray) -> list[str]:
         ids = np.where(ids < 0, tokenizer.pad_token_id, ids)
         return [text.strip() for text in tokenizer.batch_decode(ids, skip_special_tokens=True)]
 
-    def compute_metrics(self, tokenizer: Any, data_args: Any) -> Callable:
-        def compute(eval_prediction: Any) -> dict[str, float]:
+    def compute_metrics(self, tokenizer: PreTrainedTokenizerBase, data_args: Seq2SeqDataArgsT) -> MetricsFunction:
+        def compute(eval_prediction: EvalPrediction) -> dict[str, float]:
             generated = eval_prediction.predictions
             generated = generated[0] if isinstance(generated, tuple) else generated
             predictions = self._decode(tokenizer, generated)
@@ -136,7 +165,9 @@ class Seq2SeqTask(Task):
 
         return compute
 
-    def write_predictions(self, output: Any, tokenizer: Any, output_dir: str) -> str | None:
+    def write_predictions(
+        self, output: PredictionOutput, tokenizer: PreTrainedTokenizerBase, output_dir: str
+    ) -> str | None:
         if output.predictions is None or output.predictions.ndim != 2:
             return None
         predictions = self._decode(tokenizer, output.predictions)

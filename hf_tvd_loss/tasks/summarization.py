@@ -25,10 +25,11 @@ class SummarizationDataArguments(Seq2SeqDataArguments):
     summary_column: str = field(default="summary", metadata={"help": "Column holding the reference summary."})
 
 
-class SummarizationTask(Seq2SeqTask):
+class SummarizationTask(Seq2SeqTask[SummarizationDataArguments]):
     name = "summarization"
     description = "Fine-tune or train an encoder-decoder summariser with the γ-CE (TaiLr) loss."
     data_args_class = SummarizationDataArguments
+    metric_package = ("rouge_score", "ROUGE")
     scratch_config_overrides = (
         "d_model=64,encoder_layers=2,decoder_layers=2,encoder_attention_heads=4,"
         "decoder_attention_heads=4,encoder_ffn_dim=256,decoder_ffn_dim=256,max_position_embeddings=256"
@@ -63,14 +64,14 @@ class SummarizationTask(Seq2SeqTask):
     def synthetic_rows(self, split: str, num_examples: int, seed: int) -> list[dict[str, Any]]:
         return summarization_corpus(num_examples, seed=seed)
 
-    def check_columns(self, dataset: Dataset, split: str, origin: str, data_args: Any) -> None:
+    def check_columns(self, dataset: Dataset, split: str, origin: str, data_args: SummarizationDataArguments) -> None:
         from .data import check_columns_present
 
         check_columns_present(
             dataset, split, origin, {data_args.text_column: "text_column", data_args.summary_column: "summary_column"}
         )
 
-    def pairs(self, batch: dict[str, list[Any]], data_args: Any) -> tuple[list[Any], list[Any]]:
+    def pairs(self, batch: dict[str, list[Any]], data_args: SummarizationDataArguments) -> tuple[list[Any], list[Any]]:
         return batch[data_args.text_column], batch[data_args.summary_column]
 
     def text_metrics(self, predictions: list[str], references: list[str]) -> dict[str, float]:

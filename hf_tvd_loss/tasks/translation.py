@@ -10,15 +10,18 @@ a tiny Marian-style transformer from a config on a synthetic de→en corpus, Tai
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from datasets import Dataset
 
-from .common import ModelArguments
+from .arguments import ModelArguments
 from .data import check_columns_present
 from .metrics import bleu_scores
 from .seq2seq import Seq2SeqDataArguments, Seq2SeqTask
 from .synthetic import translation_corpus
+
+if TYPE_CHECKING:
+    from transformers import Seq2SeqTrainingArguments
 
 __all__ = ["TranslationDataArguments", "TranslationTask"]
 
@@ -40,10 +43,11 @@ class TranslationDataArguments(Seq2SeqDataArguments):
     )
 
 
-class TranslationTask(Seq2SeqTask):
+class TranslationTask(Seq2SeqTask[TranslationDataArguments]):
     name = "translation"
     description = "Train (from scratch) or fine-tune a translation model with the γ-CE (TaiLr) loss."
     data_args_class = TranslationDataArguments
+    metric_package = ("sacrebleu", "BLEU")
     scratch_config_overrides = (
         "d_model=64,encoder_layers=2,decoder_layers=2,encoder_attention_heads=4,"
         "decoder_attention_heads=4,encoder_ffn_dim=128,decoder_ffn_dim=128,max_position_embeddings=256,"
@@ -79,7 +83,9 @@ class TranslationTask(Seq2SeqTask):
         "seed": 42,
     }
 
-    def check_args(self, data_args: Any, model_args: ModelArguments, training_args: Any) -> None:
+    def check_args(
+        self, data_args: TranslationDataArguments, model_args: ModelArguments, training_args: Seq2SeqTrainingArguments
+    ) -> None:
         super().check_args(data_args, model_args, training_args)
         if data_args.source_lang == data_args.target_lang:
             raise ValueError(f"source_lang and target_lang are both {data_args.source_lang!r}")
@@ -87,10 +93,10 @@ class TranslationTask(Seq2SeqTask):
     def synthetic_rows(self, split: str, num_examples: int, seed: int) -> list[dict[str, Any]]:
         return translation_corpus(num_examples, seed=seed)
 
-    def _flat_columns(self, data_args: Any) -> tuple[str, str]:
+    def _flat_columns(self, data_args: TranslationDataArguments) -> tuple[str, str]:
         return data_args.source_column or data_args.source_lang, data_args.target_column or data_args.target_lang
 
-    def check_columns(self, dataset: Dataset, split: str, origin: str, data_args: Any) -> None:
+    def check_columns(self, dataset: Dataset, split: str, origin: str, data_args: TranslationDataArguments) -> None:
         column = data_args.translation_column
         if column in dataset.column_names:
             first = dataset[0][column]
@@ -115,7 +121,7 @@ class TranslationTask(Seq2SeqTask):
             {source: "source_column", target: "target_column"},
         )
 
-    def pairs(self, batch: dict[str, list[Any]], data_args: Any) -> tuple[list[Any], list[Any]]:
+    def pairs(self, batch: dict[str, list[Any]], data_args: TranslationDataArguments) -> tuple[list[Any], list[Any]]:
         column = data_args.translation_column
         if column in batch:
             rows = batch[column]

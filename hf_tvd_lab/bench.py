@@ -2,9 +2,10 @@
 
 Usage::
 
-    python -m hf_tvd_loss.bench --tokens 2048 --vocab 32000 --dtype float32 --out bench_out
-    python -m hf_tvd_loss.bench --tokens 4096 --vocab 32000 --hidden 512 --repeats 3 --out bench_out_4096
-    python -m hf_tvd_loss.bench --quick --out /tmp/bench        # tiny shapes, a few seconds (smoke test)
+    python -m hf_tvd_lab.bench --tokens 2048 --vocab 32000 --dtype float32 --run cpu_n2048_v32000_fp32
+    python -m hf_tvd_lab.bench --tokens 4096 --vocab 32000 --hidden 512 --repeats 3 --run cpu_n4096
+    python -m hf_tvd_lab.bench --quick --out /tmp/bench        # tiny shapes, a few seconds (smoke test)
+    python -m hf_tvd_lab.bench --table                         # regenerate the tables in BENCHMARKS.md
 
 Each variant is timed over ``--repeats`` forward+backward passes (after one warm-up; variants are interleaved
 round-robin so that drift on a shared machine hits all of them alike) and reported as the median and the
@@ -40,7 +41,9 @@ variant runs once in its own subprocess and reports its peak RSS minus the RSS a
 :mod:`hf_tvd_loss.ops.reference` ("err vs f64"). Unless ``--no-train-step``, a training step of ``TVDTrainer`` and
 of the stock ``Trainer`` on a tiny Llama built from a config (``--vocab`` sized vocabulary) is timed too, each
 in its own subprocess, and ``TVDTrainer`` with ``loss_impl="chunked"`` (backend ``--chunked-backend``) as a third.
-Results go to ``--out`` as ``bench.json`` and ``bench.md``.
+Results: one row per variant appended to ``--results`` (``benchmarks/results.jsonl``) under the label ``--run``;
+``--out DIR`` writes the run as ``bench.json`` and ``bench.md`` as well (alone, instead). The tables of
+``BENCHMARKS.md`` are generated from the results file (:mod:`hf_tvd_lab.results`, ``--table``).
 """
 
 from __future__ import annotations
@@ -64,9 +67,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from .ops import gamma_cross_entropy, linear_gamma_cross_entropy
-from .ops import kernels as linear_loss
-from .ops.reference import gamma_cross_entropy_reference
+from hf_tvd_loss.ops import gamma_cross_entropy, linear_gamma_cross_entropy
+from hf_tvd_loss.ops import kernels as linear_loss
+from hf_tvd_loss.ops.reference import gamma_cross_entropy_reference
 
 LOGIT_VARIANTS = ("cross_entropy", "gamma_ce", "tailr_fairseq", "dft_trl")
 HIDDEN_VARIANTS = (
@@ -342,7 +345,7 @@ def _memory_child(name: str, s: Settings) -> dict[str, Any]:
 
 
 def _run_child(name: str, s: Settings) -> dict[str, Any]:
-    cmd = [sys.executable, "-m", "hf_tvd_loss.bench", "--_child", name, "--_settings", json.dumps(asdict(s))]
+    cmd = [sys.executable, "-m", "hf_tvd_lab.bench", "--_child", name, "--_settings", json.dumps(asdict(s))]
     env = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join([p for p in sys.path if p] + [os.environ.get("PYTHONPATH", "")]),
@@ -375,8 +378,8 @@ def _train_child(name: str, s: Settings) -> dict[str, Any]:
     """
     from transformers import AutoModelForCausalLM, Trainer, TrainerCallback, TrainingArguments
 
-    from .args import TVDArguments
-    from .trainer import TVDTrainer
+    from hf_tvd_loss.args import TVDArguments
+    from hf_tvd_loss.trainer import TVDTrainer
 
     torch.manual_seed(s.seed)
     dtype = getattr(torch, s.dtype)
@@ -531,6 +534,7 @@ def run(
 
 
 def to_markdown(report: dict[str, Any]) -> str:
+    """One run's report as markdown: settings, environment and the ``full`` table of :mod:`hf_tvd_lab.results`."""
     s, env = report["settings"], report["environment"]
     lines = [
         f"Device: {env['device']} ({env['cpu_threads']} threads); torch {env['torch']}, transformers "
@@ -541,21 +545,8 @@ def to_markdown(report: dict[str, Any]) -> str:
         f"{s['ignore_fraction']:.0%} of labels ignored; fused chunk size "
         f"{s.get('chunk_size') or 'auto'}.",
         "",
-        "| variant | median fwd+bwd (s) | median vs baseline | min (s) | min vs baseline | extra peak memory (MiB) "
-        "| memory vs baseline | baseline | loss err vs float64 |",
-        "|---|---:|---:|---:|---:|---:|---:|---|---:|",
+        *results.LAYOUTS["full"]({"this run": results.report_rows(report, run="this run")}),
     ]
-    for name, r in report["results"].items():
-        ratio = f"{r['time_ratio']:.2f}×" if r.get("time_ratio") is not None else "–"
-        min_ratio = f"{r['min_time_ratio']:.2f}×" if r.get("min_time_ratio") is not None else "–"
-        mem_ratio = f"{r['memory_ratio']:.2f}×" if r.get("memory_ratio") is not None else "–"
-        bound = " (≤)" if r.get("upper_bound_only") else ""
-        err = f"{r['abs_err_vs_float64']:.1e}" if "abs_err_vs_float64" in r else "–"
-        lines.append(
-            f"| {name} | {r['median_s']:.4f} | {ratio} | {r['min_s']:.4f} | {min_ratio} "
-            f"| {r['extra_peak_bytes'] / 2**20:.1f}{bound} | {mem_ratio} "
-            f"| {r['baseline']} | {err} |"
-        )
     if "train_step_tvd_trainer" in report["results"]:
         model = (
             f"`{os.path.basename(os.path.normpath(s['train_model']))}` (pretrained checkpoint)"
@@ -573,7 +564,7 @@ def to_markdown(report: dict[str, Any]) -> str:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m hf_tvd_loss.bench", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m hf_tvd_lab.bench", description=__doc__.split("\n\n")[0])
     p.add_argument("--tokens", type=int, default=2048, help="N: number of token rows")
     p.add_argument("--vocab", type=int, default=32000, help="V: vocabulary size")
     p.add_argument("--hidden", type=int, default=512, help="d: hidden size for the fused-linear and train-step runs")
@@ -615,7 +606,27 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--quick", action="store_true", help="tiny shapes and 2 repeats, subprocesses in parallel (smoke test)"
     )
-    p.add_argument("--out", help="directory for bench.json and bench.md (required)")
+    p.add_argument(
+        "--results",
+        default=None,
+        help=f"JSON-lines file the run's rows are appended to (default: {results.DEFAULT_RESULTS}, unless --out is "
+        "given); with --table, the file the tables are made from",
+    )
+    p.add_argument(
+        "--run",
+        default=None,
+        help="label of this run's rows in the results file, new to it (default: device, shape, dtype and the time)",
+    )
+    p.add_argument(
+        "--out", help="also write this run as bench.json and bench.md into this directory (alone: nothing appended)"
+    )
+    p.add_argument(
+        "--table",
+        action="store_true",
+        help="measure nothing: regenerate the tables between bench-table markers in --markdown from --results",
+    )
+    p.add_argument("--markdown", default=results.DEFAULT_MARKDOWN, help="the file --table rewrites")
+    p.add_argument("--check", action="store_true", help="with --table: write nothing, exit 1 if a table is stale")
     p.add_argument("--_child", help=argparse.SUPPRESS)
     p.add_argument("--_settings", help=argparse.SUPPRESS)
     return p
@@ -626,8 +637,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     if args._child:
         print(json.dumps(_memory_child(args._child, Settings(**json.loads(args._settings)))))
         return None
-    if not args.out:
-        raise SystemExit("python -m hf_tvd_loss.bench: error: --out DIR is required")
+    if args.table:
+        return _write_tables(args.results or results.DEFAULT_RESULTS, args.markdown, check=args.check)
+    results_path = args.results if args.results or args.out else results.DEFAULT_RESULTS
     if args.quick:
         args.tokens, args.vocab, args.hidden, args.repeats = 64, 512, 32, 2
         args.train_steps, args.train_batch, args.train_seq_len = 3, 2, 16
@@ -656,17 +668,45 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
         train_batch=args.train_batch, train_seq_len=args.train_seq_len, chunk_size=args.chunk_size,
         chunked_backend=args.chunked_backend, train_model=args.train_model,
     )  # fmt: skip
+    run_label = args.run or "{}_n{}_v{}_{}_{}".format(
+        settings.device.split(":")[0], settings.tokens, settings.vocab, settings.dtype, time.strftime("%Y%m%dT%H%M%S")
+    )
+    if results_path and any(row["run"] == run_label for row in results.read_rows(results_path)):
+        raise ValueError(f"--run {run_label!r} is already in {results_path}; choose a new label")
     jobs = max(1, args.jobs)
     report = run(settings, variants, train_step=not args.no_train_step, jobs=jobs, parallel_train=args.quick)
-    report["command"] = "python -m hf_tvd_loss.bench " + " ".join(sys.argv[1:] if argv is None else argv)
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "bench.json"), "w") as f:
-        json.dump(report, f, indent=2)
+    report["command"] = "python -m hf_tvd_lab.bench " + " ".join(sys.argv[1:] if argv is None else argv)
     markdown = to_markdown(report)
-    with open(os.path.join(args.out, "bench.md"), "w") as f:
-        f.write(markdown)
+    if results_path:
+        results.append_rows(results_path, results.report_rows(report, run_label))
+        print(f"appended {len(report['results'])} rows as run {run_label!r} to {results_path}")
+    if args.out:
+        os.makedirs(args.out, exist_ok=True)
+        with open(os.path.join(args.out, "bench.json"), "w") as f:
+            json.dump(report, f, indent=2)
+        with open(os.path.join(args.out, "bench.md"), "w") as f:
+            f.write(markdown)
     print(markdown)
     return report
+
+
+def _write_tables(results_path: str, markdown_path: str, *, check: bool) -> None:
+    """Regenerate the tables of ``markdown_path`` from ``results_path`` (with ``check``: only compare)."""
+    with open(markdown_path, encoding="utf-8") as f:
+        text = f.read()
+    updated = results.update_markdown(text, results.read_rows(results_path))
+    if check:
+        if updated != text:
+            raise SystemExit(
+                f"{markdown_path}: tables differ from {results_path}; run python -m hf_tvd_lab.bench --table"
+            )
+        print(f"{markdown_path}: tables match {results_path}")
+    elif updated != text:
+        with open(markdown_path, "w", encoding="utf-8") as f:
+            f.write(updated)
+        print(f"{markdown_path}: tables regenerated from {results_path}")
+    else:
+        print(f"{markdown_path}: tables already match {results_path}")
 
 
 if __name__ == "__main__":

@@ -366,7 +366,7 @@ TASK_METRICS = {
 
 
 def apply_label_noise(dataset: Any, rate: float, vocab_size: int, protected: frozenset[int], seed: int) -> Any:
-    """The training set with ``rate`` of its scored target tokens replaced (:func:`~hf_tvd_loss.noise.noisy_labels`).
+    """The training set with ``rate`` of its scored target tokens replaced (:func:`~hf_tvd_lab.noise.noisy_labels`).
 
     Each example gets its own random stream from ``(seed, index)``, so the noise does not depend on the order of
     processing. Input ids are left as they are (the noise models wrong references, not wrong sources).
@@ -389,8 +389,8 @@ def task_runner(task_name: str, task_argv: Sequence[str]) -> Runner:
     """
     import shutil
 
-    from .tasks import get_task
-    from .tasks.common import build, prepare, train_and_evaluate
+    from hf_tvd_loss.tasks import get_task
+    from hf_tvd_loss.tasks.run import build, prepare, train_and_evaluate
 
     task = get_task(task_name)
 

@@ -1,0 +1,119 @@
+"""The option dataclasses every task script shares: which model (:class:`ModelArguments`) and where the data comes
+from (:class:`DataArguments`; each task subclasses it with its columns and lengths). ``--help`` prints their help."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+__all__ = ["DataArguments", "ModelArguments"]
+
+
+@dataclass
+class ModelArguments:
+    """Which model to train: a pretrained one (Hub name or local folder) or one built from a config."""
+
+    model_name_or_path: str | None = field(
+        default=None,
+        metadata={
+            "help": "Pretrained model to fine-tune: a Hub name or a local folder (from save_pretrained). Leave unset "
+            "to build a new model from --config_name or --model_type plus --config_overrides."
+        },
+    )
+    config_name: str | None = field(
+        default=None,
+        metadata={
+            "help": "Config (Hub name or local folder/file) of a model built from scratch; --model_type if unset."
+        },
+    )
+    model_type: str | None = field(
+        default=None,
+        metadata={"help": "Architecture of a model built from scratch when no --config_name is given (e.g. bart, "
+                  "marian, t5, gpt2, llama)."},
+    )  # fmt: skip
+    config_overrides: str | None = field(
+        default=None,
+        metadata={
+            "help": "Comma-separated key=value settings applied to the config, e.g. 'd_model=512,encoder_layers=6'. "
+            "For a pretrained model only settings that keep the weights' shapes make sense (dropout etc.). Unset "
+            "with the task's default model_type: the tiny size of the offline default run (see docs/SCRIPTS.md)."
+        },
+    )
+    tokenizer_name: str | None = field(
+        default=None,
+        metadata={
+            "help": "Pretrained tokenizer (Hub name or local folder); defaults to --model_name_or_path. Without "
+            "either, a BPE tokenizer is trained on the training data and saved with the model."
+        },
+    )
+    tokenizer_vocab_size: int = field(
+        default=8000,
+        metadata={"help": "Vocabulary size of a tokenizer trained on the training data (an upper bound: a small "
+                  "corpus gives fewer tokens)."},
+    )  # fmt: skip
+    cache_dir: str | None = field(default=None, metadata={"help": "Where Hub models and datasets are cached."})
+    allow_pickle_weights: bool = field(
+        default=False,
+        metadata={
+            "help": "Also load pickled (.bin) weights when a model has no safetensors file. Off by default: "
+            "unpickling can run code."
+        },
+    )
+    trust_remote_code: bool = field(
+        default=False,
+        metadata={
+            "help": "Allow a model/tokenizer repository to run its own Python code when loaded. Off by default: "
+            "inputs never run code unless you turn this on for a repository you trust."
+        },
+    )
+    model_revision: str = field(
+        default="main", metadata={"help": "Hub revision (branch, tag or commit) of the model."}
+    )
+
+
+@dataclass
+class DataArguments:
+    """Where the data comes from; task subclasses add their column names and lengths."""
+
+    dataset_name: str | None = field(
+        default=None, metadata={"help": "Hub dataset name (needs network access); exclusive with --train_file etc."}
+    )
+    dataset_config_name: str | None = field(default=None, metadata={"help": "Hub dataset configuration name."})
+    train_file: str | None = field(
+        default=None, metadata={"help": "Local training data: .jsonl/.json, .csv, .parquet (or .txt for LM)."}
+    )
+    validation_file: str | None = field(
+        default=None,
+        metadata={"help": "Local validation data; when absent, --validation_split_percentage of train is held out."},
+    )
+    test_file: str | None = field(
+        default=None, metadata={"help": "Local test data for --do_predict; when absent, the validation data is used."}
+    )
+    validation_split_percentage: int = field(
+        default=5,
+        metadata={"help": "Percent of the training data held out for validation when there is no validation split."},
+    )
+    max_train_samples: int | None = field(
+        default=None, metadata={"help": "Keep only the first N training examples (for quick runs)."}
+    )
+    max_eval_samples: int | None = field(default=None, metadata={"help": "Keep only the first N validation examples."})
+    max_predict_samples: int | None = field(default=None, metadata={"help": "Keep only the first N test examples."})
+    synthetic_train_examples: int = field(
+        default=2000,
+        metadata={"help": "Without --dataset_name or --train_file the data is a synthetic corpus generated with a fixed "
+                  "seed: this many training examples."},
+    )  # fmt: skip
+    synthetic_eval_examples: int = field(
+        default=100, metadata={"help": "Size of each of the synthetic validation and test splits."}
+    )
+    preprocessing_num_workers: int | None = field(
+        default=None, metadata={"help": "Processes used by datasets.map for tokenisation."}
+    )
+
+    def data_source(self) -> Literal["hub", "files", "synthetic"]:
+        """Where the splits come from: a Hub dataset, local files, or the task's synthetic corpus."""
+        if self.dataset_name:
+            return "hub"
+        if self.train_file or self.validation_file or self.test_file:
+            return "files"
+        return "synthetic"

@@ -1,0 +1,122 @@
+"""The :class:`Task` interface: what one task (summarization, translation, language modelling) supplies to the
+shared run in ``run.py`` — its data dataclass, default options, synthetic corpus, column checks, preprocessing,
+collator, metrics and predictions file.
+
+A task is generic in its data-arguments dataclass and its training-arguments class, so that each hook sees the
+options it reads (``Task[LanguageModelingDataArguments, TrainingArguments]``, ``Seq2SeqTask[...]`` with
+``Seq2SeqTrainingArguments``).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+import torch
+
+from ..args import TVDArguments
+from .arguments import DataArguments, ModelArguments
+from .cli import YamlArgumentParser
+
+if TYPE_CHECKING:
+    from datasets import Dataset
+    from transformers import (
+        DataCollator,
+        EvalPrediction,
+        PreTrainedModel,
+        PreTrainedTokenizerBase,
+        TrainingArguments,
+    )
+    from transformers.trainer_utils import PredictionOutput
+
+__all__ = ["DataArgsT", "MetricsFunction", "Task", "TrainingArgsT"]
+
+DataArgsT = TypeVar("DataArgsT", bound=DataArguments)
+TrainingArgsT = TypeVar("TrainingArgsT", bound="TrainingArguments")
+MetricsFunction = Callable[["EvalPrediction"], dict[str, float]]
+
+
+class Task(Generic[DataArgsT, TrainingArgsT]):
+    """One task's pieces. Subclasses set the class attributes and implement the hooks."""
+
+    name: str = ""
+    description: str = ""
+    data_args_class: type[DataArgsT]
+    training_args_class: type[TrainingArgsT]
+    auto_model_class: str = ""  # e.g. "AutoModelForSeq2SeqLM"
+    head_description: str = ""  # for the error when a model lacks the needed head
+    is_seq2seq: bool = False
+    defaults: dict[str, Any] = {}  # parser defaults: model, data, TVD and training options
+    # Sizes of the default model_type when built from scratch without --config_overrides (a tiny model).
+    scratch_config_overrides: str | None = None
+
+    # --- hooks
+    def synthetic_rows(self, split: str, num_examples: int, seed: int) -> list[dict[str, Any]]:
+        raise NotImplementedError
+
+    def check_args(self, data_args: DataArgsT, model_args: ModelArguments, training_args: TrainingArgsT) -> None:
+        """Task-specific option checks (raise ``ValueError`` naming the option)."""
+
+    def check_columns(self, dataset: Dataset, split: str, origin: str, data_args: DataArgsT) -> None:
+        raise NotImplementedError
+
+    def texts(self, dataset: Dataset, data_args: DataArgsT) -> Iterator[str]:
+        """All text of a split, for training a tokenizer."""
+        raise NotImplementedError
+
+    def preprocess(
+        self,
+        dataset: Dataset,
+        tokenizer: PreTrainedTokenizerBase,
+        data_args: DataArgsT,
+        training_args: TrainingArgsT,
+        split: str,
+    ) -> Dataset:
+        raise NotImplementedError
+
+    def max_length_needed(self, data_args: DataArgsT) -> int:
+        """Longest sequence the model must accept (checked against a from-scratch config's positions)."""
+        raise NotImplementedError
+
+    def tokenizer_max_length(self, data_args: DataArgsT) -> int | None:
+        """``model_max_length`` of a trained tokenizer (None: unlimited, e.g. texts that are cut into blocks)."""
+        return self.max_length_needed(data_args)
+
+    def data_collator(self, tokenizer: PreTrainedTokenizerBase, model: PreTrainedModel) -> DataCollator | None:
+        return None
+
+    def compute_metrics(self, tokenizer: PreTrainedTokenizerBase, data_args: DataArgsT) -> MetricsFunction | None:
+        return None
+
+    def configure_model(
+        self,
+        model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        data_args: DataArgsT,
+        training_args: TrainingArgsT,
+    ) -> None:
+        """Last settings on the model (e.g. generation), after it is built or loaded."""
+
+    def write_predictions(
+        self, output: PredictionOutput, tokenizer: PreTrainedTokenizerBase, output_dir: str
+    ) -> str | None:
+        return None
+
+    # --- shared
+    def build_parser(self) -> YamlArgumentParser:
+        parser = YamlArgumentParser(
+            (ModelArguments, self.data_args_class, TVDArguments, self.training_args_class),
+            description=self.description,
+        )
+        defaults = dict(self.defaults)
+        defaults.setdefault("report_to", ["tensorboard"] if _tensorboard_available() else ["none"])
+        # Every parameter gets a gradient in these models; the search for unused ones costs a graph traversal.
+        defaults.setdefault("ddp_find_unused_parameters", False)
+        defaults.setdefault("dataloader_pin_memory", torch.cuda.is_available())  # pinning needs an accelerator
+        parser.set_defaults(**defaults)
+        return parser
+
+
+def _tensorboard_available() -> bool:
+    return any(importlib.util.find_spec(name) is not None for name in ("tensorboard", "tensorboardX"))

@@ -1,0 +1,276 @@
+"""The run every task script makes (:func:`run_task`), in three phases.
+
+:func:`prepare` parses the options (YAML + command line), checks them, loads the data and checks its columns, loads
+the pretrained model or resolves the config of a model built from scratch; it writes nothing, so bad input ends the
+run before anything exists on disk. :func:`build` creates ``output_dir``, trains a tokenizer when there is no
+pretrained one, builds the model, tokenises the data and constructs the trainer (a problem found there, such as
+texts too short for one block, removes the folder it created). :func:`train_and_evaluate` trains, evaluates,
+predicts and writes the model, metrics, predictions, ``run_info.json`` and a model card.
+
+The pieces come from ``checks.py``, ``data.py``, ``modeling.py``, ``trainers.py`` and ``report.py``; the task
+(:class:`~hf_tvd_loss.tasks.base.Task`) supplies what differs between tasks.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import shutil
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any
+
+from datasets import Dataset, DatasetDict
+
+from ..args import TVDArguments
+from .arguments import DataArguments, ModelArguments
+from .base import Task
+from .checks import check_common_args
+from .data import load_raw_splits
+from .modeling import auto_model_class, build_model_from_config, max_positions, resolve_config, train_tokenizer
+from .report import print_summary, write_model_card
+from .trainers import TaskSeq2SeqTrainer, TaskTrainer
+
+if TYPE_CHECKING:
+    from transformers import PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase, TrainingArguments
+
+__all__ = ["Built", "Prepared", "build", "prepare", "run_task", "train_and_evaluate"]
+
+logger = logging.getLogger("hf_tvd_loss.tasks")
+
+
+@dataclass
+class Prepared:
+    """Everything :func:`prepare` checked and loaded; nothing has been written yet."""
+
+    task: Task[Any, Any]
+    model_args: ModelArguments  # as parsed, with the config_overrides actually applied
+    data_args: DataArguments
+    tvd_args: TVDArguments
+    training_args: TrainingArguments
+    raw: DatasetDict
+    config: PretrainedConfig
+    tokenizer: PreTrainedTokenizerBase | None  # None: trained on the training data in build
+    model: PreTrainedModel | None  # None: built from config in build
+    argv: list[str]
+
+
+def prepare(task: Task[Any, Any], argv: Sequence[str] | None = None) -> Prepared:
+    """Parse and check everything, load data and (pretrained) model. Raises ``ValueError`` naming the problem."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = task.build_parser()
+    model_args, data_args, tvd_args, training_args = parser.parse_args_and_config(argv)
+    check_common_args(data_args, model_args, training_args)
+    task.check_args(data_args, model_args, training_args)
+
+    raw = load_raw_splits(task, data_args, training_args, model_args.cache_dir)
+    config, config_overrides = resolve_config(task, model_args)
+    model_args = dataclasses.replace(model_args, config_overrides=config_overrides)
+    tokenizer, model = None, None
+    tokenizer_name = model_args.tokenizer_name or model_args.model_name_or_path
+    if tokenizer_name:
+        from transformers import AutoTokenizer
+
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(
+                tokenizer_name,
+                cache_dir=model_args.cache_dir,
+                revision=model_args.model_revision,
+                trust_remote_code=model_args.trust_remote_code,
+            )
+        except (OSError, ValueError) as err:
+            raise ValueError(
+                f"no tokenizer could be loaded from {tokenizer_name!r} ({err}); set tokenizer_name"
+            ) from err
+        if tokenizer.pad_token is None:
+            if tokenizer.eos_token is None:
+                raise ValueError(f"tokenizer {tokenizer_name!r} has neither a pad nor an eos token")
+            tokenizer.pad_token = tokenizer.eos_token
+    if model_args.model_name_or_path:
+        try:
+            model = auto_model_class(task).from_pretrained(
+                model_args.model_name_or_path,
+                config=config,
+                cache_dir=model_args.cache_dir,
+                revision=model_args.model_revision,
+                trust_remote_code=model_args.trust_remote_code,
+                # safetensors where the folder has them; a pickle-only checkpoint needs use_safetensors=None
+                use_safetensors=None if model_args.allow_pickle_weights else True,
+            )
+        except (OSError, ValueError) as err:
+            raise ValueError(f"model_name_or_path {model_args.model_name_or_path!r}: {err}") from err
+    else:
+        positions = max_positions(config)
+        needed = task.max_length_needed(data_args)
+        if positions is not None and positions < needed and not getattr(config, "rotary_emb_base", None):
+            raise ValueError(
+                f"the model config allows {positions} positions but the data options need {needed}: raise "
+                "max_position_embeddings/n_positions in config_overrides or lower the length options"
+            )
+    return Prepared(task, model_args, data_args, tvd_args, training_args, raw, config, tokenizer, model, argv)
+
+
+def _texts_for_tokenizer(task: Task[Any, Any], prepared: Prepared) -> Iterator[str]:
+    yield from task.texts(prepared.raw["train"] if "train" in prepared.raw else next(iter(prepared.raw.values())),
+                          prepared.data_args)  # fmt: skip
+
+
+@dataclass
+class Built:
+    """The trainer and what it was built from; ``created_output_dir`` says whether this run made the folder."""
+
+    trainer: TaskTrainer | TaskSeq2SeqTrainer
+    tokenizer: PreTrainedTokenizerBase
+    datasets: dict[str, Dataset]
+    created_output_dir: bool
+    start: float
+
+
+def build(prepared: Prepared) -> Built:
+    """Create output_dir, train a tokenizer if needed, build the model, preprocess, construct the trainer.
+
+    A ``ValueError`` here (e.g. texts too short for one block) removes the output_dir this run created, so a refused
+    run leaves nothing behind.
+    """
+    training_args = prepared.training_args
+    output_dir = training_args.output_dir
+    created = not os.path.exists(output_dir)
+    start = time.time()
+    try:
+        return _build(prepared, created, start)
+    except ValueError:
+        if created and training_args.process_index == 0:
+            shutil.rmtree(output_dir, ignore_errors=True)
+        raise
+
+
+def _build(prepared: Prepared, created: bool, start: float) -> Built:
+    from transformers import set_seed
+
+    task, data_args, training_args = prepared.task, prepared.data_args, prepared.training_args
+    model_args = prepared.model_args
+    output_dir = training_args.output_dir
+    set_seed(training_args.seed)
+    is_main = training_args.process_index == 0
+    if is_main:
+        os.makedirs(output_dir, exist_ok=True)
+
+    tokenizer = prepared.tokenizer
+    if tokenizer is None:
+        from transformers import AutoTokenizer
+
+        # The main process trains and saves the tokenizer; the others then load that same file.
+        tokenizer_dir = os.path.join(output_dir, "tokenizer")
+        with training_args.main_process_first(desc="training a tokenizer"):
+            if is_main:
+                tokenizer = train_tokenizer(
+                    _texts_for_tokenizer(task, prepared),
+                    model_args.tokenizer_vocab_size,
+                    model_max_length=task.tokenizer_max_length(data_args),
+                )
+                tokenizer.save_pretrained(tokenizer_dir)
+            else:
+                tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+        logger.info("trained a BPE tokenizer with %d tokens on the training data", len(tokenizer))
+
+    model = prepared.model
+    if model is None:
+        model = build_model_from_config(task, prepared.config, tokenizer)
+    elif len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
+        model.resize_token_embeddings(len(tokenizer))
+    task.configure_model(model, tokenizer, data_args, training_args)
+
+    datasets: dict[str, Dataset] = {}
+    for split, raw in prepared.raw.items():
+        with training_args.main_process_first(desc=f"preprocessing {split}"):
+            datasets[split] = task.preprocess(raw, tokenizer, data_args, training_args, split)
+        if len(datasets[split]) == 0:
+            raise ValueError(f"the {split} split has no usable examples after preprocessing")
+
+    trainer_cls = TaskSeq2SeqTrainer if task.is_seq2seq else TaskTrainer
+    trainer = trainer_cls(
+        model=model,
+        args=training_args,
+        train_dataset=datasets.get("train"),
+        eval_dataset=datasets.get("validation"),
+        processing_class=tokenizer,
+        data_collator=task.data_collator(tokenizer, model),
+        compute_metrics=task.compute_metrics(tokenizer, data_args),
+        tvd_args=prepared.tvd_args,
+    )
+    return Built(trainer, tokenizer, datasets, created, start)
+
+
+def train_and_evaluate(prepared: Prepared, built: Built | None = None) -> dict[str, Any]:
+    """Train, evaluate, predict and save; returns the metrics (also written to ``all_results.json``)."""
+    built = built if built is not None else build(prepared)
+    task, training_args = prepared.task, prepared.training_args
+    trainer, tokenizer, datasets, start = built.trainer, built.tokenizer, built.datasets, built.start
+    output_dir = training_args.output_dir
+
+    metrics: dict[str, Any] = {}
+    if training_args.do_train:
+        result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+        trainer.save_model()
+        trainer.save_state()
+        train_metrics = dict(result.metrics, train_samples=len(datasets["train"]))
+        trainer.save_metrics("train", train_metrics)
+        metrics.update(train_metrics)
+    if "validation" in datasets:
+        eval_metrics = trainer.evaluate(metric_key_prefix="eval")
+        eval_metrics["eval_samples"] = len(datasets["validation"])
+        trainer.save_metrics("eval", eval_metrics)
+        metrics.update(eval_metrics)
+    predictions_file = None
+    if training_args.do_predict:
+        output = trainer.predict(datasets["test"], metric_key_prefix="test")
+        test_metrics = dict(output.metrics, test_samples=len(datasets["test"]))
+        trainer.save_metrics("test", test_metrics)
+        metrics.update(test_metrics)
+        if trainer.is_world_process_zero():
+            predictions_file = task.write_predictions(output, tokenizer, output_dir)
+    if not training_args.do_train:
+        trainer.save_model()  # evaluation-only runs still leave a complete model folder (a collective call)
+
+    if trainer.is_world_process_zero():
+        trainer.save_metrics("all", metrics, combined=False)
+        info = {
+            "task": task.name,
+            "world_size": training_args.world_size,
+            "device": str(training_args.device),
+            "seconds": round(time.time() - start, 1),
+            "argv": prepared.argv,
+            "data": prepared.data_args.data_source(),
+            "tvd_args": asdict(prepared.tvd_args),
+        }
+        with open(os.path.join(output_dir, "run_info.json"), "w", encoding="utf-8") as f:
+            json.dump(info, f, indent=2)
+        write_model_card(
+            metrics,
+            task_name=task.name,
+            model_args=prepared.model_args,
+            data_args=prepared.data_args,
+            tvd_args=prepared.tvd_args,
+            training_args=training_args,
+            argv=prepared.argv,
+            tokenizer_trained=prepared.tokenizer is None,
+        )
+        print_summary(trainer, task.name, training_args, predictions_file, time.time() - start)
+    return metrics
+
+
+def run_task(task: Task[Any, Any], argv: Sequence[str] | None = None) -> dict[str, Any]:
+    """Entry point of the scripts: bad input exits with status 2 and one ``error:`` line before anything is written."""
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.WARNING)
+    logging.getLogger("hf_tvd_loss").setLevel(logging.INFO)
+    try:
+        prepared = prepare(task, argv)
+        built = build(prepared)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+    return train_and_evaluate(prepared, built)
