@@ -71,6 +71,8 @@ from hf_tvd_loss.ops import gamma_cross_entropy, linear_gamma_cross_entropy
 from hf_tvd_loss.ops import kernels as linear_loss
 from hf_tvd_loss.ops.reference import gamma_cross_entropy_reference
 
+from . import results
+
 LOGIT_VARIANTS = ("cross_entropy", "gamma_ce", "tailr_fairseq", "dft_trl")
 HIDDEN_VARIANTS = (
     "linear_cross_entropy",
