@@ -29,6 +29,7 @@ _LAZY = {
     "NonFiniteGuard": "callbacks",
     "NonFiniteLossError": "callbacks",
     "CheckpointSafetyMixin": "callbacks",
+    "WithLossWeights": "collators",
 }
 
 __all__ = [
@@ -47,10 +48,12 @@ __all__ = [
     "linear_gamma_cross_entropy",
     "linear_gamma_cross_entropy_with_stats",
     "tvd_weight",
+    "WithLossWeights",
 ]
 
 if TYPE_CHECKING:
     from .callbacks import CheckpointSafetyMixin, NonFiniteGuard, NonFiniteLossError
+    from .collators import WithLossWeights
     from .trainer import TVDLoss, TVDLossMixin, TVDSeq2SeqTrainer, TVDTrainer
 
 

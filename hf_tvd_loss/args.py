@@ -22,6 +22,8 @@ _NONFINITE = ("error", "skip", "ignore")
 LossImpl = Literal["logits", "chunked"]
 _LOSS_IMPLS = ("logits", "chunked")
 ChunkedBackend = Literal["auto", "torch", "cce", "liger"]
+Normalization = Literal["token", "sequence"]
+_NORMALIZATIONS = ("token", "sequence")
 _BACKENDS = ("auto", "torch", "cce", "liger")
 _P = "TVDArguments."
 
@@ -125,6 +127,15 @@ class TVDArguments:
             "choices": list(_BACKENDS),
         },
     )
+    normalization: Normalization = field(
+        default="token",
+        metadata={
+            "help": "Denominator of the loss: 'token' (Σ token losses / scored tokens, the default) or 'sequence' "
+            "(Σ token losses / sequences with at least one scored token, fairseq's --sentence-avg). Both are counted "
+            "over the whole gradient-accumulation step and all processes.",
+            "choices": list(_NORMALIZATIONS),
+        },
+    )
     nonfinite_policy: NonFinitePolicy = field(
         default="error",
         metadata={
@@ -137,7 +148,11 @@ class TVDArguments:
     )
 
     def __post_init__(self) -> None:
-        for name, allowed in (("loss_impl", _LOSS_IMPLS), ("chunked_backend", _BACKENDS)):
+        for name, allowed in (
+            ("loss_impl", _LOSS_IMPLS),
+            ("chunked_backend", _BACKENDS),
+            ("normalization", _NORMALIZATIONS),
+        ):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"TVDArguments.{name} must be one of {list(allowed)}, got {getattr(self, name)!r}")
         if self.nonfinite_policy not in _NONFINITE:

@@ -69,15 +69,34 @@ def select_token_terms(tvd_args: TVDArguments) -> Callable[[float], TokenTerms]:
     return lambda gamma: gamma_terms(float(gamma), min_weight)
 
 
-def _count_targets(batch: Mapping[str, Any], shifts_labels: bool) -> torch.Tensor | None:
-    """Number of tokens the loss will score in one batch (labels ≠ -100, after the causal shift)."""
+def _count_targets(batch: Mapping[str, Any], shifts_labels: bool, normalization: str = "token") -> torch.Tensor | None:
+    """The loss's denominator for one batch: tokens it scores (labels ≠ -100, after the causal shift), or, with
+    ``normalization="sequence"``, sequences with at least one scored token.
+
+    Padding-free batches (one row holding several sequences, each starting at ``position_ids == 0``) count each
+    sequence. None when the batch has no labels.
+    """
     if "shift_labels" in batch and torch.is_tensor(batch["shift_labels"]):
-        targets = batch["shift_labels"]
+        scored = batch["shift_labels"].ne(IGNORE_INDEX)
     elif "labels" in batch and torch.is_tensor(batch["labels"]):
-        targets = batch["labels"][..., 1:] if shifts_labels else batch["labels"]
+        labels = batch["labels"]
+        scored = labels.ne(IGNORE_INDEX)
+        if shifts_labels:  # position t scores labels[t+1]: the first label of a row is never scored
+            scored = torch.nn.functional.pad(scored[..., 1:], (1, 0), value=False)
     else:
         return None
-    return targets.ne(IGNORE_INDEX).sum()
+    if normalization == "token":
+        return scored.sum()
+    scored = scored.reshape(-1, scored.shape[-1]) if scored.dim() > 1 else scored.reshape(1, -1)
+    position_ids = batch.get("position_ids")
+    if torch.is_tensor(position_ids) and position_ids.shape == batch.get("labels", scored).shape:
+        starts = position_ids.reshape(scored.shape).eq(0)
+        starts[:, 0] = True
+        segment = starts.long().cumsum(-1) + torch.arange(scored.shape[0], device=scored.device).unsqueeze(1) * (
+            scored.shape[1] + 1
+        )
+        return torch.unique(segment[scored]).numel() * torch.ones((), dtype=torch.long, device=scored.device)
+    return scored.any(dim=-1).sum()
 
 
 class TVDLossMixin:
@@ -121,6 +140,7 @@ class TVDLossMixin:
         # tokens itself (get_batch_samples) with the rule that matches its loss.
         self.model_accepts_loss_kwargs = False
         self._tvd_sums: dict[str, torch.Tensor | None] = dict.fromkeys(_MODES)
+        self._tvd_sequences: dict[str, torch.Tensor | None] = dict.fromkeys(_MODES)
         self._tvd_last_gamma: float | None = None
         self._tvd_head: tuple[int, OutputHead] | None = None
         self._tvd_needs_logits = False
@@ -142,7 +162,8 @@ class TVDLossMixin:
 
     def _tvd_count_tokens(self, batch_samples: list, device: torch.device) -> torch.Tensor | None:
         shifts = not is_encoder_decoder(self.model)
-        counts = [_count_targets(batch, shifts) for batch in batch_samples if isinstance(batch, Mapping)]
+        norm = self.tvd_args.normalization
+        counts = [_count_targets(batch, shifts, norm) for batch in batch_samples if isinstance(batch, Mapping)]
         if not counts or any(c is None for c in counts):
             return None
         total = torch.stack([c.to(device) for c in counts]).sum().float()
@@ -166,8 +187,12 @@ class TVDLossMixin:
                 f"({type(unwrap_model(model)).__name__}.forward)."
             )
         inputs = dict(inputs)
+        sequences = None
+        if self.tvd_args.normalization == "sequence":
+            sequences = _count_targets(inputs, not is_encoder_decoder(model), "sequence")
         labels = inputs.pop("labels", None)
         shift_labels = inputs.pop("shift_labels", None)
+        loss_weights = inputs.pop("loss_weights", None)
         encoder_decoder = is_encoder_decoder(model)
         if (
             encoder_decoder
@@ -186,12 +211,13 @@ class TVDLossMixin:
         # In training, normalise by the token count of the whole accumulation step (all processes); in
         # evaluation, by this batch's own count (the exact eval averages come from the logged sums).
         global_norm = model.training and num_items_in_batch is not None
-        denominator = num_items_in_batch if global_norm else None
+        denominator = num_items_in_batch if global_norm else sequences
         common = dict(
             label_smoothing=self.tvd_args.label_smoothing,
             ignore_index=IGNORE_INDEX,
             shift_labels=shift,
             num_items_in_batch=denominator,
+            token_scale=loss_weights,
         )
         if self._tvd_use_chunked(model):
             head = self._tvd_output_head(model, inputs)
@@ -220,8 +246,19 @@ class TVDLossMixin:
         # micro-batch mean that Trainer must still divide by the accumulation steps.
         self.loss_is_scaled_for_ga = global_norm
         self._tvd_last_gamma = gamma
-        self._tvd_record("train" if model.training else "eval", stats)
+        mode = "train" if model.training else "eval"
+        self._tvd_record(mode, stats)
+        if sequences is not None:
+            previous = self._tvd_sequences.get(mode)
+            self._tvd_sequences[mode] = sequences if previous is None else previous + sequences
         return (loss, outputs) if return_outputs else loss
+
+    def _set_signature_columns_if_needed(self) -> None:
+        # A dataset column `loss_weights` (per example or per token) is a loss input: keep it through
+        # remove_unused_columns, although the model's forward does not take it.
+        super()._set_signature_columns_if_needed()
+        if self._signature_columns is not None and "loss_weights" not in self._signature_columns:
+            self._signature_columns.append("loss_weights")
 
     def _tvd_use_chunked(self, model: nn.Module) -> bool:
         """Chunked in training, and in evaluation unless the caller needs the logits as predictions."""
@@ -280,6 +317,14 @@ class TVDLossMixin:
             metrics[f"{prefix}tvd_weight_mean"] = weight / count
             if prefix:  # training's `loss` is logged by Trainer itself (the same quantity, step-averaged)
                 metrics[f"{prefix}loss"] = objective / count
+        sequences = self._tvd_sequences.get(mode)
+        self._tvd_sequences[mode] = None
+        if self.tvd_args.normalization == "sequence" and prefix:
+            total = torch.zeros((), dtype=torch.float64) if sequences is None else sequences.double().cpu()
+            if self.args.world_size > 1:
+                total = self.accelerator.gather(total.to(self.args.device).reshape(1)).sum()
+            if float(total) > 0:  # Σ objective / sequences, as the training loss is normalised
+                metrics[f"{prefix}loss"] = objective / float(total)
         gamma = self._tvd_last_gamma if mode == "train" and self._tvd_last_gamma is not None else None
         if self.tvd_args.loss_type == "gamma_ce":
             metrics[f"{prefix}gamma"] = gamma if gamma is not None else self.current_gamma()
@@ -297,6 +342,7 @@ class TVDLossMixin:
         self, dataloader, description, prediction_loss_only=None, ignore_keys=None, metric_key_prefix="eval"
     ):  # type: ignore[override]  # noqa: E501
         self._tvd_sums["eval"] = None
+        self._tvd_sequences["eval"] = None
         output = super().evaluation_loop(
             dataloader,
             description,
@@ -311,6 +357,7 @@ class TVDLossMixin:
 
     def train(self, *args: Any, **kwargs: Any):  # type: ignore[no-untyped-def]
         self._tvd_sums = dict.fromkeys(_MODES)
+        self._tvd_sequences = dict.fromkeys(_MODES)
         return super().train(*args, **kwargs)
 
     def checkpoint_metadata(self) -> dict[str, Any]:

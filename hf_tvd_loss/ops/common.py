@@ -33,6 +33,7 @@ __all__ = [
     "logit_grad_coefficients",
     "per_token_values",
     "prepare_targets",
+    "prepare_token_scale",
     "probs_to_logit_grad_",
     "reduce_token_losses",
     "rows_per_chunk",
@@ -312,6 +313,37 @@ def prepare_targets(
             f"found {offending}"
         )
     return targets.masked_fill(~mask, 0), mask
+
+
+def prepare_token_scale(
+    token_scale: torch.Tensor | None,
+    labels: torch.Tensor,
+    *,
+    shift_labels: bool,
+    device: torch.device,
+) -> torch.Tensor | None:
+    """Flat fp32 ``[N]`` per-row loss factors from ``token_scale`` shaped like ``labels`` or ``[batch]``.
+
+    A ``[batch]`` tensor gives every token of an example its example's factor. With ``shift_labels`` the factor of
+    ``labels[..., t+1]`` moves to row t, like the target. ``ValueError`` for a wrong shape or a non-finite value.
+    """
+    if token_scale is None:
+        return None
+    if not torch.is_tensor(token_scale) or not (token_scale.is_floating_point() or not token_scale.is_complex()):
+        raise ValueError(f"loss_weights must be a real tensor, got {type(token_scale).__name__}")
+    scale = token_scale.to(device=device, dtype=torch.float32)
+    if labels.dim() >= 1 and tuple(scale.shape) == tuple(labels.shape[:1]) and labels.dim() > 1:
+        scale = scale.reshape(-1, *([1] * (labels.dim() - 1))).expand(labels.shape)
+    if tuple(scale.shape) != tuple(labels.shape):
+        raise ValueError(
+            f"loss_weights shape {tuple(token_scale.shape)} matches neither labels {tuple(labels.shape)} nor "
+            f"[batch] = {tuple(labels.shape[:1])}"
+        )
+    if not bool(torch.isfinite(scale).all()):  # one host sync
+        raise ValueError("loss_weights contain NaN or inf")
+    if shift_labels:
+        scale = F.pad(scale[..., 1:], (0, 1), value=0.0)
+    return scale.reshape(-1)
 
 
 def _per_token_output(per_token: torch.Tensor, labels_shape: torch.Size, shift_labels: bool) -> torch.Tensor:

@@ -38,6 +38,7 @@ from .common import (
     logit_grad_coefficients,
     per_token_values,
     prepare_targets,
+    prepare_token_scale,
     probs_to_logit_grad_,
     reduce_token_losses,
     rows_per_chunk,
@@ -152,7 +153,7 @@ class _FusedLinearGammaCE(torch.autograd.Function):
 
     @staticmethod
     def forward(  # type: ignore[override]
-        ctx, hidden, weight, bias, targets, mask, terms, eps, logit_scale, softcap, chunk_size, needs
+        ctx, hidden, weight, bias, targets, mask, terms, eps, logit_scale, softcap, chunk_size, needs, scale
     ):
         num_rows = hidden.shape[0]
         vocab_size = weight.shape[0]
@@ -179,9 +180,8 @@ class _FusedLinearGammaCE(torch.autograd.Function):
             )
             if any(needs):
                 probs = logits.div_(sumexp)
-                coefs = logit_grad_coefficients(
-                    torch.ones(end - start, **f32), grad_factor, mask[rows], eps, vocab_size
-                )
+                upstream = torch.ones(end - start, **f32) if scale is None else scale[rows]
+                coefs = logit_grad_coefficients(upstream, grad_factor, mask[rows], eps, vocab_size)
                 local = slice(0, end - start)
                 probs_to_logit_grad_(probs, targets[rows], *coefs, local)
                 chunks.backprop(probs, tanh, h, start, end, grad_hidden, grad_weight, grad_bias)
@@ -191,6 +191,8 @@ class _FusedLinearGammaCE(torch.autograd.Function):
         if grad_bias is not None and grad_bias.dtype != bias.dtype:
             grad_bias = grad_bias.to(bias.dtype)
         ctx.grads = [grad_hidden, grad_weight, grad_bias]
+        if scale is not None:
+            per_token = per_token * scale
         ctx.mark_non_differentiable(per_token, nll, token_weight)
         return per_token.sum(), per_token, nll, token_weight
 
@@ -205,7 +207,7 @@ class _FusedLinearGammaCE(torch.autograd.Function):
         grads, ctx.grads = ctx.grads, None
         # Scale in place: these buffers are not referenced anywhere else.
         grads = [None if g is None else g.mul_(grad_total.to(g.dtype)) for g in grads]
-        return grads[0], grads[1], grads[2], None, None, None, None, None, None, None, None
+        return grads[0], grads[1], grads[2], None, None, None, None, None, None, None, None, None
 
 
 class _LinearGammaCE(torch.autograd.Function):
@@ -307,9 +309,11 @@ def linear_token_weighted_cross_entropy(
     reduction: Reduction = "mean",
     chunk_size: int | None = None,
     impl: Impl = "torch",
+    token_scale: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, GammaCEStats]:
     """The loss given by ``terms`` (γ-CE, focal) of the logits ``softcap((logit_scale · hidden) @ weight.T + bias)``
-    without materialising them, plus logging sums; see :func:`linear_gamma_cross_entropy` for the arguments."""
+    without materialising them, plus logging sums; see :func:`linear_gamma_cross_entropy` for the arguments.
+    ``token_scale`` (shaped like ``labels``, or ``[batch]``) multiplies each token's loss, value and gradient."""
     check_reduction(reduction)
     check_number("label_smoothing", label_smoothing, low=0.0, high=1.0, high_open=True)
     _check_linear_inputs(
@@ -326,6 +330,7 @@ def linear_token_weighted_cross_entropy(
     flat_bias = None if bias is None else bias.reshape(vocab_size)
     chunk_size = chunk_size or rows_per_chunk(vocab_size)
     backend = select_impl(impl, hidden, flat_bias, softcap, eps)
+    scale = prepare_token_scale(token_scale, labels, shift_labels=shift_labels, device=hidden.device)
 
     total = None
     if backend != "torch":
@@ -333,10 +338,14 @@ def linear_token_weighted_cross_entropy(
         per_token, nll, token_weight = kernel_per_token(
             backend, scaled, weight, flat_bias, targets, mask, terms, eps, softcap, ignore_index
         )
+        if scale is not None:
+            per_token = per_token * scale
     elif reduction == "none":
         per_token, nll, token_weight = _LinearGammaCE.apply(
             flat_hidden, weight, flat_bias, targets, mask, terms, eps, logit_scale, softcap, chunk_size
         )
+        if scale is not None:
+            per_token = per_token * scale
     else:
         grad_on = torch.is_grad_enabled()
         needs = (
@@ -345,7 +354,7 @@ def linear_token_weighted_cross_entropy(
             grad_on and bias is not None and bias.requires_grad,
         )
         total, per_token, nll, token_weight = _FusedLinearGammaCE.apply(
-            flat_hidden, weight, flat_bias, targets, mask, terms, eps, logit_scale, softcap, chunk_size, needs
+            flat_hidden, weight, flat_bias, targets, mask, terms, eps, logit_scale, softcap, chunk_size, needs, scale
         )
 
     return reduce_token_losses(

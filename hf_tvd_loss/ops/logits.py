@@ -35,6 +35,7 @@ from .common import (
     logit_grad_coefficients,
     per_token_values,
     prepare_targets,
+    prepare_token_scale,
     probs_to_logit_grad_,
     reduce_token_losses,
     rows_per_chunk,
@@ -131,18 +132,26 @@ def token_weighted_cross_entropy(
     shift_labels: bool = False,
     num_items_in_batch: torch.Tensor | int | float | None = None,
     reduction: Reduction = "mean",
+    token_scale: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, GammaCEStats]:
     """The loss given by ``terms`` (:func:`~.common.gamma_terms`, :func:`~.common.focal_terms`) on ``[..., V]``
-    logits, with the layout, validation and reductions of :func:`gamma_cross_entropy`, plus logging sums."""
+    logits, with the layout, validation and reductions of :func:`gamma_cross_entropy`, plus logging sums.
+
+    ``token_scale`` (shaped like ``labels``, or ``[batch]``) multiplies each token's loss (value and gradient);
+    the denominator of ``reduction="mean"`` is unchanged.
+    """
     check_reduction(reduction)
     check_inputs(logits, labels, ignore_index, shift_labels)
     vocab_size = logits.shape[-1]
     safe_targets, mask = prepare_targets(
         labels, vocab_size, ignore_index=ignore_index, shift_labels=shift_labels, device=logits.device
     )
+    scale = prepare_token_scale(token_scale, labels, shift_labels=shift_labels, device=logits.device)
     per_token, nll, weight = _TokenWeightedCrossEntropy.apply(
         logits.reshape(-1, vocab_size), safe_targets, mask, terms, float(label_smoothing)
     )
+    if scale is not None:
+        per_token = per_token * scale  # autograd hands each row its factor as the upstream gradient
     return reduce_token_losses(
         per_token,
         nll,
