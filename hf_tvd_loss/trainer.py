@@ -356,6 +356,11 @@ class TVDLossMixin:
         return output
 
     def train(self, *args: Any, **kwargs: Any):  # type: ignore[no-untyped-def]
+        if self.tvd_args.loss_impl == "chunked":  # refuse an unusable head before any work (checked again on data)
+            try:
+                resolve_output_head(self.model)
+            except ValueError as exc:
+                raise ValueError(f"loss_impl='chunked' cannot be used: {exc}") from exc
         self._tvd_sums = dict.fromkeys(_MODES)
         self._tvd_sequences = dict.fromkeys(_MODES)
         return super().train(*args, **kwargs)
