@@ -125,6 +125,17 @@ class TVDArguments:
             "choices": list(_BACKENDS),
         },
     )
+    extra_metrics: bool = field(
+        default=False,
+        metadata={
+            "help": "Also log token_accuracy (argmax = target), entropy (mean predictive entropy, nats) and the "
+            "token-level calibration ece / confidence (10 equal-width bins of top-1 probability), in training "
+            "and evaluation, token-weighted over all processes. Computed a chunk at a time inside the loss, in "
+            "both loss_impl paths (never from full logits); off by default because it costs a pass over each "
+            "chunk of logits (measured in BENCHMARKS.md). tvd_weight_floor_fraction (share of tokens whose "
+            "weight is clamped at min_weight) is logged whenever min_weight > 0, at no measurable cost."
+        },
+    )
     nonfinite_policy: NonFinitePolicy = field(
         default="error",
         metadata={
@@ -137,6 +148,8 @@ class TVDArguments:
     )
 
     def __post_init__(self) -> None:
+        if not isinstance(self.extra_metrics, bool):
+            raise ValueError(f"TVDArguments.extra_metrics must be a bool, got {self.extra_metrics!r}")
         for name, allowed in (("loss_impl", _LOSS_IMPLS), ("chunked_backend", _BACKENDS)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"TVDArguments.{name} must be one of {list(allowed)}, got {getattr(self, name)!r}")

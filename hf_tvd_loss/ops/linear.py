@@ -29,6 +29,7 @@ import torch
 
 from .common import (
     GammaCEStats,
+    PredictionStats,
     Reduction,
     TokenTerms,
     check_inputs,
@@ -56,8 +57,9 @@ __all__ = [
 class _ChunkLogits:
     """Computes fp32 logits for chunks of rows into reused buffers (fresh allocations cost page faults on CPU)."""
 
-    def __init__(self, hidden, weight, bias, logit_scale, softcap, chunk_size):
+    def __init__(self, hidden, weight, bias, logit_scale, softcap, chunk_size, prediction=None):
         self.weight, self.bias, self.logit_scale, self.softcap = weight, bias, logit_scale, softcap
+        self.prediction = prediction
         self.hidden = hidden
         rows = min(chunk_size, hidden.shape[0])
         vocab_size = weight.shape[0]
@@ -68,6 +70,10 @@ class _ChunkLogits:
             self.z_buf if not self.low_precision else hidden.new_empty((rows, vocab_size), dtype=torch.float32)
         )
         self.t_buf = hidden.new_empty((rows, vocab_size), dtype=torch.float32) if softcap is not None else None
+        # prediction metrics: exp(logits - max) goes to its own buffer (the shifted logits are still needed)
+        self.e_buf = (
+            hidden.new_empty((rows, vocab_size), dtype=torch.float32) if prediction is not None else None
+        )
 
     def scaled_hidden(self, start: int, end: int) -> torch.Tensor:
         h = self.hidden[start:end]
@@ -112,18 +118,25 @@ class _ChunkLogits:
                 grad_weight.add_(torch.mm(grad_z.t(), h))
 
 
-def _row_stats(logits, targets, start, end, lse, target_logit, logit_sum):
-    """Fill rows ``start:end`` of lse / target_logit / logit_sum; leaves ``exp(logits - max)`` in ``logits``.
+def _row_stats(logits, targets, start, end, lse, target_logit, logit_sum, chunks):
+    """Fill rows ``start:end`` of lse / target_logit / logit_sum (and of ``chunks.prediction``, when set).
 
-    Returns the row sums of that exponential, ``[n, 1]``.
+    Returns ``(e, sumexp)``: ``e = exp(logits - max)`` ``[n, V]`` (in place of ``logits``, or in ``chunks.e_buf``
+    with prediction metrics) and its row sums ``[n, 1]``.
     """
     target_logit[start:end] = logits.gather(1, targets[start:end].unsqueeze(1)).squeeze(1)
     if logit_sum is not None:
         logit_sum[start:end] = logits.sum(dim=-1)
-    row_max = logits.amax(dim=-1, keepdim=True)
-    sumexp = logits.sub_(row_max).exp_().sum(dim=-1, keepdim=True)
+    prediction = chunks.prediction
+    if prediction is not None:
+        row_max, e, sumexp = prediction.exp_rows(logits, logits, chunks.e_buf[: end - start])
+        prediction.store(start, end)
+    else:
+        row_max = logits.amax(dim=-1, keepdim=True)
+        e = logits.sub_(row_max).exp_()
+        sumexp = e.sum(dim=-1, keepdim=True)
     lse[start:end] = sumexp.log().squeeze(1) + row_max.squeeze(1)
-    return sumexp
+    return e, sumexp
 
 
 def _grad_buffers(hidden, weight, bias, needs):
@@ -152,11 +165,11 @@ class _FusedLinearGammaCE(torch.autograd.Function):
 
     @staticmethod
     def forward(  # type: ignore[override]
-        ctx, hidden, weight, bias, targets, mask, terms, eps, logit_scale, softcap, chunk_size, needs
+        ctx, hidden, weight, bias, targets, mask, terms, eps, logit_scale, softcap, chunk_size, needs, prediction
     ):
         num_rows = hidden.shape[0]
         vocab_size = weight.shape[0]
-        chunks = _ChunkLogits(hidden, weight, bias, logit_scale, softcap, chunk_size)
+        chunks = _ChunkLogits(hidden, weight, bias, logit_scale, softcap, chunk_size, prediction)
         f32 = dict(dtype=torch.float32, device=hidden.device)
         lse, target_logit = torch.empty(num_rows, **f32), torch.empty(num_rows, **f32)
         logit_sum = torch.empty(num_rows, **f32) if eps > 0 else None
@@ -167,7 +180,7 @@ class _FusedLinearGammaCE(torch.autograd.Function):
             rows = slice(start, end)
             h = chunks.scaled_hidden(start, end)
             logits, tanh = chunks(h)
-            sumexp = _row_stats(logits, targets, start, end, lse, target_logit, logit_sum)
+            e, sumexp = _row_stats(logits, targets, start, end, lse, target_logit, logit_sum, chunks)
             per_token[rows], nll[rows], token_weight[rows], grad_factor = per_token_values(
                 target_logit[rows],
                 lse[rows],
@@ -178,7 +191,7 @@ class _FusedLinearGammaCE(torch.autograd.Function):
                 eps,
             )
             if any(needs):
-                probs = logits.div_(sumexp)
+                probs = e.div_(sumexp)
                 coefs = logit_grad_coefficients(
                     torch.ones(end - start, **f32), grad_factor, mask[rows], eps, vocab_size
                 )
@@ -205,7 +218,23 @@ class _FusedLinearGammaCE(torch.autograd.Function):
         grads, ctx.grads = ctx.grads, None
         # Scale in place: these buffers are not referenced anywhere else.
         grads = [None if g is None else g.mul_(grad_total.to(g.dtype)) for g in grads]
-        return grads[0], grads[1], grads[2], None, None, None, None, None, None, None, None
+        return grads[0], grads[1], grads[2], None, None, None, None, None, None, None, None, None
+
+
+def _stats_pass(hidden, weight, bias, targets, logit_scale, softcap, chunk_size, with_logit_sum, prediction):
+    """One forward pass over the chunks: ``(lse, target_logit, logit_sum or None)`` ``[N]`` fp32, and the
+    prediction metrics into ``prediction`` (a :class:`PredictionStats`, or None). No gradients."""
+    num_rows = hidden.shape[0]
+    chunks = _ChunkLogits(hidden, weight, bias, logit_scale, softcap, chunk_size, prediction)
+    f32 = dict(dtype=torch.float32, device=hidden.device)
+    lse, target_logit = torch.empty(num_rows, **f32), torch.empty(num_rows, **f32)
+    logit_sum = torch.empty(num_rows, **f32) if with_logit_sum else None
+    with torch.no_grad():
+        for start in range(0, num_rows, chunk_size):
+            end = min(start + chunk_size, num_rows)
+            logits, _ = chunks(chunks.scaled_hidden(start, end))
+            _row_stats(logits, targets, start, end, lse, target_logit, logit_sum, chunks)
+    return lse, target_logit, logit_sum
 
 
 class _LinearGammaCE(torch.autograd.Function):
@@ -216,19 +245,12 @@ class _LinearGammaCE(torch.autograd.Function):
 
     @staticmethod
     def forward(  # type: ignore[override]
-        ctx, hidden, weight, bias, targets, mask, terms, eps, logit_scale, softcap, chunk_size
+        ctx, hidden, weight, bias, targets, mask, terms, eps, logit_scale, softcap, chunk_size, prediction
     ):
-        num_rows = hidden.shape[0]
         vocab_size = weight.shape[0]
-        chunks = _ChunkLogits(hidden, weight, bias, logit_scale, softcap, chunk_size)
-        f32 = dict(dtype=torch.float32, device=hidden.device)
-        lse, target_logit = torch.empty(num_rows, **f32), torch.empty(num_rows, **f32)
-        logit_sum = torch.empty(num_rows, **f32) if eps > 0 else None
-        for start in range(0, num_rows, chunk_size):
-            end = min(start + chunk_size, num_rows)
-            logits, _ = chunks(chunks.scaled_hidden(start, end))
-            _row_stats(logits, targets, start, end, lse, target_logit, logit_sum)
-        del chunks
+        lse, target_logit, logit_sum = _stats_pass(
+            hidden, weight, bias, targets, logit_scale, softcap, chunk_size, eps > 0, prediction
+        )
         per_token, nll, token_weight, grad_factor = per_token_values(
             target_logit, lse, logit_sum, mask, vocab_size, terms, eps
         )
@@ -257,7 +279,7 @@ class _LinearGammaCE(torch.autograd.Function):
             grad_weight = grad_weight.to(weight.dtype)
         if grad_bias is not None:
             grad_bias = grad_bias.to(bias.dtype)
-        return grad_hidden, grad_weight, grad_bias, None, None, None, None, None, None, None
+        return grad_hidden, grad_weight, grad_bias, None, None, None, None, None, None, None, None
 
 
 def _check_linear_inputs(hidden, weight, bias, labels, ignore_index, shift_labels, logit_scale, softcap, chunk_size):
@@ -307,9 +329,14 @@ def linear_token_weighted_cross_entropy(
     reduction: Reduction = "mean",
     chunk_size: int | None = None,
     impl: Impl = "torch",
+    extra_metrics: bool = False,
 ) -> tuple[torch.Tensor, GammaCEStats]:
     """The loss given by ``terms`` (γ-CE, focal) of the logits ``softcap((logit_scale · hidden) @ weight.T + bias)``
-    without materialising them, plus logging sums; see :func:`linear_gamma_cross_entropy` for the arguments."""
+    without materialising them, plus logging sums; see :func:`linear_gamma_cross_entropy` for the arguments.
+
+    ``extra_metrics=True`` adds argmax accuracy, predictive entropy and calibration sums to the stats, computed
+    chunk by chunk in the loss's own pass (impl="torch": one more ``[chunk, V]`` fp32 buffer), or in one extra
+    gradient-free chunked pass for the kernel backends, whose kernels return only the NLL."""
     check_reduction(reduction)
     check_number("label_smoothing", label_smoothing, low=0.0, high=1.0, high_open=True)
     _check_linear_inputs(
@@ -328,14 +355,18 @@ def linear_token_weighted_cross_entropy(
     backend = select_impl(impl, hidden, flat_bias, softcap, eps)
 
     total = None
+    prediction = PredictionStats(flat_hidden.shape[0], flat_hidden.device) if extra_metrics else None
     if backend != "torch":
         scaled = flat_hidden * logit_scale if logit_scale != 1.0 else flat_hidden
         per_token, nll, token_weight = kernel_per_token(
             backend, scaled, weight, flat_bias, targets, mask, terms, eps, softcap, ignore_index
         )
+        if prediction is not None:
+            _stats_pass(flat_hidden.detach(), weight.detach(), None if flat_bias is None else flat_bias.detach(),
+                        targets, logit_scale, softcap, chunk_size, False, prediction)  # fmt: skip
     elif reduction == "none":
         per_token, nll, token_weight = _LinearGammaCE.apply(
-            flat_hidden, weight, flat_bias, targets, mask, terms, eps, logit_scale, softcap, chunk_size
+            flat_hidden, weight, flat_bias, targets, mask, terms, eps, logit_scale, softcap, chunk_size, prediction
         )
     else:
         grad_on = torch.is_grad_enabled()
@@ -345,7 +376,8 @@ def linear_token_weighted_cross_entropy(
             grad_on and bias is not None and bias.requires_grad,
         )
         total, per_token, nll, token_weight = _FusedLinearGammaCE.apply(
-            flat_hidden, weight, flat_bias, targets, mask, terms, eps, logit_scale, softcap, chunk_size, needs
+            flat_hidden, weight, flat_bias, targets, mask, terms, eps, logit_scale, softcap, chunk_size, needs,
+            prediction,
         )
 
     return reduce_token_losses(
@@ -358,6 +390,8 @@ def linear_token_weighted_cross_entropy(
         num_items_in_batch=num_items_in_batch,
         reduction=reduction,
         total=total,
+        floor=getattr(terms, "floor", None),
+        prediction=None if prediction is None else prediction.sums(targets, mask),
     )
 
 
@@ -378,6 +412,7 @@ def linear_gamma_cross_entropy_with_stats(
     reduction: Reduction = "mean",
     chunk_size: int | None = None,
     impl: Impl = "torch",
+    extra_metrics: bool = False,
 ) -> tuple[torch.Tensor, GammaCEStats]:
     """:func:`linear_gamma_cross_entropy` that also returns detached sums for logging (:class:`GammaCEStats`)."""
     validate_loss_hyperparameters(gamma, min_weight, label_smoothing)
@@ -396,6 +431,7 @@ def linear_gamma_cross_entropy_with_stats(
         reduction=reduction,
         chunk_size=chunk_size,
         impl=impl,
+        extra_metrics=extra_metrics,
     )
 
 
