@@ -120,8 +120,9 @@ class TVDArguments:
         metadata={
             "help": "Kernel for loss_impl='chunked': 'torch' (pure PyTorch, CPU and GPU; the default), 'cce' "
             "(cut-cross-entropy, approximate gradients through its filtering) or 'liger' (liger-kernel), CUDA "
-            "only; 'auto' picks an installed, applicable CUDA kernel, else 'torch'. The CUDA kernels are opt-in: "
-            "see BENCHMARKS.md for what was measured where.",
+            "only; 'auto' picks liger-kernel on CUDA when installed and applicable, else 'torch' (cut-cross-entropy "
+            "only by name: fp16/bf16 backward only, approximate gradients). The CUDA kernels are opt-in: see "
+            "BENCHMARKS.md for what was executed and measured where.",
             "choices": list(_BACKENDS),
         },
     )

@@ -352,7 +352,13 @@ def linear_token_weighted_cross_entropy(
     flat_hidden = hidden.reshape(-1, hidden_size)
     flat_bias = None if bias is None else bias.reshape(vocab_size)
     chunk_size = chunk_size or rows_per_chunk(vocab_size)
-    backend = select_impl(impl, hidden, flat_bias, softcap, eps)
+    grad_on = torch.is_grad_enabled()
+    needs = (
+        grad_on and hidden.requires_grad,
+        grad_on and weight.requires_grad,
+        grad_on and bias is not None and bias.requires_grad,
+    )
+    backend = select_impl(impl, hidden, flat_bias, softcap, eps, vocab_size=vocab_size, needs_grad=any(needs))
 
     total = None
     prediction = PredictionStats(flat_hidden.shape[0], flat_hidden.device) if extra_metrics else None
@@ -369,12 +375,6 @@ def linear_token_weighted_cross_entropy(
             flat_hidden, weight, flat_bias, targets, mask, terms, eps, logit_scale, softcap, chunk_size, prediction
         )
     else:
-        grad_on = torch.is_grad_enabled()
-        needs = (
-            grad_on and hidden.requires_grad,
-            grad_on and weight.requires_grad,
-            grad_on and bias is not None and bias.requires_grad,
-        )
         total, per_token, nll, token_weight = _FusedLinearGammaCE.apply(
             flat_hidden, weight, flat_bias, targets, mask, terms, eps, logit_scale, softcap, chunk_size, needs,
             prediction,
@@ -469,9 +469,9 @@ def linear_gamma_cross_entropy(
             as in :func:`hf_tvd_loss.gamma_cross_entropy`.
         chunk_size: token rows per chunk (default: about 2**24 logits per chunk, e.g. 524 rows at V = 32000).
         impl: ``"torch"`` (pure PyTorch, any device), ``"cce"`` / ``"liger"`` (fused CUDA kernels from
-            cut-cross-entropy / liger-kernel for the per-token NLL, γ weighting added in torch; see the module
-            docstring for what has been checked), or ``"auto"`` (cce, then liger, on CUDA when installed and
-            applicable; else torch).
+            cut-cross-entropy / liger-kernel for the per-token NLL, γ weighting added in torch; see
+            :mod:`.kernels` for what has been checked), or ``"auto"`` (liger, on CUDA when installed and applicable;
+            else torch; cut-cross-entropy only when asked for by name).
 
     Returns:
         A 0-dim fp32 tensor, or a ``labels``-shaped one for ``reduction="none"``. Gradients flow to
