@@ -122,8 +122,9 @@ class TVDArguments:
         metadata={
             "help": "Kernel for loss_impl='chunked': 'torch' (pure PyTorch, CPU and GPU; the default), 'cce' "
             "(cut-cross-entropy, approximate gradients through its filtering) or 'liger' (liger-kernel), CUDA "
-            "only; 'auto' picks an installed, applicable CUDA kernel, else 'torch'. The CUDA kernels are opt-in: "
-            "see BENCHMARKS.md for what was measured where.",
+            "only; 'auto' picks liger-kernel on CUDA when installed and applicable, else 'torch' (cut-cross-entropy "
+            "only by name: fp16/bf16 backward only, approximate gradients). The CUDA kernels are opt-in: see "
+            "BENCHMARKS.md for what was executed and measured where.",
             "choices": list(_BACKENDS),
         },
     )
@@ -134,6 +135,17 @@ class TVDArguments:
             "(Σ token losses / sequences with at least one scored token, fairseq's --sentence-avg). Both are counted "
             "over the whole gradient-accumulation step and all processes.",
             "choices": list(_NORMALIZATIONS),
+        },
+    )
+    extra_metrics: bool = field(
+        default=False,
+        metadata={
+            "help": "Also log token_accuracy (argmax = target), entropy (mean predictive entropy, nats) and the "
+            "token-level calibration ece / confidence (10 equal-width bins of top-1 probability), in training "
+            "and evaluation, token-weighted over all processes. Computed a chunk at a time inside the loss, in "
+            "both loss_impl paths (never from full logits); off by default because it costs a pass over each "
+            "chunk of logits (measured in BENCHMARKS.md). tvd_weight_floor_fraction (share of tokens whose "
+            "weight is clamped at min_weight) is logged whenever min_weight > 0, at no measurable cost."
         },
     )
     nonfinite_policy: NonFinitePolicy = field(
@@ -148,6 +160,8 @@ class TVDArguments:
     )
 
     def __post_init__(self) -> None:
+        if not isinstance(self.extra_metrics, bool):
+            raise ValueError(f"TVDArguments.extra_metrics must be a bool, got {self.extra_metrics!r}")
         for name, allowed in (
             ("loss_impl", _LOSS_IMPLS),
             ("chunked_backend", _BACKENDS),

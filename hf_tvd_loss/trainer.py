@@ -15,7 +15,9 @@ of :mod:`hf_tvd_loss.callbacks`). What the mixin changes, and why:
 * Metrics: per-token sums (objective, plain NLL, weight, count) are kept on the device and only synchronised
   when logging; ``loss`` / ``nll`` / ``tvd_weight_mean`` / ``gamma`` are token-weighted averages over all
   processes, for training logs and for ``evaluate()``/``predict()`` (prefixed ``eval_``/``test_``), also when
-  ``predict_with_generate`` makes the stock ``Seq2SeqTrainer`` skip ``compute_loss``.
+  ``predict_with_generate`` makes the stock ``Seq2SeqTrainer`` skip ``compute_loss``. With ``min_weight > 0``
+  also ``tvd_weight_floor_fraction``; with ``TVDArguments.extra_metrics`` also ``token_accuracy``, ``entropy``,
+  ``ece`` and ``confidence``, computed a chunk at a time inside the loss (both ``loss_impl`` paths).
 
 How a batch flows: ``docs/ARCHITECTURE.md``.
 """
@@ -43,7 +45,14 @@ from .heads import (
     unwrap_model,
     verify_output_head,
 )
-from .ops.common import GammaCEStats, TokenTerms, focal_terms, gamma_terms
+from .ops.common import (
+    CALIBRATION_BINS,
+    GammaCEStats,
+    TokenTerms,
+    calibration_from_sums,
+    focal_terms,
+    gamma_terms,
+)
 from .ops.linear import linear_token_weighted_cross_entropy
 from .ops.logits import token_weighted_cross_entropy
 
@@ -58,6 +67,10 @@ __all__ = [
 ]
 
 _MODES = ("train", "eval")
+# Layout of the per-mode sums (float64): Σ objective, Σ NLL, Σ weight, count, floor count; with the extra
+# metrics also Σ correct, Σ entropy and the [3, CALIBRATION_BINS] calibration sums, flattened.
+_BASE_SUMS = 5
+_EXTRA_SUMS = 2 + 3 * CALIBRATION_BINS
 
 
 def select_token_terms(tvd_args: TVDArguments) -> Callable[[float], TokenTerms]:
@@ -112,6 +125,9 @@ class TVDLossMixin:
 
     # compute_loss returns Σ / (token count of the whole accumulation step), so Trainer must not divide again.
     loss_is_scaled_for_ga = True
+    # Compute the extra metrics (accuracy, entropy, calibration) in every evaluation even when
+    # tvd_args.extra_metrics is off (the task trainers' calibration); they come from the loss's own chunked pass.
+    tvd_eval_extra_metrics = False
 
     def __init__(self, *args: Any, tvd_args: TVDArguments | None = None, **kwargs: Any) -> None:
         if tvd_args is None:
@@ -141,6 +157,7 @@ class TVDLossMixin:
         self.model_accepts_loss_kwargs = False
         self._tvd_sums: dict[str, torch.Tensor | None] = dict.fromkeys(_MODES)
         self._tvd_sequences: dict[str, torch.Tensor | None] = dict.fromkeys(_MODES)
+        self.tvd_calibration_sums: dict[str, torch.Tensor] = {}
         self._tvd_last_gamma: float | None = None
         self._tvd_head: tuple[int, OutputHead] | None = None
         self._tvd_needs_logits = False
@@ -218,6 +235,7 @@ class TVDLossMixin:
             shift_labels=shift,
             num_items_in_batch=denominator,
             token_scale=loss_weights,
+            extra_metrics=self._tvd_extra_metrics("train" if model.training else "eval"),
         )
         if self._tvd_use_chunked(model):
             head = self._tvd_output_head(model, inputs)
@@ -293,30 +311,63 @@ class TVDLossMixin:
         return norm
 
     # ---------------------------------------------------------------- metrics
+    def _tvd_extra_metrics(self, mode: str) -> bool:
+        """Whether the loss computes accuracy / entropy / calibration sums in ``mode`` ("train" or "eval")."""
+        return self.tvd_args.extra_metrics or (mode == "eval" and self.tvd_eval_extra_metrics)
+
+    def _tvd_num_sums(self, mode: str) -> int:
+        return _BASE_SUMS + (_EXTRA_SUMS if self._tvd_extra_metrics(mode) else 0)
+
     def _tvd_record(self, mode: str, stats: GammaCEStats) -> None:
-        row = torch.stack([stats.objective_sum, stats.nll_sum, stats.weight_sum, stats.num_tokens]).double()
+        parts = [stats.objective_sum, stats.nll_sum, stats.weight_sum, stats.num_tokens]
+        parts.append(stats.floor_count if stats.floor_count is not None else torch.zeros_like(stats.num_tokens))
+        row = torch.stack(parts)
+        if self._tvd_extra_metrics(mode):
+            if stats.calibration is None:  # a loss path without the extra sums: record zeros, keep the layout
+                extra = torch.zeros(_EXTRA_SUMS, dtype=row.dtype, device=row.device)
+            else:
+                extra = torch.cat([stats.correct_sum.reshape(1), stats.entropy_sum.reshape(1),
+                                   stats.calibration.reshape(-1).to(row.dtype)])  # fmt: skip
+            row = torch.cat([row, extra])
+        row = row.double()
         current = self._tvd_sums.get(mode)
         self._tvd_sums[mode] = row if current is None else current + row.to(current.device)
 
     def _tvd_drain(self, mode: str, prefix: str) -> dict[str, float]:
         """Token-weighted averages since the last drain, summed over processes; resets the sums.
 
-        Must be called on every process (it is a collective when training is distributed).
+        Must be called on every process (it is a collective when training is distributed). With the extra
+        metrics, the summed calibration bins (``[3, bins]``: count, Σ confidence, Σ correct) are kept in
+        ``self.tvd_calibration_sums[mode]`` (CPU, float64), e.g. for reliability diagrams.
         """
+        size = self._tvd_num_sums(mode)
         sums = self._tvd_sums.get(mode)
         self._tvd_sums[mode] = None
         if sums is None:
-            sums = torch.zeros(4, dtype=torch.float64)
+            sums = torch.zeros(size, dtype=torch.float64)
         if self.args.world_size > 1:
-            sums = self.accelerator.gather(sums.to(self.args.device).reshape(1, 4)).sum(0)
-        objective, nll, weight, count = sums.tolist()
+            sums = self.accelerator.gather(sums.to(self.args.device).reshape(1, size)).sum(0)
+        values = sums.tolist()
+        objective, nll, weight, count, floor = values[:_BASE_SUMS]
         metrics: dict[str, float] = {}
         if count > 0:
             metrics[f"{prefix}nll"] = nll / count
             metrics[f"{prefix}perplexity"] = math.exp(min(nll / count, 700.0))
             metrics[f"{prefix}tvd_weight_mean"] = weight / count
+            if self.tvd_args.loss_type == "gamma_ce" and self.tvd_args.min_weight > 0:
+                metrics[f"{prefix}tvd_weight_floor_fraction"] = floor / count
             if prefix:  # training's `loss` is logged by Trainer itself (the same quantity, step-averaged)
                 metrics[f"{prefix}loss"] = objective / count
+        if size > _BASE_SUMS:
+            correct, entropy = values[_BASE_SUMS : _BASE_SUMS + 2]
+            calibration = sums[_BASE_SUMS + 2 :].reshape(3, CALIBRATION_BINS).detach().cpu()
+            self.tvd_calibration_sums[mode] = calibration
+            if count > 0:
+                metrics[f"{prefix}token_accuracy"] = correct / count
+                metrics[f"{prefix}entropy"] = entropy / count
+                calibration_metrics = calibration_from_sums(calibration)
+                for name in ("ece", "confidence"):
+                    metrics[f"{prefix}{name}"] = calibration_metrics[name]
         sequences = self._tvd_sequences.get(mode)
         self._tvd_sequences[mode] = None
         if self.tvd_args.normalization == "sequence" and prefix:

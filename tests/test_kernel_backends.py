@@ -125,13 +125,25 @@ def test_cce_refuses_a_bias_it_cannot_take_and_auto_moves_on(kernels_on_cpu, fak
     )
 
 
-def test_auto_prefers_cut_cross_entropy(kernels_on_cpu, fake_liger, monkeypatch):
+def test_auto_picks_liger_not_cut_cross_entropy(kernels_on_cpu, fake_liger, monkeypatch):
+    """impl="auto" picks liger-kernel only (see ops/kernels.py _AUTO_ORDER and BENCHMARKS.md for why)."""
     used = []
     real = linear_loss._kernel_nll
     monkeypatch.setattr(linear_loss, "_kernel_nll", lambda name, *a: used.append(name) or real(name, *a))
     hidden, weight, _, labels = _inputs(5)
     linear_gamma_cross_entropy(hidden, weight, labels, gamma=0.1, impl="auto")
-    assert used == ["cce"] and not fake_liger
+    assert used == ["liger"] and fake_liger
+
+
+def test_cce_kernel_refusals(kernels_on_cpu, monkeypatch):
+    """What cut-cross-entropy's fused kernel cannot do (found by running it under TRITON_INTERPRET=1) is refused."""
+    monkeypatch.setattr(linear_loss, "_CCE_IMPL", "cce")  # the real kernel's rules (nothing is run here)
+    hidden, weight, _, labels = _inputs(8)
+    with pytest.raises(ValueError, match="backward kernel takes only float16/bfloat16 embeddings"):
+        linear_gamma_cross_entropy(hidden.requires_grad_(), weight, labels, gamma=0.1, impl="cce")
+    with torch.no_grad(), pytest.raises(ValueError, match="soft-caps the padded columns"):
+        linear_gamma_cross_entropy(hidden.half(), weight.half(), labels, gamma=0.1, impl="cce",
+                                   final_logit_softcapping=2.0)  # fmt: skip
 
 
 def test_softcap_with_label_smoothing_stays_on_torch(kernels_on_cpu):

@@ -21,8 +21,11 @@ import torch
 import torch.nn.functional as F
 
 __all__ = [
+    "CALIBRATION_BINS",
     "CHUNK_ELEMENTS",
     "GammaCEStats",
+    "PredictionStats",
+    "calibration_from_sums",
     "Reduction",
     "TokenTerms",
     "check_inputs",
@@ -190,6 +193,7 @@ def gamma_terms(gamma: float, min_weight: float) -> TokenTerms:
         weight = tvd_weight(log_p, gamma, min_weight)
         return weight, weight
 
+    terms.floor = min_weight  # type: ignore[attr-defined]  # read by reduce_token_losses (floor count)
     return terms
 
 
@@ -206,17 +210,96 @@ def focal_terms(focusing: float, alpha: float) -> TokenTerms:
     return terms
 
 
+# Equal-width bins of top-1 probability over [0, 1] for the calibration sums (ECE etc.).
+CALIBRATION_BINS = 10
+
+
 @dataclass
 class GammaCEStats:
     """Detached sums over the scored (non-ignored) tokens of one call, for logging.
 
-    All fields are 0-dim fp32 tensors on the inputs' device (no host synchronisation is needed to build them).
+    All fields are fp32 tensors on the inputs' device (no host synchronisation is needed to build them). The
+    first four are always there; ``floor_count`` when the loss has a floor b > 0 (γ-CE's ``min_weight``); the
+    prediction metrics only when the loss was called with ``extra_metrics=True``.
     """
 
     objective_sum: torch.Tensor  # Σ loss_i
     nll_sum: torch.Tensor  # Σ -log p_y  (plain cross-entropy, comparable across losses)
     weight_sum: torch.Tensor  # Σ w_i
     num_tokens: torch.Tensor  # number of scored tokens
+    floor_count: torch.Tensor | None = None  # scored tokens whose weight is clamped at the floor b
+    correct_sum: torch.Tensor | None = None  # scored tokens with argmax_v p_v = y
+    entropy_sum: torch.Tensor | None = None  # Σ H(p) = Σ -Σ_v p_v log p_v (nats)
+    calibration: torch.Tensor | None = None  # [3, CALIBRATION_BINS]: count, Σ confidence, Σ correct per bin
+
+
+class PredictionStats:
+    """Per-token prediction statistics filled a chunk of rows at a time, reduced to sums at the end.
+
+    From each chunk's fp32 logits ``z`` (after soft-capping) with row maximum ``m``, ``e = exp(z - m)``,
+    ``S = Σ_v e_v``: the prediction is ``argmax_v z_v``, its probability (the confidence) ``1 / S``, and the
+    predictive entropy ``H = log S - Σ_v e_v (z_v - m) / S``. Only ``[N]`` vectors are kept.
+    """
+
+    def __init__(self, num_rows: int, device: torch.device) -> None:
+        self.argmax = torch.zeros(num_rows, dtype=torch.long, device=device)
+        self.confidence = torch.zeros(num_rows, dtype=torch.float32, device=device)
+        self.entropy = torch.zeros(num_rows, dtype=torch.float32, device=device)
+
+    def exp_rows(
+        self, logits: torch.Tensor, shifted_out: torch.Tensor, exp_out: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(row_max [n, 1], exp(logits - row_max) [n, V], its row sums [n, 1])`` for a chunk of fp32 logits.
+
+        ``logits - row_max`` goes to ``shifted_out`` (may be ``logits`` itself: in place), the exponential to
+        ``exp_out``, a separate buffer. Also computes the argmax (first maximum, like ``torch.argmax``),
+        confidence and entropy of these rows; :meth:`store` says which rows they are.
+        """
+        row_max, argmax = logits.max(dim=-1, keepdim=True)
+        shifted = torch.sub(logits, row_max, out=shifted_out)
+        e = torch.exp(shifted, out=exp_out)
+        sumexp = e.sum(dim=-1, keepdim=True)
+        # Σ_v e_v (z_v - m) without an [n, V] temporary: a batch of 1×V · V×1 products
+        dot = torch.bmm(e.unsqueeze(1), shifted.unsqueeze(2)).view(-1)
+        self._pending = (argmax.view(-1), sumexp.view(-1), dot)
+        return row_max, e, sumexp
+
+    def store(self, start: int, end: int) -> None:
+        argmax, sumexp, dot = self._pending
+        del self._pending
+        self.argmax[start:end] = argmax
+        self.confidence[start:end] = sumexp.reciprocal()
+        self.entropy[start:end] = sumexp.log() - dot / sumexp
+
+    def sums(self, targets: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``correct_sum``, ``entropy_sum`` and ``calibration`` over the rows where ``mask`` is true."""
+        maskf = mask.float()
+        correct = (self.argmax == targets).float() * maskf
+        confidence = self.confidence.clamp(0.0, 1.0)
+        bins = (confidence * CALIBRATION_BINS).long().clamp_(max=CALIBRATION_BINS - 1)
+        calibration = torch.zeros(3, CALIBRATION_BINS, dtype=torch.float32, device=maskf.device)
+        calibration[0].index_add_(0, bins, maskf)
+        calibration[1].index_add_(0, bins, confidence * maskf)
+        calibration[2].index_add_(0, bins, correct)
+        return {
+            "correct_sum": correct.sum(),
+            "entropy_sum": (self.entropy * maskf).sum(),
+            "calibration": calibration,
+        }
+
+
+def calibration_from_sums(sums: torch.Tensor) -> dict[str, float]:
+    """``ece`` ``Σ_b |Σ correct_b - Σ confidence_b| / N``, mean ``confidence`` and ``accuracy`` from
+    ``[3, bins]`` sums (count, Σ confidence, Σ correct per bin); empty when nothing was scored."""
+    sums = sums.double()
+    count = float(sums[0].sum())
+    if count == 0:
+        return {}
+    return {
+        "ece": float((sums[2] - sums[1]).abs().sum()) / count,
+        "confidence": float(sums[1].sum()) / count,
+        "accuracy": float(sums[2].sum()) / count,
+    }
 
 
 def per_token_values(
@@ -380,11 +463,14 @@ def reduce_token_losses(
     num_items_in_batch: torch.Tensor | int | float | None,
     reduction: str,
     total: torch.Tensor | None = None,
+    floor: float | None = None,
+    prediction: dict[str, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, GammaCEStats]:
     """Apply ``reduction`` to flat per-token losses ``[N]`` and build the logging sums.
 
     ``total`` is the differentiable ``Σ per_token`` when the caller already has it (the fused hidden-state path,
-    whose gradient flows through the total, not through ``per_token``).
+    whose gradient flows through the total, not through ``per_token``). ``floor``: the loss's weight floor b
+    (``terms.floor``), counted when > 0; ``prediction``: :meth:`PredictionStats.sums`, when computed.
     """
     num_tokens = mask.sum().float()
     stats = GammaCEStats(
@@ -392,7 +478,10 @@ def reduce_token_losses(
         nll_sum=nll.detach().sum(),
         weight_sum=weight.detach().sum(),
         num_tokens=num_tokens,
+        **(prediction or {}),
     )
+    if floor is not None and floor > 0:
+        stats.floor_count = ((weight.detach() <= floor) & mask).sum().float()
     if reduction == "none":
         return _per_token_output(per_token, labels_shape, shift_labels), stats
     if total is None:

@@ -4,7 +4,8 @@ Each package's fused linear + cross-entropy kernel gives the per-token negative 
 (``reduction="none"``) with its gradient; the γ weighting and label smoothing are added here in torch. Each backend
 is checked for the capabilities it needs before use: the arguments of the installed release, liger-kernel's
 per-token backward (releases without ``token_grad_output`` give wrong gradients for per-token weights), and
-cut-cross-entropy 25.1 takes no bias, so a head with a bias goes to liger or torch. What was executed and measured,
+cut-cross-entropy 25.1 takes no bias, has no fp32 backward and mis-counts padded vocabulary columns with
+soft-capping, so such calls go to liger or torch. ``impl="auto"`` picks liger-kernel only. What was executed and measured,
 on which device, is in ``BENCHMARKS.md``; cut-cross-entropy's default gradient filtering applies.
 """
 
@@ -84,15 +85,55 @@ def _cce_takes_bias() -> bool:
     return "bias" in inspect.signature(linear_cross_entropy).parameters
 
 
+# Backends impl="auto" may pick, in order. Decided from executing the real Triton kernels on CPU under
+# TRITON_INTERPRET=1 against the float64 reference (tests/test_kernels_interpreted.py, BENCHMARKS.md "Kernel
+# backends executed"): liger-kernel 0.8.5 matched it like the torch backend in every case; cut-cross-entropy 25.1.1
+# is left to an explicit impl="cce": its backward takes only fp16/bf16 embeddings, its gradients are approximate by
+# design (gradient filtering), and with soft-capping it counts the padded vocabulary columns of its last block.
+_AUTO_ORDER = ("liger",)
+# cut-cross-entropy's largest vocabulary block (BLOCK_V of its autotuning configs in 25.1.1).
+_CCE_MAX_BLOCK_V = 256
+
+
+def _cce_call_problem(
+    hidden: torch.Tensor, vocab_size: int | None, softcap: float | None, needs_grad: bool
+) -> str | None:
+    """Why cut-cross-entropy's fused kernel (not its torch_compile implementation) cannot run this call."""
+    if _CCE_IMPL != "cce":
+        return None
+    if needs_grad and hidden.dtype not in (torch.float16, torch.bfloat16):
+        return (
+            f"cut-cross-entropy's backward kernel takes only float16/bfloat16 embeddings (hidden is {hidden.dtype}; "
+            "it fails with 'Backwards requires embeddings to be bf16 or fp16')"
+        )
+    if softcap is not None and vocab_size is not None and vocab_size % _CCE_MAX_BLOCK_V:
+        return (
+            f"with final_logit_softcapping, cut-cross-entropy 25.1 soft-caps the padded columns of its last vocabulary "
+            f"block after masking them to -inf, so they count as logit -cap in the log-sum-exp; vocab_size "
+            f"{vocab_size} is not a multiple of its block size {_CCE_MAX_BLOCK_V}"
+        )
+    return None
+
+
 def select_impl(
-    impl: str, hidden: torch.Tensor, bias: torch.Tensor | None, softcap: float | None, label_smoothing: float
+    impl: str,
+    hidden: torch.Tensor,
+    bias: torch.Tensor | None,
+    softcap: float | None,
+    label_smoothing: float,
+    *,
+    vocab_size: int | None = None,
+    needs_grad: bool = False,
 ) -> str:
-    """Resolve ``impl``; raise ``ValueError`` when an explicitly requested backend cannot run this call."""
+    """Resolve ``impl``; raise ``ValueError`` when an explicitly requested backend cannot run this call.
+
+    ``"auto"`` tries the backends of ``_AUTO_ORDER`` (liger-kernel only; see there why not cut-cross-entropy).
+    """
     if impl not in IMPLS:
         raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
     if impl == "torch":
         return impl
-    candidates = ("cce", "liger") if impl == "auto" else (impl,)
+    candidates = _AUTO_ORDER if impl == "auto" else (impl,)
     for name in candidates:
         reason = None
         if hidden.device.type not in _KERNEL_DEVICES[name]:
@@ -104,6 +145,8 @@ def select_impl(
             reason = "label smoothing together with final_logit_softcapping is only implemented in impl='torch'"
         if reason is None and name == "cce" and bias is not None and not _cce_takes_bias():
             reason = "this cut-cross-entropy release has no bias argument (the model's head adds a bias)"
+        if reason is None and name == "cce":
+            reason = _cce_call_problem(hidden, vocab_size, softcap, needs_grad)
         if reason is None:
             return name
         if impl != "auto":

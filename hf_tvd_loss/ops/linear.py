@@ -29,6 +29,7 @@ import torch
 
 from .common import (
     GammaCEStats,
+    PredictionStats,
     Reduction,
     TokenTerms,
     check_inputs,
@@ -57,8 +58,9 @@ __all__ = [
 class _ChunkLogits:
     """Computes fp32 logits for chunks of rows into reused buffers (fresh allocations cost page faults on CPU)."""
 
-    def __init__(self, hidden, weight, bias, logit_scale, softcap, chunk_size):
+    def __init__(self, hidden, weight, bias, logit_scale, softcap, chunk_size, prediction=None):
         self.weight, self.bias, self.logit_scale, self.softcap = weight, bias, logit_scale, softcap
+        self.prediction = prediction
         self.hidden = hidden
         rows = min(chunk_size, hidden.shape[0])
         vocab_size = weight.shape[0]
@@ -69,6 +71,8 @@ class _ChunkLogits:
             self.z_buf if not self.low_precision else hidden.new_empty((rows, vocab_size), dtype=torch.float32)
         )
         self.t_buf = hidden.new_empty((rows, vocab_size), dtype=torch.float32) if softcap is not None else None
+        # prediction metrics: exp(logits - max) goes to its own buffer (the shifted logits are still needed)
+        self.e_buf = hidden.new_empty((rows, vocab_size), dtype=torch.float32) if prediction is not None else None
 
     def scaled_hidden(self, start: int, end: int) -> torch.Tensor:
         h = self.hidden[start:end]
@@ -113,18 +117,25 @@ class _ChunkLogits:
                 grad_weight.add_(torch.mm(grad_z.t(), h))
 
 
-def _row_stats(logits, targets, start, end, lse, target_logit, logit_sum):
-    """Fill rows ``start:end`` of lse / target_logit / logit_sum; leaves ``exp(logits - max)`` in ``logits``.
+def _row_stats(logits, targets, start, end, lse, target_logit, logit_sum, chunks):
+    """Fill rows ``start:end`` of lse / target_logit / logit_sum (and of ``chunks.prediction``, when set).
 
-    Returns the row sums of that exponential, ``[n, 1]``.
+    Returns ``(e, sumexp)``: ``e = exp(logits - max)`` ``[n, V]`` (in place of ``logits``, or in ``chunks.e_buf``
+    with prediction metrics) and its row sums ``[n, 1]``.
     """
     target_logit[start:end] = logits.gather(1, targets[start:end].unsqueeze(1)).squeeze(1)
     if logit_sum is not None:
         logit_sum[start:end] = logits.sum(dim=-1)
-    row_max = logits.amax(dim=-1, keepdim=True)
-    sumexp = logits.sub_(row_max).exp_().sum(dim=-1, keepdim=True)
+    prediction = chunks.prediction
+    if prediction is not None:
+        row_max, e, sumexp = prediction.exp_rows(logits, logits, chunks.e_buf[: end - start])
+        prediction.store(start, end)
+    else:
+        row_max = logits.amax(dim=-1, keepdim=True)
+        e = logits.sub_(row_max).exp_()
+        sumexp = e.sum(dim=-1, keepdim=True)
     lse[start:end] = sumexp.log().squeeze(1) + row_max.squeeze(1)
-    return sumexp
+    return e, sumexp
 
 
 def _grad_buffers(hidden, weight, bias, needs):
@@ -153,11 +164,24 @@ class _FusedLinearGammaCE(torch.autograd.Function):
 
     @staticmethod
     def forward(  # type: ignore[override]
-        ctx, hidden, weight, bias, targets, mask, terms, eps, logit_scale, softcap, chunk_size, needs, scale
+        ctx,
+        hidden,
+        weight,
+        bias,
+        targets,
+        mask,
+        terms,
+        eps,
+        logit_scale,
+        softcap,
+        chunk_size,
+        needs,
+        prediction,
+        scale,
     ):
         num_rows = hidden.shape[0]
         vocab_size = weight.shape[0]
-        chunks = _ChunkLogits(hidden, weight, bias, logit_scale, softcap, chunk_size)
+        chunks = _ChunkLogits(hidden, weight, bias, logit_scale, softcap, chunk_size, prediction)
         f32 = dict(dtype=torch.float32, device=hidden.device)
         lse, target_logit = torch.empty(num_rows, **f32), torch.empty(num_rows, **f32)
         logit_sum = torch.empty(num_rows, **f32) if eps > 0 else None
@@ -168,7 +192,7 @@ class _FusedLinearGammaCE(torch.autograd.Function):
             rows = slice(start, end)
             h = chunks.scaled_hidden(start, end)
             logits, tanh = chunks(h)
-            sumexp = _row_stats(logits, targets, start, end, lse, target_logit, logit_sum)
+            e, sumexp = _row_stats(logits, targets, start, end, lse, target_logit, logit_sum, chunks)
             per_token[rows], nll[rows], token_weight[rows], grad_factor = per_token_values(
                 target_logit[rows],
                 lse[rows],
@@ -179,7 +203,7 @@ class _FusedLinearGammaCE(torch.autograd.Function):
                 eps,
             )
             if any(needs):
-                probs = logits.div_(sumexp)
+                probs = e.div_(sumexp)
                 upstream = torch.ones(end - start, **f32) if scale is None else scale[rows]
                 coefs = logit_grad_coefficients(upstream, grad_factor, mask[rows], eps, vocab_size)
                 local = slice(0, end - start)
@@ -207,7 +231,23 @@ class _FusedLinearGammaCE(torch.autograd.Function):
         grads, ctx.grads = ctx.grads, None
         # Scale in place: these buffers are not referenced anywhere else.
         grads = [None if g is None else g.mul_(grad_total.to(g.dtype)) for g in grads]
-        return grads[0], grads[1], grads[2], None, None, None, None, None, None, None, None, None
+        return grads[0], grads[1], grads[2], None, None, None, None, None, None, None, None, None, None
+
+
+def _stats_pass(hidden, weight, bias, targets, logit_scale, softcap, chunk_size, with_logit_sum, prediction):
+    """One forward pass over the chunks: ``(lse, target_logit, logit_sum or None)`` ``[N]`` fp32, and the
+    prediction metrics into ``prediction`` (a :class:`PredictionStats`, or None). No gradients."""
+    num_rows = hidden.shape[0]
+    chunks = _ChunkLogits(hidden, weight, bias, logit_scale, softcap, chunk_size, prediction)
+    f32 = dict(dtype=torch.float32, device=hidden.device)
+    lse, target_logit = torch.empty(num_rows, **f32), torch.empty(num_rows, **f32)
+    logit_sum = torch.empty(num_rows, **f32) if with_logit_sum else None
+    with torch.no_grad():
+        for start in range(0, num_rows, chunk_size):
+            end = min(start + chunk_size, num_rows)
+            logits, _ = chunks(chunks.scaled_hidden(start, end))
+            _row_stats(logits, targets, start, end, lse, target_logit, logit_sum, chunks)
+    return lse, target_logit, logit_sum
 
 
 class _LinearGammaCE(torch.autograd.Function):
@@ -218,19 +258,12 @@ class _LinearGammaCE(torch.autograd.Function):
 
     @staticmethod
     def forward(  # type: ignore[override]
-        ctx, hidden, weight, bias, targets, mask, terms, eps, logit_scale, softcap, chunk_size
+        ctx, hidden, weight, bias, targets, mask, terms, eps, logit_scale, softcap, chunk_size, prediction
     ):
-        num_rows = hidden.shape[0]
         vocab_size = weight.shape[0]
-        chunks = _ChunkLogits(hidden, weight, bias, logit_scale, softcap, chunk_size)
-        f32 = dict(dtype=torch.float32, device=hidden.device)
-        lse, target_logit = torch.empty(num_rows, **f32), torch.empty(num_rows, **f32)
-        logit_sum = torch.empty(num_rows, **f32) if eps > 0 else None
-        for start in range(0, num_rows, chunk_size):
-            end = min(start + chunk_size, num_rows)
-            logits, _ = chunks(chunks.scaled_hidden(start, end))
-            _row_stats(logits, targets, start, end, lse, target_logit, logit_sum)
-        del chunks
+        lse, target_logit, logit_sum = _stats_pass(
+            hidden, weight, bias, targets, logit_scale, softcap, chunk_size, eps > 0, prediction
+        )
         per_token, nll, token_weight, grad_factor = per_token_values(
             target_logit, lse, logit_sum, mask, vocab_size, terms, eps
         )
@@ -259,7 +292,7 @@ class _LinearGammaCE(torch.autograd.Function):
             grad_weight = grad_weight.to(weight.dtype)
         if grad_bias is not None:
             grad_bias = grad_bias.to(bias.dtype)
-        return grad_hidden, grad_weight, grad_bias, None, None, None, None, None, None, None
+        return grad_hidden, grad_weight, grad_bias, None, None, None, None, None, None, None, None
 
 
 def _check_linear_inputs(hidden, weight, bias, labels, ignore_index, shift_labels, logit_scale, softcap, chunk_size):
@@ -309,10 +342,15 @@ def linear_token_weighted_cross_entropy(
     reduction: Reduction = "mean",
     chunk_size: int | None = None,
     impl: Impl = "torch",
+    extra_metrics: bool = False,
     token_scale: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, GammaCEStats]:
     """The loss given by ``terms`` (γ-CE, focal) of the logits ``softcap((logit_scale · hidden) @ weight.T + bias)``
     without materialising them, plus logging sums; see :func:`linear_gamma_cross_entropy` for the arguments.
+
+    ``extra_metrics=True`` adds argmax accuracy, predictive entropy and calibration sums to the stats, computed
+    chunk by chunk in the loss's own pass (impl="torch": one more ``[chunk, V]`` fp32 buffer), or in one extra
+    gradient-free chunked pass for the kernel backends, whose kernels return only the NLL.
     ``token_scale`` (shaped like ``labels``, or ``[batch]``) multiplies each token's loss, value and gradient."""
     check_reduction(reduction)
     check_number("label_smoothing", label_smoothing, low=0.0, high=1.0, high_open=True)
@@ -328,6 +366,7 @@ def linear_token_weighted_cross_entropy(
                 final_logit_softcapping=final_logit_softcapping, label_smoothing=label_smoothing,
                 ignore_index=ignore_index, shift_labels=shift_labels, num_items_in_batch=num_items_in_batch,
                 reduction=reduction, chunk_size=chunk_size, impl=impl, token_scale=token_scale,
+                extra_metrics=extra_metrics,
             )  # fmt: skip
     _check_linear_inputs(
         hidden, weight, bias, labels, ignore_index, shift_labels, logit_scale, final_logit_softcapping, chunk_size
@@ -342,10 +381,17 @@ def linear_token_weighted_cross_entropy(
     flat_hidden = hidden.reshape(-1, hidden_size)
     flat_bias = None if bias is None else bias.reshape(vocab_size)
     chunk_size = chunk_size or rows_per_chunk(vocab_size)
-    backend = select_impl(impl, hidden, flat_bias, softcap, eps)
+    grad_on = torch.is_grad_enabled()
+    needs = (
+        grad_on and hidden.requires_grad,
+        grad_on and weight.requires_grad,
+        grad_on and bias is not None and bias.requires_grad,
+    )
+    backend = select_impl(impl, hidden, flat_bias, softcap, eps, vocab_size=vocab_size, needs_grad=any(needs))
     scale = prepare_token_scale(token_scale, labels, shift_labels=shift_labels, device=hidden.device)
 
     total = None
+    prediction = PredictionStats(flat_hidden.shape[0], flat_hidden.device) if extra_metrics else None
     if backend != "torch":
         scaled = flat_hidden * logit_scale if logit_scale != 1.0 else flat_hidden
         per_token, nll, token_weight = kernel_per_token(
@@ -353,21 +399,30 @@ def linear_token_weighted_cross_entropy(
         )
         if scale is not None:
             per_token = per_token * scale
+        if prediction is not None:
+            _stats_pass(flat_hidden.detach(), weight.detach(), None if flat_bias is None else flat_bias.detach(),
+                        targets, logit_scale, softcap, chunk_size, False, prediction)  # fmt: skip
     elif reduction == "none":
         per_token, nll, token_weight = _LinearGammaCE.apply(
-            flat_hidden, weight, flat_bias, targets, mask, terms, eps, logit_scale, softcap, chunk_size
+            flat_hidden, weight, flat_bias, targets, mask, terms, eps, logit_scale, softcap, chunk_size, prediction
         )
         if scale is not None:
             per_token = per_token * scale
     else:
-        grad_on = torch.is_grad_enabled()
-        needs = (
-            grad_on and hidden.requires_grad,
-            grad_on and weight.requires_grad,
-            grad_on and bias is not None and bias.requires_grad,
-        )
         total, per_token, nll, token_weight = _FusedLinearGammaCE.apply(
-            flat_hidden, weight, flat_bias, targets, mask, terms, eps, logit_scale, softcap, chunk_size, needs, scale
+            flat_hidden,
+            weight,
+            flat_bias,
+            targets,
+            mask,
+            terms,
+            eps,
+            logit_scale,
+            softcap,
+            chunk_size,
+            needs,
+            prediction,
+            scale,
         )
 
     return reduce_token_losses(
@@ -380,6 +435,8 @@ def linear_token_weighted_cross_entropy(
         num_items_in_batch=num_items_in_batch,
         reduction=reduction,
         total=total,
+        floor=getattr(terms, "floor", None),
+        prediction=None if prediction is None else prediction.sums(targets, mask),
     )
 
 
@@ -400,6 +457,7 @@ def linear_gamma_cross_entropy_with_stats(
     reduction: Reduction = "mean",
     chunk_size: int | None = None,
     impl: Impl = "torch",
+    extra_metrics: bool = False,
 ) -> tuple[torch.Tensor, GammaCEStats]:
     """:func:`linear_gamma_cross_entropy` that also returns detached sums for logging (:class:`GammaCEStats`)."""
     validate_loss_hyperparameters(gamma, min_weight, label_smoothing)
@@ -418,6 +476,7 @@ def linear_gamma_cross_entropy_with_stats(
         reduction=reduction,
         chunk_size=chunk_size,
         impl=impl,
+        extra_metrics=extra_metrics,
     )
 
 
@@ -455,9 +514,9 @@ def linear_gamma_cross_entropy(
             as in :func:`hf_tvd_loss.gamma_cross_entropy`.
         chunk_size: token rows per chunk (default: about 2**24 logits per chunk, e.g. 524 rows at V = 32000).
         impl: ``"torch"`` (pure PyTorch, any device), ``"cce"`` / ``"liger"`` (fused CUDA kernels from
-            cut-cross-entropy / liger-kernel for the per-token NLL, γ weighting added in torch; see the module
-            docstring for what has been checked), or ``"auto"`` (cce, then liger, on CUDA when installed and
-            applicable; else torch).
+            cut-cross-entropy / liger-kernel for the per-token NLL, γ weighting added in torch; see
+            :mod:`.kernels` for what has been checked), or ``"auto"`` (liger, on CUDA when installed and applicable;
+            else torch; cut-cross-entropy only when asked for by name).
 
     Returns:
         A 0-dim fp32 tensor, or a ``labels``-shaped one for ``reduction="none"``. Gradients flow to

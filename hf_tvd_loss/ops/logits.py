@@ -26,6 +26,7 @@ import torch
 
 from .common import (
     GammaCEStats,
+    PredictionStats,
     Reduction,
     TokenTerms,
     check_inputs,
@@ -68,10 +69,12 @@ class _TokenWeightedCrossEntropy(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, logits, targets, mask, terms, label_smoothing):  # type: ignore[override]
+    def forward(ctx, logits, targets, mask, terms, label_smoothing, prediction):  # type: ignore[override]
         num_rows, vocab_size = logits.shape
         chunks = _row_chunks(num_rows, vocab_size)
         scratch = logits.new_empty((chunks[0][1] - chunks[0][0], vocab_size), dtype=torch.float32)
+        # prediction metrics (PredictionStats, or None): one more fp32 chunk for exp(logits - max)
+        exp_scratch = torch.empty_like(scratch) if prediction is not None else None
         lse = torch.empty(num_rows, dtype=torch.float32, device=logits.device)
         smooth = torch.empty_like(lse) if label_smoothing > 0 else None
         for start, end in chunks:
@@ -81,10 +84,15 @@ class _TokenWeightedCrossEntropy(torch.autograd.Function):
                 rows = buf.copy_(rows)
             if smooth is not None:
                 smooth[start:end] = rows.sum(dim=-1)  # Σ_v logit_v
+            if prediction is not None:
+                row_max, _, sumexp = prediction.exp_rows(rows, buf, exp_scratch[: end - start])
+                prediction.store(start, end)
+                lse[start:end] = sumexp.log_().squeeze(1) + row_max.squeeze(1)
+                continue
             row_max = rows.amax(dim=-1, keepdim=True)
             torch.sub(rows, row_max, out=buf).exp_()
             lse[start:end] = buf.sum(dim=-1).log_() + row_max.squeeze(1)
-        del scratch
+        del scratch, exp_scratch
         target_logit = logits.gather(1, targets.unsqueeze(1)).squeeze(1).float()
         loss, nll, weight, grad_factor = per_token_values(
             target_logit, lse, smooth, mask, vocab_size, terms, label_smoothing
@@ -119,7 +127,7 @@ class _TokenWeightedCrossEntropy(torch.autograd.Function):
             )
             if scratch is not None:
                 grad[start:end].copy_(out)
-        return grad, None, None, None, None
+        return grad, None, None, None, None, None
 
 
 def token_weighted_cross_entropy(
@@ -133,13 +141,16 @@ def token_weighted_cross_entropy(
     num_items_in_batch: torch.Tensor | int | float | None = None,
     reduction: Reduction = "mean",
     token_scale: torch.Tensor | None = None,
+    extra_metrics: bool = False,
 ) -> tuple[torch.Tensor, GammaCEStats]:
     """The loss given by ``terms`` (:func:`~.common.gamma_terms`, :func:`~.common.focal_terms`) on ``[..., V]``
     logits, with the layout, validation and reductions of :func:`gamma_cross_entropy`, plus logging sums.
 
     ``token_scale`` (shaped like ``labels``, or ``[batch]``) multiplies each token's loss (value and gradient);
     the denominator of ``reduction="mean"`` is unchanged.
-    """
+    ``extra_metrics=True`` adds the prediction metrics to the sums (argmax accuracy, predictive entropy and
+    the calibration bins of :class:`~.common.GammaCEStats`), computed in the same pass over each chunk of rows
+    (one more ``[chunk, V]`` fp32 buffer and one more multiply-add pass over it)."""
     check_reduction(reduction)
     check_inputs(logits, labels, ignore_index, shift_labels)
     vocab_size = logits.shape[-1]
@@ -147,8 +158,10 @@ def token_weighted_cross_entropy(
         labels, vocab_size, ignore_index=ignore_index, shift_labels=shift_labels, device=logits.device
     )
     scale = prepare_token_scale(token_scale, labels, shift_labels=shift_labels, device=logits.device)
+    flat = logits.reshape(-1, vocab_size)
+    prediction = PredictionStats(flat.shape[0], flat.device) if extra_metrics else None
     per_token, nll, weight = _TokenWeightedCrossEntropy.apply(
-        logits.reshape(-1, vocab_size), safe_targets, mask, terms, float(label_smoothing)
+        flat, safe_targets, mask, terms, float(label_smoothing), prediction
     )
     if scale is not None:
         per_token = per_token * scale  # autograd hands each row its factor as the upstream gradient
@@ -161,6 +174,8 @@ def token_weighted_cross_entropy(
         shift_labels=shift_labels,
         num_items_in_batch=num_items_in_batch,
         reduction=reduction,
+        floor=getattr(terms, "floor", None),
+        prediction=None if prediction is None else prediction.sums(safe_targets, mask),
     )
 
 
@@ -175,8 +190,10 @@ def gamma_cross_entropy_with_stats(
     shift_labels: bool = False,
     num_items_in_batch: torch.Tensor | int | float | None = None,
     reduction: Reduction = "mean",
+    extra_metrics: bool = False,
 ) -> tuple[torch.Tensor, GammaCEStats]:
-    """:func:`gamma_cross_entropy` that also returns detached sums for logging (:class:`GammaCEStats`)."""
+    """:func:`gamma_cross_entropy` that also returns detached sums for logging (:class:`GammaCEStats`);
+    ``extra_metrics=True`` adds accuracy, entropy and calibration sums (see :func:`token_weighted_cross_entropy`)."""
     validate_loss_hyperparameters(gamma, min_weight, label_smoothing)
     return token_weighted_cross_entropy(
         logits,
@@ -187,6 +204,7 @@ def gamma_cross_entropy_with_stats(
         shift_labels=shift_labels,
         num_items_in_batch=num_items_in_batch,
         reduction=reduction,
+        extra_metrics=extra_metrics,
     )
 
 
@@ -201,6 +219,7 @@ def focal_cross_entropy_with_stats(
     shift_labels: bool = False,
     num_items_in_batch: torch.Tensor | int | float | None = None,
     reduction: Reduction = "mean",
+    extra_metrics: bool = False,
 ) -> tuple[torch.Tensor, GammaCEStats]:
     """Token-level focal loss (Lin et al., 2017), a baseline for γ-CE, with the same layout and reductions.
 
@@ -218,6 +237,7 @@ def focal_cross_entropy_with_stats(
         shift_labels=shift_labels,
         num_items_in_batch=num_items_in_batch,
         reduction=reduction,
+        extra_metrics=extra_metrics,
     )
 
 

@@ -98,3 +98,42 @@ def focal_cross_entropy_reference(
     smooth = -log_probs.sum(dim=-1) / logits.shape[-1]
     per_token = (1.0 - label_smoothing) * focal + label_smoothing * smooth
     return (per_token * mask).sum() / mask.sum().clamp(min=1)
+
+
+def prediction_metrics_reference(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    gamma: float = 0.0,
+    min_weight: float = 0.0,
+    ignore_index: int = -100,
+    shift_labels: bool = False,
+    num_bins: int = 10,
+) -> dict[str, torch.Tensor]:
+    """Float64 sums over the scored tokens: ``num_tokens``, ``correct_sum`` (argmax = target), ``entropy_sum``
+    (``-Σ_v p_v log p_v``), ``floor_count`` (weight ``p/(γ+(1-γ)p)`` at or below b, i.e. clamped to b) and
+    ``calibration`` ``[3, num_bins]`` (count, Σ max_v p_v, Σ correct per equal-width bin of max_v p_v)."""
+    logits = logits.double()
+    labels = labels.long()
+    if shift_labels:
+        logits, labels = logits[..., :-1, :], labels[..., 1:]
+    mask = labels != ignore_index
+    log_probs = F.log_softmax(logits[mask], dim=-1)
+    targets = labels[mask]
+    probs = log_probs.exp()
+    confidence, prediction = probs.max(dim=-1)
+    correct = (prediction == targets).double()
+    p = probs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    raw_weight = p / (gamma + (1.0 - gamma) * p)
+    bins = (confidence * num_bins).long().clamp(max=num_bins - 1)
+    calibration = torch.zeros(3, num_bins, dtype=torch.float64)
+    calibration[0].index_add_(0, bins, torch.ones_like(correct))
+    calibration[1].index_add_(0, bins, confidence)
+    calibration[2].index_add_(0, bins, correct)
+    return {
+        "num_tokens": mask.sum().double(),
+        "correct_sum": correct.sum(),
+        "entropy_sum": -(probs * log_probs).sum(),
+        "floor_count": (raw_weight <= min_weight).sum().double(),
+        "calibration": calibration,
+    }

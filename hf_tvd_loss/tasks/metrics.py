@@ -1,10 +1,12 @@
 """Evaluation metrics of the task scripts, computed offline with the metric packages themselves.
 
 ``evaluate.load("rouge" | "sacrebleu")`` fetches a script from the Hub, so ROUGE comes from ``rouge_score`` and
-BLEU from ``sacrebleu`` directly. Both install with the ``scripts`` extra (``pip install "hf_tvd_loss[scripts]"``)
-and are imported only where a score is computed; :func:`check_metric_package` refuses a run that would need a
-missing one before it trains. Calibration of token-level confidence is computed from the teacher-forced
-logits on the reference tokens: for each scored token, confidence = max_v p_v and correct = (argmax = reference).
+BLEU from ``sacrebleu`` directly. Calibration of token-level confidence: for each scored teacher-forced reference
+token, confidence = max_v p_v and correct = (argmax = reference). The trainers get these sums from the loss, a
+chunk at a time (:class:`hf_tvd_loss.ops.common.PredictionStats`); :func:`calibration_sums` computes them from full
+logits (a reference, and for logits one already has). ROUGE and BLEU install with the ``scripts`` extra
+(``pip install "hf_tvd_loss[scripts]"``) and are imported only where a score is computed; :func:`check_metric_package`
+refuses a run that would need a missing one before it trains.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ import importlib.util
 from types import ModuleType
 
 import torch
+
+from ..ops.common import calibration_from_sums
 
 __all__ = ["bleu_scores", "calibration_from_sums", "calibration_sums", "check_metric_package", "rouge_scores"]
 
@@ -92,15 +96,3 @@ def calibration_sums(
         sums[1].index_add_(0, bins, confidence.double())
         sums[2].index_add_(0, bins, correct)
         return sums
-
-
-def calibration_from_sums(sums: torch.Tensor) -> dict[str, float]:
-    """Expected calibration error ``Σ_b |Σ correct_b - Σ confidence_b| / N``, mean confidence and accuracy."""
-    count = float(sums[0].sum())
-    if count == 0:
-        return {}
-    return {
-        "ece": float((sums[2] - sums[1]).abs().sum()) / count,
-        "confidence": float(sums[1].sum()) / count,
-        "accuracy": float(sums[2].sum()) / count,
-    }
