@@ -295,7 +295,10 @@ def loss_in_output_head(
     def forward(hidden: torch.Tensor) -> torch.Tensor:
         loss, loss_stats = loss_fn(hidden, **loss_arguments(head, head.linear()))
         stats.append(loss_stats)
-        return loss.reshape(1, 1, 1)  # "logits" of one position and one class: the model's post-processing is cheap
+        # "Logits" of one position and one class, so the model's post-processing is cheap. A copy, not a view:
+        # FSDP2 registers its pre-backward hook on the tensor a unit returns, and an in-place op on a view would
+        # drop it.
+        return loss.reshape(1, 1, 1).clone()
 
     with _HeadForward(head.module, forward) as replaced:
         outputs = model(**_model_inputs(inputs))

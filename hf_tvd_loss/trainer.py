@@ -23,6 +23,7 @@ How a batch flows: ``docs/ARCHITECTURE.md``.
 from __future__ import annotations
 
 import math
+import weakref
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -122,7 +123,7 @@ class TVDLossMixin:
         self.model_accepts_loss_kwargs = False
         self._tvd_sums: dict[str, torch.Tensor | None] = dict.fromkeys(_MODES)
         self._tvd_last_gamma: float | None = None
-        self._tvd_head: tuple[int, OutputHead] | None = None
+        self._tvd_head: tuple[weakref.ref, OutputHead] | None = None
         self._tvd_needs_logits = False
 
     # ---------------------------------------------------------------- γ
@@ -230,14 +231,15 @@ class TVDLossMixin:
     def _tvd_output_head(self, model: nn.Module, inputs: Mapping[str, Any]) -> OutputHead:
         """The model's output head, resolved and checked against the logits path once per model."""
         base = unwrap_model(model)
-        if self._tvd_head is not None and self._tvd_head[0] == id(base):
+        if self._tvd_head is not None and self._tvd_head[0]() is base:
             return self._tvd_head[1]
         try:
             head = resolve_output_head(model)
             verify_output_head(model, head, inputs)
         except ValueError as exc:
             raise ValueError(f"loss_impl='chunked' cannot be used: {exc}") from exc
-        self._tvd_head = (id(base), head)
+        # A weak reference, not id(): a new model may reuse a freed one's address.
+        self._tvd_head = (weakref.ref(base), head)
         return head
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None, **kwargs):  # type: ignore[override]

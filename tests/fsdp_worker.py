@@ -1,0 +1,172 @@
+"""Run by tests/test_fsdp.py under ``torchrun --nproc_per_node 2`` (CPU, gloo): FSDP2 (``fully_shard``) against
+the unsharded model.
+
+``grads OUT``: for every configuration (loss_impl × lm_head placement × reshard_after_forward × tied embeddings,
+and a tiny BART), each process computes ``TVDTrainer.compute_loss`` on its half of a batch with the model sharded
+over both processes, and the unsharded model computes the loss of the whole batch; the main process writes the
+loss and the largest relative gradient error of every parameter to ``OUT/grads.json``.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import json
+import os
+import sys
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from tiny import PAD, VOCAB, is_seq2seq, tiny_model  # noqa: E402
+
+TVD = {"gamma": 0.3, "min_weight": 0.1, "label_smoothing": 0.1}
+V = 97  # the models' vocabulary (inputs use ids < tests/tiny.py's VOCAB)
+CHUNK_ROWS = 4  # rows of logits per chunk in the chunked path (a batch half has 24 positions)
+
+
+class LogitsWatch:
+    """Records the most token rows of any ``[..., V]`` tensor an operation creates (``[d, V]`` weight views aside)."""
+
+    def __init__(self, hidden_size: int) -> None:
+        from torch.utils._python_dispatch import TorchDispatchMode
+
+        watch = self
+
+        class Mode(TorchDispatchMode):
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                out = func(*args, **(kwargs or {}))
+                for t in out if isinstance(out, (tuple, list)) else (out,):
+                    if torch.is_tensor(t) and t.dim() >= 2 and t.shape[-1] == V:
+                        rows = t.numel() // V
+                        if tuple(t.shape[:-1]) != (hidden_size,):
+                            watch.max_rows = max(watch.max_rows, rows)
+                return out
+
+        self.mode = Mode()
+        self.max_rows = 0
+
+
+def _batch(family: str, rows: int = 4, seed: int = 1) -> dict[str, torch.Tensor]:
+    """The same padded batch on every process (rows of different lengths, a masked prompt)."""
+    g = torch.Generator().manual_seed(seed)
+    length = 12
+    ids = torch.randint(3, VOCAB, (rows, length), generator=g)
+    mask = torch.ones(rows, length, dtype=torch.long)
+    for r in range(rows):
+        mask[r, length - r :] = 0  # row r has r padded positions at the end
+    ids = ids.masked_fill(mask == 0, PAD)
+    if is_seq2seq(family):
+        labels = torch.randint(3, VOCAB, (rows, 7), generator=g)
+        labels[1, 5:] = -100
+        return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+    labels = ids.masked_fill(mask == 0, -100)
+    labels[:, :3] = -100
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+def _count(family: str, labels: torch.Tensor) -> torch.Tensor:
+    targets = labels if is_seq2seq(family) else labels[:, 1:]
+    return targets.ne(-100).sum().float()
+
+
+def _shard(model: torch.nn.Module, *, head_unit: bool, reshard: bool, tied: bool) -> None:
+    """Each transformer block its own unit (as accelerate's TRANSFORMER_BASED_WRAP), lm_head optionally, then the root."""
+    from torch.distributed.fsdp import fully_shard
+
+    blocks = tuple(model._no_split_modules)
+    for module in list(model.modules()):
+        if type(module).__name__ in blocks:
+            fully_shard(module, reshard_after_forward=reshard)
+    if head_unit:
+        # A tied weight must live in one unit: the input embedding and lm_head are then sharded together.
+        modules = [model.get_input_embeddings(), model.lm_head] if tied else [model.lm_head]
+        fully_shard(modules, reshard_after_forward=reshard)
+    fully_shard(model, reshard_after_forward=reshard)
+
+
+def _tiny(family: str, tied: bool) -> torch.nn.Module:
+    """tests/tiny.py's model with a vocabulary of its own size (no other dimension equals it: see LogitsWatch)."""
+    config = copy.deepcopy(tiny_model(family).config)
+    config.vocab_size = V
+    config.tie_word_embeddings = tied
+    torch.manual_seed(0)
+    return type(tiny_model(family))(config)
+
+
+def grads(out_dir: str) -> None:
+    import torch.distributed as dist
+    from transformers import Seq2SeqTrainingArguments
+
+    from hf_tvd_loss import TVDArguments, TVDSeq2SeqTrainer, TVDTrainer
+
+    args = Seq2SeqTrainingArguments(output_dir=out_dir, use_cpu=True, report_to="none", disable_tqdm=True)
+    rank, world = args.process_index, args.world_size
+    assert world == 2 and dist.is_initialized(), (world, dist.is_initialized())
+    configs = [
+        dict(family="llama", impl=impl, head_unit=head_unit, reshard=reshard, tied=tied)
+        for impl, head_unit, reshard, tied in itertools.product(
+            ("logits", "chunked"), (False, True), (True, False), (False, True)
+        )
+    ] + [
+        dict(family=family, impl=impl, head_unit=False, reshard=True, tied=True)
+        for family in ("bart", "t5")
+        for impl in ("logits", "chunked")
+    ]
+    from hf_tvd_loss.ops import common
+
+    common.CHUNK_ELEMENTS = CHUNK_ROWS * V
+    results = []
+    for config in configs:
+        family = config["family"]
+        reference = _tiny(family, config["tied"])
+        model = copy.deepcopy(reference)
+        _shard(model, head_unit=config["head_unit"], reshard=config["reshard"], tied=config["tied"])
+        trainer_cls = TVDSeq2SeqTrainer if is_seq2seq(family) else TVDTrainer
+        trainer = trainer_cls(model=reference, args=args, tvd_args=TVDArguments(**TVD, loss_impl=config["impl"]))
+        batch = _batch(family)
+        total = _count(family, batch["labels"])
+        # The unsharded model, whole batch, one process: the judge (always on the logits path).
+        reference_trainer = trainer_cls(model=reference, args=args, tvd_args=TVDArguments(**TVD))
+        # compute_loss multiplies by the number of processes (DDP/FSDP average gradients): undo it here.
+        ref_loss = reference_trainer.compute_loss(reference, batch, num_items_in_batch=total) / world
+        ref_loss.backward()
+        half = {k: v[rank * 2 : rank * 2 + 2] for k, v in batch.items()}
+        loss = trainer.compute_loss(model, half, num_items_in_batch=total)
+        loss.backward()
+        # Each process's loss is its share × world (FSDP averages gradients); their mean is the global loss.
+        global_loss = loss.detach().clone()
+        dist.all_reduce(global_loss)
+        global_loss /= world
+        errors, scales = {}, {}
+        ref_params = dict(reference.named_parameters())
+        for name, param in model.named_parameters():
+            grad = param.grad.full_tensor() if hasattr(param.grad, "full_tensor") else param.grad
+            expected = ref_params[name].grad
+            errors[name] = float((grad - expected).abs().max())
+            scales[name] = float(expected.abs().max())
+        # A second step (the head is verified by now) watched for [tokens, V] tensors.
+        model.zero_grad(set_to_none=True)
+        watch = LogitsWatch(reference.config.hidden_size)
+        with watch.mode:
+            trainer.compute_loss(model, half, num_items_in_batch=total).backward()
+        results.append(
+            {
+                **config,
+                "loss": float(global_loss),
+                "ref_loss": float(ref_loss.detach()),
+                "grad_errors": errors,
+                "grad_scales": scales,
+                "max_logit_rows": watch.max_rows,
+                "head_class": type(model.lm_head).__name__,
+                "model_class": type(model).__name__,
+            }
+        )
+        del trainer, reference_trainer
+    if rank == 0:
+        with open(os.path.join(out_dir, "grads.json"), "w") as f:
+            json.dump(results, f, indent=1)
+
+
+if __name__ == "__main__":
+    {"grads": grads}[sys.argv[1]](*sys.argv[2:])
