@@ -28,6 +28,7 @@ def torchrun(args: list[str], port: int, timeout: int = 300) -> None:
         "OMP_NUM_THREADS": "1",
         "PYTHONPATH": os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")]),
     }
+    env.setdefault("DS_ACCELERATOR", "cpu")  # DeepSpeed workers: its CPU accelerator (gloo), no CUDA probing
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
 
