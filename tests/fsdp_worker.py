@@ -168,5 +168,96 @@ def grads(out_dir: str) -> None:
             json.dump(results, f, indent=1)
 
 
+# ---------------------------------------------------------------------------------------------- a full Trainer run
+def _fsdp_on_cpu(trainer_cls):
+    """``trainer_cls`` whose accelerator takes its FSDP plugin on CPU.
+
+    accelerate 1.15 (``AcceleratorState.__init__`` in accelerate/state.py) switches to ``DistributedType.FSDP`` only
+    when the process group's type is MULTI_GPU (or another accelerator's), never MULTI_CPU: with ``use_cpu`` the
+    plugin is dropped and the model is wrapped in DistributedDataParallel. Declaring the CPU group MULTI_GPU just
+    before the accelerator is created makes accelerate take the FSDP2 path it takes on GPUs (``fsdp2_prepare_model``,
+    FSDP checkpointing); the device stays the CPU and the backend gloo.
+    """
+
+    class OnCPU(trainer_cls):
+        def create_accelerator_and_postprocess(self):
+            from accelerate.state import PartialState
+            from accelerate.utils import DistributedType
+
+            state = PartialState()
+            if state.distributed_type == DistributedType.MULTI_CPU:
+                state._shared_state["distributed_type"] = DistributedType.MULTI_GPU
+            super().create_accelerator_and_postprocess()
+            assert self.accelerator.distributed_type == DistributedType.FSDP and self.accelerator.is_fsdp2
+
+    return OnCPU
+
+
+def train(out_dir: str, family: str, impl: str) -> None:
+    """FSDP2 through the Trainer, 4 per process × 2 processes × 2 accumulation (= batch 16), 4 steps, checkpoints
+    every 2 steps; then a second run resumed from the first run's step-2 checkpoint. Writes ``OUT/<run>.json``
+    (log history, world size, engine) and ``OUT/<run>.pt`` (the final parameters, gathered) for both."""
+    from tiny import collator, tiny_dataset
+    from transformers import Seq2SeqTrainingArguments
+
+    from hf_tvd_loss import TVDArguments, TVDSeq2SeqTrainer, TVDTrainer
+
+    for run, resume_from in (("full", None), ("resumed", os.path.join(out_dir, "full", "checkpoint-2"))):
+        model = tiny_model(family)
+        args = Seq2SeqTrainingArguments(
+            output_dir=os.path.join(out_dir, run),
+            per_device_train_batch_size=4,
+            gradient_accumulation_steps=2,
+            max_steps=4,
+            learning_rate=1e-2,
+            lr_scheduler_type="constant",
+            optim="adamw_torch",
+            weight_decay=0.0,
+            max_grad_norm=1e9,
+            logging_steps=1,
+            save_strategy="steps",
+            save_steps=2,
+            report_to="none",
+            use_cpu=True,
+            seed=0,
+            data_seed=0,
+            dataloader_num_workers=0,
+            disable_tqdm=True,
+            fsdp="full_shard auto_wrap",
+            fsdp_config={
+                "version": 2,
+                "transformer_layer_cls_to_wrap": list(model._no_split_modules),
+                "reshard_after_forward": True,
+                "state_dict_type": "FULL_STATE_DICT",
+            },
+        )
+        trainer_cls = _fsdp_on_cpu(TVDSeq2SeqTrainer if is_seq2seq(family) else TVDTrainer)
+        trainer = trainer_cls(
+            model=model,
+            args=args,
+            train_dataset=tiny_dataset(family),
+            data_collator=collator(family),
+            tvd_args=TVDArguments(**TVD, loss_impl=impl),
+        )
+        trainer.train(resume_from_checkpoint=resume_from)
+        wrapped = trainer.model_wrapped
+        state = trainer.accelerator.get_state_dict(wrapped)  # the full state dict, gathered on the main process
+        if trainer.args.process_index == 0:
+            torch.save({k: v.detach().cpu().clone() for k, v in state.items()}, os.path.join(out_dir, f"{run}.pt"))
+            with open(os.path.join(out_dir, f"{run}.json"), "w") as f:
+                json.dump(
+                    {
+                        "history": trainer.state.log_history,
+                        "world_size": trainer.args.world_size,
+                        "distributed_type": str(trainer.accelerator.distributed_type),
+                        "model_class": type(wrapped).__name__,
+                        "head_class": type(wrapped.lm_head).__name__,
+                        "checkpoints": sorted(os.listdir(args.output_dir)),
+                        "chunked_head_verified": bool(trainer._tvd_head and trainer._tvd_head[1].verified),
+                    },
+                    f,
+                )
+
+
 if __name__ == "__main__":
-    {"grads": grads}[sys.argv[1]](*sys.argv[2:])
+    {"grads": grads, "train": train}[sys.argv[1]](*sys.argv[2:])

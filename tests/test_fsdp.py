@@ -14,6 +14,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -78,3 +79,30 @@ def test_fsdp2_matches_unsharded(fsdp_results, config):
         assert r["max_logit_rows"] <= CHUNK_ROWS  # never a [tokens, vocab] tensor, only chunks
     else:
         assert r["max_logit_rows"] >= TOKENS_PER_PROCESS - 12  # the watch does see full logits
+
+
+@pytest.mark.slow
+def test_trainer_under_fsdp2_trains_saves_and_resumes_like_one_process(tmp_path):
+    """TVDTrainer.train() with FSDP2 (accelerate's own FSDP2 path, see fsdp_worker._fsdp_on_cpu), 2 processes,
+    chunked loss, checkpoints, then a resume: the loss curve is the 1-process run's, the resume is exact."""
+    from test_trainer import assert_same_training, train_losses
+    from tiny import train_tiny
+
+    torchrun([os.path.join(HERE, "fsdp_worker.py"), "train", str(tmp_path), "llama", "chunked"], port=29616)
+    runs = {}
+    for run in ("full", "resumed"):
+        with open(tmp_path / f"{run}.json") as f:
+            info = json.load(f)
+        assert info["world_size"] == 2 and info["distributed_type"] == "DistributedType.FSDP"
+        assert info["model_class"] == "FSDPLlamaForCausalLM" and info["chunked_head_verified"]
+        assert "checkpoint-4" in info["checkpoints"]
+        runs[run] = (info["history"], torch.load(tmp_path / f"{run}.pt"), None)
+    assert "checkpoint-2" in os.listdir(tmp_path / "full")
+    tvd = {"gamma": 0.3, "min_weight": 0.1, "label_smoothing": 0.1}  # fsdp_worker.TVD
+    single = train_tiny("llama", str(tmp_path / "one"), per_device_batch=16, grad_accum=1, tvd=tvd, max_steps=4)
+    assert_same_training(runs["full"], single, loss_rtol=1e-5)
+    # the resumed run (steps 1-2 from the checkpoint's log, 3-4 trained again) ends on the same losses and parameters
+    resumed, full = train_losses(runs["resumed"][0]), train_losses(runs["full"][0])
+    assert len(resumed) == len(full) == 4 and resumed == pytest.approx(full, rel=1e-6)
+    for name, value in runs["full"][1].items():
+        torch.testing.assert_close(runs["resumed"][1][name], value, rtol=0, atol=1e-6)
