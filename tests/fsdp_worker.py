@@ -9,6 +9,7 @@ loss and the largest relative gradient error of every parameter to ``OUT/grads.j
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import itertools
 import json
@@ -113,6 +114,12 @@ def grads(out_dir: str) -> None:
         for family in ("bart", "t5")
         for impl in ("logits", "chunked")
     ]
+    # FSDP1 (FullyShardedDataParallel, use_orig_params so that the full gradients can be summoned), lm_head in the
+    # root unit or wrapped on its own.
+    configs += [
+        dict(family="llama", impl="chunked", head_unit=head_unit, reshard=True, tied=False, engine="fsdp1")
+        for head_unit in (False, True)
+    ]
     from hf_tvd_loss.ops import common
 
     common.CHUNK_ELEMENTS = CHUNK_ROWS * V
@@ -121,7 +128,15 @@ def grads(out_dir: str) -> None:
         family = config["family"]
         reference = _tiny(family, config["tied"])
         model = copy.deepcopy(reference)
-        _shard(model, head_unit=config["head_unit"], reshard=config["reshard"], tied=config["tied"])
+        if config.get("engine") == "fsdp1":
+            from torch.distributed.fsdp import FullyShardedDataParallel
+
+            cpu = torch.device("cpu")
+            if config["head_unit"]:
+                model.lm_head = FullyShardedDataParallel(model.lm_head, use_orig_params=True, device_id=cpu)
+            model = FullyShardedDataParallel(model, use_orig_params=True, device_id=cpu)
+        else:
+            _shard(model, head_unit=config["head_unit"], reshard=config["reshard"], tied=config["tied"])
         trainer_cls = TVDSeq2SeqTrainer if is_seq2seq(family) else TVDTrainer
         trainer = trainer_cls(model=reference, args=args, tvd_args=TVDArguments(**TVD, loss_impl=config["impl"]))
         batch = _batch(family)
@@ -140,11 +155,15 @@ def grads(out_dir: str) -> None:
         global_loss /= world
         errors, scales = {}, {}
         ref_params = dict(reference.named_parameters())
-        for name, param in model.named_parameters():
-            grad = param.grad.full_tensor() if hasattr(param.grad, "full_tensor") else param.grad
-            expected = ref_params[name].grad
-            errors[name] = float((grad - expected).abs().max())
-            scales[name] = float(expected.abs().max())
+        with contextlib.ExitStack() as stack:
+            if config.get("engine") == "fsdp1":
+                stack.enter_context(type(model).summon_full_params(model, with_grads=True))
+            for name, param in model.named_parameters():
+                name = name.replace("_fsdp_wrapped_module.", "")
+                grad = param.grad.full_tensor() if hasattr(param.grad, "full_tensor") else param.grad
+                expected = ref_params[name].grad
+                errors[name] = float((grad.reshape(expected.shape) - expected).abs().max())
+                scales[name] = float(expected.abs().max())
         # A second step (the head is verified by now) watched for [tokens, V] tensors.
         model.zero_grad(set_to_none=True)
         watch = LogitsWatch(reference.config.hidden_size)
@@ -163,9 +182,29 @@ def grads(out_dir: str) -> None:
             }
         )
         del trainer, reference_trainer
+    results.append(_tensor_parallel_refusal(args))
     if rank == 0:
         with open(os.path.join(out_dir, "grads.json"), "w") as f:
             json.dump(results, f, indent=1)
+
+
+def _tensor_parallel_refusal(args) -> dict:
+    """lm_head tensor-parallel over the vocabulary (its weight a DTensor inside its forward): refused, named."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor.parallel import ColwiseParallel, parallelize_module
+
+    from hf_tvd_loss import TVDArguments, TVDTrainer
+
+    model = _tiny("llama", tied=False)
+    parallelize_module(model, init_device_mesh("cpu", (args.world_size,)), {"lm_head": ColwiseParallel()})
+    trainer = TVDTrainer(model=_tiny("llama", False), args=args, tvd_args=TVDArguments(**TVD, loss_impl="chunked"))
+    batch = _batch("llama")
+    try:
+        trainer.compute_loss(model, batch, num_items_in_batch=_count("llama", batch["labels"]))
+        error = None
+    except ValueError as exc:
+        error = str(exc)
+    return {"engine": "tensor_parallel", "error": error}
 
 
 # ---------------------------------------------------------------------------------------------- a full Trainer run

@@ -1,9 +1,10 @@
 """FSDP2 (``fully_shard``) on 2 CPU processes (gloo): the loss and every gradient equal the unsharded model's.
 
 One ``torchrun`` launch runs every configuration (tests/fsdp_worker.py): loss_impl logits / chunked × lm_head in
-the root unit / its own unit × reshard_after_forward True / False × tied / untied embeddings on a tiny Llama, and
-a tiny BART and T5 (lm_head in the root unit). The chunked runs also check that no ``[tokens, vocab]`` tensor is
-created (4 rows of logits per chunk).
+the root unit / its own unit × reshard_after_forward True / False × tied / untied embeddings on a tiny Llama, a
+tiny BART and T5 (lm_head in the root unit), FSDP1 with lm_head in the root unit and wrapped on its own, and
+tensor parallelism on lm_head (refused). The chunked runs also check that no ``[tokens, vocab]`` tensor is created
+(4 rows of logits per chunk). Then a whole ``TVDTrainer.train()`` under FSDP2 with a checkpoint and a resume.
 """
 
 from __future__ import annotations
@@ -43,8 +44,11 @@ def fsdp_results(tmp_path_factory):
 
 
 def _name(r: dict) -> str:
+    if r.get("engine") == "tensor_parallel":
+        return "tensor_parallel"
     return "-".join(
         [
+            r.get("engine") or "fsdp2",
             r["family"],
             r["impl"],
             "head_unit" if r["head_unit"] else "head_in_root",
@@ -54,23 +58,37 @@ def _name(r: dict) -> str:
     )
 
 
-CONFIGS = [
-    f"llama-{impl}-{head}-{reshard}-{tied}"
-    for impl in ("logits", "chunked")
-    for head in ("head_in_root", "head_unit")
-    for reshard in ("reshard", "no_reshard")
-    for tied in ("untied", "tied")
-] + [f"{family}-{impl}-head_in_root-reshard-tied" for family in ("bart", "t5") for impl in ("logits", "chunked")]
+CONFIGS = (
+    [
+        f"fsdp2-llama-{impl}-{head}-{reshard}-{tied}"
+        for impl in ("logits", "chunked")
+        for head in ("head_in_root", "head_unit")
+        for reshard in ("reshard", "no_reshard")
+        for tied in ("untied", "tied")
+    ]
+    + [
+        f"fsdp2-{family}-{impl}-head_in_root-reshard-tied"
+        for family in ("bart", "t5")
+        for impl in ("logits", "chunked")
+    ]
+    + [f"fsdp1-llama-chunked-{head}-reshard-untied" for head in ("head_in_root", "head_unit")]
+)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("config", CONFIGS)
-def test_fsdp2_matches_unsharded(fsdp_results, config):
+def test_sharded_matches_unsharded(fsdp_results, config):
     r = fsdp_results[config]
-    assert r["model_class"].startswith("FSDP")  # the class FSDP2 renamed is recognised (no refusal, no fallback)
-    assert r["head_class"] == ("FSDPLinear" if r["head_unit"] else "Linear")
+    if config.startswith("fsdp2"):
+        # FSDP2 renames the classes; the chunked path still recognises the model (no refusal, no fallback)
+        assert r["model_class"].startswith("FSDP")
+        assert r["head_class"] == ("FSDPLinear" if r["head_unit"] else "Linear")
+    else:
+        assert r["model_class"] == "FullyShardedDataParallel"
+        assert r["head_class"] == ("FullyShardedDataParallel" if r["head_unit"] else "Linear")
     assert r["loss"] == pytest.approx(r["ref_loss"], rel=1e-5)
     largest = max(r["grad_scales"].values())
+    assert len(r["grad_errors"]) == (20 if r["tied"] else 21) if r["family"] == "llama" else len(r["grad_errors"]) > 40
     for name, error in r["grad_errors"].items():
         # Parameters whose exact gradient is zero (attention key biases) are compared at 1e-5 of the largest gradient.
         scale = max(r["grad_scales"][name], 1e-2 * largest)
@@ -79,6 +97,13 @@ def test_fsdp2_matches_unsharded(fsdp_results, config):
         assert r["max_logit_rows"] <= CHUNK_ROWS  # never a [tokens, vocab] tensor, only chunks
     else:
         assert r["max_logit_rows"] >= TOKENS_PER_PROCESS - 12  # the watch does see full logits
+
+
+@pytest.mark.slow
+def test_tensor_parallel_head_is_refused_by_name(fsdp_results):
+    """lm_head sharded over the vocabulary (parallelize_module / tp_plan): a ValueError before any loss, not a crash."""
+    error = fsdp_results["tensor_parallel"]["error"]
+    assert error is not None and "loss_impl='chunked' cannot be used" in error and "tensor parallelism" in error
 
 
 @pytest.mark.slow
