@@ -232,10 +232,36 @@ def _fsdp_on_cpu(trainer_cls):
     return OnCPU
 
 
-def train(out_dir: str, family: str, impl: str) -> None:
-    """FSDP2 through the Trainer, 4 per process × 2 processes × 2 accumulation (= batch 16), 4 steps, checkpoints
-    every 2 steps; then a second run resumed from the first run's step-2 checkpoint. Writes ``OUT/<run>.json``
-    (log history, world size, engine) and ``OUT/<run>.pt`` (the final parameters, gathered) for both."""
+def _engine_arguments(engine: str, model: torch.nn.Module) -> dict:
+    if engine == "fsdp2":
+        return {
+            "fsdp": True,
+            "fsdp_config": {
+                "version": 2,
+                "transformer_layer_cls_to_wrap": list(model._no_split_modules),
+                "reshard_after_forward": True,
+                "state_dict_type": "FULL_STATE_DICT",
+            },
+        }
+    if engine == "zero3":
+        # Under torchrun with use_cpu, TrainingArguments(deepspeed=...) does give DeepSpeed's engine (measured).
+        zero = {"stage": 3, "stage3_param_persistence_threshold": 0, "stage3_gather_16bit_weights_on_model_save": True}
+        return {
+            "deepspeed": {
+                "train_micro_batch_size_per_gpu": "auto",
+                "gradient_accumulation_steps": "auto",
+                "gradient_clipping": "auto",
+                "zero_optimization": zero,
+            }
+        }
+    raise ValueError(engine)
+
+
+def train(out_dir: str, family: str, impl: str, engine: str = "fsdp2") -> None:
+    """FSDP2 (or DeepSpeed ZeRO-3: ``engine="zero3"``) through the Trainer, 4 per process × 2 processes × 2
+    accumulation (= batch 16), 4 steps, checkpoints every 2 steps; then a second run resumed from the first run's
+    step-2 checkpoint. Writes ``OUT/<run>.json`` (log history, world size, engine) and ``OUT/<run>.pt`` (the final
+    parameters, gathered) for both."""
     from tiny import collator, tiny_dataset
     from transformers import Seq2SeqTrainingArguments
 
@@ -262,15 +288,11 @@ def train(out_dir: str, family: str, impl: str) -> None:
             data_seed=0,
             dataloader_num_workers=0,
             disable_tqdm=True,
-            fsdp="full_shard auto_wrap",
-            fsdp_config={
-                "version": 2,
-                "transformer_layer_cls_to_wrap": list(model._no_split_modules),
-                "reshard_after_forward": True,
-                "state_dict_type": "FULL_STATE_DICT",
-            },
+            **_engine_arguments(engine, model),
         )
-        trainer_cls = _fsdp_on_cpu(TVDSeq2SeqTrainer if is_seq2seq(family) else TVDTrainer)
+        trainer_cls = TVDSeq2SeqTrainer if is_seq2seq(family) else TVDTrainer
+        if engine == "fsdp2":
+            trainer_cls = _fsdp_on_cpu(trainer_cls)
         trainer = trainer_cls(
             model=model,
             args=args,

@@ -106,20 +106,22 @@ def test_tensor_parallel_head_is_refused_by_name(fsdp_results):
     assert error is not None and "loss_impl='chunked' cannot be used" in error and "tensor parallelism" in error
 
 
-@pytest.mark.slow
-def test_trainer_under_fsdp2_trains_saves_and_resumes_like_one_process(tmp_path):
-    """TVDTrainer.train() with FSDP2 (accelerate's own FSDP2 path, see fsdp_worker._fsdp_on_cpu), 2 processes,
-    chunked loss, checkpoints, then a resume: the loss curve is the 1-process run's, the resume is exact."""
+def check_trainer_run(tmp_path, engine: str, model_class: str, port: int) -> None:
+    """tests/fsdp_worker.py ``train``: 2 processes × 4 × 2 accumulation, chunked, checkpoints, a resume from step 2.
+    The loss curve is the 1-process batch-16 run's (logits path), the resumed run ends where the full one did."""
     from test_trainer import assert_same_training, train_losses
     from tiny import train_tiny
 
-    torchrun([os.path.join(HERE, "fsdp_worker.py"), "train", str(tmp_path), "llama", "chunked"], port=29616)
+    torchrun([os.path.join(HERE, "fsdp_worker.py"), "train", str(tmp_path), "llama", "chunked", engine], port=port)
     runs = {}
     for run in ("full", "resumed"):
         with open(tmp_path / f"{run}.json") as f:
             info = json.load(f)
-        assert info["world_size"] == 2 and info["distributed_type"] == "DistributedType.FSDP"
-        assert info["model_class"] == "FSDPLlamaForCausalLM" and info["chunked_head_verified"]
+        assert info["world_size"] == 2
+        assert info["distributed_type"] == (
+            "DistributedType.FSDP" if engine == "fsdp2" else "DistributedType.DEEPSPEED"
+        )
+        assert info["model_class"] == model_class and info["chunked_head_verified"]
         assert "checkpoint-4" in info["checkpoints"]
         runs[run] = (info["history"], torch.load(tmp_path / f"{run}.pt"), None)
     assert "checkpoint-2" in os.listdir(tmp_path / "full")
@@ -131,3 +133,9 @@ def test_trainer_under_fsdp2_trains_saves_and_resumes_like_one_process(tmp_path)
     assert len(resumed) == len(full) == 4 and resumed == pytest.approx(full, rel=1e-6)
     for name, value in runs["full"][1].items():
         torch.testing.assert_close(runs["resumed"][1][name], value, rtol=0, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_trainer_under_fsdp2_trains_saves_and_resumes_like_one_process(tmp_path):
+    """TVDTrainer.train() with FSDP2 (accelerate's own FSDP2 path, see fsdp_worker._fsdp_on_cpu)."""
+    check_trainer_run(tmp_path, "fsdp2", "FSDPLlamaForCausalLM", port=29616)

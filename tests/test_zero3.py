@@ -170,3 +170,13 @@ def test_deepspeed_zero3_on_cpu_matches_unsharded(tmp_path):
         largest = max(r["grad_scales"].values())
         for name, error in r["grad_errors"].items():
             assert error <= 1e-5 * max(r["grad_scales"][name], 1e-2 * largest), (r["family"], r["impl"], name, error)
+
+
+@pytest.mark.slow
+def test_trainer_under_zero3_trains_saves_and_resumes_like_one_process(tmp_path):
+    """TVDTrainer.train() with TrainingArguments(deepspeed={ZeRO-3}) on 2 CPU processes, chunked, checkpoints and a
+    resume (tests/fsdp_worker.py ``train ... zero3``): the 1-process loss curve, the same final parameters."""
+    pytest.importorskip("deepspeed")
+    from test_fsdp import check_trainer_run
+
+    check_trainer_run(tmp_path, "zero3", "DeepSpeedEngine", port=29618)
