@@ -23,6 +23,7 @@ How a batch flows: ``docs/ARCHITECTURE.md``.
 from __future__ import annotations
 
 import math
+import os
 import weakref
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -118,6 +119,7 @@ class TVDLossMixin:
         callbacks = list(kwargs.pop("callbacks", None) or [])
         kwargs["callbacks"] = [*callbacks, self.nonfinite_guard]
         super().__init__(*args, **kwargs)
+        self._tvd_check_engine()
         # Keep the stock token counting and the model's own loss path off: this class counts the scored
         # tokens itself (get_batch_samples) with the rule that matches its loss.
         self.model_accepts_loss_kwargs = False
@@ -125,6 +127,20 @@ class TVDLossMixin:
         self._tvd_last_gamma: float | None = None
         self._tvd_head: tuple[weakref.ref, OutputHead] | None = None
         self._tvd_needs_logits = False
+
+    def _tvd_check_engine(self) -> None:
+        """Refuse, before training, an engine that was asked for and silently not given."""
+        fsdp_asked = getattr(self.args, "fsdp_plugin_args", None) is not None or (
+            os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
+        )
+        if fsdp_asked and not getattr(self, "is_fsdp_enabled", False) and self.args.world_size > 1:
+            raise ValueError(
+                "FSDP was asked for (TrainingArguments.fsdp or an accelerate FSDP config) but accelerate did not "
+                f"enable it: distributed type {self.accelerator.distributed_type}. accelerate (1.15) takes FSDP only "
+                "on GPUs and other accelerators (AcceleratorState.__init__ in accelerate/state.py); with use_cpu it "
+                "trains with DistributedDataParallel instead, each process holding the whole model. Drop the FSDP "
+                "settings on CPU, or see docs/DISTRIBUTED.md"
+            )
 
     # ---------------------------------------------------------------- γ
     def current_gamma(self) -> float:

@@ -183,6 +183,7 @@ def grads(out_dir: str) -> None:
         )
         del trainer, reference_trainer
     results.append(_tensor_parallel_refusal(args))
+    results.append(_fsdp_on_cpu_refusal(out_dir))
     if rank == 0:
         with open(os.path.join(out_dir, "grads.json"), "w") as f:
             json.dump(results, f, indent=1)
@@ -205,6 +206,21 @@ def _tensor_parallel_refusal(args) -> dict:
     except ValueError as exc:
         error = str(exc)
     return {"engine": "tensor_parallel", "error": error}
+
+
+def _fsdp_on_cpu_refusal(out_dir: str) -> dict:
+    """TrainingArguments(fsdp=..., use_cpu=True) on 2 processes: accelerate would train with DDP; refused, named."""
+    from transformers import TrainingArguments
+
+    from hf_tvd_loss import TVDTrainer
+
+    args = TrainingArguments(output_dir=out_dir, use_cpu=True, report_to="none", fsdp=True)
+    try:
+        TVDTrainer(model=_tiny("llama", False), args=args)
+        error = None
+    except ValueError as exc:
+        error = str(exc)
+    return {"engine": "fsdp_on_cpu", "error": error}
 
 
 # ---------------------------------------------------------------------------------------------- a full Trainer run

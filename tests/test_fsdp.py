@@ -44,8 +44,8 @@ def fsdp_results(tmp_path_factory):
 
 
 def _name(r: dict) -> str:
-    if r.get("engine") == "tensor_parallel":
-        return "tensor_parallel"
+    if r.get("engine") in ("tensor_parallel", "fsdp_on_cpu"):
+        return r["engine"]
     return "-".join(
         [
             r.get("engine") or "fsdp2",
@@ -97,6 +97,13 @@ def test_sharded_matches_unsharded(fsdp_results, config):
         assert r["max_logit_rows"] <= CHUNK_ROWS  # never a [tokens, vocab] tensor, only chunks
     else:
         assert r["max_logit_rows"] >= TOKENS_PER_PROCESS - 12  # the watch does see full logits
+
+
+@pytest.mark.slow
+def test_fsdp_that_accelerate_would_replace_by_ddp_is_refused(fsdp_results):
+    """TrainingArguments(fsdp=True, use_cpu=True) on 2 processes: accelerate silently uses DDP; the trainer refuses."""
+    error = fsdp_results["fsdp_on_cpu"]["error"]
+    assert error is not None and "FSDP was asked for" in error and "DistributedDataParallel" in error
 
 
 @pytest.mark.slow
