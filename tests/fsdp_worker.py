@@ -259,6 +259,8 @@ def _engine_arguments(engine: str, model: torch.nn.Module) -> dict:
                 "state_dict_type": "FULL_STATE_DICT",
             },
         }
+    if engine == "fsdp2-accelerate-config":  # settings from `accelerate launch --config_file ...` (environment)
+        return {}
     if engine == "zero3":
         # Under torchrun with use_cpu, TrainingArguments(deepspeed=...) does give DeepSpeed's engine (measured).
         zero = {"stage": 3, "stage3_param_persistence_threshold": 0, "stage3_gather_16bit_weights_on_model_save": True}
@@ -307,7 +309,7 @@ def train(out_dir: str, family: str, impl: str, engine: str = "fsdp2") -> None:
             **_engine_arguments(engine, model),
         )
         trainer_cls = TVDSeq2SeqTrainer if is_seq2seq(family) else TVDTrainer
-        if engine == "fsdp2":
+        if engine.startswith("fsdp2"):
             trainer_cls = _fsdp_on_cpu(trainer_cls)
         trainer = trainer_cls(
             model=model,

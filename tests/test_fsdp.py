@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -24,7 +25,13 @@ TOKENS_PER_PROCESS = 2 * 12  # the worker's batch half
 
 
 def torchrun(args: list[str], port: int, timeout: int = 300) -> None:
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port), *args]
+    run_two_processes(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port), *args],
+        timeout=timeout,
+    )
+
+
+def run_two_processes(cmd: list[str], timeout: int = 300) -> None:
     env = {
         **os.environ,
         "OMP_NUM_THREADS": "1",
@@ -119,15 +126,21 @@ def check_trainer_run(tmp_path, engine: str, model_class: str, port: int) -> Non
     from test_trainer import assert_same_training, train_losses
     from tiny import train_tiny
 
-    torchrun([os.path.join(HERE, "fsdp_worker.py"), "train", str(tmp_path), "llama", "chunked", engine], port=port)
+    worker = [os.path.join(HERE, "fsdp_worker.py"), "train", str(tmp_path), "llama", "chunked", engine]
+    if engine == "fsdp2-accelerate-config":  # the shipped accelerate config, as a user launches it
+        accelerate = shutil.which("accelerate") or os.path.join(os.path.dirname(sys.executable), "accelerate")
+        config = os.path.join(ROOT, "configs", "accelerate", "fsdp.yaml")
+        launcher = [accelerate, "launch", "--config_file", config, "--num_processes", "2", "--mixed_precision", "no"]
+        run_two_processes([*launcher, "--main_process_port", str(port), *worker])
+    else:
+        torchrun(worker, port=port)
     runs = {}
     for run in ("full", "resumed"):
         with open(tmp_path / f"{run}.json") as f:
             info = json.load(f)
         assert info["world_size"] == 2
-        assert info["distributed_type"] == (
-            "DistributedType.FSDP" if engine == "fsdp2" else "DistributedType.DEEPSPEED"
-        )
+        expected = "DistributedType.DEEPSPEED" if engine == "zero3" else "DistributedType.FSDP"
+        assert info["distributed_type"] == expected
         assert info["model_class"] == model_class and info["chunked_head_verified"]
         assert "checkpoint-4" in info["checkpoints"]
         runs[run] = (info["history"], torch.load(tmp_path / f"{run}.pt"), None)
@@ -144,5 +157,6 @@ def check_trainer_run(tmp_path, engine: str, model_class: str, port: int) -> Non
 
 @pytest.mark.slow
 def test_trainer_under_fsdp2_trains_saves_and_resumes_like_one_process(tmp_path):
-    """TVDTrainer.train() with FSDP2 (accelerate's own FSDP2 path, see fsdp_worker._fsdp_on_cpu)."""
-    check_trainer_run(tmp_path, "fsdp2", "FSDPLlamaForCausalLM", port=29616)
+    """TVDTrainer.train() under ``accelerate launch --config_file configs/accelerate/fsdp.yaml`` (FSDP2; accelerate's
+    own FSDP2 path, made to run on CPU by fsdp_worker._fsdp_on_cpu)."""
+    check_trainer_run(tmp_path, "fsdp2-accelerate-config", "FSDPLlamaForCausalLM", port=29616)
