@@ -259,7 +259,7 @@ def _engine_arguments(engine: str, model: torch.nn.Module) -> dict:
                 "state_dict_type": "FULL_STATE_DICT",
             },
         }
-    if engine == "fsdp2-accelerate-config":  # settings from `accelerate launch --config_file ...` (environment)
+    if engine.endswith("accelerate-config"):  # settings from `accelerate launch --config_file ...` (environment)
         return {}
     if engine == "zero3":
         # Under torchrun with use_cpu, TrainingArguments(deepspeed=...) does give DeepSpeed's engine (measured).

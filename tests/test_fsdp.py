@@ -127,9 +127,10 @@ def check_trainer_run(tmp_path, engine: str, model_class: str, port: int) -> Non
     from tiny import train_tiny
 
     worker = [os.path.join(HERE, "fsdp_worker.py"), "train", str(tmp_path), "llama", "chunked", engine]
-    if engine == "fsdp2-accelerate-config":  # the shipped accelerate config, as a user launches it
+    if engine.endswith("accelerate-config"):  # the shipped accelerate config, launched as a user launches it
         accelerate = shutil.which("accelerate") or os.path.join(os.path.dirname(sys.executable), "accelerate")
-        config = os.path.join(ROOT, "configs", "accelerate", "fsdp.yaml")
+        name = "deepspeed_zero3.yaml" if engine.startswith("zero3") else "fsdp.yaml"
+        config = os.path.join(ROOT, "configs", "accelerate", name)
         launcher = [accelerate, "launch", "--config_file", config, "--num_processes", "2", "--mixed_precision", "no"]
         run_two_processes([*launcher, "--main_process_port", str(port), *worker])
     else:
@@ -139,7 +140,7 @@ def check_trainer_run(tmp_path, engine: str, model_class: str, port: int) -> Non
         with open(tmp_path / f"{run}.json") as f:
             info = json.load(f)
         assert info["world_size"] == 2
-        expected = "DistributedType.DEEPSPEED" if engine == "zero3" else "DistributedType.FSDP"
+        expected = "DistributedType.DEEPSPEED" if engine.startswith("zero3") else "DistributedType.FSDP"
         assert info["distributed_type"] == expected
         assert info["model_class"] == model_class and info["chunked_head_verified"]
         assert "checkpoint-4" in info["checkpoints"]

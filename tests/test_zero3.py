@@ -174,9 +174,10 @@ def test_deepspeed_zero3_on_cpu_matches_unsharded(tmp_path):
 
 @pytest.mark.slow
 def test_trainer_under_zero3_trains_saves_and_resumes_like_one_process(tmp_path):
-    """TVDTrainer.train() with TrainingArguments(deepspeed={ZeRO-3}) on 2 CPU processes, chunked, checkpoints and a
-    resume (tests/fsdp_worker.py ``train ... zero3``): the 1-process loss curve, the same final parameters."""
+    """TVDTrainer.train() under ``accelerate launch --config_file configs/accelerate/deepspeed_zero3.yaml`` on 2 CPU
+    processes (DS_ACCELERATOR=cpu), chunked, checkpoints and a resume: the 1-process loss curve, the same final
+    parameters. (TrainingArguments(deepspeed={ZeRO-3 dict}) under torchrun works the same: fsdp_worker ``zero3``.)"""
     pytest.importorskip("deepspeed")
     from test_fsdp import check_trainer_run
 
-    check_trainer_run(tmp_path, "zero3", "DeepSpeedEngine", port=29618)
+    check_trainer_run(tmp_path, "zero3-accelerate-config", "DeepSpeedEngine", port=29618)
