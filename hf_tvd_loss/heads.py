@@ -12,8 +12,10 @@ Why inside the head's own forward: sharding engines gather a module's parameters
 free them right after (FSDP2 ``fully_shard`` with ``reshard_after_forward``, DeepSpeed ZeRO-3), and register their
 backward hooks on the module's outputs. Computing the loss there, and back-propagating through the tensor the
 head returned, lets the engines gather, reduce and free as for any module; reading ``lm_head.weight`` after the
-model's forward fails under both (a sharded DTensor, or a freed ZeRO-3 placeholder). DDP and torch.compile'd or
-PEFT-wrapped models go through the same path: the model's own forward always runs.
+model's forward fails under both (a sharded DTensor, or a freed ZeRO-3 placeholder). DDP, FSDP1 (also with lm_head
+wrapped on its own) and torch.compile'd or PEFT-wrapped models go through the same path: the model's own forward
+always runs. Tensor parallelism on lm_head (its weight a DTensor even inside its forward) is refused by name.
+Measured engine by engine: ``docs/DISTRIBUTED.md``.
 
 What the model does to the head's output (a bias such as BART's ``final_logits_bias``, Gemma-2/3 soft-capping,
 a logit scale) is read from the model and then **checked on the concrete model** at first use
