@@ -12,8 +12,10 @@ Why inside the head's own forward: sharding engines gather a module's parameters
 free them right after (FSDP2 ``fully_shard`` with ``reshard_after_forward``, DeepSpeed ZeRO-3), and register their
 backward hooks on the module's outputs. Computing the loss there, and back-propagating through the tensor the
 head returned, lets the engines gather, reduce and free as for any module; reading ``lm_head.weight`` after the
-model's forward fails under both (a sharded DTensor, or a freed ZeRO-3 placeholder). DDP and torch.compile'd or
-PEFT-wrapped models go through the same path: the model's own forward always runs.
+model's forward fails under both (a sharded DTensor, or a freed ZeRO-3 placeholder). DDP, FSDP1 (also with lm_head
+wrapped on its own) and torch.compile'd or PEFT-wrapped models go through the same path: the model's own forward
+always runs. Tensor parallelism on lm_head (its weight a DTensor even inside its forward) is refused by name.
+Measured engine by engine: ``docs/DISTRIBUTED.md``.
 
 What the model does to the head's output (a bias such as BART's ``final_logits_bias``, Gemma-2/3 soft-capping,
 a logit scale) is read from the model and then **checked on the concrete model** at first use
@@ -35,6 +37,7 @@ from torch import nn
 __all__ = [
     "IGNORE_INDEX",
     "OutputHead",
+    "check_gathered",
     "decoder_input_ids_from_labels",
     "is_encoder_decoder",
     "logits_of",
@@ -190,6 +193,11 @@ def resolve_output_head(model: nn.Module) -> OutputHead:
         )
     getter = getattr(base, "get_output_embeddings", None)
     module = getter() if callable(getter) else None
+    # FSDP1 (FullyShardedDataParallel) wrapping lm_head as its own unit: replace the forward of the Linear inside,
+    # which the wrapper calls once it has gathered the weight.
+    inner = getattr(module, "_fsdp_wrapped_module", None)
+    if isinstance(inner, nn.Module):
+        module = inner
     problem = _head_problem(module, name)
     if problem is not None:
         raise ValueError(problem)
@@ -217,6 +225,31 @@ def _postprocess(head: OutputHead, z: torch.Tensor) -> torch.Tensor:
         cap = head.final_logit_softcapping
         logits = cap * torch.tanh(logits / cap)
     return logits
+
+
+def _is_dtensor(t: Any) -> bool:
+    try:
+        from torch.distributed.tensor import DTensor
+    except ImportError:  # torch without distributed
+        return False
+    return isinstance(t, DTensor)
+
+
+def check_gathered(head: OutputHead, hidden: torch.Tensor, linear: nn.Linear) -> None:
+    """``ValueError`` if, inside the head's forward, its weight or input is still a distributed tensor.
+
+    FSDP2, FSDP1 and ZeRO-3 hand the head its whole weight while it runs; tensor parallelism (``tp_plan``,
+    ``parallelize_module`` on lm_head) keeps it a DTensor sharded over the vocabulary, which the chunked loss,
+    computing a softmax over the whole vocabulary on each process, cannot use.
+    """
+    for what, t in (("weight", linear.weight), ("input", hidden)):
+        if _is_dtensor(t):
+            raise ValueError(
+                f"{head.model_class}: inside its forward the output head's {what} is a DTensor (placements "
+                f"{tuple(t.placements)}): tensor parallelism on lm_head is not supported by the chunked loss, which "
+                "needs the whole vocabulary on each process; use loss_impl='logits' (or leave lm_head out of the "
+                "tensor-parallel plan)"
+            )
 
 
 def loss_arguments(head: OutputHead, linear: nn.Linear) -> dict[str, Any]:
@@ -293,9 +326,14 @@ def loss_in_output_head(
     stats: list[Any] = []
 
     def forward(hidden: torch.Tensor) -> torch.Tensor:
-        loss, loss_stats = loss_fn(hidden, **loss_arguments(head, head.linear()))
+        linear = head.linear()
+        check_gathered(head, hidden, linear)
+        loss, loss_stats = loss_fn(hidden, **loss_arguments(head, linear))
         stats.append(loss_stats)
-        return loss.reshape(1, 1, 1)  # "logits" of one position and one class: the model's post-processing is cheap
+        # "Logits" of one position and one class, so the model's post-processing is cheap. A copy, not a view:
+        # FSDP2 registers its pre-backward hook on the tensor a unit returns, and an in-place op on a view would
+        # drop it.
+        return loss.reshape(1, 1, 1).clone()
 
     with _HeadForward(head.module, forward) as replaced:
         outputs = model(**_model_inputs(inputs))
@@ -336,7 +374,9 @@ def verify_output_head(model: nn.Module, head: OutputHead, inputs: Mapping[str, 
     kept: list[torch.Tensor] = []
 
     def forward(hidden: torch.Tensor) -> torch.Tensor:
-        z = nn.functional.linear(hidden, head.linear().weight, head.linear().bias)
+        linear = head.linear()
+        check_gathered(head, hidden, linear)
+        z = nn.functional.linear(hidden, linear.weight, linear.bias)
         kept.append(z.detach())
         return z
 

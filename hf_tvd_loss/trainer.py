@@ -25,6 +25,8 @@ How a batch flows: ``docs/ARCHITECTURE.md``.
 from __future__ import annotations
 
 import math
+import os
+import weakref
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -152,6 +154,7 @@ class TVDLossMixin:
         callbacks = list(kwargs.pop("callbacks", None) or [])
         kwargs["callbacks"] = [*callbacks, self.nonfinite_guard]
         super().__init__(*args, **kwargs)
+        self._tvd_check_engine()
         # Keep the stock token counting and the model's own loss path off: this class counts the scored
         # tokens itself (get_batch_samples) with the rule that matches its loss.
         self.model_accepts_loss_kwargs = False
@@ -159,8 +162,22 @@ class TVDLossMixin:
         self._tvd_sequences: dict[str, torch.Tensor | None] = dict.fromkeys(_MODES)
         self.tvd_calibration_sums: dict[str, torch.Tensor] = {}
         self._tvd_last_gamma: float | None = None
-        self._tvd_head: tuple[int, OutputHead] | None = None
+        self._tvd_head: tuple[weakref.ref, OutputHead] | None = None
         self._tvd_needs_logits = False
+
+    def _tvd_check_engine(self) -> None:
+        """Refuse, before training, an engine that was asked for and silently not given."""
+        fsdp_asked = getattr(self.args, "fsdp_plugin_args", None) is not None or (
+            os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
+        )
+        if fsdp_asked and not getattr(self, "is_fsdp_enabled", False) and self.args.world_size > 1:
+            raise ValueError(
+                "FSDP was asked for (TrainingArguments.fsdp or an accelerate FSDP config) but accelerate did not "
+                f"enable it: distributed type {self.accelerator.distributed_type}. accelerate (1.15) takes FSDP only "
+                "on GPUs and other accelerators (AcceleratorState.__init__ in accelerate/state.py); with use_cpu it "
+                "trains with DistributedDataParallel instead, each process holding the whole model. Drop the FSDP "
+                "settings on CPU, or see docs/DISTRIBUTED.md"
+            )
 
     # ---------------------------------------------------------------- γ
     def current_gamma(self) -> float:
@@ -285,14 +302,15 @@ class TVDLossMixin:
     def _tvd_output_head(self, model: nn.Module, inputs: Mapping[str, Any]) -> OutputHead:
         """The model's output head, resolved and checked against the logits path once per model."""
         base = unwrap_model(model)
-        if self._tvd_head is not None and self._tvd_head[0] == id(base):
+        if self._tvd_head is not None and self._tvd_head[0]() is base:
             return self._tvd_head[1]
         try:
             head = resolve_output_head(model)
             verify_output_head(model, head, inputs)
         except ValueError as exc:
             raise ValueError(f"loss_impl='chunked' cannot be used: {exc}") from exc
-        self._tvd_head = (id(base), head)
+        # A weak reference, not id(): a new model may reuse a freed one's address.
+        self._tvd_head = (weakref.ref(base), head)
         return head
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None, **kwargs):  # type: ignore[override]
