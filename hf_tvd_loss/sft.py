@@ -55,7 +55,7 @@ class TVDSFTTrainer(TVDLossMixin, CheckpointSafetyMixin, SFTTrainer):
                 "TVDArguments: leave loss_type='nll' (DFT is TVDArguments(gamma=1.0), the same loss)"
             )
         tvd_args = tvd_args if tvd_args is not None else TVDArguments()
-        if isinstance(tvd_args, TVDArguments) and hasattr(tvd_args, "extra_metrics") and not tvd_args.extra_metrics:
+        if isinstance(tvd_args, TVDArguments) and not tvd_args.extra_metrics:
             tvd_args = dataclasses.replace(tvd_args, extra_metrics=True)  # TRL logs accuracy and entropy
         super().__init__(*args, tvd_args=tvd_args, **kwargs)
 
@@ -74,8 +74,8 @@ class TVDSFTTrainer(TVDLossMixin, CheckpointSafetyMixin, SFTTrainer):
             self._metrics["train"]["num_tokens"] = [self._total_train_tokens]
         return result
 
-    def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
-        super().log(_with_trl_names(logs), *args, **kwargs)
+    def _tvd_drain(self, mode: str, prefix: str) -> dict[str, float]:
+        return _with_trl_names(super()._tvd_drain(mode, prefix))
 
 
 def _with_trl_names(logs: dict[str, float]) -> dict[str, float]:

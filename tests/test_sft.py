@@ -128,7 +128,8 @@ def test_gamma_zero_is_stock_sft(tmp_path, kind, options, impl):
     ours = run(tmp_path, "ours", tvd={**CE, "loss_impl": impl}, kind=kind, **options)
     _close(ours, stock, 1e-4)
     logs = run.last.state.log_history[0]
-    assert {"nll", "tvd_weight_mean", "num_tokens"} <= set(logs)
+    assert {"nll", "tvd_weight_mean", "num_tokens", "mean_token_accuracy", "entropy"} <= set(logs)
+    assert 0.0 <= logs["mean_token_accuracy"] <= 1.0 and logs["entropy"] > 0
 
 
 def test_gamma_one_is_trl_dft(tmp_path):
