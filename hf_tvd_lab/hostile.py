@@ -485,13 +485,22 @@ CASES: list[Case] = [
     _c("output-dir-empty", "cli", lambda tmp: ("language_modeling", ["--output_dir", "", *QUICK_LM]), "output_dir"),
     # ---------------------------------------------------------------- YAML
     _c("yaml-lr-list", "yaml", _yaml("summarization", "learning_rate: [1]\n"), "learning_rate", "config.yaml"),
-    _c("yaml-batch-2.7", "yaml", _yaml("summarization", "per_device_train_batch_size: 2.7\n"),
-       "per_device_train_batch_size"),  # fmt: skip
+    _c(
+        "yaml-batch-2.7",
+        "yaml",
+        _yaml("summarization", "per_device_train_batch_size: 2.7\n"),
+        "per_device_train_batch_size",
+    ),  # fmt: skip
     _c("yaml-max-steps-negative", "yaml", _yaml("language_modeling", "max_steps: -5\n"), "max_steps"),
     _c("yaml-epochs-word", "yaml", _yaml("language_modeling", "num_train_epochs: three\n"), "num_train_epochs"),
     _c("yaml-norway", "yaml", _yaml("translation", "source_lang: no\ntarget_lang: en\n"), "source_lang"),
-    _c("yaml-duplicate-key", "yaml", _yaml("summarization", "gamma: 0.1\nmin_weight: 0.2\ngamma: 0.5\n"), "gamma",
-       "duplicate"),  # fmt: skip
+    _c(
+        "yaml-duplicate-key",
+        "yaml",
+        _yaml("summarization", "gamma: 0.1\nmin_weight: 0.2\ngamma: 0.5\n"),
+        "gamma",
+        "duplicate",
+    ),  # fmt: skip
     _c("yaml-lr-nan", "yaml", _yaml("language_modeling", "learning_rate: .nan\n"), "learning_rate"),
     _c("yaml-bool-as-int", "yaml", _yaml("language_modeling", "do_train: 1\n"), "do_train"),
     _c("yaml-int-as-bool", "yaml", _yaml("language_modeling", "seed: true\n"), "seed"),
@@ -502,47 +511,112 @@ CASES: list[Case] = [
     _c("yaml-not-utf8", "yaml", _yaml("language_modeling", b"text_column: caf\xe9\n"), "config.yaml"),
     _c("yaml-unknown-key", "yaml", _yaml("summarization", "beam_size: 5\n"), "beam_size"),
     _c("yaml-int-in-e-notation", "yaml", _yaml("language_modeling", "max_steps: 1e3\n"), "max_steps"),
-    _c("yaml-scheduler-unknown", "yaml", _yaml("language_modeling", "lr_scheduler_type: bogus\n"),
-       "lr_scheduler_type"),  # fmt: skip
+    _c(
+        "yaml-scheduler-unknown", "yaml", _yaml("language_modeling", "lr_scheduler_type: bogus\n"), "lr_scheduler_type"
+    ),  # fmt: skip
     _c("yaml-gamma-word", "yaml", _yaml("summarization", "gamma: high\n"), "gamma"),
     _c("yaml-column-list", "yaml", _yaml("summarization", "text_column: [document]\n"), "text_column"),
     _c("yaml-syntax-error", "yaml", _yaml("summarization", "gamma: [0.1\n"), "config.yaml"),
     _c("yaml-report-to-number", "yaml", _yaml("language_modeling", "report_to: 5\n"), "report_to"),
-    _c("yaml-missing-file", "yaml", lambda tmp: ("language_modeling", ["--output_dir", _out(tmp), "--config",
-                                                                       str(tmp / "nope.yaml")]), "nope.yaml"),  # fmt: skip
+    _c(
+        "yaml-missing-file",
+        "yaml",
+        lambda tmp: ("language_modeling", ["--output_dir", _out(tmp), "--config", str(tmp / "nope.yaml")]),
+        "nope.yaml",
+    ),  # fmt: skip
     # ---------------------------------------------------------------- data files
-    _c("jsonl-malformed-line", "data", _data("summarization", "train.jsonl", _malformed_jsonl), "train.jsonl",
-       "line 22"),  # fmt: skip
+    _c(
+        "jsonl-malformed-line",
+        "data",
+        _data("summarization", "train.jsonl", _malformed_jsonl),
+        "train.jsonl",
+        "line 22",
+    ),  # fmt: skip
     _c("jsonl-not-utf8", "data", _data("summarization", "train.jsonl", _non_utf8_jsonl), "train.jsonl", "line 3"),
     _c("jsonl-array-line", "data", _data("summarization", "train.jsonl", _array_line), "train.jsonl", "line 6"),
     _c("jsonl-null-lines", "data", _data("summarization", "train.jsonl", _null_lines), "train.jsonl", "rows 10, 14"),
-    _c("jsonl-mixed-types", "data", _data("summarization", "train.jsonl", _mixed_summary_types), "train.jsonl",
-       "summary", "line 13"),  # fmt: skip
+    _c(
+        "jsonl-mixed-types",
+        "data",
+        _data("summarization", "train.jsonl", _mixed_summary_types),
+        "train.jsonl",
+        "summary",
+        "line 13",
+    ),  # fmt: skip
     _c("csv-ragged-row", "data", _data("summarization", "train.csv", _ragged_csv), "train.csv", "line 6"),
     _c("csv-not-utf8", "data", _data("summarization", "train.csv", _non_utf8_csv), "train.csv", "line 8"),
     _c("txt-not-utf8", "data", _data("language_modeling", "train.txt", _non_utf8_txt), "train.txt", "line 31"),
     _c("parquet-corrupt", "data", _corrupt_parquet, "train.parquet"),
     _c("json-object-not-rows", "data", _json_object_file, "train.json"),
-    _c("null-summaries-90pct", "data", _data("summarization", "train.jsonl", _null_summaries), "train.jsonl",
-       "summary", "36"),  # fmt: skip
-    _c("blank-documents-50pct", "data", _data("summarization", "train.jsonl", _empty_documents), "train.jsonl",
-       "document", "20"),  # fmt: skip
-    _c("translation-missing-en", "data", _data("translation", "train.jsonl", _missing_target_key), "train.jsonl",
-       "'en'", "30"),  # fmt: skip
-    _c("translation-null-rows", "data", _data("translation", "train.jsonl", _null_translation_rows), "train.jsonl",
-       "translation", "14"),  # fmt: skip
-    _c("translation-string-row", "data", _data("translation", "train.jsonl", _mixed_translation_types),
-       "train.jsonl", "row 8"),  # fmt: skip
-    _c("csv-empty-targets", "data", _data("translation", "train.csv", _flat_csv_null_targets), "train.csv", "'en'",
-       "14"),  # fmt: skip
-    _c("lm-null-texts", "data", _data("language_modeling", "train.jsonl", _lm_null_texts), "train.jsonl", "text",
-       "30"),  # fmt: skip
-    _c("validation-null-summaries", "data", _data("summarization", "val.jsonl", _null_summaries,
-       "--do_train", "false", option="--validation_file"), "val.jsonl", "summary"),  # fmt: skip
-    _c("data-file-is-directory", "data", lambda tmp: ("language_modeling", ["--output_dir", _out(tmp), *QUICK_LM,
-       "--train_file", str(tmp)]), "train_file"),  # fmt: skip
-    _c("data-file-missing", "data", lambda tmp: ("translation", ["--output_dir", _out(tmp), *QUICK,
-       "--train_file", str(tmp / "nope.jsonl")]), "nope.jsonl"),  # fmt: skip
+    _c(
+        "null-summaries-90pct",
+        "data",
+        _data("summarization", "train.jsonl", _null_summaries),
+        "train.jsonl",
+        "summary",
+        "36",
+    ),  # fmt: skip
+    _c(
+        "blank-documents-50pct",
+        "data",
+        _data("summarization", "train.jsonl", _empty_documents),
+        "train.jsonl",
+        "document",
+        "20",
+    ),  # fmt: skip
+    _c(
+        "translation-missing-en",
+        "data",
+        _data("translation", "train.jsonl", _missing_target_key),
+        "train.jsonl",
+        "'en'",
+        "30",
+    ),  # fmt: skip
+    _c(
+        "translation-null-rows",
+        "data",
+        _data("translation", "train.jsonl", _null_translation_rows),
+        "train.jsonl",
+        "translation",
+        "14",
+    ),  # fmt: skip
+    _c(
+        "translation-string-row",
+        "data",
+        _data("translation", "train.jsonl", _mixed_translation_types),
+        "train.jsonl",
+        "row 8",
+    ),  # fmt: skip
+    _c(
+        "csv-empty-targets",
+        "data",
+        _data("translation", "train.csv", _flat_csv_null_targets),
+        "train.csv",
+        "'en'",
+        "14",
+    ),  # fmt: skip
+    _c(
+        "lm-null-texts", "data", _data("language_modeling", "train.jsonl", _lm_null_texts), "train.jsonl", "text", "30"
+    ),  # fmt: skip
+    _c(
+        "validation-null-summaries",
+        "data",
+        _data("summarization", "val.jsonl", _null_summaries, "--do_train", "false", option="--validation_file"),
+        "val.jsonl",
+        "summary",
+    ),  # fmt: skip
+    _c(
+        "data-file-is-directory",
+        "data",
+        lambda tmp: ("language_modeling", ["--output_dir", _out(tmp), *QUICK_LM, "--train_file", str(tmp)]),
+        "train_file",
+    ),  # fmt: skip
+    _c(
+        "data-file-missing",
+        "data",
+        lambda tmp: ("translation", ["--output_dir", _out(tmp), *QUICK, "--train_file", str(tmp / "nope.jsonl")]),
+        "nope.jsonl",
+    ),  # fmt: skip
     # ---------------------------------------------------------------- output folders and checkpoints
     _c("reuse-earlier-run", "output", _reuse_earlier_run, "output_dir", "overwrite_output_dir"),
     _c("reuse-with-checkpoints", "output", _reuse_with_checkpoints, "output_dir", "checkpoint-"),
@@ -562,11 +636,21 @@ CASES: list[Case] = [
     _c("gce-min-weight-negative", "api", _gce(min_weight=-0.1), "min_weight"),
     _c("gce-label-smoothing-1", "api", _gce(label_smoothing=1.0), "label_smoothing"),
     _c("gce-reduction-unknown", "api", _gce(reduction="avg"), "reduction"),
-    _c("gce-int-logits", "api", lambda tmp: _gce(logits=__import__("torch").ones(2, 3, 5, dtype=__import__("torch").long))(tmp), "logits"),  # fmt: skip  # noqa: E501
+    _c(
+        "gce-int-logits",
+        "api",
+        lambda tmp: _gce(logits=__import__("torch").ones(2, 3, 5, dtype=__import__("torch").long))(tmp),
+        "logits",
+    ),  # fmt: skip  # noqa: E501
     _c("gce-float-labels", "api", lambda tmp: _gce(labels=__import__("torch").zeros(2, 3))(tmp), "labels"),
     _c("gce-label-out-of-range", "api", lambda tmp: _gce(labels=__import__("torch").full((2, 3), 7))(tmp), "7"),
     _c("gce-label-negative", "api", lambda tmp: _gce(labels=__import__("torch").full((2, 3), -3))(tmp), "-3"),
-    _c("gce-shape-mismatch", "api", lambda tmp: _gce(labels=__import__("torch").zeros(2, 4, dtype=__import__("torch").long))(tmp), "shape"),  # fmt: skip  # noqa: E501
+    _c(
+        "gce-shape-mismatch",
+        "api",
+        lambda tmp: _gce(labels=__import__("torch").zeros(2, 4, dtype=__import__("torch").long))(tmp),
+        "shape",
+    ),  # fmt: skip  # noqa: E501
     _c("gce-neg-inf-target", "api", _gce_neg_inf_target, "+inf", note="correct result: +inf, not NaN"),
     _c("args-gamma-2", "api", _tvd_args(gamma=2.0), "TVDArguments.gamma"),
     _c("args-gamma-bool", "api", _tvd_args(gamma=True), "TVDArguments.gamma"),
@@ -574,14 +658,24 @@ CASES: list[Case] = [
     _c("args-schedule-unknown", "api", _tvd_args(gamma_schedule="exp"), "gamma_schedule"),
     _c("args-loss-type-unknown", "api", _tvd_args(loss_type="mse"), "loss_type"),
     _c("args-nonfinite-unknown", "api", _tvd_args(nonfinite_policy="warn"), "nonfinite_policy"),
-    _c("args-schedule-ratio-0", "api", _tvd_args(gamma_schedule="linear", gamma_schedule_ratio=0.0),
-       "gamma_schedule_ratio"),  # fmt: skip
+    _c(
+        "args-schedule-ratio-0",
+        "api",
+        _tvd_args(gamma_schedule="linear", gamma_schedule_ratio=0.0),
+        "gamma_schedule_ratio",
+    ),  # fmt: skip
     _c("args-focal-gamma-negative", "api", _tvd_args(loss_type="focal", focal_gamma=-1.0), "focal_gamma"),
     _c("trainer-headless-model", "api", _trainer("headless"), "GPT2Model"),
     _c("trainer-label-smoothing-factor", "api", _trainer(label_smoothing_factor=0.1), "label_smoothing_factor"),
     _c("trainer-tvd-args-dict", "api", _trainer(tvd={"gamma": 0.1}), "tvd_args"),
     _c("trainer-neg-inf-logit", "api", _trainer_poisoned, "step 2", note="correct result: stops before the update"),
-    _c("trainer-rotation-foreign", "api", _trainer_rotation, "kept", note="correct result: other run's checkpoints kept"),  # fmt: skip  # noqa: E501
+    _c(
+        "trainer-rotation-foreign",
+        "api",
+        _trainer_rotation,
+        "kept",
+        note="correct result: other run's checkpoints kept",
+    ),  # fmt: skip  # noqa: E501
 ]
 
 

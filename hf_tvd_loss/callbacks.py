@@ -174,7 +174,9 @@ def checkpoint_folders(output_dir: str) -> list[str]:
     if not os.path.isdir(output_dir):
         return []
     steps = sorted(
-        (int(m.group(1)), name) for name in os.listdir(output_dir) if (m := _CHECKPOINT_PATTERN.match(name)) is not None
+        (int(m.group(1)), name)
+        for name in os.listdir(output_dir)
+        if (m := _CHECKPOINT_PATTERN.match(name)) is not None
     )
     return [os.path.join(output_dir, name) for _, name in steps if os.path.isdir(os.path.join(output_dir, name))]
 

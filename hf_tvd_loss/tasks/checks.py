@@ -9,14 +9,19 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ..ops.common import check_number
-
 from .arguments import DataArguments, ModelArguments
 from .data import FILE_BUILDERS
 
 if TYPE_CHECKING:
     from transformers import TrainingArguments
 
-__all__ = ["check_common_args", "check_finite_options", "check_output_dir", "check_training_numbers", "remove_earlier_run"]
+__all__ = [
+    "check_common_args",
+    "check_finite_options",
+    "check_output_dir",
+    "check_training_numbers",
+    "remove_earlier_run",
+]
 
 
 # Names the scripts write into output_dir (``--overwrite_output_dir true`` removes an earlier run's copies first).
@@ -230,7 +235,12 @@ def check_common_args(data_args: DataArguments, model_args: ModelArguments, trai
     from ..callbacks import resolve_resume_checkpoint
 
     resume_value = training_args.resume_from_checkpoint
-    asks_resume = resume_value not in (None, False) and str(resume_value).strip().lower() not in ("", "false", "none", "no")
+    asks_resume = resume_value not in (None, False) and str(resume_value).strip().lower() not in (
+        "",
+        "false",
+        "none",
+        "no",
+    )
     if asks_resume and not training_args.do_train:
         raise ValueError(f"resume_from_checkpoint={resume_value!r} needs do_train (nothing is trained otherwise)")
     if asks_resume and data_args.overwrite_output_dir:

@@ -127,9 +127,7 @@ def convert_config_value(name: str, value: Any, annotation: Any) -> Any:
     kind = members[0]
     shown = f"{value!r} ({type(value).__name__})"
     if typing.get_origin(kind) is typing.Literal or (isinstance(kind, type) and issubclass(kind, enum.Enum)):
-        choices = (
-            list(typing.get_args(kind)) if typing.get_origin(kind) is typing.Literal else [m.value for m in kind]
-        )
+        choices = list(typing.get_args(kind)) if typing.get_origin(kind) is typing.Literal else [m.value for m in kind]
         if value not in choices and str(value) not in [str(c) for c in choices]:
             raise ValueError(f"{name}: {value!r} is not one of {choices}")
         return value
@@ -169,7 +167,9 @@ def convert_config_value(name: str, value: Any, annotation: Any) -> Any:
         )
         raise ValueError(f"{name}: expected a text, got {shown}{hint}")
     if typing.get_origin(kind) is list:
-        if isinstance(value, list) and all(isinstance(v, (str, int, float)) and not isinstance(v, bool) for v in value):
+        if isinstance(value, list) and all(
+            isinstance(v, (str, int, float)) and not isinstance(v, bool) for v in value
+        ):
             return value
         if isinstance(value, str):
             return [value]

@@ -129,7 +129,9 @@ def _check_utf8(path: str, option: str) -> None:
         try:
             decoder.decode(b"", final=True)
         except UnicodeDecodeError:
-            raise ValueError(f"{option} {path}: line {line} is not UTF-8 text (the file ends inside a character)") from None
+            raise ValueError(
+                f"{option} {path}: line {line} is not UTF-8 text (the file ends inside a character)"
+            ) from None
 
 
 def _load_file(path: str, option: str, split: str, cache_dir: str | None) -> Dataset:

@@ -118,9 +118,7 @@ def prepare(task: Task[Any, Any], argv: Sequence[str] | None = None) -> Prepared
         from accelerate import PartialState
 
         PartialState().wait_for_everyone()
-    return Prepared(
-        task, model_args, data_args, tvd_args, training_args, raw, config, tokenizer, model, argv, dropped
-    )
+    return Prepared(task, model_args, data_args, tvd_args, training_args, raw, config, tokenizer, model, argv, dropped)
 
 
 def _texts_for_tokenizer(task: Task[Any, Any], prepared: Prepared) -> Iterator[str]:
@@ -152,7 +150,9 @@ def build(prepared: Prepared) -> Built:
     if prepared.data_args.overwrite_output_dir and not created and training_args.process_index == 0:
         removed = remove_earlier_run(output_dir)
         if removed:
-            logger.warning("overwrite_output_dir: removed the earlier run's %s from %s", ", ".join(removed), output_dir)
+            logger.warning(
+                "overwrite_output_dir: removed the earlier run's %s from %s", ", ".join(removed), output_dir
+            )
     try:
         return _build(prepared, created, start)
     except ValueError:
