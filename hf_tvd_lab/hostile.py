@@ -284,6 +284,25 @@ def _resume_and_overwrite(tmp: Path) -> Any:
                                  "--overwrite_output_dir", "true"]  # fmt: skip
 
 
+def _resume_elsewhere_into_earlier_run(tmp: Path) -> Any:
+    _checkpoint(tmp / "first", 200)
+    _earlier_run(tmp)
+    return "language_modeling", ["--output_dir", _out(tmp), *QUICK_LM, "--resume_from_checkpoint",
+                                 str(tmp / "first" / "checkpoint-200")]  # fmt: skip
+
+
+def _overwrite_the_model_it_loads(tmp: Path) -> Any:
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    _earlier_run(tmp)
+    (tmp / "out" / "model.safetensors").unlink()
+    GPT2LMHeadModel(GPT2Config(vocab_size=64, n_embd=8, n_layer=1, n_head=2, n_positions=64)).save_pretrained(
+        tmp / "out"
+    )
+    return "language_modeling", ["--output_dir", _out(tmp), *QUICK_LM, "--model_name_or_path", _out(tmp),
+                                 "--overwrite_output_dir", "true"]  # fmt: skip
+
+
 def _output_dir_is_file(tmp: Path) -> Any:
     (tmp / "out").write_text("a file")
     return "language_modeling", ["--output_dir", _out(tmp), *QUICK_LM]
@@ -626,6 +645,20 @@ CASES: list[Case] = [
     _c("resume-nothing-there", "output", _resume_nothing, "resume_from_checkpoint", "out"),
     _c("resume-missing-path", "output", _resume_missing_path, "checkpoint-5"),
     _c("resume-and-overwrite", "output", _resume_and_overwrite, "overwrite_output_dir", "resume_from_checkpoint"),
+    _c(
+        "resume-elsewhere-into-earlier-run",
+        "output",
+        _resume_elsewhere_into_earlier_run,
+        "output_dir",
+        "run_info.json",
+    ),  # fmt: skip
+    _c(
+        "overwrite-the-model-it-loads",
+        "output",
+        _overwrite_the_model_it_loads,
+        "model_name_or_path",
+        "overwrite_output_dir",
+    ),  # fmt: skip
     _c("output-dir-is-file", "output", _output_dir_is_file, "output_dir"),
     _c("output-dir-under-file", "output", _output_dir_under_file, "blocker"),
     _c("output-dir-unwritable", "output", _output_dir_unwritable, "/proc"),

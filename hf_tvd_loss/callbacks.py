@@ -348,10 +348,11 @@ class CheckpointSafetyMixin:
         self._tvd_save_limit = training_args.save_total_limit
         training_args.save_total_limit = None
         try:
-            return super().train(resume, *args, **kwargs)  # type: ignore[misc]
+            result = super().train(resume, *args, **kwargs)  # type: ignore[misc]
         finally:
             training_args.save_total_limit = self._tvd_save_limit
-            self._tvd_keep_only_best_at_end()
+        self._tvd_keep_only_best_at_end()
+        return result
 
     def _tvd_own_checkpoints(self, run_dir: str) -> list[str]:
         return [p for p in checkpoint_folders(run_dir) if _read_marker(p).get("run_id") == self._tvd_run_id]

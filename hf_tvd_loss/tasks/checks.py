@@ -54,11 +54,16 @@ def _probe_writable(folder: str) -> bool:
     return True
 
 
+def _inside(path: str, folder: str) -> bool:
+    path, folder = os.path.realpath(path), os.path.realpath(folder)
+    return path == folder or path.startswith(folder + os.sep)
+
+
 def check_output_dir(path: str, *, overwrite: bool = False, resume: bool = False) -> None:
     """Refuse an output_dir that cannot be created or written, or that holds an earlier run, without writing.
 
     A folder with anything in it is refused unless the run resumes (``resume``: it continues the run that is
-    there) or ``overwrite`` is set (the earlier run's outputs are replaced, see :func:`remove_earlier_run`).
+    there from one of its checkpoints) or ``overwrite`` is set (the earlier run's outputs are replaced, see :func:`remove_earlier_run`).
     """
     if not path:
         raise ValueError("output_dir must be set")
@@ -68,7 +73,8 @@ def check_output_dir(path: str, *, overwrite: bool = False, resume: bool = False
             raise ValueError(f"output_dir {path} exists and is not a directory")
         if not os.access(path, os.W_OK | os.X_OK) or not _probe_writable(path):
             raise ValueError(f"output_dir {path} is not writable")
-        entries = sorted(os.listdir(path))
+        # (another process's write probe may be there for an instant)
+        entries = sorted(e for e in os.listdir(path) if not e.startswith(".hf_tvd_write_probe-"))
         if entries and not (resume or overwrite):
             checkpoints = [e for e in entries if e.startswith("checkpoint-")]
             others = [e for e in entries if not e.startswith("checkpoint-")]
@@ -234,20 +240,29 @@ def check_common_args(data_args: DataArguments, model_args: ModelArguments, trai
         raise ValueError("nothing to do: do_train, do_eval and do_predict are all false")
     from ..callbacks import resolve_resume_checkpoint
 
+    check_output_dir(training_args.output_dir, overwrite=True)  # only whether it can be written; emptiness below
+    output_dir = os.path.abspath(training_args.output_dir)
     resume_value = training_args.resume_from_checkpoint
-    asks_resume = resume_value not in (None, False) and str(resume_value).strip().lower() not in (
-        "",
-        "false",
-        "none",
-        "no",
-    )
-    if asks_resume and not training_args.do_train:
+    resume = resolve_resume_checkpoint(resume_value, training_args.output_dir)  # "latest"/"true": newest complete
+    if resume is not None and not training_args.do_train:
         raise ValueError(f"resume_from_checkpoint={resume_value!r} needs do_train (nothing is trained otherwise)")
-    if asks_resume and data_args.overwrite_output_dir:
+    # Resuming from a checkpoint inside output_dir continues the run there; one from elsewhere starts a new run.
+    resume_inside = resume is not None and _inside(resume, output_dir)
+    if resume_inside and data_args.overwrite_output_dir:
         raise ValueError(
             f"overwrite_output_dir and resume_from_checkpoint={resume_value!r} contradict each other: resuming "
-            "continues the run in output_dir, overwriting replaces it; pass one of them"
+            f"continues the run in output_dir ({resume}), overwriting would remove it; pass one of them"
         )
-    check_output_dir(training_args.output_dir, overwrite=data_args.overwrite_output_dir, resume=asks_resume)
-    # "latest"/"true" -> the newest complete checkpoint of output_dir; every choice checked (files whole)
-    training_args.resume_from_checkpoint = resolve_resume_checkpoint(resume_value, training_args.output_dir)
+    if data_args.overwrite_output_dir:
+        inputs = {"model_name_or_path": model_args.model_name_or_path, "tokenizer_name": model_args.tokenizer_name,
+                  "config_name": model_args.config_name, "train_file": data_args.train_file,
+                  "validation_file": data_args.validation_file, "test_file": data_args.test_file,
+                  "resume_from_checkpoint": resume}  # fmt: skip
+        for option, value in inputs.items():
+            if value and os.path.exists(value) and _inside(value, output_dir):
+                raise ValueError(
+                    f"--overwrite_output_dir would remove the earlier run in {output_dir}, but {option} {value} is "
+                    "read from inside it; choose another --output_dir"
+                )
+    check_output_dir(training_args.output_dir, overwrite=data_args.overwrite_output_dir, resume=resume_inside)
+    training_args.resume_from_checkpoint = resume

@@ -262,8 +262,6 @@ def train_and_evaluate(prepared: Prepared, built: Built | None = None) -> dict[s
             "resumed_from": training_args.resume_from_checkpoint if training_args.do_train else None,
             "dropped_rows": prepared.dropped_rows,
         }
-        with open(os.path.join(output_dir, "run_info.json"), "w", encoding="utf-8") as f:
-            json.dump(info, f, indent=2)
         write_model_card(
             metrics,
             task_name=task.name,
@@ -274,6 +272,13 @@ def train_and_evaluate(prepared: Prepared, built: Built | None = None) -> dict[s
             argv=prepared.argv,
             tokenizer_trained=prepared.tokenizer is None,
         )
+        # Written last, atomically: a folder without run_info.json holds a run that did not finish.
+        partial = os.path.join(output_dir, f"run_info.json.tmp-{os.getpid()}")
+        with open(partial, "w", encoding="utf-8") as f:
+            json.dump(info, f, indent=2)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(partial, os.path.join(output_dir, "run_info.json"))
         print_summary(trainer, task.name, training_args, predictions_file, time.time() - start)
     return metrics
 
