@@ -303,6 +303,12 @@ def _overwrite_the_model_it_loads(tmp: Path) -> Any:
                                  "--overwrite_output_dir", "true"]  # fmt: skip
 
 
+def _resume_past_max_steps(tmp: Path) -> Any:
+    _checkpoint(tmp / "out", 300)
+    return "language_modeling", ["--output_dir", _out(tmp), *QUICK_LM, "--resume_from_checkpoint", "latest",
+                                 "--max_steps", "200"]  # fmt: skip
+
+
 def _output_dir_is_file(tmp: Path) -> Any:
     (tmp / "out").write_text("a file")
     return "language_modeling", ["--output_dir", _out(tmp), *QUICK_LM]
@@ -362,7 +368,7 @@ def _tvd_args(**kwargs: Any) -> Callable[[Path], Any]:
     return build
 
 
-def _trainer(model_kind: str = "lm", tvd: Any = None, **training: Any) -> Callable[[Path], Any]:
+def _trainer(model_kind: str = "lm", tvd: Any = None, resume: Any = None, **training: Any) -> Callable[[Path], Any]:
     def build(tmp: Path) -> Any:
         import torch
         from transformers import GPT2Config, GPT2LMHeadModel, GPT2Model, TrainingArguments
@@ -379,11 +385,19 @@ def _trainer(model_kind: str = "lm", tvd: Any = None, **training: Any) -> Callab
                                      per_device_train_batch_size=4, **training)  # fmt: skip
             trainer = TVDTrainer(model=model, args=args, train_dataset=data,
                                  tvd_args=TVDArguments() if tvd is None else tvd)  # fmt: skip
-            return trainer.train()
+            return trainer.train(resume_from_checkpoint=resume)
 
         return call
 
     return build
+
+
+def _trainer_resume_truncated(tmp: Path) -> Any:
+    """TVDTrainer.train(resume_from_checkpoint=True) with a truncated checkpoint marked complete."""
+    _checkpoint(tmp / "out", 2)
+    _checkpoint(tmp / "out", 3, truncated=True)
+    build = _trainer(resume=True)
+    return build(tmp)
 
 
 def _trainer_poisoned(tmp: Path) -> Any:
@@ -501,6 +515,14 @@ CASES: list[Case] = [
     _c("label-smoothing-factor", "cli", _sum("--label_smoothing_factor", "0.1"), "label_smoothing_factor"),
     _c("nothing-to-do", "cli", _lm("--do_train", "false", "--do_eval", "false", "--do_predict", "false"), "do_train"),
     _c("same-languages", "cli", _tr("--source_lang", "en"), "source_lang"),
+    _c("abbreviated-option", "cli", _lm("--learning", "0.1"), "--learning"),
+    _c(
+        "config-twice",
+        "cli",
+        lambda tmp: ("language_modeling", ["--output_dir", _out(tmp), "--config", "a.yaml", "--config", "b.yaml"]),
+        "--config",
+    ),  # fmt: skip
+    _c("same-column-twice", "cli", _sum("--summary_column", "document"), "document", "summary_column"),
     _c("output-dir-empty", "cli", lambda tmp: ("language_modeling", ["--output_dir", "", *QUICK_LM]), "output_dir"),
     # ---------------------------------------------------------------- YAML
     _c("yaml-lr-list", "yaml", _yaml("summarization", "learning_rate: [1]\n"), "learning_rate", "config.yaml"),
@@ -537,6 +559,7 @@ CASES: list[Case] = [
     _c("yaml-column-list", "yaml", _yaml("summarization", "text_column: [document]\n"), "text_column"),
     _c("yaml-syntax-error", "yaml", _yaml("summarization", "gamma: [0.1\n"), "config.yaml"),
     _c("yaml-report-to-number", "yaml", _yaml("language_modeling", "report_to: 5\n"), "report_to"),
+    _c("yaml-null-output-dir", "yaml", _yaml("language_modeling", "output_dir: null\n"), "output_dir", "null"),
     _c(
         "yaml-missing-file",
         "yaml",
@@ -625,6 +648,13 @@ CASES: list[Case] = [
         "summary",
     ),  # fmt: skip
     _c(
+        "holdout-leaves-nothing",
+        "data",
+        _data("summarization", "train.jsonl", lambda: list(_rows(_summ_rows(8)))),
+        "validation_split_percentage",
+        "8",
+    ),  # fmt: skip
+    _c(
         "data-file-is-directory",
         "data",
         lambda tmp: ("language_modeling", ["--output_dir", _out(tmp), *QUICK_LM, "--train_file", str(tmp)]),
@@ -659,6 +689,7 @@ CASES: list[Case] = [
         "model_name_or_path",
         "overwrite_output_dir",
     ),  # fmt: skip
+    _c("resume-past-max-steps", "output", _resume_past_max_steps, "max_steps", "step 300"),
     _c("output-dir-is-file", "output", _output_dir_is_file, "output_dir"),
     _c("output-dir-under-file", "output", _output_dir_under_file, "blocker"),
     _c("output-dir-unwritable", "output", _output_dir_unwritable, "/proc"),
@@ -698,6 +729,13 @@ CASES: list[Case] = [
         "gamma_schedule_ratio",
     ),  # fmt: skip
     _c("args-focal-gamma-negative", "api", _tvd_args(loss_type="focal", focal_gamma=-1.0), "focal_gamma"),
+    _c(
+        "args-schedule-steps-0",
+        "api",
+        _tvd_args(gamma_schedule="linear", gamma_schedule_steps=0),
+        "gamma_schedule_steps",
+    ),  # fmt: skip
+    _c("trainer-resume-truncated", "api", _trainer_resume_truncated, "checkpoint-3", "checkpoint-2"),
     _c("trainer-headless-model", "api", _trainer("headless"), "GPT2Model"),
     _c("trainer-label-smoothing-factor", "api", _trainer(label_smoothing_factor=0.1), "label_smoothing_factor"),
     _c("trainer-tvd-args-dict", "api", _trainer(tvd={"gamma": 0.1}), "tvd_args"),

@@ -54,6 +54,17 @@ def _probe_writable(folder: str) -> bool:
     return True
 
 
+def _checkpoint_step(path: str) -> int | None:
+    import json
+
+    try:
+        with open(os.path.join(path, "trainer_state.json"), encoding="utf-8") as f:
+            step = json.load(f).get("global_step")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return step if isinstance(step, int) else None
+
+
 def _inside(path: str, folder: str) -> bool:
     path, folder = os.path.realpath(path), os.path.realpath(folder)
     return path == folder or path.startswith(folder + os.sep)
@@ -265,4 +276,11 @@ def check_common_args(data_args: DataArguments, model_args: ModelArguments, trai
                     "read from inside it; choose another --output_dir"
                 )
     check_output_dir(training_args.output_dir, overwrite=data_args.overwrite_output_dir, resume=resume_inside)
+    if resume is not None and training_args.max_steps > 0:
+        done = _checkpoint_step(resume)
+        if done is not None and done >= training_args.max_steps:
+            raise ValueError(
+                f"resume_from_checkpoint {resume} is at step {done}, and max_steps={training_args.max_steps}: nothing "
+                "is left to train; raise max_steps"
+            )
     training_args.resume_from_checkpoint = resume

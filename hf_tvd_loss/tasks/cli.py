@@ -181,6 +181,8 @@ class YamlArgumentParser(HfArgumentParser):
     """``HfArgumentParser`` with ``--config FILE.yaml`` (defaults from the file, command line overrides)."""
 
     def __init__(self, dataclass_types: Any, **kwargs: Any) -> None:
+        # `--learn 0.1` must not silently mean --learning_rate: options are spelled out
+        kwargs.setdefault("allow_abbrev", False)
         super().__init__(dataclass_types, **kwargs)
         self.add_argument(
             "--config",
@@ -210,6 +212,12 @@ class YamlArgumentParser(HfArgumentParser):
             if key == "resume_from_checkpoint" and isinstance(value, bool):  # `true`: the latest checkpoint
                 converted[key] = "latest" if value else None
                 continue
+            default = self.get_default(key)
+            if value is None and default is not None:
+                raise ValueError(
+                    f"{source}: {key}: null is ambiguous here (the default is {default!r}): leave the key out for the "
+                    "default, or give a value"
+                )
             try:
                 converted[key] = convert_config_value(key, value, types[key]) if key in types else value
             except ValueError as err:
@@ -231,6 +239,9 @@ class YamlArgumentParser(HfArgumentParser):
         pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
         pre.add_argument("--config", default=None)
         known, _ = pre.parse_known_args(args)
+        given = [a for a in args if a == "--config" or a.startswith("--config=")]
+        if len(given) > 1:
+            raise ValueError("--config is given more than once: which file is meant? Merge them into one")
         if known.config is not None:
             self.apply_config(load_yaml_config(known.config), source=f"--config {known.config}")
         namespace, _ = self.parse_known_args(args)

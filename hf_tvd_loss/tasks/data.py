@@ -171,6 +171,14 @@ def check_rows(
     fields = task.text_fields(data_args, list(dataset.column_names))
     if not fields:
         return None
+    seen: dict[tuple[str, str | None], str] = {}
+    for column, key, option in fields:
+        if (column, key) in seen:
+            what = f"column {column!r}" if key is None else f"the {key!r} entry of column {column!r}"
+            raise ValueError(
+                f"--{seen[(column, key)]} and --{option} both name {what}: the input would be its own target"
+            )
+        seen[(column, key)] = option
     columns = sorted({column for column, _, _ in fields})
     dropped: set[int] = set()
     reasons: dict[str, list[int]] = {}
@@ -287,6 +295,14 @@ def load_raw_splits(
     if needed["validation"] and "validation" not in splits:
         if "train" not in splits:
             raise ValueError("evaluation needs validation_file (or a train split to hold some out)")
+        rows = len(splits["train"])
+        held = rows * data_args.validation_split_percentage / 100
+        if held < 1 or rows - held < 1:
+            raise ValueError(
+                f"validation_split_percentage={data_args.validation_split_percentage} of the {rows} training rows "
+                f"({origin['train']}) leaves {'no validation' if held < 1 else 'no training'} row: give a "
+                "validation_file, or change validation_split_percentage"
+            )
         held_out = splits["train"].train_test_split(
             test_size=data_args.validation_split_percentage / 100, seed=training_args.seed
         )
