@@ -212,11 +212,9 @@ class YamlArgumentParser(HfArgumentParser):
             if key == "resume_from_checkpoint" and isinstance(value, bool):  # `true`: the latest checkpoint
                 converted[key] = "latest" if value else None
                 continue
-            default = self.get_default(key)
-            if value is None and default is not None:
+            if value is None and key == "output_dir":  # transformers would write to ./trainer_output instead
                 raise ValueError(
-                    f"{source}: {key}: null is ambiguous here (the default is {default!r}): leave the key out for the "
-                    "default, or give a value"
+                    f"{source}: output_dir: null would send the outputs to 'trainer_output'; give a folder"
                 )
             try:
                 converted[key] = convert_config_value(key, value, types[key]) if key in types else value
