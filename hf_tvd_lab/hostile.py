@@ -736,7 +736,7 @@ CASES: list[Case] = [
         "gamma_schedule_steps",
     ),  # fmt: skip
     _c("trainer-resume-truncated", "api", _trainer_resume_truncated, "checkpoint-3", "checkpoint-2"),
-    _c("trainer-headless-model", "api", _trainer("headless"), "GPT2Model"),
+    _c("trainer-headless-model", "api", _trainer("headless"), "GPT2Model", "head"),
     _c("trainer-label-smoothing-factor", "api", _trainer(label_smoothing_factor=0.1), "label_smoothing_factor"),
     _c("trainer-tvd-args-dict", "api", _trainer(tvd={"gamma": 0.1}), "tvd_args"),
     _c("trainer-neg-inf-logit", "api", _trainer_poisoned, "step 2", note="correct result: stops before the update"),
