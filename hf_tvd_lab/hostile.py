@@ -515,7 +515,7 @@ CASES: list[Case] = [
     _c("label-smoothing-factor", "cli", _sum("--label_smoothing_factor", "0.1"), "label_smoothing_factor"),
     _c("nothing-to-do", "cli", _lm("--do_train", "false", "--do_eval", "false", "--do_predict", "false"), "do_train"),
     _c("same-languages", "cli", _tr("--source_lang", "en"), "source_lang"),
-    _c("abbreviated-option", "cli", _lm("--learning", "0.1"), "--learning"),
+    _c("abbreviated-option", "cli", _lm("--learning_r", "0.1"), "--learning_r"),
     _c(
         "config-twice",
         "cli",
@@ -650,9 +650,9 @@ CASES: list[Case] = [
     _c(
         "holdout-leaves-nothing",
         "data",
-        _data("summarization", "train.jsonl", lambda: list(_rows(_summ_rows(8)))),
+        _data("summarization", "train.jsonl", lambda: list(_rows(_summ_rows(1)))),
         "validation_split_percentage",
-        "8",
+        "1 training row",
     ),  # fmt: skip
     _c(
         "data-file-is-directory",

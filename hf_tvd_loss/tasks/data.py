@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 from typing import TYPE_CHECKING, Any
 
@@ -296,11 +297,11 @@ def load_raw_splits(
         if "train" not in splits:
             raise ValueError("evaluation needs validation_file (or a train split to hold some out)")
         rows = len(splits["train"])
-        held = rows * data_args.validation_split_percentage / 100
+        held = math.ceil(rows * data_args.validation_split_percentage / 100)  # as datasets' train_test_split
         if held < 1 or rows - held < 1:
             raise ValueError(
-                f"validation_split_percentage={data_args.validation_split_percentage} of the {rows} training rows "
-                f"({origin['train']}) leaves {'no validation' if held < 1 else 'no training'} row: give a "
+                f"validation_split_percentage={data_args.validation_split_percentage} of {rows} training "
+                f"row{'s' if rows != 1 else ''} ({origin['train']}) leaves {'no validation' if held < 1 else 'no training'} row: give a "
                 "validation_file, or change validation_split_percentage"
             )
         held_out = splits["train"].train_test_split(
