@@ -109,6 +109,18 @@ class DataArguments:
     preprocessing_num_workers: int | None = field(
         default=None, metadata={"help": "Processes used by datasets.map for tokenisation."}
     )
+    max_dropped_fraction: float = field(
+        default=0.1,
+        metadata={"help": "Rows whose text is missing (null, absent key) or empty are dropped, and the run says how "
+                  "many; above this fraction of a split the run is refused instead (1 allows any)."},
+    )  # fmt: skip
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={"help": "Let the run use an output_dir that is not empty: the outputs of an earlier run of these "
+                  "scripts (model, tokenizer, metrics, run_info.json, model card, predictions, runs/, "
+                  "checkpoint-N folders) are removed before this run writes; other files are left alone. Without "
+                  "it, a non-empty output_dir is refused unless --resume_from_checkpoint continues the run there."},
+    )  # fmt: skip
 
     def data_source(self) -> Literal["hub", "files", "synthetic"]:
         """Where the splits come from: a Hub dataset, local files, or the task's synthetic corpus."""

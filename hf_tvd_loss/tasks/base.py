@@ -61,6 +61,18 @@ class Task(Generic[DataArgsT, TrainingArgsT]):
     def check_columns(self, dataset: Dataset, split: str, origin: str, data_args: DataArgsT) -> None:
         raise NotImplementedError
 
+    # Whether a row with an empty (or whitespace) text is dropped like a null one (pairs: yes; LM text: blank
+    # lines are normal and simply add nothing).
+    drops_empty_texts: bool = True
+
+    def text_fields(self, data_args: DataArgsT, columns: list[str]) -> list[tuple[str, str | None, str]]:
+        """The texts every row of a split with ``columns`` needs: ``(column, key in a dict column or None, option)``.
+
+        Rows where one is null or absent (or empty, see ``drops_empty_texts``) are dropped by preprocessing;
+        ``data.check_rows`` counts them before anything is written and refuses too many.
+        """
+        return []
+
     def texts(self, dataset: Dataset, data_args: DataArgsT) -> Iterator[str]:
         """All text of a split, for training a tokenizer."""
         raise NotImplementedError

@@ -2,38 +2,193 @@
 
 from __future__ import annotations
 
+import math
 import os
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
+from ..ops.common import check_number
 from .arguments import DataArguments, ModelArguments
 from .data import FILE_BUILDERS
 
 if TYPE_CHECKING:
     from transformers import TrainingArguments
 
-__all__ = ["check_common_args", "check_output_dir"]
+__all__ = [
+    "check_common_args",
+    "check_finite_options",
+    "check_output_dir",
+    "check_training_numbers",
+    "remove_earlier_run",
+]
 
 
-def check_output_dir(path: str) -> None:
-    """Refuse an output_dir that cannot be created or written, without creating anything."""
+# Names the scripts write into output_dir (``--overwrite_output_dir true`` removes an earlier run's copies first).
+RUN_OUTPUT_FILES = (
+    "model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "config.json", "generation_config.json",
+    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt",
+    "spiece.model", "sentencepiece.bpe.model", "source.spm", "target.spm", "added_tokens.json", "chat_template.jinja",
+    "training_args.bin", "trainer_state.json", "all_results.json", "train_results.json", "eval_results.json",
+    "test_results.json", "run_info.json", "README.md", "generated_predictions.jsonl",
+)  # fmt: skip
+RUN_OUTPUT_FOLDERS = ("tokenizer", "runs")
+
+
+def _nearest_existing(path: str) -> str:
+    parent = path
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    return parent
+
+
+def _probe_writable(folder: str) -> bool:
+    """Whether a folder can really be written (``os.access`` says yes to root on read-only file systems)."""
+    import tempfile
+
+    try:
+        probe = tempfile.mkdtemp(prefix=".hf_tvd_write_probe-", dir=folder)
+    except OSError:
+        return False
+    os.rmdir(probe)
+    return True
+
+
+def _checkpoint_step(path: str) -> int | None:
+    import json
+
+    try:
+        with open(os.path.join(path, "trainer_state.json"), encoding="utf-8") as f:
+            step = json.load(f).get("global_step")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return step if isinstance(step, int) else None
+
+
+def _inside(path: str, folder: str) -> bool:
+    path, folder = os.path.realpath(path), os.path.realpath(folder)
+    return path == folder or path.startswith(folder + os.sep)
+
+
+def check_output_dir(path: str, *, overwrite: bool = False, resume: bool = False) -> None:
+    """Refuse an output_dir that cannot be created or written, or that holds an earlier run, without writing.
+
+    A folder with anything in it is refused unless the run resumes (``resume``: it continues the run that is
+    there from one of its checkpoints) or ``overwrite`` is set (the earlier run's outputs are replaced, see :func:`remove_earlier_run`).
+    """
     if not path:
         raise ValueError("output_dir must be set")
     path = os.path.abspath(path)
     if os.path.exists(path):
         if not os.path.isdir(path):
             raise ValueError(f"output_dir {path} exists and is not a directory")
-        if not os.access(path, os.W_OK | os.X_OK):
+        if not os.access(path, os.W_OK | os.X_OK) or not _probe_writable(path):
             raise ValueError(f"output_dir {path} is not writable")
+        # (another process's write probe may be there for an instant)
+        entries = sorted(e for e in os.listdir(path) if not e.startswith(".hf_tvd_write_probe-"))
+        if entries and not (resume or overwrite):
+            checkpoints = [e for e in entries if e.startswith("checkpoint-")]
+            others = [e for e in entries if not e.startswith("checkpoint-")]
+            shown = others[:5] + checkpoints[:3]
+            more = len(entries) - len(shown)
+            raise ValueError(
+                f"output_dir {path} already holds {len(entries)} {'entry' if len(entries) == 1 else 'entries'} "
+                f"({', '.join(shown)}"
+                f"{f', and {more} more' if more else ''}), e.g. an earlier run: pass --resume_from_checkpoint "
+                "latest to continue it, --overwrite_output_dir true to replace its outputs, or another --output_dir"
+            )
         return
-    parent = os.path.dirname(path)
-    while not os.path.exists(parent):
-        parent = os.path.dirname(parent)
+    parent = _nearest_existing(os.path.dirname(path))
     if not os.path.isdir(parent):
         raise ValueError(f"output_dir {path} cannot be created: {parent} is a file, not a directory")
-    if not os.access(parent, os.W_OK | os.X_OK):
+    if not os.access(parent, os.W_OK | os.X_OK) or not _probe_writable(parent):
         raise ValueError(f"output_dir {path} cannot be created: {parent} is not writable")
+
+
+def remove_earlier_run(path: str) -> list[str]:
+    """Remove what an earlier run of these scripts wrote into ``path`` (``--overwrite_output_dir true``).
+
+    Only the names the scripts write (:data:`RUN_OUTPUT_FILES`, :data:`RUN_OUTPUT_FOLDERS`, ``checkpoint-N``
+    folders) are removed; anything else in the folder is left alone. Returns the names removed.
+    """
+    import re
+    import shutil
+
+    removed = []
+    if not os.path.isdir(path):
+        return removed
+    for name in sorted(os.listdir(path)):
+        full = os.path.join(path, name)
+        if name in RUN_OUTPUT_FILES and os.path.isfile(full):
+            os.remove(full)
+        elif (name in RUN_OUTPUT_FOLDERS or re.fullmatch(r"checkpoint-\d+", name)) and os.path.isdir(full):
+            shutil.rmtree(full)
+        else:
+            continue
+        removed.append(name)
+    return removed
+
+
+# The numeric options of TrainingArguments / Seq2SeqTrainingArguments the scripts expose: (name, check_number
+# keywords). NaN and infinity are refused for all of them (and for every other float option, see
+# check_finite_options).
+TRAINING_NUMBERS: tuple[tuple[str, dict[str, Any]], ...] = (
+    ("learning_rate", {"low": 0.0, "low_open": True}),
+    ("per_device_train_batch_size", {"low": 1, "integer": True}),
+    ("per_device_eval_batch_size", {"low": 1, "integer": True}),
+    ("gradient_accumulation_steps", {"low": 1, "integer": True}),
+    ("eval_accumulation_steps", {"low": 1, "integer": True, "allow_none": True}),
+    ("num_train_epochs", {"low": 0.0}),
+    ("warmup_steps", {"low": 0.0}),
+    ("weight_decay", {"low": 0.0}),
+    ("max_grad_norm", {"low": 0.0}),
+    ("adam_beta1", {"low": 0.0, "high": 1.0, "high_open": True}),
+    ("adam_beta2", {"low": 0.0, "high": 1.0, "high_open": True}),
+    ("adam_epsilon", {"low": 0.0}),
+    ("logging_steps", {"low": 0.0, "low_open": True}),
+    ("save_total_limit", {"low": 1, "integer": True, "allow_none": True}),
+    ("dataloader_num_workers", {"low": 0, "integer": True}),
+    ("generation_max_length", {"low": 1, "integer": True, "allow_none": True}),
+    ("generation_num_beams", {"low": 1, "integer": True, "allow_none": True}),
+)
+
+
+def check_training_numbers(training_args: TrainingArguments) -> None:
+    """Types, ranges and combinations of the Trainer's numeric options; ``ValueError`` names the option."""
+    for name, rule in TRAINING_NUMBERS:
+        if hasattr(training_args, name):
+            check_number(name, getattr(training_args, name), **rule)
+    for name in ("seed", "data_seed"):
+        value = getattr(training_args, name, None)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**32):
+            raise ValueError(f"{name} must be an integer in [0, 2**32 - 1] (numpy's limit), got {value!r}")
+    max_steps = training_args.max_steps
+    check_number("max_steps", max_steps, integer=True)
+    if max_steps == 0 or max_steps < -1:
+        raise ValueError(
+            f"max_steps must be a positive number of optimisation steps, or -1 to train for num_train_epochs; got "
+            f"{max_steps}"
+        )
+    if training_args.do_train and max_steps == -1 and training_args.num_train_epochs == 0:
+        raise ValueError(
+            "num_train_epochs is 0 and max_steps is not set: nothing would be trained; give num_train_epochs > 0 "
+            "or max_steps > 0, or --do_train false to only evaluate"
+        )
+    for name, strategy in (("save_steps", "save_strategy"), ("eval_steps", "eval_strategy")):
+        value = getattr(training_args, name)
+        if str(getattr(getattr(training_args, strategy), "value", getattr(training_args, strategy))) == "steps":
+            check_number(name, value, low=0.0, low_open=True, allow_none=name == "eval_steps")
+
+
+def check_finite_options(*dataclass_objects: Any) -> None:
+    """No float option of any parsed dataclass may be NaN or infinite (``--length_penalty nan`` etc.)."""
+    import dataclasses
+
+    for obj in dataclass_objects:
+        for f in dataclasses.fields(obj):
+            value = getattr(obj, f.name, None)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ValueError(f"{f.name} must be a finite number, got {value}")
 
 
 def _check_positive(name: str, value: int | None) -> None:
@@ -47,6 +202,14 @@ def check_common_args(data_args: DataArguments, model_args: ModelArguments, trai
                  "synthetic_eval_examples", "preprocessing_num_workers"):  # fmt: skip
         _check_positive(name, getattr(data_args, name))
     _check_positive("tokenizer_vocab_size", model_args.tokenizer_vocab_size)
+    if model_args.tokenizer_vocab_size < 16:
+        raise ValueError(
+            f"tokenizer_vocab_size must be at least 16 (4 special tokens plus the corpus's characters), got "
+            f"{model_args.tokenizer_vocab_size}"
+        )
+    check_number("max_dropped_fraction", data_args.max_dropped_fraction, low=0.0, high=1.0)
+    check_finite_options(data_args, model_args, training_args)
+    check_training_numbers(training_args)
     if not 0 < data_args.validation_split_percentage < 100:
         raise ValueError(
             f"validation_split_percentage must be in (0, 100), got {data_args.validation_split_percentage!r}"
@@ -58,6 +221,8 @@ def check_common_args(data_args: DataArguments, model_args: ModelArguments, trai
         path = getattr(data_args, option)
         if path is None:
             continue
+        if os.path.isdir(path):
+            raise ValueError(f"{option} {path} is a directory; give a data file")
         extension = os.path.splitext(path)[1].lower()
         if extension not in FILE_BUILDERS:
             raise ValueError(
@@ -84,4 +249,38 @@ def check_common_args(data_args: DataArguments, model_args: ModelArguments, trai
         )
     if not (training_args.do_train or training_args.do_eval or training_args.do_predict):
         raise ValueError("nothing to do: do_train, do_eval and do_predict are all false")
-    check_output_dir(training_args.output_dir)
+    from ..callbacks import resolve_resume_checkpoint
+
+    check_output_dir(training_args.output_dir, overwrite=True)  # only whether it can be written; emptiness below
+    output_dir = os.path.abspath(training_args.output_dir)
+    resume_value = training_args.resume_from_checkpoint
+    resume = resolve_resume_checkpoint(resume_value, training_args.output_dir)  # "latest"/"true": newest complete
+    if resume is not None and not training_args.do_train:
+        raise ValueError(f"resume_from_checkpoint={resume_value!r} needs do_train (nothing is trained otherwise)")
+    # Resuming from a checkpoint inside output_dir continues the run there; one from elsewhere starts a new run.
+    resume_inside = resume is not None and _inside(resume, output_dir)
+    if resume_inside and data_args.overwrite_output_dir:
+        raise ValueError(
+            f"overwrite_output_dir and resume_from_checkpoint={resume_value!r} contradict each other: resuming "
+            f"continues the run in output_dir ({resume}), overwriting would remove it; pass one of them"
+        )
+    if data_args.overwrite_output_dir:
+        inputs = {"model_name_or_path": model_args.model_name_or_path, "tokenizer_name": model_args.tokenizer_name,
+                  "config_name": model_args.config_name, "train_file": data_args.train_file,
+                  "validation_file": data_args.validation_file, "test_file": data_args.test_file,
+                  "resume_from_checkpoint": resume}  # fmt: skip
+        for option, value in inputs.items():
+            if value and os.path.exists(value) and _inside(value, output_dir):
+                raise ValueError(
+                    f"--overwrite_output_dir would remove the earlier run in {output_dir}, but {option} {value} is "
+                    "read from inside it; choose another --output_dir"
+                )
+    check_output_dir(training_args.output_dir, overwrite=data_args.overwrite_output_dir, resume=resume_inside)
+    if resume is not None and training_args.max_steps > 0:
+        done = _checkpoint_step(resume)
+        if done is not None and done >= training_args.max_steps:
+            raise ValueError(
+                f"resume_from_checkpoint {resume} is at step {done}, and max_steps={training_args.max_steps}: nothing "
+                "is left to train; raise max_steps"
+            )
+    training_args.resume_from_checkpoint = resume

@@ -19,8 +19,32 @@ from transformers import HfArgumentParser
 __all__ = ["YamlArgumentParser", "load_yaml_config"]
 
 
+def _strict_yaml_loader() -> type:
+    """``yaml.SafeLoader`` that refuses a key given twice in one mapping (PyYAML silently keeps the last one)."""
+    import yaml
+
+    class StrictLoader(yaml.SafeLoader):
+        pass
+
+    def construct_mapping(loader: Any, node: Any, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = loader.construct_object(key_node, deep=deep)
+            line = key_node.start_mark.line + 1
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r} (lines {seen[key]} and {line}): which value is meant?",
+                    key_node.start_mark,
+                )  # fmt: skip
+            seen[key] = line
+        return yaml.SafeLoader.construct_mapping(loader, node, deep=deep)
+
+    StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, construct_mapping)
+    return StrictLoader
+
+
 def load_yaml_config(path: str, *, option: str = "--config", allowed: Collection[str] | None = None) -> dict[str, Any]:
-    """A config file's mapping (``yaml.safe_load``); an empty file is ``{}``.
+    """A config file's mapping (``yaml.safe_load`` rules, a key given twice refused); an empty file is ``{}``.
 
     Every problem is a ``ValueError`` that starts with ``option`` (the command-line option that named the file).
     With ``allowed``, a key outside it is refused here; :class:`YamlArgumentParser` checks keys against its options.
@@ -29,11 +53,18 @@ def load_yaml_config(path: str, *, option: str = "--config", allowed: Collection
 
     if not os.path.isfile(path):
         raise ValueError(f"{option}: file not found: {path}")
-    with open(path, encoding="utf-8") as f:
-        try:
-            content = yaml.safe_load(f)
-        except yaml.YAMLError as err:
-            raise ValueError(f"{option} {path}: not valid YAML: {err}") from err
+    with open(path, "rb") as f:
+        raw = f.read()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = raw[: err.start].count(b"\n") + 1
+        raise ValueError(f"{option} {path}: line {line} is not UTF-8 text (byte {raw[err.start]:#04x})") from None
+    try:
+        content = yaml.load(text, Loader=_strict_yaml_loader())  # noqa: S506  # a SafeLoader subclass
+    except yaml.YAMLError as err:
+        detail = " ".join(str(err).split())
+        raise ValueError(f"{option} {path}: not valid YAML: {detail}") from None
     if content is None:
         return {}
     if not isinstance(content, Mapping):
@@ -47,10 +78,111 @@ def load_yaml_config(path: str, *, option: str = "--config", allowed: Collection
     return dict(content)
 
 
+def _field_types(dataclass_types: Sequence[type]) -> dict[str, Any]:
+    """Option name -> the resolved annotation of its dataclass field."""
+    import dataclasses
+    import typing
+
+    types: dict[str, Any] = {}
+    for cls in dataclass_types:
+        try:
+            hints = typing.get_type_hints(cls)
+        except Exception:  # noqa: BLE001  # an annotation that cannot be resolved: its options are not type-checked
+            hints = {}
+        for f in dataclasses.fields(cls):
+            if f.init and f.name in hints:
+                types[f.name] = hints[f.name]
+    return types
+
+
+_BOOL_WORDS = {"true": True, "false": False}
+
+
+def convert_config_value(name: str, value: Any, annotation: Any) -> Any:
+    """``value`` from a YAML file for option ``name`` (field type ``annotation``), checked and converted.
+
+    Raises ``ValueError`` (without the file name) when the value does not have the option's type or is
+    ambiguous: a float for an integer (``2.7``), a list for a number, ``yes``/``no``/``on``/``off`` (booleans
+    in YAML) for a text option, a number for a boolean, ``null`` for an option that cannot be unset. Strings that
+    spell a value of the option's type exactly are converted (PyYAML reads ``1e-4`` as a string).
+    """
+    import enum
+    import types
+    import typing
+
+    origin = typing.get_origin(annotation)
+    members = typing.get_args(annotation) if origin in (typing.Union, types.UnionType) else (annotation,)
+    optional = type(None) in members
+    members = tuple(m for m in members if m is not type(None))
+    if value is None:
+        if optional:
+            return None
+        raise ValueError(f"{name}: null is not allowed (the option needs a value; leave the key out for the default)")
+    if len(members) != 1:
+        if all(m is str or typing.get_origin(m) is list for m in members):  # e.g. report_to: str | list[str]
+            if isinstance(value, str) or (isinstance(value, list) and all(isinstance(v, str) for v in value)):
+                return value
+            raise ValueError(f"{name}: expected a text or a list of texts, got {value!r} ({type(value).__name__})")
+        return value  # unions of other kinds (dict | str, ...): passed on to the dataclass
+    kind = members[0]
+    shown = f"{value!r} ({type(value).__name__})"
+    if typing.get_origin(kind) is typing.Literal or (isinstance(kind, type) and issubclass(kind, enum.Enum)):
+        choices = list(typing.get_args(kind)) if typing.get_origin(kind) is typing.Literal else [m.value for m in kind]
+        if value not in choices and str(value) not in [str(c) for c in choices]:
+            raise ValueError(f"{name}: {value!r} is not one of {choices}")
+        return value
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.strip().lower() in _BOOL_WORDS:
+            return _BOOL_WORDS[value.strip().lower()]
+        raise ValueError(f"{name}: expected true or false, got {shown}")
+    if kind is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, str):
+            try:
+                return int(value.strip())
+            except ValueError:
+                pass
+        raise ValueError(f"{name}: expected an integer, got {shown}")
+    if kind is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value.strip())
+            except ValueError:
+                pass
+        raise ValueError(f"{name}: expected a number, got {shown}")
+    if kind is str:
+        if isinstance(value, str):
+            return value
+        hint = (
+            " (YAML reads unquoted yes/no/on/off/true/false as booleans: quote the text)"
+            if isinstance(value, bool)
+            else " (quote it if you mean the text)"
+            if isinstance(value, (int, float))
+            else ""
+        )
+        raise ValueError(f"{name}: expected a text, got {shown}{hint}")
+    if typing.get_origin(kind) is list:
+        if isinstance(value, list) and all(
+            isinstance(v, (str, int, float)) and not isinstance(v, bool) for v in value
+        ):
+            return value
+        if isinstance(value, str):
+            return [value]
+        raise ValueError(f"{name}: expected a list, got {shown}")
+    return value
+
+
 class YamlArgumentParser(HfArgumentParser):
     """``HfArgumentParser`` with ``--config FILE.yaml`` (defaults from the file, command line overrides)."""
 
     def __init__(self, dataclass_types: Any, **kwargs: Any) -> None:
+        # `--learn 0.1` must not silently mean --learning_rate: options are spelled out
+        kwargs.setdefault("allow_abbrev", False)
         super().__init__(dataclass_types, **kwargs)
         self.add_argument(
             "--config",
@@ -74,9 +206,28 @@ class YamlArgumentParser(HfArgumentParser):
                 f"{source}: unknown option(s) {', '.join(repr(k) for k in unknown)}; run with --help for the "
                 "list of options"
             )
-        # argparse converts string defaults with the option's type (e.g. "1e-4" to a float, as YAML reads it as a
-        # string) and passes other values through to the dataclass, whose own checks then apply.
-        self.set_defaults(**dict(config))
+        types = _field_types(self.dataclass_types)
+        converted: dict[str, Any] = {}
+        for key, value in config.items():
+            if key == "resume_from_checkpoint" and isinstance(value, bool):  # `true`: the latest checkpoint
+                converted[key] = "latest" if value else None
+                continue
+            if value is None and key == "output_dir":  # transformers would write to ./trainer_output instead
+                raise ValueError(
+                    f"{source}: output_dir: null would send the outputs to 'trainer_output'; give a folder"
+                )
+            try:
+                converted[key] = convert_config_value(key, value, types[key]) if key in types else value
+            except ValueError as err:
+                raise ValueError(f"{source}: {err}") from None
+            choices = next((a.choices for a in self._actions if a.dest == key and a.choices), None)
+            values = converted[key] if isinstance(converted[key], list) else [converted[key]]
+            if choices is not None and converted[key] is not None:
+                allowed = [str(getattr(c, "value", c)) for c in choices]
+                bad = [v for v in values if str(getattr(v, "value", v)) not in allowed]
+                if bad:
+                    raise ValueError(f"{source}: {key}: {bad[0]!r} is not one of {allowed}")
+        self.set_defaults(**converted)
 
     def parse_args_and_config(self, args: Sequence[str] | None = None) -> tuple[Any, ...]:
         """Parse ``args`` (default ``sys.argv[1:]``) after applying ``--config``; returns the dataclasses."""
@@ -86,8 +237,15 @@ class YamlArgumentParser(HfArgumentParser):
         pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
         pre.add_argument("--config", default=None)
         known, _ = pre.parse_known_args(args)
+        given = [a for a in args if a == "--config" or a.startswith("--config=")]
+        if len(given) > 1:
+            raise ValueError("--config is given more than once: which file is meant? Merge them into one")
         if known.config is not None:
             self.apply_config(load_yaml_config(known.config), source=f"--config {known.config}")
+        namespace, _ = self.parse_known_args(args)
+        # TrainingArguments replaces eval_steps=0 by logging_steps without a word: refuse it while it is visible.
+        if getattr(namespace, "eval_steps", None) == 0:
+            raise ValueError("eval_steps must be > 0 (leave it unset to evaluate every logging_steps), got 0")
         outputs = self.parse_args_into_dataclasses(args=args, look_for_args_file=False)
         # The trailing namespace holds only `config`.
         return tuple(o for o in outputs if not isinstance(o, argparse.Namespace))

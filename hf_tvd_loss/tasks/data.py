@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 from typing import TYPE_CHECKING, Any
 
@@ -14,7 +15,7 @@ if TYPE_CHECKING:
     from .arguments import DataArguments
     from .base import Task
 
-__all__ = ["FILE_BUILDERS", "SPLITS", "check_columns_present", "load_raw_splits"]
+__all__ = ["FILE_BUILDERS", "SPLITS", "check_columns_present", "check_rows", "diagnose_file", "load_raw_splits"]
 
 logger = logging.getLogger("hf_tvd_loss.tasks")
 
@@ -23,22 +24,222 @@ SPLITS = ("train", "validation", "test")
 FILE_BUILDERS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet", ".txt": "text"}
 
 
+def _json_kind(value: Any) -> str:
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, str):
+        return "a text"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, dict):
+        return "an object"
+    return type(value).__name__
+
+
+def _check_json_rows(rows: Any, where: str) -> str | None:
+    """The first problem among JSON rows: a row that is no object, a column whose kind changes between rows."""
+    kinds: dict[str, tuple[str, int]] = {}
+    for number, row in rows:
+        if not isinstance(row, dict):
+            return f"{where} {number} is {_json_kind(row)}, where every row must be an object {{column: value}}"
+        for key, value in row.items():
+            if value is None:
+                continue
+            kind = _json_kind(value)
+            if key not in kinds:
+                kinds[key] = (kind, number)
+            elif kinds[key][0] != kind:
+                first_kind, first = kinds[key]
+                return f"{where} {number}: column {key!r} holds {kind} where {where} {first} holds {first_kind}"
+    return None
+
+
+def diagnose_file(path: str) -> str | None:
+    """Read a data file line by line and name the first line that breaks it (encoding, JSON, CSV fields).
+
+    Used when ``datasets`` could not load a file (its errors name no line) and when a column has mixed types.
+    Returns a message such as ``"line 22: not valid JSON (...)"``, or None when no such line is found.
+    """
+    import csv
+    import json
+
+    extension = os.path.splitext(path)[1].lower()
+    with open(path, "rb") as f:
+        raw_lines = f.read().split(b"\n")
+    lines: list[str] = []
+    for number, raw in enumerate(raw_lines, start=1):
+        try:
+            lines.append(raw.decode("utf-8"))
+        except UnicodeDecodeError as err:
+            return f"line {number} is not UTF-8 text (byte {raw[err.start]:#04x} at column {err.start + 1})"
+    if extension in (".jsonl", ".json"):
+        text = "\n".join(lines)
+        if extension == ".json" and text.lstrip()[:1] in ("[", "{"):
+            try:
+                whole = json.loads(text)
+            except ValueError:
+                whole = None  # JSON lines in a .json file: checked line by line below
+            else:
+                if isinstance(whole, list):
+                    return _check_json_rows(enumerate(whole, start=1), "row")
+                return None
+        parsed = []
+        for number, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            try:
+                parsed.append((number, json.loads(line)))
+            except ValueError as err:
+                return f"line {number} is not valid JSON ({getattr(err, 'msg', err)} at column {getattr(err, 'colno', '?')})"
+        return _check_json_rows(parsed, "line")
+    if extension == ".csv":
+        reader = csv.reader(lines)
+        header = next(reader, None)
+        if header is None:
+            return None
+        try:
+            for row in reader:
+                if row and len(row) != len(header):
+                    return f"line {reader.line_num} has {len(row)} fields where the header has {len(header)}"
+        except csv.Error as err:
+            return f"line {reader.line_num}: {err}"
+    return None
+
+
+def _check_utf8(path: str, option: str) -> None:
+    """Refuse a text data file that is not UTF-8, naming the line (one streaming pass, bounded memory)."""
+    import codecs
+
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    line = 1
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 22):
+            try:
+                decoder.decode(chunk)
+            except UnicodeDecodeError as err:
+                position = max(err.start, 0)
+                text_before = chunk[:position]
+                line += text_before.count(b"\n")
+                column = position - (text_before.rfind(b"\n") + 1) + 1
+                raise ValueError(
+                    f"{option} {path}: line {line} is not UTF-8 text (byte {chunk[position]:#04x} at column {column})"
+                ) from None
+            line += chunk.count(b"\n")
+        try:
+            decoder.decode(b"", final=True)
+        except UnicodeDecodeError:
+            raise ValueError(
+                f"{option} {path}: line {line} is not UTF-8 text (the file ends inside a character)"
+            ) from None
+
+
 def _load_file(path: str, option: str, split: str, cache_dir: str | None) -> Dataset:
     from datasets import load_dataset
 
     builder = FILE_BUILDERS[os.path.splitext(path)[1].lower()]
+    if builder != "parquet":
+        _check_utf8(path, option)  # pyarrow's JSON reader keeps invalid bytes, which break only when read later
     try:
         return load_dataset(builder, data_files={"data": path}, split="data", cache_dir=cache_dir)
     except Exception as err:  # datasets raises many types for malformed files
         if "corresponds to no data" in str(err):
             raise ValueError(f"the {split} split ({option} {path}) is empty: the file has no rows") from err
-        raise ValueError(f"{option} {path}: could not be read as {builder}: {type(err).__name__}: {err}") from err
+        problem = diagnose_file(path) if builder != "parquet" else None
+        if problem:
+            raise ValueError(f"{option} {path}: {problem}") from None
+        cause = err.__cause__ or err.__context__
+        detail = f"{type(err).__name__}: {err}" + (f" ({type(cause).__name__}: {cause})" if cause else "")
+        detail = " ".join(detail.split())[:300]
+        raise ValueError(f"{option} {path}: could not be read as {builder}: {detail}") from err
+
+
+def _row_list(rows: list[int], total: int) -> str:
+    shown = ", ".join(str(r) for r in rows[:5])
+    return f"rows {shown}{', ...' if total > 5 else ''}" if total > 1 else f"row {shown}"
+
+
+def check_rows(
+    task: Task[Any, Any], dataset: Dataset, split: str, origin: str, data_args: DataArguments
+) -> dict[str, Any] | None:
+    """Count the rows the task will drop (text null, absent or, for pairs, empty); refuse too many.
+
+    Returns a report (``{"dropped": n, "rows": total, "reasons": {...}}``) when rows are dropped, None otherwise.
+    A value of the wrong kind (e.g. a text where ``{language: text}`` dicts are expected) is an error naming the
+    row. Rows are numbered from 1 in the order of the file.
+    """
+    fields = task.text_fields(data_args, list(dataset.column_names))
+    if not fields:
+        return None
+    seen: dict[tuple[str, str | None], str] = {}
+    for column, key, option in fields:
+        if (column, key) in seen:
+            what = f"column {column!r}" if key is None else f"the {key!r} entry of column {column!r}"
+            raise ValueError(
+                f"--{seen[(column, key)]} and --{option} both name {what}: the input would be its own target"
+            )
+        seen[(column, key)] = option
+    columns = sorted({column for column, _, _ in fields})
+    dropped: set[int] = set()
+    reasons: dict[str, list[int]] = {}
+    index = 0
+    for batch in dataset.select_columns(columns).iter(batch_size=10_000):
+        size = len(batch[columns[0]])
+        for offset in range(size):
+            row = index + offset + 1
+            for column, key, option in fields:
+                value = batch[column][offset]
+                label = f"column {column!r}" if key is None else f"the {key!r} entry of column {column!r}"
+                if key is not None and value is not None:
+                    if not isinstance(value, dict):
+                        raise ValueError(
+                            f"the {split} data ({origin}): row {row}: column {column!r} holds "
+                            f"{_json_kind(value)} where {{language: text}} dicts are expected"
+                        )
+                    value = value.get(key)
+                if value is None:
+                    reason = f"{label} (--{option}) is null or missing"
+                elif not isinstance(value, str):
+                    raise ValueError(
+                        f"the {split} data ({origin}): row {row}: {label} (--{option}) holds {_json_kind(value)}, "
+                        "not a text"
+                    )
+                elif task.drops_empty_texts and not value.strip():
+                    reason = f"{label} (--{option}) is empty"
+                else:
+                    continue
+                reasons.setdefault(reason, []).append(row)
+                dropped.add(row)
+        index += size
+    if not dropped:
+        return None
+    total = len(dataset)
+    detail = "; ".join(f"{reason} in {len(rows)} ({_row_list(rows, len(rows))})" for reason, rows in reasons.items())
+    fraction = len(dropped) / total
+    summary = f"{len(dropped)} of {total} rows ({100 * fraction:.1f}%)"
+    if len(dropped) == total:
+        raise ValueError(f"the {split} data ({origin}) has no usable row: {detail}")
+    if fraction > data_args.max_dropped_fraction:
+        raise ValueError(
+            f"the {split} data ({origin}): {summary} would be dropped, more than max_dropped_fraction="
+            f"{data_args.max_dropped_fraction:g}: {detail}. Fix the data, or pass --max_dropped_fraction to accept"
+        )
+    logger.warning("the %s data (%s): dropping %s: %s", split, origin, summary, detail)
+    return {"dropped": len(dropped), "rows": total, "reasons": {r: len(v) for r, v in reasons.items()}}
 
 
 def load_raw_splits(
-    task: Task[Any, Any], data_args: DataArguments, training_args: TrainingArguments, cache_dir: str | None
+    task: Task[Any, Any],
+    data_args: DataArguments,
+    training_args: TrainingArguments,
+    cache_dir: str | None,
+    dropped: dict[str, Any] | None = None,
 ) -> DatasetDict:
-    """The splits the run needs (``train`` / ``validation`` / ``test``), capped, with their columns checked."""
+    """The splits the run needs (``train`` / ``validation`` / ``test``), capped, with their columns and rows checked.
+
+    Rows the task would drop are counted per split (:func:`check_rows`) and reported in ``dropped`` when given.
+    """
     needed = {
         "train": training_args.do_train,
         "validation": training_args.do_eval or training_args.eval_strategy != "no",
@@ -81,9 +282,28 @@ def load_raw_splits(
     for split in SPLITS:
         if split in splits and len(splits[split]) == 0:
             raise ValueError(f"the {split} split ({origin[split]}) is empty")
+    paths = {split: getattr(data_args, option) for split, option in
+             zip(SPLITS, ("train_file", "validation_file", "test_file"), strict=True)} if source == "files" else {}  # fmt: skip
+    for split, dataset in splits.items():
+        try:
+            task.check_columns(dataset, split, origin[split], data_args)
+        except ValueError as err:
+            problem = diagnose_file(paths[split]) if paths.get(split) else None
+            raise ValueError(f"{err}: {problem}" if problem else str(err)) from None
+        report = check_rows(task, dataset, split, origin[split], data_args)
+        if report is not None and dropped is not None:
+            dropped[split] = {"origin": origin[split], **report}
     if needed["validation"] and "validation" not in splits:
         if "train" not in splits:
             raise ValueError("evaluation needs validation_file (or a train split to hold some out)")
+        rows = len(splits["train"])
+        held = math.ceil(rows * data_args.validation_split_percentage / 100)  # as datasets' train_test_split
+        if held < 1 or rows - held < 1:
+            raise ValueError(
+                f"validation_split_percentage={data_args.validation_split_percentage} of {rows} training "
+                f"row{'s' if rows != 1 else ''} ({origin['train']}) leaves {'no validation' if held < 1 else 'no training'} row: give a "
+                "validation_file, or change validation_split_percentage"
+            )
         held_out = splits["train"].train_test_split(
             test_size=data_args.validation_split_percentage / 100, seed=training_args.seed
         )
@@ -102,7 +322,6 @@ def load_raw_splits(
             splits[split] = dataset.select(range(caps[split]))
         if len(splits[split]) == 0:
             raise ValueError(f"the {split} split ({origin[split]}) is empty")
-        task.check_columns(splits[split], split, origin[split], data_args)
     return DatasetDict(splits)
 
 

@@ -89,6 +89,13 @@ class LanguageModelingTask(Task[LanguageModelingDataArguments, TrainingArguments
     ) -> None:
         check_columns_present(dataset, split, origin, {data_args.text_column: "text_column"})
 
+    drops_empty_texts = False  # blank lines of a .txt file are normal
+
+    def text_fields(
+        self, data_args: LanguageModelingDataArguments, columns: list[str]
+    ) -> list[tuple[str, str | None, str]]:
+        return [(data_args.text_column, None, "text_column")]
+
     def texts(self, dataset: Dataset, data_args: LanguageModelingDataArguments) -> Iterator[str]:
         for start in range(0, len(dataset), 1000):
             yield from (t for t in dataset[start : start + 1000][data_args.text_column] if isinstance(t, str) and t)

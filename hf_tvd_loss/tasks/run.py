@@ -29,7 +29,7 @@ from datasets import Dataset, DatasetDict
 from ..args import TVDArguments
 from .arguments import DataArguments, ModelArguments
 from .base import Task
-from .checks import check_common_args
+from .checks import check_common_args, remove_earlier_run
 from .data import load_raw_splits
 from .modeling import auto_model_class, build_model_from_config, max_positions, resolve_config, train_tokenizer
 from .report import print_summary, write_model_card
@@ -57,6 +57,7 @@ class Prepared:
     tokenizer: PreTrainedTokenizerBase | None  # None: trained on the training data in build
     model: PreTrainedModel | None  # None: built from config in build
     argv: list[str]
+    dropped_rows: dict[str, Any] = dataclasses.field(default_factory=dict)  # split -> rows dropped and why
 
 
 def prepare(task: Task[Any, Any], argv: Sequence[str] | None = None) -> Prepared:
@@ -67,7 +68,8 @@ def prepare(task: Task[Any, Any], argv: Sequence[str] | None = None) -> Prepared
     check_common_args(data_args, model_args, training_args)
     task.check_args(data_args, model_args, training_args)
 
-    raw = load_raw_splits(task, data_args, training_args, model_args.cache_dir)
+    dropped: dict[str, Any] = {}
+    raw = load_raw_splits(task, data_args, training_args, model_args.cache_dir, dropped)
     config, config_overrides = resolve_config(task, model_args)
     model_args = dataclasses.replace(model_args, config_overrides=config_overrides)
     tokenizer, model = None, None
@@ -111,7 +113,12 @@ def prepare(task: Task[Any, Any], argv: Sequence[str] | None = None) -> Prepared
                 f"the model config allows {positions} positions but the data options need {needed}: raise "
                 "max_position_embeddings/n_positions in config_overrides or lower the length options"
             )
-    return Prepared(task, model_args, data_args, tvd_args, training_args, raw, config, tokenizer, model, argv)
+    if training_args.world_size > 1:
+        # Every process has checked output_dir before the main process creates anything in it (build).
+        from accelerate import PartialState
+
+        PartialState().wait_for_everyone()
+    return Prepared(task, model_args, data_args, tvd_args, training_args, raw, config, tokenizer, model, argv, dropped)
 
 
 def _texts_for_tokenizer(task: Task[Any, Any], prepared: Prepared) -> Iterator[str]:
@@ -140,6 +147,12 @@ def build(prepared: Prepared) -> Built:
     output_dir = training_args.output_dir
     created = not os.path.exists(output_dir)
     start = time.time()
+    if prepared.data_args.overwrite_output_dir and not created and training_args.process_index == 0:
+        removed = remove_earlier_run(output_dir)
+        if removed:
+            logger.warning(
+                "overwrite_output_dir: removed the earlier run's %s from %s", ", ".join(removed), output_dir
+            )
     try:
         return _build(prepared, created, start)
     except ValueError:
@@ -246,9 +259,9 @@ def train_and_evaluate(prepared: Prepared, built: Built | None = None) -> dict[s
             "argv": prepared.argv,
             "data": prepared.data_args.data_source(),
             "tvd_args": asdict(prepared.tvd_args),
+            "resumed_from": training_args.resume_from_checkpoint if training_args.do_train else None,
+            "dropped_rows": prepared.dropped_rows,
         }
-        with open(os.path.join(output_dir, "run_info.json"), "w", encoding="utf-8") as f:
-            json.dump(info, f, indent=2)
         write_model_card(
             metrics,
             task_name=task.name,
@@ -259,6 +272,13 @@ def train_and_evaluate(prepared: Prepared, built: Built | None = None) -> dict[s
             argv=prepared.argv,
             tokenizer_trained=prepared.tokenizer is None,
         )
+        # Written last, atomically: a folder without run_info.json holds a run that did not finish.
+        partial = os.path.join(output_dir, f"run_info.json.tmp-{os.getpid()}")
+        with open(partial, "w", encoding="utf-8") as f:
+            json.dump(info, f, indent=2)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(partial, os.path.join(output_dir, "run_info.json"))
         print_summary(trainer, task.name, training_args, predictions_file, time.time() - start)
     return metrics
 
@@ -267,10 +287,16 @@ def run_task(task: Task[Any, Any], argv: Sequence[str] | None = None) -> dict[st
     """Entry point of the scripts: bad input exits with status 2 and one ``error:`` line before anything is written."""
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.WARNING)
     logging.getLogger("hf_tvd_loss").setLevel(logging.INFO)
+    from ..callbacks import NonFiniteLossError
+
     try:
         prepared = prepare(task, argv)
         built = build(prepared)
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
-    return train_and_evaluate(prepared, built)
+    try:
+        return train_and_evaluate(prepared, built)
+    except NonFiniteLossError as err:  # a run that went wrong, not bad input: status 1, one line
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(1) from None

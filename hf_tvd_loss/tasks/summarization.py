@@ -71,6 +71,11 @@ class SummarizationTask(Seq2SeqTask[SummarizationDataArguments]):
             dataset, split, origin, {data_args.text_column: "text_column", data_args.summary_column: "summary_column"}
         )
 
+    def text_fields(
+        self, data_args: SummarizationDataArguments, columns: list[str]
+    ) -> list[tuple[str, str | None, str]]:
+        return [(data_args.text_column, None, "text_column"), (data_args.summary_column, None, "summary_column")]
+
     def pairs(self, batch: dict[str, list[Any]], data_args: SummarizationDataArguments) -> tuple[list[Any], list[Any]]:
         return batch[data_args.text_column], batch[data_args.summary_column]
 

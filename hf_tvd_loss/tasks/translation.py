@@ -99,7 +99,10 @@ class TranslationTask(Seq2SeqTask[TranslationDataArguments]):
     def check_columns(self, dataset: Dataset, split: str, origin: str, data_args: TranslationDataArguments) -> None:
         column = data_args.translation_column
         if column in dataset.column_names:
-            first = dataset[0][column]
+            # the first row that has a value (null rows are counted by data.check_rows)
+            first = next((row for row in dataset[:1000][column] if row is not None), None)
+            if first is None:
+                first = next((row for row in dataset[column] if row is not None), None)
             if not isinstance(first, dict):
                 raise ValueError(
                     f"the {split} data ({origin}): column {column!r} must hold {{language: text}} dicts, got "
@@ -121,11 +124,20 @@ class TranslationTask(Seq2SeqTask[TranslationDataArguments]):
             {source: "source_column", target: "target_column"},
         )
 
+    def text_fields(
+        self, data_args: TranslationDataArguments, columns: list[str]
+    ) -> list[tuple[str, str | None, str]]:
+        column = data_args.translation_column
+        if column in columns:
+            return [(column, data_args.source_lang, "source_lang"), (column, data_args.target_lang, "target_lang")]
+        source, target = self._flat_columns(data_args)
+        return [(source, None, "source_column"), (target, None, "target_column")]
+
     def pairs(self, batch: dict[str, list[Any]], data_args: TranslationDataArguments) -> tuple[list[Any], list[Any]]:
         column = data_args.translation_column
         if column in batch:
-            rows = batch[column]
-            return [r[data_args.source_lang] for r in rows], [r[data_args.target_lang] for r in rows]
+            rows = [r if isinstance(r, dict) else {} for r in batch[column]]  # null rows: dropped by preprocess
+            return [r.get(data_args.source_lang) for r in rows], [r.get(data_args.target_lang) for r in rows]
         source, target = self._flat_columns(data_args)
         return batch[source], batch[target]
 

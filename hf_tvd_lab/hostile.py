@@ -1,0 +1,855 @@
+"""A hostile-input run: bad inputs a careless or hostile user gives the scripts and the Python API.
+
+Each :class:`Case` builds its input in a scratch folder (files, an earlier run's output folder, ...) and is judged
+on the scale of issue 12:
+
+* ``refused well``: one ``ValueError`` (or an argparse error, exit status 2) whose message names what is wrong
+  (every string of ``Case.names`` appears in it), before any work: the output folder is not created and a folder
+  that existed is left exactly as it was;
+* ``refused late or unclearly``: an error that does not name the problem, an exception of another kind, or a
+  refusal only after training started;
+* ``accepted silently``: the run (or call) finished.
+
+``python -m hf_tvd_lab.hostile`` runs every case and prints the table; cases that ``prepare`` accepts are then
+trained for real (tiny synthetic runs) to tell a late refusal from a silent acceptance. ``tests/test_hostile.py``
+runs the same table in-process and asserts that every case is refused well (the fast path: ``prepare`` only).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import math
+import os
+import re
+import sys
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = ["CASES", "Case", "Verdict", "judge", "main"]
+
+REFUSED_WELL = "refused well"
+REFUSED_LATE = "refused late or unclearly"
+ACCEPTED = "accepted silently"
+Verdict = str
+
+# Small, quick runs: a tiny synthetic corpus and model (the tasks' defaults), no TensorBoard, no progress bars.
+QUICK = ["--report_to", "none", "--synthetic_train_examples", "24", "--synthetic_eval_examples", "4",
+         "--disable_tqdm", "true", "--generation_num_beams", "1", "--max_source_length", "64"]  # fmt: skip
+QUICK_LM = ["--report_to", "none", "--synthetic_train_examples", "24", "--synthetic_eval_examples", "4",
+            "--disable_tqdm", "true", "--block_size", "32"]  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Case:
+    """One bad input. ``build(tmp)`` returns ``(task, argv)`` for a script run, or a callable for the Python API."""
+
+    id: str
+    group: str  # cli | yaml | data | output | api
+    build: Callable[[Path], Any]
+    names: tuple[str, ...]  # what the error message must mention (option, file, line, ...)
+    note: str = ""
+
+
+def _out(tmp: Path) -> str:
+    return str(tmp / "out")
+
+
+def _lm(*extra: str) -> Callable[[Path], Any]:
+    return lambda tmp: ("language_modeling", ["--output_dir", _out(tmp), *QUICK_LM, *extra])
+
+
+def _sum(*extra: str) -> Callable[[Path], Any]:
+    return lambda tmp: ("summarization", ["--output_dir", _out(tmp), *QUICK, *extra])
+
+
+def _tr(*extra: str) -> Callable[[Path], Any]:
+    return lambda tmp: ("translation", ["--output_dir", _out(tmp), *QUICK, *extra])
+
+
+def _yaml(task: str, text: str | bytes, *extra: str) -> Callable[[Path], Any]:
+    def build(tmp: Path) -> Any:
+        path = tmp / "config.yaml"
+        path.write_bytes(text if isinstance(text, bytes) else text.encode("utf-8"))
+        quick = QUICK_LM if task == "language_modeling" else QUICK
+        return task, ["--output_dir", _out(tmp), *quick, "--config", str(path), *extra]
+
+    return build
+
+
+def _write_lines(path: Path, lines: list[str | bytes]) -> str:
+    path.write_bytes(b"".join((line if isinstance(line, bytes) else line.encode("utf-8")) + b"\n" for line in lines))
+    return str(path)
+
+
+def _rows(rows: list[Any]) -> list[str]:
+    return [json.dumps(row) for row in rows]
+
+
+def _summ_rows(n: int) -> list[dict[str, Any]]:
+    return [{"document": f"the council met on day {i} and approved the new bridge plan", "summary": f"bridge {i}"}
+            for i in range(n)]  # fmt: skip
+
+
+def _tr_rows(n: int) -> list[dict[str, Any]]:
+    return [{"translation": {"de": f"der hund sieht das haus {i}", "en": f"the dog sees the house {i}"}}
+            for i in range(n)]  # fmt: skip
+
+
+def _data(task: str, file_name: str, lines: Callable[[], list[str | bytes]], *extra: str,
+          option: str = "--train_file") -> Callable[[Path], Any]:  # fmt: skip
+    def build(tmp: Path) -> Any:
+        path = _write_lines(tmp / file_name, lines())
+        quick = QUICK_LM if task == "language_modeling" else QUICK
+        return task, ["--output_dir", _out(tmp), *quick, option, path, *extra]
+
+    return build
+
+
+def _malformed_jsonl() -> list[str | bytes]:
+    lines: list[str | bytes] = list(_rows(_summ_rows(40)))
+    lines[21] = '{"document": "an unfinished row", "summary": '
+    return lines
+
+
+def _non_utf8_jsonl() -> list[str | bytes]:
+    lines: list[str | bytes] = list(_rows(_summ_rows(40)))
+    lines[2] = b'{"document": "caf\xe9 au lait on the square", "summary": "caf\xe9"}'
+    return lines
+
+
+def _null_summaries() -> list[str | bytes]:
+    rows = _summ_rows(40)
+    for row in rows[4:]:
+        row["summary"] = None
+    return list(_rows(rows))
+
+
+def _empty_documents() -> list[str | bytes]:
+    rows = _summ_rows(40)
+    for row in rows[::2]:
+        row["document"] = "   "
+    return list(_rows(rows))
+
+
+def _missing_target_key() -> list[str | bytes]:
+    rows = _tr_rows(40)
+    for row in rows[10:]:
+        del row["translation"]["en"]
+    return list(_rows(rows))
+
+
+def _null_translation_rows() -> list[str | bytes]:
+    rows: list[Any] = _tr_rows(40)
+    for index in range(0, 40, 3):
+        rows[index] = {"translation": None}
+    return list(_rows(rows))
+
+
+def _mixed_translation_types() -> list[str | bytes]:
+    rows: list[Any] = _tr_rows(40)
+    rows[7] = {"translation": "der hund = the dog"}
+    return list(_rows(rows))
+
+
+def _mixed_summary_types() -> list[str | bytes]:
+    rows: list[Any] = _summ_rows(40)
+    rows[12]["summary"] = 12
+    return list(_rows(rows))
+
+
+def _array_line() -> list[str | bytes]:
+    lines: list[str | bytes] = list(_rows(_summ_rows(40)))
+    lines[5] = '["a list", "not a row"]'
+    return lines
+
+
+def _null_lines() -> list[str | bytes]:
+    lines: list[str | bytes] = list(_rows(_summ_rows(40)))
+    for index in range(9, 40, 4):
+        lines[index] = "null"
+    return lines
+
+
+def _flat_csv_null_targets() -> list[str | bytes]:
+    lines: list[str | bytes] = ["de,en"]
+    for i in range(40):
+        lines.append(f"der hund {i}," + ("" if i % 3 == 0 else f"the dog {i}"))
+    return lines
+
+
+def _ragged_csv() -> list[str | bytes]:
+    lines: list[str | bytes] = ["document,summary"] + [f"doc number {i} about a bridge,bridge {i}" for i in range(30)]
+    lines[5] = "doc five,bridge,an extra field,and another"
+    return lines
+
+
+def _non_utf8_csv() -> list[str | bytes]:
+    lines: list[str | bytes] = ["document,summary"] + [f"doc number {i} about a bridge,bridge {i}" for i in range(30)]
+    lines[7] = b"the caf\xe9 on the square,caf\xe9"
+    return lines
+
+
+def _non_utf8_txt() -> list[str | bytes]:
+    lines: list[str | bytes] = [f"line {i} of some text about the council and the bridge" for i in range(60)]
+    lines[30] = b"na\xefve caf\xe9 text"
+    return lines
+
+
+def _lm_null_texts() -> list[str | bytes]:
+    return list(_rows([{"text": None if i % 5 < 3 else f"some words about the town {i} " * 5} for i in range(50)]))
+
+
+def _corrupt_parquet(tmp: Path) -> Any:
+    path = tmp / "train.parquet"
+    path.write_text("this is not a parquet file\n")
+    return "summarization", ["--output_dir", _out(tmp), *QUICK, "--train_file", str(path)]
+
+
+def _json_object_file(tmp: Path) -> Any:
+    path = tmp / "train.json"
+    path.write_text(json.dumps({"version": 1, "data": "not rows"}))
+    return "summarization", ["--output_dir", _out(tmp), *QUICK, "--train_file", str(path)]
+
+
+# ------------------------------------------------------------------------------------------ output folders
+def _earlier_run(tmp: Path) -> None:
+    out = tmp / "out"
+    out.mkdir()
+    (out / "model.safetensors").write_bytes(b"weights of an earlier run")
+    (out / "run_info.json").write_text('{"task": "summarization"}')
+    (out / "all_results.json").write_text('{"eval_rouge1": 41.0}')
+
+
+def _checkpoint(folder: Path, step: int, *, complete: bool = True, truncated: bool = False) -> None:
+    import struct
+
+    path = folder / f"checkpoint-{step}"
+    path.mkdir(parents=True)
+    header = json.dumps({"w": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]}}).encode()
+    blob = struct.pack("<Q", len(header)) + header + b"\x00" * 16
+    (path / "model.safetensors").write_bytes(blob[:20] if truncated else blob)
+    if complete:
+        (path / "trainer_state.json").write_text(json.dumps({"global_step": step, "log_history": []}))
+        (path / "tvd_checkpoint_complete.json").write_text(json.dumps({"global_step": step}))
+
+
+def _reuse_earlier_run(tmp: Path) -> Any:
+    _earlier_run(tmp)
+    return "summarization", ["--output_dir", _out(tmp), *QUICK]
+
+
+def _reuse_with_checkpoints(tmp: Path) -> Any:
+    for step in range(100, 700, 100):
+        _checkpoint(tmp / "out", step)
+    return "summarization", ["--output_dir", _out(tmp), *QUICK, "--save_steps", "100", "--max_steps", "200",
+                             "--save_total_limit", "2"]  # fmt: skip
+
+
+def _unrelated_file(tmp: Path) -> Any:
+    (tmp / "out").mkdir()
+    (tmp / "out" / "notes.txt").write_text("my notes")
+    return "language_modeling", ["--output_dir", _out(tmp), *QUICK_LM]
+
+
+def _resume_truncated(tmp: Path) -> Any:
+    _checkpoint(tmp / "out", 200)
+    _checkpoint(tmp / "out", 300, truncated=True)
+    return "language_modeling", ["--output_dir", _out(tmp), *QUICK_LM, "--resume_from_checkpoint", "latest"]
+
+
+def _resume_incomplete_path(tmp: Path) -> Any:
+    _checkpoint(tmp / "out", 200)
+    _checkpoint(tmp / "out", 300, complete=False)
+    return "language_modeling", ["--output_dir", _out(tmp), *QUICK_LM, "--resume_from_checkpoint",
+                                 str(tmp / "out" / "checkpoint-300")]  # fmt: skip
+
+
+def _resume_nothing(tmp: Path) -> Any:
+    return "language_modeling", ["--output_dir", _out(tmp), *QUICK_LM, "--resume_from_checkpoint", "true"]
+
+
+def _resume_missing_path(tmp: Path) -> Any:
+    return "language_modeling", ["--output_dir", _out(tmp), *QUICK_LM, "--resume_from_checkpoint",
+                                 str(tmp / "elsewhere" / "checkpoint-5")]  # fmt: skip
+
+
+def _resume_and_overwrite(tmp: Path) -> Any:
+    _checkpoint(tmp / "out", 200)
+    return "language_modeling", ["--output_dir", _out(tmp), *QUICK_LM, "--resume_from_checkpoint", "latest",
+                                 "--overwrite_output_dir", "true"]  # fmt: skip
+
+
+def _resume_elsewhere_into_earlier_run(tmp: Path) -> Any:
+    _checkpoint(tmp / "first", 200)
+    _earlier_run(tmp)
+    return "language_modeling", ["--output_dir", _out(tmp), *QUICK_LM, "--resume_from_checkpoint",
+                                 str(tmp / "first" / "checkpoint-200")]  # fmt: skip
+
+
+def _overwrite_the_model_it_loads(tmp: Path) -> Any:
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    _earlier_run(tmp)
+    (tmp / "out" / "model.safetensors").unlink()
+    GPT2LMHeadModel(GPT2Config(vocab_size=64, n_embd=8, n_layer=1, n_head=2, n_positions=64)).save_pretrained(
+        tmp / "out"
+    )
+    return "language_modeling", ["--output_dir", _out(tmp), *QUICK_LM, "--model_name_or_path", _out(tmp),
+                                 "--overwrite_output_dir", "true"]  # fmt: skip
+
+
+def _resume_past_max_steps(tmp: Path) -> Any:
+    _checkpoint(tmp / "out", 300)
+    return "language_modeling", ["--output_dir", _out(tmp), *QUICK_LM, "--resume_from_checkpoint", "latest",
+                                 "--max_steps", "200"]  # fmt: skip
+
+
+def _output_dir_is_file(tmp: Path) -> Any:
+    (tmp / "out").write_text("a file")
+    return "language_modeling", ["--output_dir", _out(tmp), *QUICK_LM]
+
+
+def _output_dir_under_file(tmp: Path) -> Any:
+    (tmp / "blocker").write_text("a file")
+    return "language_modeling", ["--output_dir", str(tmp / "blocker" / "out"), *QUICK_LM]
+
+
+def _output_dir_unwritable(tmp: Path) -> Any:
+    return "language_modeling", ["--output_dir", "/proc/hf_tvd_loss_out", *QUICK_LM]
+
+
+# ------------------------------------------------------------------------------------------ Python API
+def _gce(**kwargs: Any) -> Callable[[Path], Any]:
+    def build(tmp: Path) -> Any:
+        import torch
+
+        from hf_tvd_loss import gamma_cross_entropy
+
+        def call() -> Any:
+            options = {"gamma": 0.1, **kwargs}
+            logits = options.pop("logits", torch.randn(2, 3, 5))
+            labels = options.pop("labels", torch.randint(0, 5, (2, 3)))
+            return gamma_cross_entropy(logits, labels, **options)
+
+        return call
+
+    return build
+
+
+def _gce_neg_inf_target(tmp: Path) -> Any:
+    import torch
+
+    from hf_tvd_loss import gamma_cross_entropy
+
+    def call() -> Any:
+        logits = torch.randn(1, 4, 6, requires_grad=True)
+        labels = torch.tensor([[1, 2, 3, 4]])
+        poisoned = logits.clone()
+        poisoned[0, 1, 2] = float("-inf")
+        loss = gamma_cross_entropy(poisoned, labels, gamma=0.5)
+        if not (math.isinf(loss.item()) and loss.item() > 0):
+            return loss  # NaN or finite: a wrong result
+        raise ValueError("expected: +inf for a -inf target logit (the non-finite guard stops such a step)")
+
+    return call
+
+
+def _tvd_args(**kwargs: Any) -> Callable[[Path], Any]:
+    def build(tmp: Path) -> Any:
+        from hf_tvd_loss import TVDArguments
+
+        return lambda: TVDArguments(**kwargs)
+
+    return build
+
+
+def _trainer(model_kind: str = "lm", tvd: Any = None, resume: Any = None, **training: Any) -> Callable[[Path], Any]:
+    def build(tmp: Path) -> Any:
+        import torch
+        from transformers import GPT2Config, GPT2LMHeadModel, GPT2Model, TrainingArguments
+
+        from hf_tvd_loss import TVDArguments, TVDTrainer
+
+        config = GPT2Config(vocab_size=32, n_embd=16, n_layer=1, n_head=2, n_positions=16)
+        model = GPT2Model(config) if model_kind == "headless" else GPT2LMHeadModel(config)
+        ids = torch.randint(0, 32, (8, 8))
+        data = [{"input_ids": row, "labels": row} for row in ids]
+
+        def call() -> Any:
+            args = TrainingArguments(output_dir=_out(tmp), report_to="none", use_cpu=True, disable_tqdm=True, max_steps=2,
+                                     per_device_train_batch_size=4, **training)  # fmt: skip
+            trainer = TVDTrainer(model=model, args=args, train_dataset=data,
+                                 tvd_args=TVDArguments() if tvd is None else tvd)  # fmt: skip
+            return trainer.train(resume_from_checkpoint=resume)
+
+        return call
+
+    return build
+
+
+def _trainer_resume_truncated(tmp: Path) -> Any:
+    """TVDTrainer.train(resume_from_checkpoint=True) with a truncated checkpoint marked complete."""
+    _checkpoint(tmp / "out", 2)
+    _checkpoint(tmp / "out", 3, truncated=True)
+    build = _trainer(resume=True)
+    return build(tmp)
+
+
+def _trainer_poisoned(tmp: Path) -> Any:
+    """A -inf logit at a target token on step 2: the run must stop before that update (NonFiniteLossError)."""
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel, TrainingArguments
+
+    from hf_tvd_loss import NonFiniteLossError, TVDArguments, TVDTrainer
+
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=32, n_embd=16, n_layer=1, n_head=2, n_positions=16))
+    calls = {"n": 0}
+
+    def hook(module: Any, inputs: Any, output: Any) -> Any:
+        calls["n"] += 1
+        if calls["n"] == 2:
+            output.logits = output.logits.clone()
+            output.logits[0, 0, :] = float("-inf")
+        return output
+
+    model.register_forward_hook(hook)
+    ids = torch.randint(0, 32, (8, 8))
+    data = [{"input_ids": row, "labels": row} for row in ids]
+
+    def call() -> Any:
+        args = TrainingArguments(output_dir=_out(tmp), report_to="none", use_cpu=True, disable_tqdm=True, max_steps=3,
+                                 per_device_train_batch_size=4, save_strategy="no")  # fmt: skip
+        trainer = TVDTrainer(model=model, args=args, train_dataset=data, tvd_args=TVDArguments(gamma=0.5))
+        try:
+            return trainer.train()
+        except NonFiniteLossError as err:
+            raise ValueError(f"expected: {err}") from err
+
+    return call
+
+
+def _trainer_rotation(tmp: Path) -> Any:
+    """Another run's checkpoint-100..600 in output_dir; save_total_limit=1 must not delete them."""
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel, TrainingArguments
+
+    from hf_tvd_loss import TVDTrainer
+
+    for step in range(100, 700, 100):
+        _checkpoint(tmp / "out", step)
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=32, n_embd=16, n_layer=1, n_head=2, n_positions=16))
+    ids = torch.randint(0, 32, (8, 8))
+    data = [{"input_ids": row, "labels": row} for row in ids]
+
+    def call() -> Any:
+        args = TrainingArguments(output_dir=_out(tmp), report_to="none", use_cpu=True, disable_tqdm=True, max_steps=4,
+                                 per_device_train_batch_size=4, save_steps=1, save_total_limit=1)  # fmt: skip
+        TVDTrainer(model=model, args=args, train_dataset=data).train()
+        kept = sorted(p.name for p in (tmp / "out").iterdir() if p.name.startswith("checkpoint-"))
+        foreign = [f"checkpoint-{s}" for s in range(100, 700, 100)]
+        if all(name in kept for name in foreign):
+            raise ValueError(f"expected: checkpoints of the other run kept ({kept})")
+        return kept  # something of the other run was deleted
+
+    return call
+
+
+def _c(id: str, group: str, build: Callable[[Path], Any], *names: str, note: str = "") -> Case:
+    return Case(id, group, build, tuple(names), note)
+
+
+CASES: list[Case] = [
+    # ---------------------------------------------------------------- command line: numbers
+    _c("lr-nan", "cli", _sum("--learning_rate", "nan"), "learning_rate"),
+    _c("lr-negative", "cli", _sum("--learning_rate", "-1"), "learning_rate"),
+    _c("lr-zero", "cli", _lm("--learning_rate", "0"), "learning_rate"),
+    _c("lr-inf", "cli", _tr("--learning_rate", "inf"), "learning_rate"),
+    _c("train-batch-0", "cli", _sum("--per_device_train_batch_size", "0"), "per_device_train_batch_size"),
+    _c("train-batch-negative", "cli", _lm("--per_device_train_batch_size", "-2"), "per_device_train_batch_size"),
+    _c("eval-batch-0", "cli", _tr("--per_device_eval_batch_size", "0"), "per_device_eval_batch_size"),
+    _c("grad-accum-0", "cli", _sum("--gradient_accumulation_steps", "0"), "gradient_accumulation_steps"),
+    _c("grad-accum-negative", "cli", _lm("--gradient_accumulation_steps", "-1"), "gradient_accumulation_steps"),
+    _c("max-steps-negative", "cli", _lm("--max_steps", "-5"), "max_steps"),
+    _c("max-steps-zero", "cli", _lm("--max_steps", "0", "--num_train_epochs", "0"), "max_steps"),
+    _c("epochs-zero", "cli", _sum("--num_train_epochs", "0"), "num_train_epochs"),
+    _c("epochs-negative", "cli", _lm("--num_train_epochs", "-1"), "num_train_epochs"),
+    _c("epochs-nan", "cli", _lm("--num_train_epochs", "nan"), "num_train_epochs"),
+    _c("warmup-negative", "cli", _tr("--warmup_steps", "-1"), "warmup_steps"),
+    _c("weight-decay-nan", "cli", _lm("--weight_decay", "nan"), "weight_decay"),
+    _c("weight-decay-negative", "cli", _lm("--weight_decay", "-0.1"), "weight_decay"),
+    _c("save-steps-0", "cli", _lm("--save_strategy", "steps", "--save_steps", "0"), "save_steps"),
+    _c("eval-steps-0", "cli", _lm("--eval_strategy", "steps", "--eval_steps", "0"), "eval_steps"),
+    _c("logging-steps-0", "cli", _lm("--logging_steps", "0"), "logging_steps"),
+    _c("logging-steps-negative", "cli", _lm("--logging_steps", "-3"), "logging_steps"),
+    _c("seed-negative", "cli", _lm("--seed", "-1"), "seed"),
+    _c("seed-too-large", "cli", _lm("--seed", str(2**40)), "seed"),
+    _c("data-seed-negative", "cli", _lm("--data_seed", "-1"), "data_seed"),
+    _c("max-grad-norm-nan", "cli", _lm("--max_grad_norm", "nan"), "max_grad_norm"),
+    _c("max-grad-norm-negative", "cli", _lm("--max_grad_norm", "-1"), "max_grad_norm"),
+    _c("adam-beta2-above-1", "cli", _tr("--adam_beta2", "1.5"), "adam_beta2"),
+    _c("adam-epsilon-negative", "cli", _lm("--adam_epsilon", "-1e-8"), "adam_epsilon"),
+    _c("save-total-limit-0", "cli", _lm("--save_total_limit", "0"), "save_total_limit"),
+    _c("generation-max-length-0", "cli", _sum("--generation_max_length", "0"), "generation_max_length"),
+    _c("length-penalty-nan", "cli", _sum("--length_penalty", "nan"), "length_penalty"),
+    _c("max-target-length-0", "cli", _sum("--max_target_length", "0"), "max_target_length"),
+    _c("block-size-1", "cli", _lm("--block_size", "1"), "block_size"),
+    _c("tokenizer-vocab-3", "cli", _lm("--tokenizer_vocab_size", "3"), "tokenizer_vocab_size"),
+    _c("dataloader-workers-negative", "cli", _lm("--dataloader_num_workers", "-1"), "dataloader_num_workers"),
+    _c("eval-accumulation-0", "cli", _lm("--eval_accumulation_steps", "0"), "eval_accumulation_steps"),
+    _c("gamma-nan", "cli", _sum("--gamma", "nan"), "gamma"),
+    _c("min-weight-2", "cli", _tr("--min_weight", "2"), "min_weight"),
+    _c("label-smoothing-nan", "cli", _tr("--label_smoothing", "nan"), "label_smoothing"),
+    _c("validation-percentage-0", "cli", _lm("--validation_split_percentage", "0"), "validation_split_percentage"),
+    _c("max-eval-samples-negative", "cli", _lm("--max_eval_samples", "-1"), "max_eval_samples"),
+    _c("no-repeat-ngram-negative", "cli", _sum("--no_repeat_ngram_size", "-1"), "no_repeat_ngram_size"),
+    _c("beams-0", "cli", _tr("--generation_num_beams", "0"), "generation_num_beams"),
+    _c("max-steps-float", "cli", _lm("--max_steps", "2.5"), "max_steps"),
+    _c("batch-size-word", "cli", _lm("--per_device_train_batch_size", "abc"), "per_device_train_batch_size"),
+    _c("bool-maybe", "cli", _lm("--do_train", "maybe"), "do_train"),
+    _c("scheduler-unknown", "cli", _lm("--lr_scheduler_type", "bogus"), "lr_scheduler_type"),
+    _c("label-smoothing-factor", "cli", _sum("--label_smoothing_factor", "0.1"), "label_smoothing_factor"),
+    _c("nothing-to-do", "cli", _lm("--do_train", "false", "--do_eval", "false", "--do_predict", "false"), "do_train"),
+    _c("same-languages", "cli", _tr("--source_lang", "en"), "source_lang"),
+    _c("abbreviated-option", "cli", _lm("--learning_r", "0.1"), "--learning_r"),
+    _c(
+        "config-twice",
+        "cli",
+        lambda tmp: ("language_modeling", ["--output_dir", _out(tmp), "--config", "a.yaml", "--config", "b.yaml"]),
+        "--config",
+    ),  # fmt: skip
+    _c("same-column-twice", "cli", _sum("--summary_column", "document"), "document", "summary_column"),
+    _c("output-dir-empty", "cli", lambda tmp: ("language_modeling", ["--output_dir", "", *QUICK_LM]), "output_dir"),
+    # ---------------------------------------------------------------- YAML
+    _c("yaml-lr-list", "yaml", _yaml("summarization", "learning_rate: [1]\n"), "learning_rate", "config.yaml"),
+    _c(
+        "yaml-batch-2.7",
+        "yaml",
+        _yaml("summarization", "per_device_train_batch_size: 2.7\n"),
+        "per_device_train_batch_size",
+    ),  # fmt: skip
+    _c("yaml-max-steps-negative", "yaml", _yaml("language_modeling", "max_steps: -5\n"), "max_steps"),
+    _c("yaml-epochs-word", "yaml", _yaml("language_modeling", "num_train_epochs: three\n"), "num_train_epochs"),
+    _c("yaml-norway", "yaml", _yaml("translation", "source_lang: no\ntarget_lang: en\n"), "source_lang"),
+    _c(
+        "yaml-duplicate-key",
+        "yaml",
+        _yaml("summarization", "gamma: 0.1\nmin_weight: 0.2\ngamma: 0.5\n"),
+        "gamma",
+        "duplicate",
+    ),  # fmt: skip
+    _c("yaml-lr-nan", "yaml", _yaml("language_modeling", "learning_rate: .nan\n"), "learning_rate"),
+    _c("yaml-bool-as-int", "yaml", _yaml("language_modeling", "do_train: 1\n"), "do_train"),
+    _c("yaml-int-as-bool", "yaml", _yaml("language_modeling", "seed: true\n"), "seed"),
+    _c("yaml-str-as-int", "yaml", _yaml("language_modeling", "text_column: 5\n"), "text_column"),
+    _c("yaml-null-lr", "yaml", _yaml("language_modeling", "learning_rate: null\n"), "learning_rate"),
+    _c("yaml-mapping-value", "yaml", _yaml("language_modeling", "learning_rate: {value: 0.1}\n"), "learning_rate"),
+    _c("yaml-top-level-list", "yaml", _yaml("language_modeling", "- learning_rate\n- 0.1\n"), "config.yaml"),
+    _c("yaml-not-utf8", "yaml", _yaml("language_modeling", b"text_column: caf\xe9\n"), "config.yaml"),
+    _c("yaml-unknown-key", "yaml", _yaml("summarization", "beam_size: 5\n"), "beam_size"),
+    _c("yaml-int-in-e-notation", "yaml", _yaml("language_modeling", "max_steps: 1e3\n"), "max_steps"),
+    _c(
+        "yaml-scheduler-unknown", "yaml", _yaml("language_modeling", "lr_scheduler_type: bogus\n"), "lr_scheduler_type"
+    ),  # fmt: skip
+    _c("yaml-gamma-word", "yaml", _yaml("summarization", "gamma: high\n"), "gamma"),
+    _c("yaml-column-list", "yaml", _yaml("summarization", "text_column: [document]\n"), "text_column"),
+    _c("yaml-syntax-error", "yaml", _yaml("summarization", "gamma: [0.1\n"), "config.yaml"),
+    _c("yaml-report-to-number", "yaml", _yaml("language_modeling", "report_to: 5\n"), "report_to"),
+    _c("yaml-null-output-dir", "yaml", _yaml("language_modeling", "output_dir: null\n"), "output_dir", "null"),
+    _c(
+        "yaml-missing-file",
+        "yaml",
+        lambda tmp: ("language_modeling", ["--output_dir", _out(tmp), "--config", str(tmp / "nope.yaml")]),
+        "nope.yaml",
+    ),  # fmt: skip
+    # ---------------------------------------------------------------- data files
+    _c(
+        "jsonl-malformed-line",
+        "data",
+        _data("summarization", "train.jsonl", _malformed_jsonl),
+        "train.jsonl",
+        "line 22",
+    ),  # fmt: skip
+    _c("jsonl-not-utf8", "data", _data("summarization", "train.jsonl", _non_utf8_jsonl), "train.jsonl", "line 3"),
+    _c("jsonl-array-line", "data", _data("summarization", "train.jsonl", _array_line), "train.jsonl", "line 6"),
+    _c("jsonl-null-lines", "data", _data("summarization", "train.jsonl", _null_lines), "train.jsonl", "rows 10, 14"),
+    _c(
+        "jsonl-mixed-types",
+        "data",
+        _data("summarization", "train.jsonl", _mixed_summary_types),
+        "train.jsonl",
+        "summary",
+        "line 13",
+    ),  # fmt: skip
+    _c("csv-ragged-row", "data", _data("summarization", "train.csv", _ragged_csv), "train.csv", "line 6"),
+    _c("csv-not-utf8", "data", _data("summarization", "train.csv", _non_utf8_csv), "train.csv", "line 8"),
+    _c("txt-not-utf8", "data", _data("language_modeling", "train.txt", _non_utf8_txt), "train.txt", "line 31"),
+    _c("parquet-corrupt", "data", _corrupt_parquet, "train.parquet"),
+    _c("json-object-not-rows", "data", _json_object_file, "train.json"),
+    _c(
+        "null-summaries-90pct",
+        "data",
+        _data("summarization", "train.jsonl", _null_summaries),
+        "train.jsonl",
+        "summary",
+        "36",
+    ),  # fmt: skip
+    _c(
+        "blank-documents-50pct",
+        "data",
+        _data("summarization", "train.jsonl", _empty_documents),
+        "train.jsonl",
+        "document",
+        "20",
+    ),  # fmt: skip
+    _c(
+        "translation-missing-en",
+        "data",
+        _data("translation", "train.jsonl", _missing_target_key),
+        "train.jsonl",
+        "'en'",
+        "30",
+    ),  # fmt: skip
+    _c(
+        "translation-null-rows",
+        "data",
+        _data("translation", "train.jsonl", _null_translation_rows),
+        "train.jsonl",
+        "translation",
+        "14",
+    ),  # fmt: skip
+    _c(
+        "translation-string-row",
+        "data",
+        _data("translation", "train.jsonl", _mixed_translation_types),
+        "train.jsonl",
+        "row 8",
+    ),  # fmt: skip
+    _c(
+        "csv-empty-targets",
+        "data",
+        _data("translation", "train.csv", _flat_csv_null_targets),
+        "train.csv",
+        "'en'",
+        "14",
+    ),  # fmt: skip
+    _c(
+        "lm-null-texts", "data", _data("language_modeling", "train.jsonl", _lm_null_texts), "train.jsonl", "text", "30"
+    ),  # fmt: skip
+    _c(
+        "validation-null-summaries",
+        "data",
+        _data("summarization", "val.jsonl", _null_summaries, "--do_train", "false", option="--validation_file"),
+        "val.jsonl",
+        "summary",
+    ),  # fmt: skip
+    _c(
+        "holdout-leaves-nothing",
+        "data",
+        _data("summarization", "train.jsonl", lambda: list(_rows(_summ_rows(1)))),
+        "validation_split_percentage",
+        "1 training row",
+    ),  # fmt: skip
+    _c(
+        "data-file-is-directory",
+        "data",
+        lambda tmp: ("language_modeling", ["--output_dir", _out(tmp), *QUICK_LM, "--train_file", str(tmp)]),
+        "train_file",
+    ),  # fmt: skip
+    _c(
+        "data-file-missing",
+        "data",
+        lambda tmp: ("translation", ["--output_dir", _out(tmp), *QUICK, "--train_file", str(tmp / "nope.jsonl")]),
+        "nope.jsonl",
+    ),  # fmt: skip
+    # ---------------------------------------------------------------- output folders and checkpoints
+    _c("reuse-earlier-run", "output", _reuse_earlier_run, "output_dir", "overwrite_output_dir"),
+    _c("reuse-with-checkpoints", "output", _reuse_with_checkpoints, "output_dir", "checkpoint-"),
+    _c("reuse-unrelated-file", "output", _unrelated_file, "output_dir", "notes.txt"),
+    _c("resume-truncated-weights", "output", _resume_truncated, "checkpoint-300", "checkpoint-200"),
+    _c("resume-incomplete-path", "output", _resume_incomplete_path, "checkpoint-300", "checkpoint-200"),
+    _c("resume-nothing-there", "output", _resume_nothing, "resume_from_checkpoint", "out"),
+    _c("resume-missing-path", "output", _resume_missing_path, "checkpoint-5"),
+    _c("resume-and-overwrite", "output", _resume_and_overwrite, "overwrite_output_dir", "resume_from_checkpoint"),
+    _c(
+        "resume-elsewhere-into-earlier-run",
+        "output",
+        _resume_elsewhere_into_earlier_run,
+        "output_dir",
+        "run_info.json",
+    ),  # fmt: skip
+    _c(
+        "overwrite-the-model-it-loads",
+        "output",
+        _overwrite_the_model_it_loads,
+        "model_name_or_path",
+        "overwrite_output_dir",
+    ),  # fmt: skip
+    _c("resume-past-max-steps", "output", _resume_past_max_steps, "max_steps", "step 300"),
+    _c("output-dir-is-file", "output", _output_dir_is_file, "output_dir"),
+    _c("output-dir-under-file", "output", _output_dir_under_file, "blocker"),
+    _c("output-dir-unwritable", "output", _output_dir_unwritable, "/proc"),
+    # ---------------------------------------------------------------- Python API
+    _c("gce-gamma-1.5", "api", _gce(gamma=1.5), "gamma"),
+    _c("gce-gamma-nan", "api", _gce(gamma=float("nan")), "gamma"),
+    _c("gce-gamma-str", "api", _gce(gamma="0.5"), "gamma"),
+    _c("gce-min-weight-negative", "api", _gce(min_weight=-0.1), "min_weight"),
+    _c("gce-label-smoothing-1", "api", _gce(label_smoothing=1.0), "label_smoothing"),
+    _c("gce-reduction-unknown", "api", _gce(reduction="avg"), "reduction"),
+    _c(
+        "gce-int-logits",
+        "api",
+        lambda tmp: _gce(logits=__import__("torch").ones(2, 3, 5, dtype=__import__("torch").long))(tmp),
+        "logits",
+    ),  # fmt: skip  # noqa: E501
+    _c("gce-float-labels", "api", lambda tmp: _gce(labels=__import__("torch").zeros(2, 3))(tmp), "labels"),
+    _c("gce-label-out-of-range", "api", lambda tmp: _gce(labels=__import__("torch").full((2, 3), 7))(tmp), "7"),
+    _c("gce-label-negative", "api", lambda tmp: _gce(labels=__import__("torch").full((2, 3), -3))(tmp), "-3"),
+    _c(
+        "gce-shape-mismatch",
+        "api",
+        lambda tmp: _gce(labels=__import__("torch").zeros(2, 4, dtype=__import__("torch").long))(tmp),
+        "shape",
+    ),  # fmt: skip  # noqa: E501
+    _c("gce-neg-inf-target", "api", _gce_neg_inf_target, "+inf", note="correct result: +inf, not NaN"),
+    _c("args-gamma-2", "api", _tvd_args(gamma=2.0), "TVDArguments.gamma"),
+    _c("args-gamma-bool", "api", _tvd_args(gamma=True), "TVDArguments.gamma"),
+    _c("args-gamma-str", "api", _tvd_args(gamma="0.1"), "TVDArguments.gamma"),
+    _c("args-schedule-unknown", "api", _tvd_args(gamma_schedule="exp"), "gamma_schedule"),
+    _c("args-loss-type-unknown", "api", _tvd_args(loss_type="mse"), "loss_type"),
+    _c("args-nonfinite-unknown", "api", _tvd_args(nonfinite_policy="warn"), "nonfinite_policy"),
+    _c(
+        "args-schedule-ratio-0",
+        "api",
+        _tvd_args(gamma_schedule="linear", gamma_schedule_ratio=0.0),
+        "gamma_schedule_ratio",
+    ),  # fmt: skip
+    _c("args-focal-gamma-negative", "api", _tvd_args(loss_type="focal", focal_gamma=-1.0), "focal_gamma"),
+    _c(
+        "args-schedule-steps-0",
+        "api",
+        _tvd_args(gamma_schedule="linear", gamma_schedule_steps=0),
+        "gamma_schedule_steps",
+    ),  # fmt: skip
+    _c("trainer-resume-truncated", "api", _trainer_resume_truncated, "checkpoint-3", "checkpoint-2"),
+    _c("trainer-headless-model", "api", _trainer("headless"), "GPT2Model", "head"),
+    _c("trainer-label-smoothing-factor", "api", _trainer(label_smoothing_factor=0.1), "label_smoothing_factor"),
+    _c("trainer-tvd-args-dict", "api", _trainer(tvd={"gamma": 0.1}), "tvd_args"),
+    _c("trainer-neg-inf-logit", "api", _trainer_poisoned, "step 2", note="correct result: stops before the update"),
+    _c(
+        "trainer-rotation-foreign",
+        "api",
+        _trainer_rotation,
+        "kept",
+        note="correct result: other run's checkpoints kept",
+    ),  # fmt: skip  # noqa: E501
+]
+
+
+# ------------------------------------------------------------------------------------------ judging
+def _snapshot(folder: Path) -> dict[str, tuple[int, int]] | None:
+    if not folder.exists():
+        return None
+    if folder.is_file():
+        return {"": (folder.stat().st_size, folder.stat().st_mtime_ns)}
+    return {str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns) for p in folder.rglob("*")}
+
+
+@dataclass
+class Result:
+    case: Case
+    verdict: Verdict
+    message: str
+    stage: str = ""  # where it ended: prepare | train | call
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _names_all(message: str, names: tuple[str, ...]) -> bool:
+    return all(name.lower() in message.lower() for name in names)
+
+
+def judge(case: Case, tmp: Path, *, train: bool = True) -> Result:
+    """Run ``case`` in ``tmp`` (an empty folder) and judge it. ``train=False`` stops after ``prepare``."""
+    built = case.build(tmp)
+    if callable(built):
+        try:
+            value = built()
+        except ValueError as err:
+            message = str(err).removeprefix("expected: ")
+            verdict = REFUSED_WELL if _names_all(str(err), case.names) else REFUSED_LATE
+            return Result(case, verdict, message.splitlines()[0] if message else "", "call")
+        except Exception as err:  # noqa: BLE001  # any other exception is an unclear refusal
+            return Result(case, REFUSED_LATE, f"{type(err).__name__}: {err}".splitlines()[0], "call")
+        return Result(case, ACCEPTED, f"returned {value!r}"[:200], "call")
+
+    from hf_tvd_loss.tasks import get_task
+    from hf_tvd_loss.tasks.run import build, prepare, train_and_evaluate
+
+    task_name, argv = built
+    out_arg = argv[argv.index("--output_dir") + 1] if "--output_dir" in argv else ""
+    out = Path(out_arg) if out_arg else None
+    before = _snapshot(out) if out is not None else None
+    task = get_task(task_name)
+    stderr = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(stderr):
+            prepared = prepare(task, argv)
+    except SystemExit as exit_info:  # argparse: usage + "error: ..." on stderr, status 2
+        text = stderr.getvalue().strip().splitlines()
+        message = text[-1] if text else ""
+        good = exit_info.code == 2 and _names_all(message, case.names)
+        return Result(case, REFUSED_WELL if good else REFUSED_LATE, message, "prepare")
+    except ValueError as err:
+        message = str(err)
+        untouched = out is None or _snapshot(out) == before
+        good = _names_all(message, case.names) and untouched and "\n" not in message.strip()
+        return Result(case, REFUSED_WELL if good else REFUSED_LATE, message, "prepare")
+    except Exception as err:  # noqa: BLE001
+        return Result(case, REFUSED_LATE, f"{type(err).__name__}: {err}".splitlines()[0], "prepare")
+    if not train:
+        return Result(case, ACCEPTED, "prepare accepted it", "prepare")
+    try:
+        with contextlib.redirect_stderr(stderr):
+            metrics = train_and_evaluate(prepared, build(prepared))
+    except Exception as err:  # noqa: BLE001
+        text = f"{type(err).__name__}: {err}".strip().splitlines()
+        return Result(case, REFUSED_LATE, text[0] if text else type(err).__name__, "train")
+    shown = {k: v for k, v in metrics.items() if k in ("train_loss", "train_samples", "eval_loss", "epoch")}
+    return Result(case, ACCEPTED, f"finished: {shown}", "train")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run every case (or those whose id contains one of ``argv``), print one line each and the totals."""
+    import logging
+
+    logging.disable(logging.WARNING)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    wanted = argv if argv is not None else sys.argv[1:]
+    json_out = None
+    if wanted and wanted[0].startswith("--json="):
+        json_out, wanted = wanted[0].removeprefix("--json="), wanted[1:]
+    cases = [c for c in CASES if not wanted or any(w in c.id for w in wanted)]
+    totals = {REFUSED_WELL: 0, REFUSED_LATE: 0, ACCEPTED: 0}
+    rows = []
+    for case in cases:
+        with tempfile.TemporaryDirectory(prefix="hostile-") as tmp:
+            result = judge(case, Path(tmp))
+        totals[result.verdict] += 1
+        message = re.sub(r"/tmp/hostile-[^/\s]+", "<tmp>", result.message)
+        rows.append({"id": case.id, "group": case.group, "verdict": result.verdict, "stage": result.stage,
+                     "message": message})  # fmt: skip
+        print(f"{case.group:7s} {case.id:32s} {result.verdict:26s} [{result.stage}] {message[:160]}", flush=True)
+    print(f"\n{len(cases)} cases: " + ", ".join(f"{v}: {n}" for v, n in totals.items()))
+    if json_out:
+        with open(json_out, "w", encoding="utf-8") as f:
+            json.dump({"totals": totals, "cases": rows}, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
