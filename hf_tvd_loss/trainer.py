@@ -114,6 +114,19 @@ def _count_targets(batch: Mapping[str, Any], shifts_labels: bool, normalization:
     return scored.any(dim=-1).sum()
 
 
+def _refuse_model_without_lm_head(model: nn.Module | None) -> None:
+    """A model without an output embedding (e.g. ``GPT2Model``) has no logits to train: say so at construction."""
+    if model is None:  # model_init: checked when the model exists
+        return
+    base = unwrap_model(model)
+    getter = getattr(base, "get_output_embeddings", None)
+    if callable(getter) and getter() is None and not isinstance(getattr(base, "lm_head", None), nn.Module):
+        raise ValueError(
+            f"{type(base).__name__} has no language-modelling head (get_output_embeddings() is None), so it returns "
+            "no logits to train with γ-CE; load it with AutoModelForCausalLM or AutoModelForSeq2SeqLM"
+        )
+
+
 class TVDLossMixin:
     """Mixin for ``transformers.Trainer`` subclasses: token-level γ-CE as the training and evaluation loss.
 
@@ -158,6 +171,7 @@ class TVDLossMixin:
         # Keep the stock token counting and the model's own loss path off: this class counts the scored
         # tokens itself (get_batch_samples) with the rule that matches its loss.
         self.model_accepts_loss_kwargs = False
+        _refuse_model_without_lm_head(self.model)
         self._tvd_sums: dict[str, torch.Tensor | None] = dict.fromkeys(_MODES)
         self._tvd_sequences: dict[str, torch.Tensor | None] = dict.fromkeys(_MODES)
         self.tvd_calibration_sums: dict[str, torch.Tensor] = {}

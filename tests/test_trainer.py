@@ -216,12 +216,11 @@ def test_refuses_batches_without_labels_and_models_without_lm_head(tmp_path):
     with pytest.raises(ValueError, match="need `labels`"):
         trainer.compute_loss(trainer.model, batch)
     headless = LlamaModel(tiny_model("llama").config)
-    trainer = TVDTrainer(
-        model=headless, args=TrainingArguments(output_dir=str(tmp_path), report_to="none", use_cpu=True),
-        tvd_args=TVDArguments(),
-    )  # fmt: skip
-    with pytest.raises(ValueError, match="returned no logits; γ-CE needs a language-modelling head"):
-        trainer.compute_loss(headless, {**batch, "labels": batch["input_ids"]})
+    with pytest.raises(ValueError, match="LlamaModel has no language-modelling head"):  # refused when built
+        TVDTrainer(
+            model=headless, args=TrainingArguments(output_dir=str(tmp_path), report_to="none", use_cpu=True),
+            tvd_args=TVDArguments(),
+        )  # fmt: skip
 
 
 def test_stock_trainer_is_untouched():
@@ -343,3 +342,12 @@ def test_chunked_refuses_with_the_reason(tmp_path):
     with pytest.raises(ValueError, match="loss_impl='chunked' cannot be used: LlamaForCausalLM: its output head is a "
                        "PEFT adapter layer"):  # fmt: skip
         trainer.compute_loss(trainer.model, batch)
+
+
+def test_model_without_lm_head_is_refused_at_construction(tmp_path):
+    from transformers import GPT2Model
+
+    kwargs = _trainer_kwargs(tmp_path)
+    kwargs["model"] = GPT2Model(tiny_model("gpt2").config)
+    with pytest.raises(ValueError, match="GPT2Model has no language-modelling head"):
+        TVDTrainer(**kwargs, tvd_args=TVDArguments())
