@@ -28,7 +28,7 @@ from datasets import Dataset, DatasetDict
 
 from ..args import TVDArguments
 from .arguments import DataArguments, ModelArguments
-from .base import Task
+from .base import ChosenDefaults, Task
 from .checks import check_common_args
 from .data import load_raw_splits
 from .modeling import auto_model_class, build_model_from_config, max_positions, resolve_config, train_tokenizer
@@ -57,13 +57,13 @@ class Prepared:
     tokenizer: PreTrainedTokenizerBase | None  # None: trained on the training data in build
     model: PreTrainedModel | None  # None: built from config in build
     argv: list[str]
+    defaults: ChosenDefaults = dataclasses.field(default_factory=ChosenDefaults)  # from scratch or fine-tuning
 
 
 def prepare(task: Task[Any, Any], argv: Sequence[str] | None = None) -> Prepared:
     """Parse and check everything, load data and (pretrained) model. Raises ``ValueError`` naming the problem."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = task.build_parser()
-    model_args, data_args, tvd_args, training_args = parser.parse_args_and_config(argv)
+    (model_args, data_args, tvd_args, training_args), defaults = task.parse_args(argv)
     check_common_args(data_args, model_args, training_args)
     task.check_args(data_args, model_args, training_args)
 
@@ -111,7 +111,9 @@ def prepare(task: Task[Any, Any], argv: Sequence[str] | None = None) -> Prepared
                 f"the model config allows {positions} positions but the data options need {needed}: raise "
                 "max_position_embeddings/n_positions in config_overrides or lower the length options"
             )
-    return Prepared(task, model_args, data_args, tvd_args, training_args, raw, config, tokenizer, model, argv)
+    return Prepared(
+        task, model_args, data_args, tvd_args, training_args, raw, config, tokenizer, model, argv, defaults
+    )
 
 
 def _texts_for_tokenizer(task: Task[Any, Any], prepared: Prepared) -> Iterator[str]:
@@ -246,6 +248,7 @@ def train_and_evaluate(prepared: Prepared, built: Built | None = None) -> dict[s
             "argv": prepared.argv,
             "data": prepared.data_args.data_source(),
             "tvd_args": asdict(prepared.tvd_args),
+            "defaults": prepared.defaults.describe(),
         }
         with open(os.path.join(output_dir, "run_info.json"), "w", encoding="utf-8") as f:
             json.dump(info, f, indent=2)
@@ -259,7 +262,10 @@ def train_and_evaluate(prepared: Prepared, built: Built | None = None) -> dict[s
             argv=prepared.argv,
             tokenizer_trained=prepared.tokenizer is None,
         )
-        print_summary(trainer, task.name, training_args, predictions_file, time.time() - start)
+        print_summary(
+            trainer, task.name, training_args, predictions_file, time.time() - start,
+            metrics=metrics, headline=task.headline_metrics, defaults=prepared.defaults.describe(),
+        )  # fmt: skip
     return metrics
 
 

@@ -30,6 +30,7 @@ class SummarizationTask(Seq2SeqTask[SummarizationDataArguments]):
     description = "Fine-tune or train an encoder-decoder summariser with the γ-CE (TaiLr) loss."
     data_args_class = SummarizationDataArguments
     metric_package = ("rouge_score", "ROUGE")
+    headline_metrics = ("loss", "perplexity", "rouge1", "rouge2", "rougeL", "accuracy", "ece")
     scratch_config_overrides = (
         "d_model=64,encoder_layers=2,decoder_layers=2,encoder_attention_heads=4,"
         "decoder_attention_heads=4,encoder_ffn_dim=256,decoder_ffn_dim=256,max_position_embeddings=256"
