@@ -87,7 +87,7 @@ def write_model_card(
     tvd_args: TVDArguments,
     training_args: TrainingArguments,
     argv: Sequence[str],
-    tokenizer_trained: bool,
+    tokenizer_trained: str | bool | None,
 ) -> str:
     """``README.md`` in output_dir: the loss and its γ, b, ε, the model, data, training settings and metrics."""
     tvd, args, data = tvd_args, training_args, data_args
@@ -147,7 +147,13 @@ def write_model_card(
         "",
         "## Model and data",
         "",
-        f"- Model: {model_line}" + ("; tokenizer: BPE trained on the training data" if tokenizer_trained else ""),
+        f"- Model: {model_line}"
+        + (
+            f"; tokenizer: {'BPE' if tokenizer_trained in (True, 'bpe') else tokenizer_trained} trained on the "
+            "training data"
+            if tokenizer_trained
+            else ""
+        ),
         f"- Data: {data_line}",
         f"- Training: {args.num_train_epochs:g} epoch(s)"
         + (f", max_steps {args.max_steps}" if args.max_steps and args.max_steps > 0 else "")

@@ -173,11 +173,13 @@ def _build(prepared: Prepared, created: bool, start: float) -> Built:
                     _texts_for_tokenizer(task, prepared),
                     model_args.tokenizer_vocab_size,
                     model_max_length=task.tokenizer_max_length(data_args),
+                    kind=model_args.tokenizer_type,
                 )
                 tokenizer.save_pretrained(tokenizer_dir)
             else:
                 tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
-        logger.info("trained a BPE tokenizer with %d tokens on the training data", len(tokenizer))
+        logger.info("trained a %s tokenizer with %d tokens on the training data", model_args.tokenizer_type,
+                    len(tokenizer))  # fmt: skip
 
     model = prepared.model
     if model is None:
@@ -260,7 +262,7 @@ def train_and_evaluate(prepared: Prepared, built: Built | None = None) -> dict[s
             tvd_args=prepared.tvd_args,
             training_args=training_args,
             argv=prepared.argv,
-            tokenizer_trained=prepared.tokenizer is None,
+            tokenizer_trained=prepared.model_args.tokenizer_type if prepared.tokenizer is None else None,
         )
         print_summary(
             trainer, task.name, training_args, predictions_file, time.time() - start,

@@ -12,7 +12,7 @@ from typing import Any
 
 from datasets import Dataset
 
-from .metrics import rouge_scores
+from .metrics import load_metric
 from .seq2seq import Seq2SeqDataArguments, Seq2SeqTask
 from .synthetic import summarization_corpus
 
@@ -76,4 +76,4 @@ class SummarizationTask(Seq2SeqTask[SummarizationDataArguments]):
         return batch[data_args.text_column], batch[data_args.summary_column]
 
     def text_metrics(self, predictions: list[str], references: list[str]) -> dict[str, float]:
-        return rouge_scores(predictions, references)
+        return load_metric("rouge").compute(predictions=predictions, references=references)
