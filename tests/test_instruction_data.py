@@ -169,3 +169,33 @@ def test_smollm2_chat_template_assistant_mask():
     ids, scored = tokenize_instruction(tokenizer, text, spans, add_special_tokens=False, append_eos=False)
     assert ids == tokenizer(text, add_special_tokens=False)["input_ids"]
     assert tokenizer.decode([t for t, s in zip(ids, scored) if s]) == "Blue.<|im_end|>\nGreen.<|im_end|>\n"
+
+
+def test_chatterbot_converter_and_prepare_data(tmp_path):
+    """chatterbot-corpus YAML → chat messages (alternating roles, odd trailing turn dropped, duplicates removed)."""
+    from test_scripts import _script
+
+    from hf_tvd_lab import corpora
+
+    folder = tmp_path / "english"
+    folder.mkdir()
+    (folder / "science.yml").write_text(
+        "categories:\n- science\nconversations:\n- - what is h2o\n  - water.\n- - what is h2o\n  - water.\n"
+        "- - hi\n  - hello\n  - how are you\n  - fine\n  - bye\n"
+    )
+    (folder / "food.yml").write_text("categories:\n- food\nconversations:\n- - do you eat\n  - 42\n")
+    rows = corpora.instruction_rows(str(folder))
+    assert [len(r["messages"]) for r in rows] == [2, 2, 4]  # food (42 read as text), science deduplicated
+    assert rows[1]["messages"] == [{"role": "user", "content": "what is h2o"},
+                                   {"role": "assistant", "content": "water."}]  # fmt: skip
+    assert rows[0]["messages"][1]["content"] == "42" and rows[2]["category"] == "science"
+    assert len(corpora.instruction_rows(str(folder), ["food"])) == 1
+    with pytest.raises(ValueError, match="no such categories"):
+        corpora.instruction_rows(str(folder), ["sports"])
+    for i in range(6):
+        (folder / f"c{i}.yml").write_text(f"conversations:\n- - question {i}\n  - answer {i}\n")
+    counts = _script("prepare_data").main(["instructions", "--corpus_dir", str(folder), "--output_dir",
+                                          str(tmp_path / "data"), "--eval_size", "2"])  # fmt: skip
+    assert counts == {"validation": 2, "test": 2, "train": 5}
+    first = json.loads((tmp_path / "data" / "train.jsonl").read_text().splitlines()[0])
+    assert set(first) == {"messages", "category"}
