@@ -199,3 +199,12 @@ def test_chatterbot_converter_and_prepare_data(tmp_path):
     assert counts == {"validation": 2, "test": 2, "train": 5}
     first = json.loads((tmp_path / "data" / "train.jsonl").read_text().splitlines()[0])
     assert set(first) == {"messages", "category"}
+
+
+def test_data_without_any_known_column_names_every_format(tmp_path):
+    train = _jsonl(tmp_path / "train.jsonl", [{"question": "a", "answer": "b"}] * 3)
+    with pytest.raises(ValueError, match=r"none of the columns .*'text'.*'prompt' \+ 'completion'.*'messages'"):
+        prepare(get_task("language_modeling"), ["--train_file", train, "--output_dir", str(tmp_path / "o")])
+    with pytest.raises(ValueError, match=r"no column 'messages' \(set by --messages_column\)"):
+        prepare(get_task("language_modeling"),
+                ["--train_file", train, "--output_dir", str(tmp_path / "o"), "--data_format", "messages"])  # fmt: skip

@@ -234,6 +234,13 @@ class LanguageModelingTask(Task[LanguageModelingDataArguments, TrainingArguments
     ) -> None:
         form = data_format(dataset.column_names, data_args)
         if form == "text":
+            if data_args.data_format == "auto" and data_args.text_column not in dataset.column_names:
+                raise ValueError(
+                    f"the {split} data ({origin}) has none of the columns of the language-modelling formats: "
+                    f"{data_args.text_column!r} (--text_column), {data_args.prompt_column!r} + "
+                    f"{data_args.completion_column!r} (--prompt_column, --completion_column) or "
+                    f"{data_args.messages_column!r} (--messages_column); its columns are {dataset.column_names}"
+                )
             check_columns_present(dataset, split, origin, {data_args.text_column: "text_column"})
         elif form == "prompt_completion":
             check_columns_present(
