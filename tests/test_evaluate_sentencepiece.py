@@ -70,4 +70,4 @@ def test_translation_script_with_a_sentencepiece_tokenizer(tmp_path):
 
     config = AutoConfig.from_pretrained(out)
     assert config.decoder_start_token_id == config.pad_token_id == saved.pad_token_id  # Marian starts with pad
-    assert "sentencepiece trained on the training data" in (out / "README.md").read_text()
+    assert "SentencePiece trained on the training data" in (out / "README.md").read_text()

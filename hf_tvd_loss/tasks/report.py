@@ -74,6 +74,9 @@ def print_summary(
     sys.stdout.flush()
 
 
+_TOKENIZER_NAMES = {"bpe": "BPE", "sentencepiece": "SentencePiece"}
+
+
 def _format_metric(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
@@ -89,7 +92,11 @@ def write_model_card(
     argv: Sequence[str],
     tokenizer_trained: str | bool | None,
 ) -> str:
-    """``README.md`` in output_dir: the loss and its γ, b, ε, the model, data, training settings and metrics."""
+    """``README.md`` in output_dir: the loss and its γ, b, ε, the model, data, training settings and metrics.
+
+    ``tokenizer_trained``: the ``tokenizer_type`` trained on the data ("bpe", "sentencepiece"; True means BPE), or
+    None/False for a pretrained tokenizer.
+    """
     tvd, args, data = tvd_args, training_args, data_args
     focal = getattr(tvd, "loss_type", "gamma_ce") == "focal"
     baseline = tvd.gamma == 0 and tvd.gamma_schedule == "constant"
@@ -149,11 +156,10 @@ def write_model_card(
         "",
         f"- Model: {model_line}"
         + (
-            f"; tokenizer: {'BPE' if tokenizer_trained in (True, 'bpe') else tokenizer_trained} trained on the "
-            "training data"
+            f"; tokenizer: {_TOKENIZER_NAMES.get(tokenizer_trained, 'BPE')} trained on the training data"
             if tokenizer_trained
             else ""
-        ),
+        ),  # fmt: skip
         f"- Data: {data_line}",
         f"- Training: {args.num_train_epochs:g} epoch(s)"
         + (f", max_steps {args.max_steps}" if args.max_steps and args.max_steps > 0 else "")
