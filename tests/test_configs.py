@@ -158,3 +158,14 @@ def test_malformed_yaml_is_refused(tmp_path, text, match):
 def test_missing_config_file_is_refused(tmp_path):
     with pytest.raises(ValueError, match="file not found"):
         get_task("language_modeling").build_parser().parse_args_and_config(["--config", str(tmp_path / "no.yaml")])
+
+
+def test_instruction_config_parses_with_the_language_model_script():
+    path = os.path.join(CONFIGS, "instructions", "smollm2_chatterbot.yaml")
+    (model_args, data_args, tvd_args, training_args), defaults = get_task("language_modeling").parse_args(
+        ["--config", path]
+    )
+    assert model_args.model_name_or_path == "models/smollm2-135m-instruct"
+    assert data_args.data_format == "messages" and data_args.completion_only_loss
+    assert (tvd_args.gamma, tvd_args.min_weight) == PAPER["language_modeling"][:2]
+    assert training_args.learning_rate == 5e-5 and defaults.situation == "fine-tuning a pretrained model"

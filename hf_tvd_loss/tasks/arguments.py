@@ -43,7 +43,15 @@ class ModelArguments:
         default=None,
         metadata={
             "help": "Pretrained tokenizer (Hub name or local folder); defaults to --model_name_or_path. Without "
-            "either, a BPE tokenizer is trained on the training data and saved with the model."
+            "either, a tokenizer (--tokenizer_type) is trained on the training data and saved with the model."
+        },
+    )
+    tokenizer_type: Literal["bpe", "sentencepiece"] = field(
+        default="bpe",
+        metadata={
+            "help": "Kind of tokenizer trained on the training data when there is no pretrained one. bpe: a "
+            "`tokenizers` BPE model in a PreTrainedTokenizerFast; sentencepiece: a SentencePiece unigram model "
+            "(sentencepiece library) in a MarianTokenizer, as Marian/OPUS-MT models ship it."
         },
     )
     tokenizer_vocab_size: int = field(

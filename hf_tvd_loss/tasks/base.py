@@ -10,7 +10,9 @@ options it reads (``Task[LanguageModelingDataArguments, TrainingArguments]``, ``
 from __future__ import annotations
 
 import importlib.util
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from dataclasses import field as dataclass_field
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import torch
@@ -30,11 +32,40 @@ if TYPE_CHECKING:
     )
     from transformers.trainer_utils import PredictionOutput
 
-__all__ = ["DataArgsT", "MetricsFunction", "Task", "TrainingArgsT"]
+__all__ = ["ChosenDefaults", "DataArgsT", "MetricsFunction", "Task", "TrainingArgsT"]
 
 DataArgsT = TypeVar("DataArgsT", bound=DataArguments)
 TrainingArgsT = TypeVar("TrainingArgsT", bound="TrainingArguments")
 MetricsFunction = Callable[["EvalPrediction"], dict[str, float]]
+
+FROM_SCRATCH, FINE_TUNING = "building a model from scratch", "fine-tuning a pretrained model"
+
+
+@dataclass(frozen=True)
+class ChosenDefaults:
+    """Which set of training defaults a run got, and which of them it kept.
+
+    ``situation`` is :data:`FINE_TUNING` when ``--model_name_or_path`` is set, else :data:`FROM_SCRATCH`.
+    ``applied`` maps each fine-tuning default the run uses to its value; ``overridden`` maps each one the user
+    set (command line or YAML) to the user's value.
+    """
+
+    situation: str = FROM_SCRATCH
+    applied: dict[str, Any] = dataclass_field(default_factory=dict)
+    overridden: dict[str, Any] = dataclass_field(default_factory=dict)
+
+    def describe(self) -> str:
+        if self.situation == FROM_SCRATCH:
+            return f"{self.situation}: the task's defaults (see --help)"
+        kept = ", ".join(f"{k} {_show(v)}" for k, v in self.applied.items()) or "none"
+        text = f"{self.situation}: {kept}"
+        if self.overridden:
+            text += " (given instead: " + ", ".join(f"{k} {_show(v)}" for k, v in self.overridden.items()) + ")"
+        return text
+
+
+def _show(value: Any) -> str:
+    return str(getattr(value, "value", value))
 
 
 class Task(Generic[DataArgsT, TrainingArgsT]):
@@ -50,6 +81,11 @@ class Task(Generic[DataArgsT, TrainingArgsT]):
     defaults: dict[str, Any] = {}  # parser defaults: model, data, TVD and training options
     # Sizes of the default model_type when built from scratch without --config_overrides (a tiny model).
     scratch_config_overrides: str | None = None
+    # Training defaults that replace some of ``defaults`` when --model_name_or_path is set (fine-tuning); an explicit
+    # value (command line or --config) always wins.
+    finetune_defaults: dict[str, Any] = {}
+    # Metric names (without the eval_/test_ prefix) the closing summary prints, when present.
+    headline_metrics: tuple[str, ...] = ("loss", "perplexity", "accuracy", "ece")
 
     # --- hooks
     def synthetic_rows(self, split: str, num_examples: int, seed: int) -> list[dict[str, Any]]:
@@ -116,18 +152,56 @@ class Task(Generic[DataArgsT, TrainingArgsT]):
         return None
 
     # --- shared
-    def build_parser(self) -> YamlArgumentParser:
+    def build_parser(self, fine_tuning: bool = False) -> YamlArgumentParser:
+        """The parser with the task's defaults; ``fine_tuning``: with :attr:`finetune_defaults` on top."""
         parser = YamlArgumentParser(
             (ModelArguments, self.data_args_class, TVDArguments, self.training_args_class),
             description=self.description,
+            epilog=self._defaults_epilog(),
         )
         defaults = dict(self.defaults)
         defaults.setdefault("report_to", ["tensorboard"] if _tensorboard_available() else ["none"])
         # Every parameter gets a gradient in these models; the search for unused ones costs a graph traversal.
         defaults.setdefault("ddp_find_unused_parameters", False)
         defaults.setdefault("dataloader_pin_memory", torch.cuda.is_available())  # pinning needs an accelerator
+        if fine_tuning:
+            defaults.update(self.finetune_defaults)
         parser.set_defaults(**defaults)
+        for action in parser._actions:
+            if action.dest in self.finetune_defaults and action.help:
+                action.help += (
+                    f" [Default when building a model from scratch: {_show(self.defaults.get(action.dest))}; with "
+                    f"--model_name_or_path (fine-tuning): {_show(self.finetune_defaults[action.dest])}.]"
+                )
         return parser
+
+    def _defaults_epilog(self) -> str | None:
+        if not self.finetune_defaults:
+            return None
+        scratch = ", ".join(f"{k} {_show(self.defaults.get(k))}" for k in self.finetune_defaults)
+        tuned = ", ".join(f"{k} {_show(v)}" for k, v in self.finetune_defaults.items())
+        return (
+            f"Training defaults depend on the situation. Building a model from scratch (no --model_name_or_path): "
+            f"{scratch}. Fine-tuning a pretrained model (--model_name_or_path): {tuned}. A value given on the "
+            "command line or in --config always wins. The run's closing summary says which were used."
+        )
+
+    def parse_args(self, argv: Sequence[str]) -> tuple[tuple[Any, ...], ChosenDefaults]:
+        """Parse ``argv`` (with ``--config``): the four argument dataclasses and the defaults that were chosen.
+
+        Fine-tuning defaults come in under the YAML file and the command line: the options are parsed once to
+        learn whether ``--model_name_or_path`` is set (from either), then again with those defaults.
+        """
+        parsed = self.build_parser().parse_args_and_config(argv)
+        if not parsed[0].model_name_or_path or not self.finetune_defaults:
+            return parsed, ChosenDefaults()
+        parsed = self.build_parser(fine_tuning=True).parse_args_and_config(argv)
+        values = {
+            name: getattr(args, name) for args in parsed for name in self.finetune_defaults if hasattr(args, name)
+        }
+        applied = {k: v for k, v in self.finetune_defaults.items() if _show(values.get(k)) == _show(v)}
+        overridden = {k: values.get(k) for k in self.finetune_defaults if k not in applied}
+        return parsed, ChosenDefaults(FINE_TUNING, applied, overridden)
 
 
 def _tensorboard_available() -> bool:

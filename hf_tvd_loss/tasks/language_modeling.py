@@ -1,4 +1,12 @@
-"""Causal language modelling: a text column concatenated and cut into blocks of ``block_size`` tokens.
+"""Causal language modelling on plain text or on instruction data.
+
+* plain text (a ``text`` column): texts are concatenated (each ending with eos) and cut into blocks of
+  ``block_size`` tokens; every token is scored.
+* instruction data: ``prompt`` / ``completion`` columns, or a ``messages`` column of chat turns
+  (``[{"role": ..., "content": ...}]``). Chat turns are rendered with the tokenizer's chat template (an error if it
+  has none); prompt/completion pairs too when it has one (``--prompt_completion_format``). Each example is its own
+  sequence (truncated to ``block_size``, padded in the batch, never packed with another), and by default only the
+  completion / assistant tokens are scored: every other label is -100 (``--completion_only_loss``).
 
 Metrics: perplexity (from the plain NLL the trainer logs next to the γ-CE objective) and token-level
 calibration. Default (no options): a tiny GPT-2 built from a config on a synthetic news corpus, TaiLr's
@@ -10,8 +18,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from itertools import chain
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
+import torch
 from datasets import Dataset
 from transformers import TrainingArguments
 
@@ -23,7 +32,15 @@ from .base import Task
 from .data import check_columns_present
 from .synthetic import language_modeling_corpus
 
-__all__ = ["LanguageModelingDataArguments", "LanguageModelingTask"]
+__all__ = [
+    "LanguageModelingDataArguments",
+    "LanguageModelingTask",
+    "PaddingCollator",
+    "data_format",
+    "tokenize_instruction",
+]
+
+IGNORE_INDEX = -100
 
 
 @dataclass
@@ -31,9 +48,132 @@ class LanguageModelingDataArguments(DataArguments):
     text_column: str = field(default="text", metadata={"help": "Column holding the text (a .txt file gives 'text')."})
     block_size: int = field(
         default=128,
-        metadata={"help": "Tokens per training example: texts are joined (each ending with the eos token) and cut "
-                  "into blocks of this length; the remainder is dropped."},
+        metadata={"help": "Plain text: tokens per training example (texts are joined, each ending with the eos token, "
+                  "and cut into blocks of this length; the remainder is dropped). Instruction data: the longest "
+                  "example, longer ones are truncated (an example left with no completion token is dropped)."},
     )  # fmt: skip
+    data_format: Literal["auto", "text", "prompt_completion", "messages"] = field(
+        default="auto",
+        metadata={"help": "auto: 'messages' when the data has --messages_column, else 'prompt_completion' when it "
+                  "has --prompt_column and --completion_column, else 'text' (--text_column)."},
+    )  # fmt: skip
+    prompt_column: str = field(default="prompt", metadata={"help": "Instruction data: the prompt column."})
+    completion_column: str = field(default="completion", metadata={"help": "Instruction data: the completion column."})
+    messages_column: str = field(
+        default="messages",
+        metadata={"help": "Chat data: a column of conversations, lists of {'role', 'content'} (roles system, user, "
+                  "assistant), rendered with the tokenizer's chat template."},
+    )  # fmt: skip
+    completion_only_loss: bool = field(
+        default=True,
+        metadata={"help": "Instruction data: score only the completion (prompt/completion) or the assistant turns "
+                  "(messages); prompt, system and user tokens get label -100. False: score every token."},
+    )  # fmt: skip
+    prompt_completion_format: Literal["auto", "chat", "plain"] = field(
+        default="auto",
+        metadata={"help": "How a prompt/completion pair becomes one sequence. chat: a user turn and an assistant turn "
+                  "through the tokenizer's chat template; plain: prompt + completion + eos; auto: chat when the "
+                  "tokenizer has a chat template, plain otherwise."},
+    )  # fmt: skip
+
+
+def data_format(column_names: list[str], data_args: LanguageModelingDataArguments) -> str:
+    """The format of a split: ``text``, ``prompt_completion`` or ``messages`` (see ``--data_format``)."""
+    if data_args.data_format != "auto":
+        return data_args.data_format
+    if data_args.messages_column in column_names:
+        return "messages"
+    if data_args.prompt_column in column_names and data_args.completion_column in column_names:
+        return "prompt_completion"
+    return "text"
+
+
+def _has_chat_template(tokenizer: PreTrainedTokenizerBase) -> bool:
+    return bool(getattr(tokenizer, "chat_template", None))
+
+
+def _render_chat(
+    tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, str]]
+) -> tuple[str, list[tuple[int, int]]]:
+    """The conversation as the chat template renders it, and the character spans of its assistant turns.
+
+    A turn's span runs from the end of the conversation before it (rendered with the generation prompt, as at
+    inference) to the end of the conversation including it, so it holds the reply and the template's end-of-turn
+    tokens. Needs a template whose rendering of a conversation starts with the rendering of each of its prefixes.
+    """
+    text = tokenizer.apply_chat_template(messages, tokenize=False)
+    spans = []
+    for index, message in enumerate(messages):
+        if message.get("role") != "assistant":
+            continue
+        if index == 0:
+            raise ValueError("a conversation starts with an assistant turn: it needs a user (or system) turn first")
+        before = tokenizer.apply_chat_template(messages[:index], tokenize=False, add_generation_prompt=True)
+        upto = tokenizer.apply_chat_template(messages[: index + 1], tokenize=False)
+        if not (text.startswith(upto) and upto.startswith(before)):
+            raise ValueError(
+                "the tokenizer's chat template renders a conversation differently from its beginning, so the "
+                "assistant tokens cannot be located; set --completion_only_loss false to score every token"
+            )
+        spans.append((len(before), len(upto)))
+    return text, spans
+
+
+def tokenize_instruction(
+    tokenizer: PreTrainedTokenizerBase,
+    text: str,
+    spans: list[tuple[int, int]],
+    *,
+    add_special_tokens: bool,
+    append_eos: bool,
+) -> tuple[list[int], list[bool]]:
+    """Token ids of ``text`` and, per token, whether it starts inside one of the character ``spans``.
+
+    ``add_special_tokens``: the tokenizer's own bos (not its trailing eos, which ``append_eos`` adds, scored as the
+    end of the completion). Fast tokenizers tokenise the whole text (as at inference) and use character offsets;
+    others tokenise the pieces between span boundaries one by one.
+    """
+    prefix: list[int] = []
+    if add_special_tokens and tokenizer.bos_token_id is not None:
+        with_special = tokenizer("a")["input_ids"]
+        if with_special and with_special[0] == tokenizer.bos_token_id:
+            prefix = [tokenizer.bos_token_id]
+    if getattr(tokenizer, "is_fast", False):
+        encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        ids = list(encoded["input_ids"])
+        scored = [any(a <= start < b for a, b in spans) for start, _ in encoded["offset_mapping"]]
+    else:
+        cuts = sorted({0, len(text), *(c for span in spans for c in span)})
+        ids, scored = [], []
+        for a, b in zip(cuts, cuts[1:]):
+            piece = tokenizer(text[a:b], add_special_tokens=False)["input_ids"]
+            inside = any(s <= a < e for s, e in spans)
+            ids += piece
+            scored += [inside] * len(piece)
+    ids, scored = prefix + ids, [False] * len(prefix) + scored
+    if append_eos and tokenizer.eos_token_id is not None:
+        ids.append(tokenizer.eos_token_id)
+        scored.append(True)
+    return ids, scored
+
+
+class PaddingCollator:
+    """Pads ``input_ids`` (pad token), ``attention_mask`` (0) and ``labels`` (-100) on the right to the longest
+    example of the batch; examples of equal length (text blocks) are stacked unchanged."""
+
+    def __init__(self, pad_token_id: int) -> None:
+        self.pad_token_id = pad_token_id
+
+    def __call__(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        longest = max(len(f["input_ids"]) for f in features)
+        pads = {"input_ids": self.pad_token_id, "attention_mask": 0, "labels": IGNORE_INDEX}
+        batch: dict[str, torch.Tensor] = {}
+        for key in features[0]:
+            if key in pads:
+                batch[key] = torch.tensor([list(f[key]) + [pads[key]] * (longest - len(f[key])) for f in features])
+            else:
+                batch[key] = torch.tensor([f[key] for f in features])
+        return batch
 
 
 class LanguageModelingTask(Task[LanguageModelingDataArguments, TrainingArguments]):
@@ -67,6 +207,11 @@ class LanguageModelingTask(Task[LanguageModelingDataArguments, TrainingArguments
         "save_strategy": "no",
         "seed": 42,
     }
+    # Fine-tuning a pretrained model: the from-scratch 2e-3 destroys one in a few steps (issue 13: Gemma-3-270m went
+    # from perplexity 4.85 to 3.6e8 in three steps). 5e-5 is transformers' own default and run_clm's; a linear decay
+    # after a 3 % warm-up (warmup_steps < 1 is a ratio) is the usual SFT recipe: Adam's first updates move every
+    # weight by about the learning rate whatever its gradient, which the warm-up keeps small.
+    finetune_defaults: dict[str, Any] = {"learning_rate": 5e-5, "lr_scheduler_type": "linear", "warmup_steps": 0.03}
 
     def check_args(
         self, data_args: LanguageModelingDataArguments, model_args: ModelArguments, training_args: TrainingArguments
@@ -87,7 +232,40 @@ class LanguageModelingTask(Task[LanguageModelingDataArguments, TrainingArguments
     def check_columns(
         self, dataset: Dataset, split: str, origin: str, data_args: LanguageModelingDataArguments
     ) -> None:
-        check_columns_present(dataset, split, origin, {data_args.text_column: "text_column"})
+        form = data_format(dataset.column_names, data_args)
+        if form == "text":
+            if data_args.data_format == "auto" and data_args.text_column not in dataset.column_names:
+                raise ValueError(
+                    f"the {split} data ({origin}) has none of the columns of the language-modelling formats: "
+                    f"{data_args.text_column!r} (--text_column), {data_args.prompt_column!r} + "
+                    f"{data_args.completion_column!r} (--prompt_column, --completion_column) or "
+                    f"{data_args.messages_column!r} (--messages_column); its columns are {dataset.column_names}"
+                )
+            check_columns_present(dataset, split, origin, {data_args.text_column: "text_column"})
+        elif form == "prompt_completion":
+            check_columns_present(
+                dataset,
+                split,
+                origin,
+                {data_args.prompt_column: "prompt_column", data_args.completion_column: "completion_column"},
+            )
+        else:
+            column = data_args.messages_column
+            if column not in dataset.column_names:
+                raise ValueError(
+                    f"the {split} data ({origin}) has no column {column!r} (set by --messages_column); its columns "
+                    f"are {dataset.column_names}"
+                )
+            first = dataset[0][column]
+            if not (
+                isinstance(first, list)
+                and first
+                and all(isinstance(m, dict) and {"role", "content"} <= set(m) for m in first)
+            ):
+                raise ValueError(
+                    f"the {split} data ({origin}): column {column!r} (set by --messages_column) must hold lists of "
+                    f"{{'role': ..., 'content': ...}} messages; the first row holds {str(first)[:80]!r}"
+                )
 
     drops_empty_texts = False  # blank lines of a .txt file are normal
 
@@ -97,8 +275,16 @@ class LanguageModelingTask(Task[LanguageModelingDataArguments, TrainingArguments
         return [(data_args.text_column, None, "text_column")]
 
     def texts(self, dataset: Dataset, data_args: LanguageModelingDataArguments) -> Iterator[str]:
+        form = data_format(dataset.column_names, data_args)
         for start in range(0, len(dataset), 1000):
-            yield from (t for t in dataset[start : start + 1000][data_args.text_column] if isinstance(t, str) and t)
+            rows = dataset[start : start + 1000]
+            if form == "text":
+                values = rows[data_args.text_column]
+            elif form == "prompt_completion":
+                values = rows[data_args.prompt_column] + rows[data_args.completion_column]
+            else:
+                values = [m.get("content") for chat in rows[data_args.messages_column] for m in chat or []]
+            yield from (t for t in values if isinstance(t, str) and t)
 
     def preprocess(
         self,
@@ -108,6 +294,9 @@ class LanguageModelingTask(Task[LanguageModelingDataArguments, TrainingArguments
         training_args: TrainingArguments,
         split: str,
     ) -> Dataset:
+        form = data_format(dataset.column_names, data_args)
+        if form != "text":
+            return self._preprocess_instructions(dataset, tokenizer, data_args, split, form)
         column, block = data_args.text_column, data_args.block_size
         eos = tokenizer.eos_token_id
         # A trained tokenizer appends </s> itself; a pretrained one may not: then eos is added here.
@@ -145,10 +334,77 @@ class LanguageModelingTask(Task[LanguageModelingDataArguments, TrainingArguments
             )
         return grouped
 
-    def data_collator(self, tokenizer: PreTrainedTokenizerBase, model: PreTrainedModel) -> DataCollator:
-        from transformers import default_data_collator
+    def _preprocess_instructions(
+        self,
+        dataset: Dataset,
+        tokenizer: PreTrainedTokenizerBase,
+        data_args: LanguageModelingDataArguments,
+        split: str,
+        form: str,
+    ) -> Dataset:
+        """One sequence per example (no packing), completion-only labels unless ``completion_only_loss`` is off."""
+        has_template = _has_chat_template(tokenizer)
+        if form == "messages" and not has_template:
+            raise ValueError(
+                f"the {split} data has chat messages (column {data_args.messages_column!r}) but the tokenizer has "
+                "no chat template to render them: use a tokenizer that has one (--tokenizer_name / "
+                "--model_name_or_path), or give the data as prompt/completion columns"
+            )
+        chat = form == "messages" or (
+            data_args.prompt_completion_format == "chat"
+            or (data_args.prompt_completion_format == "auto" and has_template)
+        )
+        if chat and not has_template:
+            raise ValueError("--prompt_completion_format chat needs a tokenizer with a chat template")
+        block, only = data_args.block_size, data_args.completion_only_loss
 
-        return default_data_collator
+        def encode(row: dict[str, Any]) -> tuple[list[int], list[bool]] | None:
+            if form == "messages":
+                messages = [{"role": m["role"], "content": m["content"]} for m in row[data_args.messages_column] or []]
+            else:
+                prompt, completion = row[data_args.prompt_column], row[data_args.completion_column]
+                if not (isinstance(prompt, str) and isinstance(completion, str) and completion.strip()):
+                    return None
+                if not chat:
+                    text = prompt + completion
+                    return tokenize_instruction(
+                        tokenizer, text, [(len(prompt), len(text))], add_special_tokens=True, append_eos=True
+                    )
+                messages = [{"role": "user", "content": prompt}, {"role": "assistant", "content": completion}]
+            if not any(m["role"] == "assistant" for m in messages):
+                return None
+            text, spans = _render_chat(tokenizer, messages)
+            return tokenize_instruction(tokenizer, text, spans, add_special_tokens=False, append_eos=False)
+
+        def tokenize(batch: dict[str, list[Any]]) -> dict[str, list[Any]]:
+            out: dict[str, list[Any]] = {"input_ids": [], "attention_mask": [], "labels": []}
+            for index in range(len(next(iter(batch.values())))):
+                encoded = encode({key: values[index] for key, values in batch.items()})
+                if encoded is None:
+                    continue
+                ids, scored = encoded[0][:block], encoded[1][:block]
+                labels = [t if s or not only else IGNORE_INDEX for t, s in zip(ids, scored)]
+                if all(label == IGNORE_INDEX for label in labels[1:]):  # nothing left to score after the shift
+                    continue
+                out["input_ids"].append(ids)
+                out["attention_mask"].append([1] * len(ids))
+                out["labels"].append(labels)
+            return out
+
+        tokenized = dataset.map(
+            tokenize, batched=True, remove_columns=dataset.column_names, num_proc=data_args.preprocessing_num_workers,
+            desc=f"tokenising {split} ({form}{', chat template' if chat else ''})",
+        )  # fmt: skip
+        if len(tokenized) == 0:
+            raise ValueError(
+                f"the {split} split has no example with a completion token left within block_size={block}: raise "
+                "block_size or check the completion/assistant columns"
+            )
+        return tokenized
+
+    def data_collator(self, tokenizer: PreTrainedTokenizerBase, model: PreTrainedModel) -> DataCollator:
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        return PaddingCollator(pad if pad is not None else 0)
 
     def configure_model(
         self,

@@ -1,25 +1,49 @@
-"""Evaluation metrics of the task scripts, computed offline with the metric packages themselves.
+"""Evaluation metrics of the task scripts, computed offline.
 
-``evaluate.load("rouge" | "sacrebleu")`` fetches a script from the Hub, so ROUGE comes from ``rouge_score`` and
-BLEU from ``sacrebleu`` directly. Calibration of token-level confidence: for each scored teacher-forced reference
+``evaluate.load("rouge" | "sacrebleu")`` fetches a script from the Hub and fails offline. The package ships its own
+``evaluate`` metric modules instead (``evaluate_metrics/hf_tvd_rouge.py`` and ``hf_tvd_bleu.py``):
+:func:`load_metric` returns them as ``evaluate.EvaluationModule`` objects (``compute``, ``add_batch``, combinable with
+other ``evaluate`` metrics), loaded from the installed files by ``evaluate.load(path)``; the tasks score through
+them. They compute ROUGE with ``rouge_score`` and BLEU/chrF with ``sacrebleu`` (:func:`rouge_scores`,
+:func:`bleu_scores`). Both packages install with the ``scripts`` extra (``pip install "hf_tvd_loss[scripts]"``)
+and are imported only where a score is computed; :func:`check_metric_package` refuses a run that would need a
+missing one before it trains. Calibration of token-level confidence: for each scored teacher-forced reference
 token, confidence = max_v p_v and correct = (argmax = reference). The trainers get these sums from the loss, a
 chunk at a time (:class:`hf_tvd_loss.ops.common.PredictionStats`); :func:`calibration_sums` computes them from full
-logits (a reference, and for logits one already has). ROUGE and BLEU install with the ``scripts`` extra
-(``pip install "hf_tvd_loss[scripts]"``) and are imported only where a score is computed; :func:`check_metric_package`
-refuses a run that would need a missing one before it trains.
+logits (a reference, and for logits one already has).
 """
 
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.util
+import os
 from types import ModuleType
+from typing import TYPE_CHECKING
 
 import torch
 
 from ..ops.common import calibration_from_sums
 
-__all__ = ["bleu_scores", "calibration_from_sums", "calibration_sums", "check_metric_package", "rouge_scores"]
+if TYPE_CHECKING:
+    import evaluate
+
+__all__ = [
+    "METRIC_MODULES",
+    "bleu_scores",
+    "calibration_from_sums",
+    "calibration_sums",
+    "check_metric_package",
+    "load_metric",
+    "rouge_scores",
+]
+
+# name -> the evaluate metric module shipped in this package
+METRIC_MODULES = {
+    "rouge": os.path.join(os.path.dirname(os.path.abspath(__file__)), "evaluate_metrics", "hf_tvd_rouge.py"),
+    "bleu": os.path.join(os.path.dirname(os.path.abspath(__file__)), "evaluate_metrics", "hf_tvd_bleu.py"),
+}
 
 _INSTALL_HINT = 'install the scripts extra: pip install "hf_tvd_loss[scripts]"'
 
@@ -35,6 +59,19 @@ def _import_metric_module(module: str, metric: str) -> ModuleType:
         return importlib.import_module(module)
     except ImportError as err:
         raise ImportError(f"{metric} needs {module.split('.')[0]}, which is not installed: {_INSTALL_HINT}") from err
+
+
+@functools.cache
+def load_metric(name: str) -> evaluate.EvaluationModule:
+    """The package's ``evaluate`` metric ``name`` ("rouge" or "bleu"), loaded offline from its shipped file.
+
+    Kept in memory (no Arrow cache files, so concurrent processes never share one); loaded once per process.
+    """
+    import evaluate
+
+    if name not in METRIC_MODULES:
+        raise ValueError(f"unknown metric {name!r}; expected one of {sorted(METRIC_MODULES)}")
+    return evaluate.load(METRIC_MODULES[name], keep_in_memory=True)
 
 
 def rouge_scores(predictions: list[str], references: list[str]) -> dict[str, float]:

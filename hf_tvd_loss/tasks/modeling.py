@@ -1,5 +1,9 @@
 """Tokenizer training and model building: a pretrained model's config, or a new model from a config whose vocabulary
-and special tokens come from the tokenizer."""
+and special tokens come from the tokenizer.
+
+Tokenizers trained on the training data: BPE (``tokenizers``, a ``PreTrainedTokenizerFast``) or SentencePiece
+(the ``sentencepiece`` library's unigram model in a ``MarianTokenizer``, the way Marian/OPUS-MT models ship it).
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from transformers import PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase, PreTrainedTokenizerFast
+    from transformers import PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
 
     from .arguments import ModelArguments
     from .base import Task
@@ -18,6 +22,7 @@ __all__ = [
     "build_model_from_config",
     "max_positions",
     "resolve_config",
+    "train_sentencepiece_tokenizer",
     "train_tokenizer",
 ]
 
@@ -25,13 +30,18 @@ SPECIAL_TOKENS = {"pad_token": "<pad>", "bos_token": "<s>", "eos_token": "</s>",
 
 
 def train_tokenizer(
-    texts: Iterator[str], vocab_size: int, model_max_length: int | None = None
-) -> PreTrainedTokenizerFast:
-    """A byte-fallback-free BPE tokenizer (``tokenizers``) trained on ``texts``, as a ``PreTrainedTokenizerFast``.
+    texts: Iterator[str], vocab_size: int, model_max_length: int | None = None, kind: str = "bpe"
+) -> PreTrainedTokenizerBase:
+    """A byte-fallback-free BPE tokenizer (``tokenizers``) trained on ``texts``, as a ``PreTrainedTokenizerFast``;
+    with ``kind="sentencepiece"``, :func:`train_sentencepiece_tokenizer` instead.
 
     Metaspace pre-tokenisation (as SentencePiece) so that decoding restores the spaces; every encoded sequence ends
     with ``</s>``. Special tokens: ``<pad>`` 0, ``<s>`` 1, ``</s>`` 2, ``<unk>`` 3.
     """
+    if kind == "sentencepiece":
+        return train_sentencepiece_tokenizer(texts, vocab_size, model_max_length)
+    if kind != "bpe":
+        raise ValueError(f"tokenizer_type must be 'bpe' or 'sentencepiece', got {kind!r}")
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -49,6 +59,52 @@ def train_tokenizer(
     )
     extra = {"model_max_length": model_max_length} if model_max_length else {}
     return PreTrainedTokenizerFast(tokenizer_object=backend, **extra, **SPECIAL_TOKENS)
+
+
+def train_sentencepiece_tokenizer(
+    texts: Iterator[str], vocab_size: int, model_max_length: int | None = None
+) -> PreTrainedTokenizerBase:
+    """A SentencePiece unigram model trained on ``texts`` (``sentencepiece.SentencePieceTrainer``), wrapped in a
+    ``MarianTokenizer`` (source and target share the model and the vocabulary, as in a joint-vocabulary Marian model).
+
+    ``vocab_size`` is an upper bound (a small corpus gives fewer pieces). Special tokens: ``<pad>`` 0, ``</s>`` 1,
+    ``<unk>`` 2; no bos (Marian starts decoding with the pad token). Every encoded sequence ends with ``</s>``.
+    """
+    import io
+    import json
+    import os
+    import tempfile
+    import warnings
+
+    import sentencepiece
+    from transformers import MarianTokenizer
+
+    model = io.BytesIO()
+    sentencepiece.SentencePieceTrainer.train(
+        sentence_iterator=(t.replace("\n", " ") for t in texts),
+        model_writer=model,
+        vocab_size=vocab_size,
+        hard_vocab_limit=False,
+        model_type="unigram",
+        character_coverage=1.0,
+        max_sentence_length=1 << 16,
+        pad_id=0, eos_id=1, unk_id=2, bos_id=-1,
+        pad_piece="<pad>", eos_piece="</s>", unk_piece="<unk>",
+        num_threads=max(1, min(4, os.cpu_count() or 1)),
+        minloglevel=2,
+    )  # fmt: skip
+    processor = sentencepiece.SentencePieceProcessor(model_proto=model.getvalue())
+    vocab = {processor.id_to_piece(i): i for i in range(processor.get_piece_size())}
+    with tempfile.TemporaryDirectory() as folder:
+        spm_file, vocab_file = os.path.join(folder, "spm.model"), os.path.join(folder, "vocab.json")
+        with open(spm_file, "wb") as f:
+            f.write(model.getvalue())
+        with open(vocab_file, "w", encoding="utf-8") as f:
+            json.dump(vocab, f, ensure_ascii=False)
+        extra = {"model_max_length": model_max_length} if model_max_length else {"model_max_length": int(1e30)}
+        with warnings.catch_warnings():  # Marian's optional Moses punctuation normaliser (sacremoses): not used here
+            warnings.filterwarnings("ignore", message=".*sacremoses")
+            return MarianTokenizer(source_spm=spm_file, target_spm=spm_file, vocab=vocab_file, **extra)
 
 
 def auto_model_class(task: Task[Any, Any]) -> Any:
@@ -121,7 +177,9 @@ def build_model_from_config(
     config.pad_token_id, config.bos_token_id = tokenizer.pad_token_id, tokenizer.bos_token_id
     config.eos_token_id = tokenizer.eos_token_id
     if getattr(config, "is_encoder_decoder", False):
-        config.decoder_start_token_id = tokenizer.bos_token_id
+        # the bos token where there is one; else the pad token, as Marian and T5 start decoding
+        start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.pad_token_id
+        config.decoder_start_token_id = start
         if hasattr(config, "forced_eos_token_id"):
             config.forced_eos_token_id = tokenizer.eos_token_id
     return auto_model_class(task).from_config(config)

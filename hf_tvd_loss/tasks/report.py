@@ -24,11 +24,38 @@ def _tensorboard_dir(trainer: Trainer) -> str | None:
     return None
 
 
+def headline_rows(metrics: dict[str, Any], headline: Sequence[str]) -> list[tuple[str, str]]:
+    """One row per split (validation, test) with the headline metrics the run produced, e.g.
+    ``("validation", "loss 2.877  perplexity 17.76  bleu 12.3  ece 0.0088")``."""
+    rows = []
+    for prefix, split in (("eval", "validation"), ("test", "test")):
+        values = [
+            f"{name} {_format_metric(metrics[f'{prefix}_{name}'])}"
+            for name in headline
+            if f"{prefix}_{name}" in metrics
+        ]
+        if values:
+            rows.append((split, "  ".join(values)))
+    return rows
+
+
 def print_summary(
-    trainer: Trainer, task_name: str, training_args: TrainingArguments, predictions_file: str | None, seconds: float
+    trainer: Trainer,
+    task_name: str,
+    training_args: TrainingArguments,
+    predictions_file: str | None,
+    seconds: float,
+    *,
+    metrics: dict[str, Any] | None = None,
+    headline: Sequence[str] = (),
+    defaults: str | None = None,
 ) -> None:
-    """Where the model, metrics, logs and predictions of a finished run are."""
+    """The headline metrics of a finished run, the training defaults it chose, and where its outputs are."""
     out = training_args.output_dir
+    results = headline_rows(metrics or {}, headline)
+    if "train_loss" in (metrics or {}):
+        results.insert(0, ("train", f"loss {_format_metric(metrics['train_loss'])}"))
+    settings = [("defaults", defaults)] if defaults else []
     rows = [
         ("model + tokenizer", out),
         ("metrics", os.path.join(out, "all_results.json")),
@@ -40,11 +67,14 @@ def print_summary(
     tensorboard = _tensorboard_dir(trainer)
     if tensorboard:
         rows.append(("TensorBoard logs", tensorboard))
-    width = max(len(name) for name, _ in rows)
+    width = max(len(name) for name, _ in rows + results + settings)
     print(f"\n[hf_tvd_loss] {task_name}: done in {seconds:.1f} s on {training_args.world_size} process(es)")
-    for name, path in rows:
-        print(f"  {name:<{width}}  {path}")
+    for name, value in results + settings + rows:
+        print(f"  {name:<{width}}  {value}")
     sys.stdout.flush()
+
+
+_TOKENIZER_NAMES = {"bpe": "BPE", "sentencepiece": "SentencePiece"}
 
 
 def _format_metric(value: Any) -> str:
@@ -60,9 +90,13 @@ def write_model_card(
     tvd_args: TVDArguments,
     training_args: TrainingArguments,
     argv: Sequence[str],
-    tokenizer_trained: bool,
+    tokenizer_trained: str | bool | None,
 ) -> str:
-    """``README.md`` in output_dir: the loss and its γ, b, ε, the model, data, training settings and metrics."""
+    """``README.md`` in output_dir: the loss and its γ, b, ε, the model, data, training settings and metrics.
+
+    ``tokenizer_trained``: the ``tokenizer_type`` trained on the data ("bpe", "sentencepiece"; True means BPE), or
+    None/False for a pretrained tokenizer.
+    """
     tvd, args, data = tvd_args, training_args, data_args
     focal = getattr(tvd, "loss_type", "gamma_ce") == "focal"
     baseline = tvd.gamma == 0 and tvd.gamma_schedule == "constant"
@@ -120,7 +154,12 @@ def write_model_card(
         "",
         "## Model and data",
         "",
-        f"- Model: {model_line}" + ("; tokenizer: BPE trained on the training data" if tokenizer_trained else ""),
+        f"- Model: {model_line}"
+        + (
+            f"; tokenizer: {_TOKENIZER_NAMES.get(tokenizer_trained, 'BPE')} trained on the training data"
+            if tokenizer_trained
+            else ""
+        ),  # fmt: skip
         f"- Data: {data_line}",
         f"- Training: {args.num_train_epochs:g} epoch(s)"
         + (f", max_steps {args.max_steps}" if args.max_steps and args.max_steps > 0 else "")

@@ -28,7 +28,7 @@ from datasets import Dataset, DatasetDict
 
 from ..args import TVDArguments
 from .arguments import DataArguments, ModelArguments
-from .base import Task
+from .base import ChosenDefaults, Task
 from .checks import check_common_args, remove_earlier_run
 from .data import load_raw_splits
 from .modeling import auto_model_class, build_model_from_config, max_positions, resolve_config, train_tokenizer
@@ -58,13 +58,13 @@ class Prepared:
     model: PreTrainedModel | None  # None: built from config in build
     argv: list[str]
     dropped_rows: dict[str, Any] = dataclasses.field(default_factory=dict)  # split -> rows dropped and why
+    defaults: ChosenDefaults = dataclasses.field(default_factory=ChosenDefaults)  # from scratch or fine-tuning
 
 
 def prepare(task: Task[Any, Any], argv: Sequence[str] | None = None) -> Prepared:
     """Parse and check everything, load data and (pretrained) model. Raises ``ValueError`` naming the problem."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = task.build_parser()
-    model_args, data_args, tvd_args, training_args = parser.parse_args_and_config(argv)
+    (model_args, data_args, tvd_args, training_args), defaults = task.parse_args(argv)
     check_common_args(data_args, model_args, training_args)
     task.check_args(data_args, model_args, training_args)
 
@@ -118,7 +118,9 @@ def prepare(task: Task[Any, Any], argv: Sequence[str] | None = None) -> Prepared
         from accelerate import PartialState
 
         PartialState().wait_for_everyone()
-    return Prepared(task, model_args, data_args, tvd_args, training_args, raw, config, tokenizer, model, argv, dropped)
+    return Prepared(
+        task, model_args, data_args, tvd_args, training_args, raw, config, tokenizer, model, argv, dropped, defaults
+    )
 
 
 def _texts_for_tokenizer(task: Task[Any, Any], prepared: Prepared) -> Iterator[str]:
@@ -184,11 +186,13 @@ def _build(prepared: Prepared, created: bool, start: float) -> Built:
                     _texts_for_tokenizer(task, prepared),
                     model_args.tokenizer_vocab_size,
                     model_max_length=task.tokenizer_max_length(data_args),
+                    kind=model_args.tokenizer_type,
                 )
                 tokenizer.save_pretrained(tokenizer_dir)
             else:
                 tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
-        logger.info("trained a BPE tokenizer with %d tokens on the training data", len(tokenizer))
+        logger.info("trained a %s tokenizer with %d tokens on the training data", model_args.tokenizer_type,
+                    len(tokenizer))  # fmt: skip
 
     model = prepared.model
     if model is None:
@@ -261,6 +265,7 @@ def train_and_evaluate(prepared: Prepared, built: Built | None = None) -> dict[s
             "tvd_args": asdict(prepared.tvd_args),
             "resumed_from": training_args.resume_from_checkpoint if training_args.do_train else None,
             "dropped_rows": prepared.dropped_rows,
+            "defaults": prepared.defaults.describe(),
         }
         write_model_card(
             metrics,
@@ -270,7 +275,7 @@ def train_and_evaluate(prepared: Prepared, built: Built | None = None) -> dict[s
             tvd_args=prepared.tvd_args,
             training_args=training_args,
             argv=prepared.argv,
-            tokenizer_trained=prepared.tokenizer is None,
+            tokenizer_trained=prepared.model_args.tokenizer_type if prepared.tokenizer is None else None,
         )
         # Written last, atomically: a folder without run_info.json holds a run that did not finish.
         partial = os.path.join(output_dir, f"run_info.json.tmp-{os.getpid()}")
@@ -279,7 +284,10 @@ def train_and_evaluate(prepared: Prepared, built: Built | None = None) -> dict[s
             f.flush()
             os.fsync(f.fileno())
         os.replace(partial, os.path.join(output_dir, "run_info.json"))
-        print_summary(trainer, task.name, training_args, predictions_file, time.time() - start)
+        print_summary(
+            trainer, task.name, training_args, predictions_file, time.time() - start,
+            metrics=metrics, headline=task.headline_metrics, defaults=prepared.defaults.describe(),
+        )  # fmt: skip
     return metrics
 
 

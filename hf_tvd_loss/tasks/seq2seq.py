@@ -54,8 +54,18 @@ class Seq2SeqTask(Task[Seq2SeqDataArgsT, Seq2SeqTrainingArguments]):
     auto_model_class = "AutoModelForSeq2SeqLM"
     head_description = "sequence-to-sequence language-modelling head (an encoder-decoder such as BART, T5, Marian)"
     is_seq2seq = True
+    # Fine-tuning a pretrained encoder-decoder: TaiLr's BART setting (lr 1e-4, constant, Adam β2 0.999) after a 3 %
+    # linear warm-up (warmup_steps < 1 is a ratio) that keeps Adam's first, gradient-size-blind updates small; the
+    # from-scratch inverse-sqrt schedule with its step-count warm-up and β2 0.98 (translation) do not apply.
+    finetune_defaults: dict[str, Any] = {
+        "learning_rate": 1e-4,
+        "lr_scheduler_type": "constant_with_warmup",
+        "warmup_steps": 0.03,
+        "adam_beta2": 0.999,
+    }
     # (package, metric name) of text_metrics: an optional dependency, checked before a run that evaluates
     metric_package: tuple[str, str] = ("", "")
+    headline_metrics: tuple[str, ...] = ("loss", "perplexity", "accuracy", "ece", "gen_len")
 
     # --- hooks of the two tasks
     def pairs(self, batch: dict[str, list[Any]], data_args: Seq2SeqDataArgsT) -> tuple[list[Any], list[Any]]:

