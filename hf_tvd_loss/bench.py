@@ -438,6 +438,99 @@ def _train_child(name: str, s: Settings) -> dict[str, Any]:
     return {**memory, "step_seconds": timer.times[1:] or timer.times}
 
 
+# ------------------------------------------------------------------------------------------------ precision
+
+
+def precision_inputs(
+    dtype: torch.dtype, tokens: int, vocab: int, hidden: int, *, seed: int = 0, ignore_fraction: float = 0.1
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(hidden [N, d], weight [V, d], labels [N])`` in ``dtype``, shaped and scaled like a real model's head.
+
+    Hidden states ~ N(0, 1) per dimension (the output of the final norm), weight rows of norm ~3 so that logits have
+    a standard deviation of about 3; each target's logit is raised by a margin uniform in [4, 26], so that target
+    probabilities range from ~1/V to near 1 as in training (a uniform random target alone would sit at p ≈ 1/V,
+    all at the floor b); ``ignore_fraction`` of the labels set to -100.
+    """
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(vocab, hidden, generator=g) * (3.0 / hidden**0.5)
+    labels = torch.randint(0, vocab, (tokens,), generator=g)
+    # raise each target's logit by a margin uniform in [4, 26] (no [N, V] work needed)
+    target_rows = w[labels]
+    margin = 4.0 + torch.rand(tokens, 1, generator=g) * 22.0
+    h = torch.randn(tokens, hidden, generator=g) + margin * target_rows / target_rows.square().sum(-1, keepdim=True)
+    labels[torch.rand(tokens, generator=g) < ignore_fraction] = IGNORE_INDEX
+    return h.to(dtype), w.to(dtype), labels
+
+
+def precision_errors(
+    dtype: torch.dtype,
+    tokens: int,
+    vocab: int,
+    hidden: int,
+    *,
+    gamma: float = 0.5,
+    min_weight: float = 0.2,
+    label_smoothing: float = 0.1,
+    seed: int = 0,
+    loss_scale: float | None = None,
+) -> dict[str, dict[str, float]]:
+    """Errors of the logits path and the chunked path in ``dtype`` against the float64 reference.
+
+    ``loss_scale`` multiplies the loss before backward and divides the gradients after, as fp16 training does
+    (``GradScaler``): default 2**16 for fp16 (without it, gradients w.r.t. the logits of a mean over N tokens,
+    ~p_v / N, fall into fp16's subnormals), 1 otherwise.
+
+    The reference is the exact (float64) γ-CE of the same low-precision hidden states and weight
+    (:func:`~hf_tvd_loss.ops.reference.linear_gamma_cross_entropy_reference`), so the errors are those of the
+    computation: the logits rounded to ``dtype`` by the model's matmul, the loss math, and the gradient matmuls
+    in ``dtype``. Logits path: ``F.linear`` in ``dtype`` (what the model's lm_head does), then
+    :func:`~hf_tvd_loss.ops.gamma_cross_entropy`, its gradient w.r.t. the logits (in ``dtype``), and the lm_head
+    backward's two matmuls in ``dtype``. Chunked path:
+    :func:`~hf_tvd_loss.ops.linear_gamma_cross_entropy` (impl="torch").
+
+    Returns ``{path: {loss_rel_err, grad_hidden_rel_err, grad_weight_rel_err, seconds}}``; gradient errors are
+    normwise, ``‖g - g_ref‖₂ / ‖g_ref‖₂``; ``reference`` holds the reference's loss and time.
+    """
+    from .ops.reference import linear_gamma_cross_entropy_reference
+
+    h, w, labels = precision_inputs(dtype, tokens, vocab, hidden, seed=seed)
+    options = dict(gamma=gamma, min_weight=min_weight, label_smoothing=label_smoothing)
+    scale = loss_scale if loss_scale is not None else (2.0**16 if dtype == torch.float16 else 1.0)
+    t0 = time.perf_counter()
+    ref_loss, ref_gh, ref_gw = linear_gamma_cross_entropy_reference(h, w, labels, **options)
+    results: dict[str, dict[str, float]] = {
+        "reference": {"loss": float(ref_loss), "seconds": time.perf_counter() - t0, "loss_scale": scale}
+    }
+
+    def rel(a: torch.Tensor, b: torch.Tensor) -> float:
+        return float(torch.linalg.vector_norm(a.double() - b) / torch.linalg.vector_norm(b))
+
+    for path in ("logits", "chunked"):
+        hl, wl = h.clone().requires_grad_(), w.clone().requires_grad_()
+        t0 = time.perf_counter()
+        if path == "logits":
+            logits = F.linear(hl, wl).detach().requires_grad_()
+            loss = gamma_cross_entropy(logits, labels, **options)
+            (grad_logits,) = torch.autograd.grad(loss * scale, logits)
+            # what autograd's lm_head backward computes, in dtype; ``weight`` as a column-major right operand
+            # because torch's CPU fp16 matmul is ~100x slower (and measured less accurate) with a row-major one
+            gh = torch.mm(grad_logits, w.t().contiguous().t())
+            gw = torch.mm(grad_logits.t(), h)
+            del logits, grad_logits
+        else:
+            loss = linear_gamma_cross_entropy(hl, wl, labels, **options)
+            gh, gw = torch.autograd.grad(loss * scale, (hl, wl))
+        gh, gw = gh.double() / scale, gw.double() / scale
+        results[path] = {
+            "loss_rel_err": abs(float(loss.detach()) - float(ref_loss)) / abs(float(ref_loss)),
+            "grad_hidden_rel_err": rel(gh, ref_gh),
+            "grad_weight_rel_err": rel(gw, ref_gw),
+            "seconds": time.perf_counter() - t0,
+        }
+        del hl, wl, gh, gw, loss
+    return results
+
+
 # ------------------------------------------------------------------------------------------------ driver
 
 
@@ -615,6 +708,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--quick", action="store_true", help="tiny shapes and 2 repeats, subprocesses in parallel (smoke test)"
     )
+    p.add_argument(
+        "--precision",
+        action="store_true",
+        help="instead of timing: errors of the logits and chunked paths in --dtype (bfloat16 / float16) against the "
+        "float64 reference at --tokens / --vocab / --hidden (see precision_errors); writes precision.json",
+    )
     p.add_argument("--out", help="directory for bench.json and bench.md (required)")
     p.add_argument("--_child", help=argparse.SUPPRESS)
     p.add_argument("--_settings", help=argparse.SUPPRESS)
@@ -628,6 +727,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
         return None
     if not args.out:
         raise SystemExit("python -m hf_tvd_loss.bench: error: --out DIR is required")
+    if args.precision:
+        options = dict(gamma=args.gamma, min_weight=args.min_weight, label_smoothing=args.label_smoothing)
+        report = {
+            "command": "python -m hf_tvd_loss.bench " + " ".join(sys.argv[1:] if argv is None else argv),
+            "settings": dict(tokens=args.tokens, vocab=args.vocab, hidden=args.hidden, dtype=args.dtype, **options),
+            "results": precision_errors(getattr(torch, args.dtype), args.tokens, args.vocab, args.hidden,
+                                        seed=args.seed, **options),  # fmt: skip
+        }
+        os.makedirs(args.out, exist_ok=True)
+        with open(os.path.join(args.out, "precision.json"), "w") as f:
+            json.dump(report, f, indent=2)
+        print(json.dumps(report, indent=2))
+        return report
     if args.quick:
         args.tokens, args.vocab, args.hidden, args.repeats = 64, 512, 32, 2
         args.train_steps, args.train_batch, args.train_seq_len = 3, 2, 16
