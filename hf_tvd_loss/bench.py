@@ -83,10 +83,12 @@ KERNEL_VARIANTS = {
     "linear_gamma_ce_liger": "liger",
 }
 TRAIN_VARIANTS = ("train_step_stock_trainer", "train_step_tvd_trainer", "train_step_tvd_trainer_chunked")
+# with --train-metrics: the two TVDTrainer steps again with TVDArguments(extra_metrics=True)
+METRICS_TRAIN_VARIANTS = ("train_step_tvd_trainer_metrics", "train_step_tvd_trainer_chunked_metrics")
 BASELINE = {
     **dict.fromkeys(LOGIT_VARIANTS, "cross_entropy"),
     **dict.fromkeys((*HIDDEN_VARIANTS, *KERNEL_VARIANTS), "linear_cross_entropy"),
-    **dict.fromkeys(TRAIN_VARIANTS, "train_step_stock_trainer"),
+    **dict.fromkeys((*TRAIN_VARIANTS, *METRICS_TRAIN_VARIANTS), "train_step_stock_trainer"),
 }
 IGNORE_INDEX = -100
 
@@ -110,6 +112,7 @@ class Settings:
     chunk_size: int | None = None
     chunked_backend: str = "torch"
     train_model: str | None = None
+    train_metrics: bool = False
 
 
 # ------------------------------------------------------------------------------------------------ variants
@@ -317,7 +320,7 @@ class _PeakRSS:
 
 def _memory_child(name: str, s: Settings) -> dict[str, Any]:
     """Run one variant once in this (fresh) process and report its extra peak memory in bytes."""
-    if name in TRAIN_VARIANTS:
+    if name in TRAIN_VARIANTS or name in METRICS_TRAIN_VARIANTS:
         return _train_child(name, s)
     group = "logits" if name in LOGIT_VARIANTS else "hidden"
     # Warm up on tiny shapes first so that lazily loaded kernels and thread pools are not counted.
@@ -416,6 +419,9 @@ def _train_child(name: str, s: Settings) -> dict[str, Any]:
     timer = StepTimer()
     kwargs = dict(model=model, args=args, train_dataset=rows, callbacks=[timer])
     gce = dict(gamma=s.gamma, min_weight=s.min_weight, label_smoothing=s.label_smoothing)
+    if name in METRICS_TRAIN_VARIANTS:
+        gce["extra_metrics"] = True
+        name = name.removesuffix("_metrics")
     if name == "train_step_tvd_trainer":
         trainer = TVDTrainer(**kwargs, tvd_args=TVDArguments(**gce))
     elif name == "train_step_tvd_trainer_chunked":
@@ -595,7 +601,7 @@ def run(
     # The training-step children are timed: they run one at a time after the others, unless the run is a smoke
     # test (``parallel_train``), where everything runs at once.
     memory_names = list(results)
-    train_names = list(TRAIN_VARIANTS) if train_step else []
+    train_names = [*TRAIN_VARIANTS, *(METRICS_TRAIN_VARIANTS if s.train_metrics else ())] if train_step else []
     with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
         # Longest first (the training children import transformers), so that the pool ends together.
         order = (train_names if parallel_train else []) + memory_names
@@ -704,6 +710,11 @@ def _parser() -> argparse.ArgumentParser:
         help="local causal-LM checkpoint folder for the training steps (e.g. the SmolLM2 of scripts/prepare_model.py)"
         "; default: a tiny Llama built from a config with --vocab / --hidden",
     )
+    p.add_argument(
+        "--train-metrics",
+        action="store_true",
+        help="also time both TVDTrainer steps with TVDArguments(extra_metrics=True) (accuracy, entropy, calibration)",
+    )
     p.add_argument("--jobs", type=int, default=2, help="memory-measuring subprocesses run at once (not timed)")
     p.add_argument(
         "--quick", action="store_true", help="tiny shapes and 2 repeats, subprocesses in parallel (smoke test)"
@@ -766,7 +777,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
         repeats=args.repeats, gamma=args.gamma, min_weight=args.min_weight, label_smoothing=args.label_smoothing,
         ignore_fraction=args.ignore_fraction, seed=args.seed, train_steps=args.train_steps,
         train_batch=args.train_batch, train_seq_len=args.train_seq_len, chunk_size=args.chunk_size,
-        chunked_backend=args.chunked_backend, train_model=args.train_model,
+        chunked_backend=args.chunked_backend, train_model=args.train_model, train_metrics=args.train_metrics,
     )  # fmt: skip
     jobs = max(1, args.jobs)
     report = run(settings, variants, train_step=not args.no_train_step, jobs=jobs, parallel_train=args.quick)
