@@ -73,3 +73,22 @@ def test_both_paths_with_the_output_projection(dtype, tokens):
         assert r["loss_rel_err"] <= LOSS_BOUND, (path, r)
         assert r["grad_hidden_rel_err"] <= GRAD_BOUND[dtype], (path, r)
         assert r["grad_weight_rel_err"] <= GRAD_BOUND[dtype], (path, r)
+
+
+def test_fused_fp16_weight_gradient_sum_does_not_overflow():
+    """The fused path builds the gradient of the summed loss and scales it by 1/tokens in backward: that sum over
+    tokens (here ~9e4) exceeds fp16's range, so it must stay fp32 until scaled."""
+    from hf_tvd_loss.ops import linear_gamma_cross_entropy
+
+    n, d, v = 1000, 4, 8
+    hidden = torch.full((n, d), 100.0)
+    weight = torch.randn(v, d, generator=torch.Generator().manual_seed(0)) * 1e-4
+    labels = torch.zeros(n, dtype=torch.long)
+    grads = {}
+    for dtype in (torch.float32, torch.float16):
+        w = weight.to(dtype).requires_grad_()
+        loss = linear_gamma_cross_entropy(hidden.to(dtype), w, labels, gamma=0.0)
+        (grads[dtype],) = torch.autograd.grad(loss, w)
+    assert grads[torch.float32].abs().max() * n > 65504  # the unscaled sum would overflow fp16
+    assert torch.isfinite(grads[torch.float16]).all()
+    torch.testing.assert_close(grads[torch.float16].float(), grads[torch.float32], rtol=2e-3, atol=1e-3)

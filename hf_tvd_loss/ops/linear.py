@@ -123,6 +123,11 @@ class _ChunkLogits:
         if grad_weight is not None:
             if grad_weight.dtype == grad_z.dtype:
                 grad_weight.addmm_(grad_z.t(), h)
+            elif grad_z.dtype == torch.float16 and 2.0 * (end - start) * float(h.abs().max()) >= 65504.0:
+                # This chunk's sum over its rows (|grad_logits| ≤ 2 per entry) could exceed fp16's range in an
+                # fp16 matmul: do it in fp32 from the fp32 gradient (the gradient of the summed loss is not yet
+                # scaled by 1 / tokens). One host sync per chunk, fp16 only.
+                grad_weight.addmm_(grad_logits.t(), h.float())
             else:  # low-precision inputs: accumulate the chunks' contributions in fp32
                 grad_weight.add_(torch.mm(grad_z.t(), h))
 
