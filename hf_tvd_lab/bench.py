@@ -88,10 +88,12 @@ KERNEL_VARIANTS = {
     "linear_gamma_ce_liger": "liger",
 }
 TRAIN_VARIANTS = ("train_step_stock_trainer", "train_step_tvd_trainer", "train_step_tvd_trainer_chunked")
+# with --train-metrics: the two TVDTrainer steps again with TVDArguments(extra_metrics=True)
+METRICS_TRAIN_VARIANTS = ("train_step_tvd_trainer_metrics", "train_step_tvd_trainer_chunked_metrics")
 BASELINE = {
     **dict.fromkeys(LOGIT_VARIANTS, "cross_entropy"),
     **dict.fromkeys((*HIDDEN_VARIANTS, *KERNEL_VARIANTS), "linear_cross_entropy"),
-    **dict.fromkeys(TRAIN_VARIANTS, "train_step_stock_trainer"),
+    **dict.fromkeys((*TRAIN_VARIANTS, *METRICS_TRAIN_VARIANTS), "train_step_stock_trainer"),
 }
 IGNORE_INDEX = -100
 
@@ -115,6 +117,7 @@ class Settings:
     chunk_size: int | None = None
     chunked_backend: str = "torch"
     train_model: str | None = None
+    train_metrics: bool = False
 
 
 # ------------------------------------------------------------------------------------------------ variants
@@ -322,7 +325,7 @@ class _PeakRSS:
 
 def _memory_child(name: str, s: Settings) -> dict[str, Any]:
     """Run one variant once in this (fresh) process and report its extra peak memory in bytes."""
-    if name in TRAIN_VARIANTS:
+    if name in TRAIN_VARIANTS or name in METRICS_TRAIN_VARIANTS:
         return _train_child(name, s)
     group = "logits" if name in LOGIT_VARIANTS else "hidden"
     # Warm up on tiny shapes first so that lazily loaded kernels and thread pools are not counted.
@@ -421,6 +424,9 @@ def _train_child(name: str, s: Settings) -> dict[str, Any]:
     timer = StepTimer()
     kwargs = dict(model=model, args=args, train_dataset=rows, callbacks=[timer])
     gce = dict(gamma=s.gamma, min_weight=s.min_weight, label_smoothing=s.label_smoothing)
+    if name in METRICS_TRAIN_VARIANTS:
+        gce["extra_metrics"] = True
+        name = name.removesuffix("_metrics")
     if name == "train_step_tvd_trainer":
         trainer = TVDTrainer(**kwargs, tvd_args=TVDArguments(**gce))
     elif name == "train_step_tvd_trainer_chunked":
@@ -441,6 +447,99 @@ def _train_child(name: str, s: Settings) -> dict[str, Any]:
         memory = meter.result()
     # Memory includes the optimizer state created at the first step, alike for both trainers.
     return {**memory, "step_seconds": timer.times[1:] or timer.times}
+
+
+# ------------------------------------------------------------------------------------------------ precision
+
+
+def precision_inputs(
+    dtype: torch.dtype, tokens: int, vocab: int, hidden: int, *, seed: int = 0, ignore_fraction: float = 0.1
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(hidden [N, d], weight [V, d], labels [N])`` in ``dtype``, shaped and scaled like a real model's head.
+
+    Hidden states ~ N(0, 1) per dimension (the output of the final norm), weight rows of norm ~3 so that logits have
+    a standard deviation of about 3; each target's logit is raised by a margin uniform in [4, 26], so that target
+    probabilities range from ~1/V to near 1 as in training (a uniform random target alone would sit at p ≈ 1/V,
+    all at the floor b); ``ignore_fraction`` of the labels set to -100.
+    """
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(vocab, hidden, generator=g) * (3.0 / hidden**0.5)
+    labels = torch.randint(0, vocab, (tokens,), generator=g)
+    # raise each target's logit by a margin uniform in [4, 26] (no [N, V] work needed)
+    target_rows = w[labels]
+    margin = 4.0 + torch.rand(tokens, 1, generator=g) * 22.0
+    h = torch.randn(tokens, hidden, generator=g) + margin * target_rows / target_rows.square().sum(-1, keepdim=True)
+    labels[torch.rand(tokens, generator=g) < ignore_fraction] = IGNORE_INDEX
+    return h.to(dtype), w.to(dtype), labels
+
+
+def precision_errors(
+    dtype: torch.dtype,
+    tokens: int,
+    vocab: int,
+    hidden: int,
+    *,
+    gamma: float = 0.5,
+    min_weight: float = 0.2,
+    label_smoothing: float = 0.1,
+    seed: int = 0,
+    loss_scale: float | None = None,
+) -> dict[str, dict[str, float]]:
+    """Errors of the logits path and the chunked path in ``dtype`` against the float64 reference.
+
+    ``loss_scale`` multiplies the loss before backward and divides the gradients after, as fp16 training does
+    (``GradScaler``): default 2**16 for fp16 (without it, gradients w.r.t. the logits of a mean over N tokens,
+    ~p_v / N, fall into fp16's subnormals), 1 otherwise.
+
+    The reference is the exact (float64) γ-CE of the same low-precision hidden states and weight
+    (:func:`~hf_tvd_loss.ops.reference.linear_gamma_cross_entropy_reference`), so the errors are those of the
+    computation: the logits rounded to ``dtype`` by the model's matmul, the loss math, and the gradient matmuls
+    in ``dtype``. Logits path: ``F.linear`` in ``dtype`` (what the model's lm_head does), then
+    :func:`~hf_tvd_loss.ops.gamma_cross_entropy`, its gradient w.r.t. the logits (in ``dtype``), and the lm_head
+    backward's two matmuls in ``dtype``. Chunked path:
+    :func:`~hf_tvd_loss.ops.linear_gamma_cross_entropy` (impl="torch").
+
+    Returns ``{path: {loss_rel_err, grad_hidden_rel_err, grad_weight_rel_err, seconds}}``; gradient errors are
+    normwise, ``‖g - g_ref‖₂ / ‖g_ref‖₂``; ``reference`` holds the reference's loss and time.
+    """
+    from .ops.reference import linear_gamma_cross_entropy_reference
+
+    h, w, labels = precision_inputs(dtype, tokens, vocab, hidden, seed=seed)
+    options = dict(gamma=gamma, min_weight=min_weight, label_smoothing=label_smoothing)
+    scale = loss_scale if loss_scale is not None else (2.0**16 if dtype == torch.float16 else 1.0)
+    t0 = time.perf_counter()
+    ref_loss, ref_gh, ref_gw = linear_gamma_cross_entropy_reference(h, w, labels, **options)
+    results: dict[str, dict[str, float]] = {
+        "reference": {"loss": float(ref_loss), "seconds": time.perf_counter() - t0, "loss_scale": scale}
+    }
+
+    def rel(a: torch.Tensor, b: torch.Tensor) -> float:
+        return float(torch.linalg.vector_norm(a.double() - b) / torch.linalg.vector_norm(b))
+
+    for path in ("logits", "chunked"):
+        hl, wl = h.clone().requires_grad_(), w.clone().requires_grad_()
+        t0 = time.perf_counter()
+        if path == "logits":
+            logits = F.linear(hl, wl).detach().requires_grad_()
+            loss = gamma_cross_entropy(logits, labels, **options)
+            (grad_logits,) = torch.autograd.grad(loss * scale, logits)
+            # what autograd's lm_head backward computes, in dtype; ``weight`` as a column-major right operand
+            # because torch's CPU fp16 matmul is ~100x slower (and measured less accurate) with a row-major one
+            gh = torch.mm(grad_logits, w.t().contiguous().t())
+            gw = torch.mm(grad_logits.t(), h)
+            del logits, grad_logits
+        else:
+            loss = linear_gamma_cross_entropy(hl, wl, labels, **options)
+            gh, gw = torch.autograd.grad(loss * scale, (hl, wl))
+        gh, gw = gh.double() / scale, gw.double() / scale
+        results[path] = {
+            "loss_rel_err": abs(float(loss.detach()) - float(ref_loss)) / abs(float(ref_loss)),
+            "grad_hidden_rel_err": rel(gh, ref_gh),
+            "grad_weight_rel_err": rel(gw, ref_gw),
+            "seconds": time.perf_counter() - t0,
+        }
+        del hl, wl, gh, gw, loss
+    return results
 
 
 # ------------------------------------------------------------------------------------------------ driver
@@ -507,7 +606,7 @@ def run(
     # The training-step children are timed: they run one at a time after the others, unless the run is a smoke
     # test (``parallel_train``), where everything runs at once.
     memory_names = list(results)
-    train_names = list(TRAIN_VARIANTS) if train_step else []
+    train_names = [*TRAIN_VARIANTS, *(METRICS_TRAIN_VARIANTS if s.train_metrics else ())] if train_step else []
     with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
         # Longest first (the training children import transformers), so that the pool ends together.
         order = (train_names if parallel_train else []) + memory_names
@@ -604,6 +703,11 @@ def _parser() -> argparse.ArgumentParser:
         help="local causal-LM checkpoint folder for the training steps (e.g. the SmolLM2 of scripts/prepare_model.py)"
         "; default: a tiny Llama built from a config with --vocab / --hidden",
     )
+    p.add_argument(
+        "--train-metrics",
+        action="store_true",
+        help="also time both TVDTrainer steps with TVDArguments(extra_metrics=True) (accuracy, entropy, calibration)",
+    )
     p.add_argument("--jobs", type=int, default=2, help="memory-measuring subprocesses run at once (not timed)")
     p.add_argument(
         "--quick", action="store_true", help="tiny shapes and 2 repeats, subprocesses in parallel (smoke test)"
@@ -629,6 +733,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--markdown", default=results.DEFAULT_MARKDOWN, help="the file --table rewrites")
     p.add_argument("--check", action="store_true", help="with --table: write nothing, exit 1 if a table is stale")
+    p.add_argument(
+        "--precision",
+        action="store_true",
+        help="instead of timing: errors of the logits and chunked paths in --dtype (bfloat16 / float16) against the "
+        "float64 reference at --tokens / --vocab / --hidden (see precision_errors); writes precision.json",
+    )
     p.add_argument("--_child", help=argparse.SUPPRESS)
     p.add_argument("--_settings", help=argparse.SUPPRESS)
     return p
@@ -641,6 +751,22 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
         return None
     if args.table:
         return _write_tables(args.results or results.DEFAULT_RESULTS, args.markdown, check=args.check)
+    if args.precision:
+        if not args.out:
+            raise SystemExit("python -m hf_tvd_lab.bench --precision: error: --out DIR is required")
+        options = dict(gamma=args.gamma, min_weight=args.min_weight, label_smoothing=args.label_smoothing)
+        report = {
+            "command": "python -m hf_tvd_lab.bench " + " ".join(sys.argv[1:] if argv is None else argv),
+            "settings": dict(tokens=args.tokens, vocab=args.vocab, hidden=args.hidden, dtype=args.dtype, **options),
+            "results": precision_errors(
+                getattr(torch, args.dtype), args.tokens, args.vocab, args.hidden, seed=args.seed, **options
+            ),  # fmt: skip
+        }
+        os.makedirs(args.out, exist_ok=True)
+        with open(os.path.join(args.out, "precision.json"), "w") as f:
+            json.dump(report, f, indent=2)
+        print(json.dumps(report, indent=2))
+        return report
     results_path = args.results if args.results or args.out else results.DEFAULT_RESULTS
     if args.quick:
         args.tokens, args.vocab, args.hidden, args.repeats = 64, 512, 32, 2
@@ -668,7 +794,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
         repeats=args.repeats, gamma=args.gamma, min_weight=args.min_weight, label_smoothing=args.label_smoothing,
         ignore_fraction=args.ignore_fraction, seed=args.seed, train_steps=args.train_steps,
         train_batch=args.train_batch, train_seq_len=args.train_seq_len, chunk_size=args.chunk_size,
-        chunked_backend=args.chunked_backend, train_model=args.train_model,
+        chunked_backend=args.chunked_backend, train_model=args.train_model, train_metrics=args.train_metrics,
     )  # fmt: skip
     run_label = args.run or "{}_n{}_v{}_{}_{}".format(
         settings.device.split(":")[0], settings.tokens, settings.vocab, settings.dtype, time.strftime("%Y%m%dT%H%M%S")

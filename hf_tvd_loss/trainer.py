@@ -355,11 +355,10 @@ class TVDLossMixin:
         parts.append(stats.floor_count if stats.floor_count is not None else torch.zeros_like(stats.num_tokens))
         row = torch.stack(parts)
         if self._tvd_extra_metrics(mode):
-            if stats.calibration is None:  # a loss path without the extra sums: record zeros, keep the layout
-                extra = torch.zeros(_EXTRA_SUMS, dtype=row.dtype, device=row.device)
-            else:
-                extra = torch.cat([stats.correct_sum.reshape(1), stats.entropy_sum.reshape(1),
-                                   stats.calibration.reshape(-1).to(row.dtype)])  # fmt: skip
+            if stats.calibration is None:  # every loss path computes them when asked: never log made-up zeros
+                raise RuntimeError("the loss returned no accuracy / entropy / calibration sums although asked for")
+            extra = torch.cat([stats.correct_sum.reshape(1), stats.entropy_sum.reshape(1),
+                               stats.calibration.reshape(-1).to(row.dtype)])  # fmt: skip
             row = torch.cat([row, extra])
         row = row.double()
         current = self._tvd_sums.get(mode)

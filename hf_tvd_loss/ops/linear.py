@@ -73,6 +73,12 @@ class _ChunkLogits:
         self.t_buf = hidden.new_empty((rows, vocab_size), dtype=torch.float32) if softcap is not None else None
         # prediction metrics: exp(logits - max) goes to its own buffer (the shifted logits are still needed)
         self.e_buf = hidden.new_empty((rows, vocab_size), dtype=torch.float32) if prediction is not None else None
+        # [V, d] as the right operand of grad_logits @ weight: CPU fp16 matmuls are ~100x slower with a row-major
+        # right operand of this shape than with a column-major one (torch 2.13, measured in BENCHMARKS.md, "bf16
+        # and fp16"), so on CPU in fp16 keep a column-major copy (one [V, d] fp16 copy, backward only).
+        self.weight_right = weight
+        if weight.device.type == "cpu" and weight.dtype == torch.float16 and torch.is_grad_enabled():
+            self.weight_right = weight.t().contiguous().t()
 
     def scaled_hidden(self, start: int, end: int) -> torch.Tensor:
         h = self.hidden[start:end]
@@ -107,12 +113,20 @@ class _ChunkLogits:
             grad_z = grad_logits
         if grad_hidden is not None:
             out = grad_hidden[start:end]
-            torch.mm(grad_z, self.weight, out=out)
+            if self.weight_right is None:
+                cpu_fp16 = self.weight.device.type == "cpu" and self.weight.dtype == torch.float16
+                self.weight_right = self.weight.t().contiguous().t() if cpu_fp16 else self.weight
+            torch.mm(grad_z, self.weight_right, out=out)
             if self.logit_scale != 1.0:
                 out.mul_(self.logit_scale)
         if grad_weight is not None:
             if grad_weight.dtype == grad_z.dtype:
                 grad_weight.addmm_(grad_z.t(), h)
+            elif grad_z.dtype == torch.float16 and 2.0 * (end - start) * float(h.abs().max()) >= 65504.0:
+                # This chunk's sum over its rows (|grad_logits| ≤ 2 per entry) could exceed fp16's range in an
+                # fp16 matmul: do it in fp32 from the fp32 gradient (the gradient of the summed loss is not yet
+                # scaled by 1 / tokens). One host sync per chunk, fp16 only.
+                grad_weight.addmm_(grad_logits.t(), h.float())
             else:  # low-precision inputs: accumulate the chunks' contributions in fp32
                 grad_weight.add_(torch.mm(grad_z.t(), h))
 
@@ -210,9 +224,13 @@ class _FusedLinearGammaCE(torch.autograd.Function):
                 probs_to_logit_grad_(probs, targets[rows], *coefs, local)
                 chunks.backprop(probs, tanh, h, start, end, grad_hidden, grad_weight, grad_bias)
         del chunks
-        if grad_weight is not None and grad_weight.dtype != weight.dtype:
+        # The weight and bias gradients are sums over all N tokens of the summed loss (upstream gradient 1): in
+        # fp16 they can exceed its range (65504) before backward scales them by the upstream gradient (1 / tokens
+        # for a mean), so fp16 keeps them in fp32 until then; bf16 has fp32's range and is cast now (half the memory).
+        ctx.dtypes = [None, weight.dtype, None if bias is None else bias.dtype]
+        if grad_weight is not None and grad_weight.dtype != weight.dtype and weight.dtype != torch.float16:
             grad_weight = grad_weight.to(weight.dtype)
-        if grad_bias is not None and grad_bias.dtype != bias.dtype:
+        if grad_bias is not None and grad_bias.dtype != bias.dtype and bias.dtype != torch.float16:
             grad_bias = grad_bias.to(bias.dtype)
         ctx.grads = [grad_hidden, grad_weight, grad_bias]
         if scale is not None:
@@ -231,6 +249,9 @@ class _FusedLinearGammaCE(torch.autograd.Function):
         grads, ctx.grads = ctx.grads, None
         # Scale in place: these buffers are not referenced anywhere else.
         grads = [None if g is None else g.mul_(grad_total.to(g.dtype)) for g in grads]
+        grads = [
+            g if g is None or g.dtype == dtype or dtype is None else g.to(dtype) for g, dtype in zip(grads, ctx.dtypes)
+        ]
         return grads[0], grads[1], grads[2], None, None, None, None, None, None, None, None, None, None
 
 

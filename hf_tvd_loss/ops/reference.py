@@ -137,3 +137,52 @@ def prediction_metrics_reference(
         "floor_count": (raw_weight <= min_weight).sum().double(),
         "calibration": calibration,
     }
+
+
+def linear_gamma_cross_entropy_reference(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    gamma: float,
+    min_weight: float = 0.0,
+    label_smoothing: float = 0.0,
+    ignore_index: int = -100,
+    chunk_rows: int = 256,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Float64 mean γ-CE of ``logits = hidden @ weight.T`` and its gradients, for shapes too large for autograd.
+
+    ``hidden`` ``[N, d]``, ``weight`` ``[V, d]``, ``labels`` ``[N]`` (any dtypes: upcast to float64, i.e. the exact
+    loss of these low-precision values). Processes ``chunk_rows`` rows at a time with the closed-form logits
+    gradient ``((1-ε) w + ε) p - (1-ε) w [v = y] - ε/V`` (w held constant, as in :func:`gamma_cross_entropy_reference`,
+    which it equals; see tests/test_precision.py). Returns ``(loss, d loss / d hidden, d loss / d weight)``.
+    """
+    h64, w64 = hidden.detach().double(), weight.detach().double()
+    labels = labels.reshape(-1).long()
+    vocab_size = w64.shape[0]
+    mask = labels != ignore_index
+    count = max(float(mask.sum()), 1.0)
+    eps = label_smoothing
+    total = torch.zeros((), dtype=torch.float64)
+    grad_h = torch.zeros_like(h64)
+    grad_w = torch.zeros_like(w64)
+    for start in range(0, h64.shape[0], chunk_rows):
+        rows = slice(start, start + chunk_rows)
+        m = mask[rows]
+        y = labels[rows].masked_fill(~m, 0)
+        log_probs = torch.log_softmax(h64[rows] @ w64.T, dim=-1)
+        log_p = log_probs.gather(1, y.unsqueeze(1)).squeeze(1)
+        p = log_p.exp()
+        w = (p / (gamma + (1.0 - gamma) * p)).clamp(min=min_weight, max=1.0)
+        smooth = -log_probs.sum(dim=-1)
+        per_token = ((1.0 - eps) * w * (-log_p) + (eps / vocab_size) * smooth) * m
+        total += per_token.sum()
+        probs = log_probs.exp_()
+        coef = ((1.0 - eps) * w + eps) * m
+        probs.mul_(coef.unsqueeze(1))
+        probs.scatter_add_(1, y.unsqueeze(1), (-(1.0 - eps) * w * m).unsqueeze(1))
+        probs.sub_((eps / vocab_size) * m.double().unsqueeze(1))
+        probs.div_(count)
+        grad_h[rows] = probs @ w64
+        grad_w.addmm_(probs.T, h64[rows])
+    return total / count, grad_h, grad_w
