@@ -9,6 +9,7 @@ options it reads (``Task[LanguageModelingDataArguments, TrainingArguments]``, ``
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -170,15 +171,25 @@ class Task(Generic[DataArgsT, TrainingArgsT]):
         for action in parser._actions:
             if action.dest in self.finetune_defaults and action.help:
                 action.help += (
-                    f" [Default when building a model from scratch: {_show(self.defaults.get(action.dest))}; with "
+                    f" [Default when building a model from scratch: {_show(self._scratch_default(action.dest))}; with "
                     f"--model_name_or_path (fine-tuning): {_show(self.finetune_defaults[action.dest])}.]"
                 )
         return parser
 
+    def _scratch_default(self, name: str) -> Any:
+        """The from-scratch default of option ``name``: the task's, else the argument dataclass field's."""
+        if name in self.defaults:
+            return self.defaults[name]
+        for cls in (ModelArguments, self.data_args_class, TVDArguments, self.training_args_class):
+            for f in dataclasses.fields(cls):
+                if f.name == name:
+                    return f.default
+        return None
+
     def _defaults_epilog(self) -> str | None:
         if not self.finetune_defaults:
             return None
-        scratch = ", ".join(f"{k} {_show(self.defaults.get(k))}" for k in self.finetune_defaults)
+        scratch = ", ".join(f"{k} {_show(self._scratch_default(k))}" for k in self.finetune_defaults)
         tuned = ", ".join(f"{k} {_show(v)}" for k, v in self.finetune_defaults.items())
         return (
             f"Training defaults depend on the situation. Building a model from scratch (no --model_name_or_path): "
