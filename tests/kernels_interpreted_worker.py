@@ -16,8 +16,7 @@ import torch
 
 assert os.environ.get("TRITON_INTERPRET") == "1", "set TRITON_INTERPRET=1 before starting this worker"
 
-from hf_tvd_loss.ops import kernels  # noqa: E402
-from hf_tvd_loss.ops import linear_gamma_cross_entropy_with_stats  # noqa: E402
+from hf_tvd_loss.ops import kernels, linear_gamma_cross_entropy_with_stats  # noqa: E402
 from hf_tvd_loss.ops.reference import gamma_cross_entropy_reference, prediction_metrics_reference  # noqa: E402
 
 N, D, V = 14, 8, 40
@@ -123,8 +122,10 @@ def run_case(impl: str, case: dict, seed: int, dtype: torch.dtype) -> dict:
         "grad_rel_err": max(rel(g, r) for g, r in zip(grads, ref_grads)),
         "torch_loss_rel_err": rel(torch_value, ref.detach()),
         "torch_grad_rel_err": max(rel(g, r) for g, r in zip(torch_grads, ref_grads)),
-        "nll_rel_err": rel(stats.nll_sum, gamma_cross_entropy_reference(
-            z.detach(), labels, gamma=0.0, shift_labels=case["shift"], reduction="sum")),
+        "nll_rel_err": rel(
+            stats.nll_sum,
+            gamma_cross_entropy_reference(z.detach(), labels, gamma=0.0, shift_labels=case["shift"], reduction="sum"),
+        ),
         "correct_equal": float(stats.correct_sum) == float(metrics["correct_sum"]),
     }
 
@@ -142,7 +143,7 @@ def cce_softcap() -> None:
         weight = torch.randn(vocab, D, generator=g) * 0.5
         labels = torch.randint(0, vocab, (N,), generator=g)
         got = linear_cross_entropy(hidden, weight, labels, softcap=2.0, reduction="none", impl="cce")
-        z = (hidden.double() @ weight.double().T)
+        z = hidden.double() @ weight.double().T
         ref = F.cross_entropy(2.0 * torch.tanh(z / 2.0), labels, reduction="none")
         print(json.dumps({"vocab": vocab, "nll_rel_err": rel(got, ref)}), flush=True)
 

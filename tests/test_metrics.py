@@ -144,7 +144,9 @@ def test_task_calibration_same_in_both_paths_and_equal_to_full_logits(tmp_path):
         assert results["chunked"][key] == pytest.approx(results["logits"][key], rel=1e-5), key
     batch = collator("llama")(list(dataset))
     with torch.no_grad():
-        logits = tiny_model("llama").eval()(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        logits = (
+            tiny_model("llama").eval()(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        )
     expected = calibration_from_sums(calibration_sums(logits, batch["labels"], shift=True))
     for name, value in expected.items():
         assert results["chunked"][f"eval_{name}"] == pytest.approx(value, rel=1e-5, abs=1e-7), name

@@ -61,9 +61,7 @@ def test_logits_path_loss_math(dtype):
     assert (err_sq / ref_sq) ** 0.5 <= LOGIT_GRAD_BOUND[dtype]
 
 
-@pytest.mark.parametrize(
-    "dtype,tokens", [(torch.bfloat16, 1024), (torch.float16, 128)], ids=["bf16-1024", "fp16-128"]
-)
+@pytest.mark.parametrize("dtype,tokens", [(torch.bfloat16, 1024), (torch.float16, 128)], ids=["bf16-1024", "fp16-128"])
 def test_both_paths_with_the_output_projection(dtype, tokens):
     """hidden [N, 576] and weight [49152, 576] in the dtype: logits path (F.linear + loss, autograd) and chunked
     path, loss and gradients of hidden and weight."""
