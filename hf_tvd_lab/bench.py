@@ -502,7 +502,7 @@ def precision_errors(
     Returns ``{path: {loss_rel_err, grad_hidden_rel_err, grad_weight_rel_err, seconds}}``; gradient errors are
     normwise, ``‖g - g_ref‖₂ / ‖g_ref‖₂``; ``reference`` holds the reference's loss and time.
     """
-    from .ops.reference import linear_gamma_cross_entropy_reference
+    from hf_tvd_loss.ops.reference import linear_gamma_cross_entropy_reference
 
     h, w, labels = precision_inputs(dtype, tokens, vocab, hidden, seed=seed)
     options = dict(gamma=gamma, min_weight=min_weight, label_smoothing=label_smoothing)
