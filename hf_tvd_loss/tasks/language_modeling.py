@@ -272,7 +272,15 @@ class LanguageModelingTask(Task[LanguageModelingDataArguments, TrainingArguments
     def text_fields(
         self, data_args: LanguageModelingDataArguments, columns: list[str]
     ) -> list[tuple[str, str | None, str]]:
-        return [(data_args.text_column, None, "text_column")]
+        form = data_format(columns, data_args)
+        if form == "text":
+            return [(data_args.text_column, None, "text_column")]
+        if form == "prompt_completion":
+            return [
+                (data_args.prompt_column, None, "prompt_column"),
+                (data_args.completion_column, None, "completion_column"),
+            ]
+        return []  # chat messages: lists, checked by check_columns
 
     def texts(self, dataset: Dataset, data_args: LanguageModelingDataArguments) -> Iterator[str]:
         form = data_format(dataset.column_names, data_args)
