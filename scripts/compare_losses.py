@@ -46,7 +46,8 @@ DEFAULT_TASK_ARGS = {
     "summarization": [*_QUIET, "--generation_num_beams", "1"],
     "language_modeling": _QUIET,
 }
-STUDY_KEYS = {"task", "losses", "seeds", "noise_rates", "noise_losses", "report_dir", "task_args"}
+STUDY_KEYS = {"task", "losses", "seeds", "noise_rates", "noise_losses", "report_dir", "task_args", "baselines",
+              "generation_prompts", "eval_examples"}  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -99,7 +100,7 @@ def main(argv: Sequence[str] | None = None) -> str:
         noise_losses = args.noise_losses or config.get("noise_losses")
         if noise_losses is None:  # not chosen: the default ones that are being compared
             noise_losses = [name for name in DEFAULT_NOISE_LOSSES if name in names] or names
-        if noise_losses == ["all"]:
+        if noise_losses in ("all", ["all"]):
             noise_losses = names
         missing = [n for n in noise_losses if n not in names]
         if missing:
@@ -108,6 +109,7 @@ def main(argv: Sequence[str] | None = None) -> str:
         if isinstance(task_args, dict):
             task_args = [item for key, value in task_args.items() for item in (f"--{key}", str(value))]
         task_args = [*task_args, *task_extra]
+        baselines = config.get("baselines", ["ce"])
         report_dir = args.report_dir or config.get("report_dir") or os.path.join("reports", f"compare_{task}")
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
@@ -118,14 +120,17 @@ def main(argv: Sequence[str] | None = None) -> str:
           f"→ {report_dir}")  # fmt: skip
     start = time.time()
     try:
-        results = run_study(runs, report_dir, task_runner(task, task_args))
+        eval_examples = config.get("eval_examples")
+        runner = task_runner(task, task_args, generation_prompts=int(config.get("generation_prompts", 64)),
+                             eval_examples=None if eval_examples is None else int(eval_examples))  # fmt: skip
+        results = run_study(runs, report_dir, runner)
     except ValueError as err:  # bad task options are refused by the first run, before it trains
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
     metric, label, higher = TASK_METRICS[task]
     command = shlex.join(["python", "scripts/compare_losses.py", *argv])
     path = write_report(results, report_dir, task_metric=metric, task_metric_label=label, higher_is_better=higher,
-                        command=command, title=f"Loss comparison: {task}")  # fmt: skip
+                        command=command, title=f"Loss comparison: {task}", baselines=baselines)  # fmt: skip
     print(f"[compare_losses] done in {time.time() - start:.0f} s; report: {path}")
     return path
 
