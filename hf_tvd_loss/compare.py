@@ -381,8 +381,6 @@ def write_report(
 
     columns = [task_metric, "eval_nll", "eval_perplexity", "eval_ece", "eval_confidence", "eval_accuracy"]
     columns = list(dict.fromkeys(columns))  # language modelling's task metric is the perplexity column itself
-    if task_metric == "eval_perplexity":
-        columns.remove("eval_nll")  # the same information as perplexity
     generation_columns = [c for c in GENERATION_COLUMNS if any(c in r.metrics for r in results)]
     labels = {
         task_metric: task_metric_label,
@@ -540,23 +538,26 @@ def write_report(
         f.write("\n".join(lines))
     with open(os.path.join(report_dir, "results.json"), "w") as f:
         json.dump(
-            {
-                "runs": [
-                    {"loss": r.spec.loss.name, "seed": r.spec.seed, "noise": r.spec.noise, "metrics": r.metrics}
-                    for r in results
-                ],
-                "comparisons": [
-                    {
-                        "loss": c.loss,
-                        "baseline": c.baseline,
-                        "noise": c.noise,
-                        "seeds": c.seeds,
-                        "by_seeds": {k: v.as_dict() for k, v in c.by_seeds.items()},
-                        "by_examples": {k: v.as_dict() for k, v in c.by_examples.items()},
-                    }
-                    for c in comparisons
-                ],
-            },
+            [
+                {"loss": r.spec.loss.name, "seed": r.spec.seed, "noise": r.spec.noise, "metrics": r.metrics}
+                for r in results
+            ],
+            f,
+            indent=1,
+        )
+    with open(os.path.join(report_dir, "comparisons.json"), "w") as f:
+        json.dump(
+            [
+                {
+                    "loss": c.loss,
+                    "baseline": c.baseline,
+                    "noise": c.noise,
+                    "seeds": c.seeds,
+                    "by_seeds": {k: v.as_dict() for k, v in c.by_seeds.items()},
+                    "by_examples": {k: v.as_dict() for k, v in c.by_examples.items()},
+                }
+                for c in comparisons
+            ],
             f,
             indent=1,
         )
