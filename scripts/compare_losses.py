@@ -47,7 +47,7 @@ DEFAULT_TASK_ARGS = {
     "language_modeling": _QUIET,
 }
 STUDY_KEYS = {"task", "losses", "seeds", "noise_rates", "noise_losses", "report_dir", "task_args", "baselines",
-              "generation_prompts", "eval_examples"}  # fmt: skip
+              "generation_prompts", "eval_examples", "jobs"}  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -62,6 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--noise_losses", nargs="+", default=None,
                         help=f"Losses also run with label noise (default: {' '.join(DEFAULT_NOISE_LOSSES)}; 'all').")  # fmt: skip
     parser.add_argument("--report_dir", default=None, help="Report folder (default: reports/compare_<task>).")
+    parser.add_argument("--jobs", type=int, default=None,
+                        help="Runs trained at once, in separate processes (default: 2 on a machine with 2 or more CPU "
+                        "cores, else 1; a study config may set jobs). Use 1 for large models or a single GPU.")  # fmt: skip
     parser.add_argument("--study_config", default=None,
                         help="YAML file with any of: " + ", ".join(sorted(STUDY_KEYS)) + " (command line wins).")  # fmt: skip
     return parser
@@ -110,6 +113,9 @@ def main(argv: Sequence[str] | None = None) -> str:
             task_args = [item for key, value in task_args.items() for item in (f"--{key}", str(value))]
         task_args = [*task_args, *task_extra]
         baselines = config.get("baselines", ["ce"])
+        jobs = args.jobs or int(config.get("jobs", 2 if (os.cpu_count() or 1) >= 2 else 1))
+        if jobs < 1:
+            raise ValueError(f"--jobs must be at least 1, got {jobs}")
         report_dir = args.report_dir or config.get("report_dir") or os.path.join("reports", f"compare_{task}")
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
@@ -123,7 +129,7 @@ def main(argv: Sequence[str] | None = None) -> str:
         eval_examples = config.get("eval_examples")
         runner = task_runner(task, task_args, generation_prompts=int(config.get("generation_prompts", 64)),
                              eval_examples=None if eval_examples is None else int(eval_examples))  # fmt: skip
-        results = run_study(runs, report_dir, runner)
+        results = run_study(runs, report_dir, runner, jobs=jobs)
     except ValueError as err:  # bad task options are refused by the first run, before it trains
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
