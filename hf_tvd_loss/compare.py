@@ -390,6 +390,7 @@ def save_differences_plot(
             if seeds_interval is not None:
                 ax.plot([seeds_interval.mean], [y], "o", color="black", markersize=4)
         ax.axvline(0.0, color="grey", linestyle="--", linewidth=1)
+        ax.set_ylim(-0.6, len(group) - 0.4)
         ax.set_yticks(range(len(group)), list(reversed(names)), fontsize=7)
         ax.set_xlabel(f"Δ {labels.get(metric, metric)} vs {baseline} (95 % intervals)")
         ax.legend(fontsize=7)
