@@ -542,7 +542,8 @@ def write_report(
         ax.set_title("Robustness to noisy training targets")
         save(fig, "metric_vs_noise.png", "Task metric against label noise")
 
-    compared = [task_metric, *(c for c in columns if c in INTERVAL_METRICS and c != task_metric)]
+    redundant = "eval_nll" if task_metric == "eval_perplexity" else "eval_perplexity"  # one of the two is enough
+    compared = [task_metric, *(c for c in columns if c in INTERVAL_METRICS and c not in (task_metric, redundant))]
     comparisons = paired_comparisons(results, baselines, compared + generation_columns)
     if comparisons:
         save_differences_plot(plt, comparisons, task_metric, labels, save)
