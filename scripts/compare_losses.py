@@ -116,6 +116,9 @@ def main(argv: Sequence[str] | None = None) -> str:
             raise ValueError(f"noise rates must be in [0, 1], got {noise_rates}")
         names = [loss.name for loss in losses]
         noise_losses = args.noise_losses or config.get("noise_losses")
+        if not args.noise_losses and args.losses and isinstance(noise_losses, list):
+            # a config's noise losses, narrowed to the losses chosen on the command line
+            noise_losses = [name for name in noise_losses if name in args.losses] or args.losses
         if noise_losses is None:  # not chosen: the default ones that are being compared
             noise_losses = [name for name in DEFAULT_NOISE_LOSSES if name in names] or names
         if noise_losses in ("all", ["all"]):
