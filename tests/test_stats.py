@@ -151,3 +151,30 @@ def test_generation_metrics_known_cases():
     quality = generation_quality(texts)
     assert quality["words"] == 5.0 and set(quality) >= {"distinct_1", "distinct_4", "seq_rep_4", "rep_16"}
     assert math.isnan(distinct_n(["a"], 2))
+
+
+def test_lm_generation_report_on_a_tiny_model():
+    from datasets import Dataset
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from hf_tvd_loss.generation_metrics import lm_generation_report
+
+    class WordTokenizer:
+        eos_token_id = 0
+        pad_token_id = 0
+
+        def decode(self, ids, skip_special_tokens=True):
+            return " ".join(f"w{i}" for i in ids if not (skip_special_tokens and i == 0))
+
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=30, n_embd=16, n_layer=1, n_head=2, n_positions=64))
+    blocks = Dataset.from_dict({"input_ids": [[1 + (i * 7 + j) % 29 for j in range(48)] for i in range(5)]})
+    metrics, samples = lm_generation_report(model, WordTokenizer(), blocks, seed=3, num_prompts=4, prompt_tokens=8,
+                                            new_tokens=12)  # fmt: skip
+    assert len(samples) == 4 and all(len(s["human"].split()) == 12 for s in samples)
+    assert {"gen_distinct_2", "gen_seq_rep_4", "gen_rep_16", "ref_distinct_2"} <= set(metrics)
+    assert 0.0 < metrics["gen_words"] <= 12
+    again, _ = lm_generation_report(
+        model, WordTokenizer(), blocks, seed=3, num_prompts=4, prompt_tokens=8, new_tokens=12
+    )
+    assert again == metrics  # the sampling is seeded
