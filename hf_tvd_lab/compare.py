@@ -16,7 +16,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["LossSetting", "RunSpec", "parse_loss", "plan_runs", "run_study", "write_report"]
+from .stats import Comparison, Interval, paired_comparisons
+
+__all__ = ["LossSetting", "RunSpec", "TaskRunner", "parse_loss", "plan_runs", "run_study", "write_report"]
 
 _FLOAT = r"(\d+(?:\.\d*)?(?:e-?\d+)?)"
 
@@ -114,37 +116,78 @@ class StudyResult:
     metrics: dict[str, float]
     history: list[dict[str, Any]] = field(default_factory=list)
     calibration_bins: list[list[float]] | None = None
+    per_example: dict[str, list[Any]] | None = None  # per evaluation example, for paired bootstrap intervals
 
 
 Runner = Callable[[RunSpec, str], dict[str, Any]]
 
 
 def run_study(
-    runs: Sequence[RunSpec], report_dir: str, runner: Runner, *, log: Callable[[str], None] = print
+    runs: Sequence[RunSpec], report_dir: str, runner: Runner, *, log: Callable[[str], None] = print, jobs: int = 1
 ) -> list[StudyResult]:
     """Run each spec with ``runner(spec, run_dir)`` unless ``run_dir/result.json`` exists (finished earlier).
 
     ``runner`` returns ``{"metrics": {...}, "history": [...], "calibration_bins": [[count, Σconf, Σcorrect]...]}``;
     it is saved as ``result.json`` (written last and atomically, so an interrupted run is redone, never half-read).
+    With ``jobs`` > 1 the pending runs are trained in that many worker processes at once (``runner`` must then be
+    picklable, as :func:`task_runner`'s is), each limited to ``cpu_count // jobs`` threads: small models do not use
+    several cores well, so two single-threaded runs on two cores finish in about half the time of one after another.
     """
-    results = []
+    pending = []
     for i, spec in enumerate(runs, 1):
         run_dir = os.path.join(report_dir, "runs", spec.name)
-        result_file = os.path.join(run_dir, "result.json")
-        if os.path.isfile(result_file):
-            log(f"[{i}/{len(runs)}] {spec.name}: done earlier, reusing {result_file}")
+        if os.path.isfile(os.path.join(run_dir, "result.json")):
+            log(f"[{i}/{len(runs)}] {spec.name}: done earlier, reusing {os.path.join(run_dir, 'result.json')}")
         else:
+            pending.append((i, spec, run_dir))
+
+    def save(spec: RunSpec, run_dir: str, payload: dict[str, Any]) -> None:
+        os.makedirs(run_dir, exist_ok=True)
+        result_file = os.path.join(run_dir, "result.json")
+        tmp = result_file + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump({"loss": spec.loss.name, "seed": spec.seed, "noise": spec.noise, **payload}, f, indent=1)
+        os.replace(tmp, result_file)
+
+    if jobs > 1 and len(pending) > 1:
+        import concurrent.futures
+        import multiprocessing
+
+        threads = max(1, (os.cpu_count() or 1) // jobs)
+        context = multiprocessing.get_context("spawn")  # no fork of a process that may hold torch threads
+        with concurrent.futures.ProcessPoolExecutor(
+            min(jobs, len(pending)), mp_context=context, initializer=_limit_threads, initargs=(threads,)
+        ) as pool:
+            futures = {}
+            for i, spec, run_dir in pending:
+                log(f"[{i}/{len(runs)}] {spec.name}: training (in one of {jobs} worker processes)")
+                futures[pool.submit(runner, spec, run_dir)] = (spec, run_dir)
+            try:
+                for future in concurrent.futures.as_completed(futures):
+                    spec, run_dir = futures[future]
+                    save(spec, run_dir, future.result())
+                    log(f"{spec.name}: done")
+            except BaseException:
+                pool.shutdown(wait=False, cancel_futures=True)
+                raise
+    else:
+        for i, spec, run_dir in pending:
             log(f"[{i}/{len(runs)}] {spec.name}: training")
-            payload = runner(spec, run_dir)
-            os.makedirs(run_dir, exist_ok=True)
-            tmp = result_file + ".tmp"
-            with open(tmp, "w") as f:
-                json.dump({"loss": spec.loss.name, "seed": spec.seed, "noise": spec.noise, **payload}, f, indent=1)
-            os.replace(tmp, result_file)
-        with open(result_file) as f:
+            save(spec, run_dir, runner(spec, run_dir))
+
+    results = []
+    for spec in runs:
+        with open(os.path.join(report_dir, "runs", spec.name, "result.json")) as f:
             data = json.load(f)
-        results.append(StudyResult(spec, data["metrics"], data.get("history", []), data.get("calibration_bins")))
+        results.append(StudyResult(spec, data["metrics"], data.get("history", []), data.get("calibration_bins"),
+                                   data.get("per_example")))  # fmt: skip
     return results
+
+
+def _limit_threads(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
@@ -183,6 +226,178 @@ def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[str], label
     return "\n".join(lines)
 
 
+# Generation-quality metrics of language-modelling runs (hf_tvd_lab.generation_metrics), when present.
+GENERATION_COLUMNS = ["eval_gen_distinct_1", "eval_gen_distinct_2", "eval_gen_distinct_4", "eval_gen_seq_rep_4",
+                      "eval_gen_rep_16", "eval_gen_words"]  # fmt: skip
+GENERATION_LABELS = {"eval_gen_distinct_1": "distinct-1", "eval_gen_distinct_2": "distinct-2",
+                     "eval_gen_distinct_3": "distinct-3", "eval_gen_distinct_4": "distinct-4",
+                     "eval_gen_seq_rep_4": "seq-rep-4", "eval_gen_rep_16": "rep-16", "eval_gen_words": "words"}  # fmt: skip
+# metrics compared with the baseline: (higher is better, digits)
+INTERVAL_METRICS = {"eval_bleu": (True, 2), "eval_chrf": (True, 2), "eval_rougeL": (True, 2), "eval_nll": (False, 3),
+                    "eval_perplexity": (False, 2), "eval_ece": (False, 4), "eval_accuracy": (True, 4),
+                    "eval_gen_distinct_1": (True, 4), "eval_gen_distinct_2": (True, 4), "eval_gen_distinct_4": (True, 4),
+                    "eval_gen_seq_rep_4": (False, 4), "eval_gen_rep_16": (False, 4), "eval_gen_words": (True, 1)}  # fmt: skip
+
+
+def _seed_values(results: Sequence[StudyResult], loss: str, noise: float, column: str) -> list[float]:
+    return [
+        r.metrics[column]
+        for r in results
+        if r.spec.loss.name == loss
+        and r.spec.noise == noise
+        and column in r.metrics
+        and not math.isnan(r.metrics[column])
+    ]
+
+
+def _interval_cell(interval: Interval | None, digits: int) -> str:
+    if interval is None or math.isnan(interval.mean):
+        return "–"
+    if math.isnan(interval.low):
+        return f"{interval.mean:+.{digits}f} (1 seed)"
+    mark = " ✓" if interval.excludes_zero else ""
+    return f"{interval.mean:+.{digits}f} [{interval.low:+.{digits}f}, {interval.high:+.{digits}f}]{mark}"
+
+
+def generation_section(
+    rows: Sequence[dict[str, Any]], results: Sequence[StudyResult], columns: Sequence[str], labels: dict[str, str]
+) -> list[str]:
+    lines = [
+        "## Generation quality (sampled continuations)",
+        "",
+        "Continuations of held-out prompts (the first 32 tokens of evaluation blocks) sampled from each fine-tuned "
+        "model (temperature 1, no truncation, 64 new tokens), scored on words: distinct-n = distinct n-grams / all "
+        "n-grams over all samples (higher = more diverse), seq-rep-4 = share of repeated 4-grams within a sample, "
+        "rep-16 = share of words repeating one of the 16 before (lower = less repetitive). Mean ± std over seeds; "
+        "the human continuations of the same prompts are the reference row.",
+        "",
+        "| loss | label noise | seeds | " + " | ".join(labels.get(c, c) for c in columns) + " |",
+        "|" + "---|" * (3 + len(columns)),
+    ]
+    for row in rows:
+        cells = [_fmt(*row[c], digits=INTERVAL_METRICS.get(c, (True, 4))[1]) for c in columns]
+        lines.append(f"| {row['loss']} | {row['noise']:g} | {row['seeds']} | " + " | ".join(cells) + " |")
+    human = [statistics.fmean(r.metrics[c.replace("eval_gen_", "eval_ref_")] for r in results
+                              if c.replace("eval_gen_", "eval_ref_") in r.metrics) if any(
+                                  c.replace("eval_gen_", "eval_ref_") in r.metrics for r in results) else float("nan")
+             for c in columns]  # fmt: skip
+    cells = [
+        "–" if math.isnan(v) else f"{v:.{INTERVAL_METRICS.get(c, (True, 4))[1]}f}"
+        for v, c in zip(human, columns, strict=True)
+    ]
+    lines += ["| human continuation | – | – | " + " | ".join(cells) + " |", ""]
+    return lines
+
+
+def comparison_section(
+    comparisons: Sequence[Comparison],
+    metrics: Sequence[str],
+    generation_columns: Sequence[str],
+    labels: dict[str, str],
+    task_metric: str,
+    higher_is_better: bool,
+) -> list[str]:
+    """Markdown: per baseline, a table of paired differences and a list of those distinguishable from zero."""
+    lines: list[str] = []
+    for baseline in dict.fromkeys(c.baseline for c in comparisons):
+        group = [c for c in comparisons if c.baseline == baseline]
+        lines += [
+            f"## Differences from `{baseline}` (paired 95 % intervals)",
+            "",
+            f"Δ = loss − `{baseline}`, run for run with the same seed and noise rate. *seeds*: mean of the per-seed "
+            "differences with a Student-t interval (n − 1 degrees of freedom; it covers another draw of seeds, and is "
+            "wide when n is 2 or 3). *examples*: paired bootstrap over evaluation examples (1000 resamples; the same "
+            "resampled examples for both losses and every seed; the corpus metric recomputed from per-example "
+            "statistics); it covers the finite evaluation set for these seeds only. ✓: the interval excludes 0.",
+            "",
+        ]
+        header = "| loss | label noise | seeds |"
+        for metric in metrics:
+            header += f" Δ {labels.get(metric, metric)} (seeds) | Δ {labels.get(metric, metric)} (examples) |"
+        lines += [header, "|" + "---|" * (3 + 2 * len(metrics))]
+        for c in group:
+            cells = []
+            for metric in metrics:
+                digits = INTERVAL_METRICS.get(metric, (True, 3))[1]
+                cells += [
+                    _interval_cell(c.by_seeds.get(metric), digits),
+                    _interval_cell(c.by_examples.get(metric), digits),
+                ]
+            lines.append(f"| {c.loss} | {c.noise:g} | {len(c.seeds)} | " + " | ".join(cells) + " |")
+        lines.append("")
+        if generation_columns:
+            lines += ["Generation metrics (intervals over seeds only):", ""]
+            lines += ["| loss | label noise | seeds | " + " | ".join(f"Δ {labels.get(m, m)}" for m in generation_columns) + " |",
+                      "|" + "---|" * (3 + len(generation_columns))]  # fmt: skip
+            for c in group:
+                cells = [
+                    _interval_cell(c.by_seeds.get(m), INTERVAL_METRICS.get(m, (True, 4))[1])
+                    for m in generation_columns
+                ]
+                lines.append(f"| {c.loss} | {c.noise:g} | {len(c.seeds)} | " + " | ".join(cells) + " |")
+            lines.append("")
+        sure, examples_only, unsure = [], [], []
+        for c in group:
+            for metric in (*metrics, *generation_columns):
+                seeds_interval, examples_interval = c.by_seeds.get(metric), c.by_examples.get(metric)
+                if seeds_interval is None:
+                    continue
+                better_high = INTERVAL_METRICS.get(metric, (higher_is_better, 3))[0]
+                digits = INTERVAL_METRICS.get(metric, (True, 3))[1]
+                direction = "higher" if seeds_interval.mean > 0 else "lower"
+                verdict = "better" if (seeds_interval.mean > 0) == better_high else "worse"
+                if metric.startswith("eval_gen_"):
+                    verdict = "more diverse" if (seeds_interval.mean > 0) == better_high else "less diverse"
+                    if metric == "eval_gen_words":
+                        verdict = "longer" if seeds_interval.mean > 0 else "shorter"
+                text = (f"`{c.loss}` at noise {c.noise:g}: {labels.get(metric, metric)} {direction} by "
+                        f"{abs(seeds_interval.mean):.{digits}f} ({verdict})")  # fmt: skip
+                if seeds_interval.excludes_zero:
+                    sure.append(f"{text}, seeds {_interval_cell(seeds_interval, digits)} (n = {seeds_interval.n})")
+                elif examples_interval is not None and examples_interval.excludes_zero:
+                    examples_only.append(f"{text}, examples {_interval_cell(examples_interval, digits)} "
+                                         f"(seeds {_interval_cell(seeds_interval, digits)}, n = {seeds_interval.n})")  # fmt: skip
+                elif metric == task_metric:
+                    unsure.append(f"`{c.loss}` at noise {c.noise:g}")
+        lines += ["**Distinguishable from zero over seeds** (the seed interval excludes 0):", ""]
+        lines += [f"- {item}" for item in sure] or ["- none"]
+        lines += ["", "**Only over evaluation examples** (excludes 0 for these seeds, not across seeds):", ""]
+        lines += [f"- {item}" for item in examples_only] or ["- none"]
+        lines += ["", f"**Not distinguishable from `{baseline}` on {labels.get(task_metric, task_metric)}** by "
+                  "either interval: " + (", ".join(unsure) if unsure else "none") + ".", ""]  # fmt: skip
+    return lines
+
+
+def save_differences_plot(
+    plt: Any, comparisons: Sequence[Comparison], task_metric: str, labels: dict[str, str], save: Callable[..., None]
+) -> None:
+    """Forest plot: Δ task metric and Δ ECE against the first baseline, seed (thick) and example (thin) intervals."""
+    baseline = comparisons[0].baseline
+    group = [c for c in comparisons if c.baseline == baseline]
+    metrics = [m for m in (task_metric, "eval_ece") if any(m in c.by_seeds for c in group)]
+    fig, axes = plt.subplots(1, len(metrics), figsize=(5.5 * len(metrics), 0.45 * len(group) + 1.6), squeeze=False)
+    names = [f"{c.loss} @ noise {c.noise:g} (n={len(c.seeds)})" for c in group]
+    for ax, metric in zip(axes[0], metrics, strict=True):
+        for k, c in enumerate(group):
+            y = len(group) - 1 - k
+            seeds_interval, examples_interval = c.by_seeds.get(metric), c.by_examples.get(metric)
+            if examples_interval is not None:
+                ax.plot([examples_interval.low, examples_interval.high], [y - 0.15] * 2, color="C1", linewidth=1.5,
+                        label="examples (bootstrap)" if k == 0 else None)  # fmt: skip
+            if seeds_interval is not None and not math.isnan(seeds_interval.low):
+                ax.plot([seeds_interval.low, seeds_interval.high], [y + 0.15] * 2, color="C0", linewidth=3,
+                        label="seeds (t)" if k == 0 else None)  # fmt: skip
+            if seeds_interval is not None:
+                ax.plot([seeds_interval.mean], [y], "o", color="black", markersize=4)
+        ax.axvline(0.0, color="grey", linestyle="--", linewidth=1)
+        ax.set_ylim(-0.6, len(group) - 0.4)
+        ax.set_yticks(range(len(group)), list(reversed(names)), fontsize=7)
+        ax.set_xlabel(f"Δ {labels.get(metric, metric)} vs {baseline} (95 % intervals)")
+        ax.legend(fontsize=7)
+    fig.suptitle(f"Paired differences from {baseline}")
+    save(fig, "differences.png", f"Paired differences from {baseline} with 95 % intervals")
+
+
 def write_report(
     results: Sequence[StudyResult],
     report_dir: str,
@@ -192,8 +407,13 @@ def write_report(
     higher_is_better: bool,
     command: str,
     title: str,
+    baselines: Sequence[str] = ("ce",),
 ) -> str:
-    """Write ``report.md``, ``results.json`` and PNG plots into ``report_dir``; returns the report's path."""
+    """Write ``report.md``, ``results.json`` and PNG plots into ``report_dir``; returns the report's path.
+
+    Every other loss is compared with each loss in ``baselines`` that was run, paired by seed at each noise rate,
+    with 95 % intervals over seeds and over evaluation examples (:func:`~hf_tvd_lab.stats.paired_comparisons`).
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -201,6 +421,7 @@ def write_report(
 
     columns = [task_metric, "eval_nll", "eval_perplexity", "eval_ece", "eval_confidence", "eval_accuracy"]
     columns = list(dict.fromkeys(columns))  # language modelling's task metric is the perplexity column itself
+    generation_columns = [c for c in GENERATION_COLUMNS if any(c in r.metrics for r in results)]
     labels = {
         task_metric: task_metric_label,
         "eval_nll": "NLL",
@@ -209,7 +430,8 @@ def write_report(
         "eval_confidence": "mean confidence",
         "eval_accuracy": "token accuracy",
     }
-    rows = aggregate(results, columns)
+    rows = aggregate(results, columns + generation_columns)
+    labels.update(GENERATION_LABELS)
     os.makedirs(report_dir, exist_ok=True)
     plots: list[tuple[str, str]] = []
 
@@ -284,13 +506,16 @@ def write_report(
         # γ values are spread over orders of magnitude (1e-7 ... 1): equally spaced categories read best
         positions = list(range(len(gamma_rows)))
         ticks = [f"{row['spec'].loss.gamma:g}" for row in gamma_rows]
-        baselines = [
+        reference_rows = [
             row for row in rows if row["noise"] == 0.0 and row["spec"].loss.family in ("ls", "focal", "schedule")
         ]
         for ax, column in zip(axes, (task_metric, "eval_ece"), strict=True):
             ax.errorbar(positions, [row[column][0] for row in gamma_rows], yerr=[row[column][1] for row in gamma_rows],
-                        marker="o", capsize=3, color="C0", label="γ-CE, b=0 (γ=0: CE, γ=1: DFT)")  # fmt: skip
-            for k, row in enumerate(baselines):
+                        marker="o", capsize=3, color="C0", label="γ-CE, b=0 (γ=0: CE, γ=1: DFT); bars: ±1 std")  # fmt: skip
+            for k, row in enumerate(gamma_rows):
+                values = _seed_values(results, row["loss"], 0.0, column)
+                ax.plot([k] * len(values), values, "x", color="C0", alpha=0.5, markersize=5)
+            for k, row in enumerate(reference_rows):
                 ax.axhline(row[column][0], linestyle="--", linewidth=1.2, color=f"C{k + 1}", label=row["loss"])
             ax.set_xticks(positions, ticks)
             ax.set_xlabel("γ")
@@ -306,13 +531,22 @@ def write_report(
         for loss in losses:
             points = sorted((row["noise"], row[task_metric]) for row in rows if row["loss"] == loss)
             if len(points) > 1:
-                ax.errorbar([p[0] for p in points], [p[1][0] for p in points], yerr=[p[1][1] for p in points],
-                            marker="o", capsize=3, label=loss)  # fmt: skip
-        ax.set_xlabel("label-noise rate (fraction of training target tokens replaced)")
+                line = ax.errorbar([p[0] for p in points], [p[1][0] for p in points], yerr=[p[1][1] for p in points],
+                                   marker="o", capsize=3, label=loss)  # fmt: skip
+                for noise_rate, _ in points:
+                    values = _seed_values(results, loss, noise_rate, task_metric)
+                    ax.plot([noise_rate] * len(values), values, "x", color=line[0].get_color(), alpha=0.5)
+        ax.set_xlabel("label-noise rate (fraction of training target tokens replaced); ×: single seeds")
         ax.set_ylabel(task_metric_label)
         ax.legend(fontsize=8)
         ax.set_title("Robustness to noisy training targets")
         save(fig, "metric_vs_noise.png", "Task metric against label noise")
+
+    redundant = "eval_nll" if task_metric == "eval_perplexity" else "eval_perplexity"  # one of the two is enough
+    compared = [task_metric, *(c for c in columns if c in INTERVAL_METRICS and c not in (task_metric, redundant))]
+    comparisons = paired_comparisons(results, baselines, compared + generation_columns)
+    if comparisons:
+        save_differences_plot(plt, comparisons, task_metric, labels, save)
 
     best = (max if higher_is_better else min)(
         (row for row in rows if row["noise"] == 0.0 and not math.isnan(row[task_metric][0])),
@@ -333,7 +567,11 @@ def write_report(
         "",
     ]
     if best is not None:
-        lines += [f"Best {task_metric_label} without label noise: **{best['loss']}**.", ""]
+        lines += [f"Best {task_metric_label} without label noise (by the mean): **{best['loss']}**.", ""]
+    if generation_columns:
+        lines += generation_section(rows, results, generation_columns, labels)
+    if comparisons:
+        lines += comparison_section(comparisons, compared, generation_columns, labels, task_metric, higher_is_better)
     for filename, caption in plots:
         lines += [f"![{caption}]({filename})", ""]
     path = os.path.join(report_dir, "report.md")
@@ -344,6 +582,22 @@ def write_report(
             [
                 {"loss": r.spec.loss.name, "seed": r.spec.seed, "noise": r.spec.noise, "metrics": r.metrics}
                 for r in results
+            ],
+            f,
+            indent=1,
+        )
+    with open(os.path.join(report_dir, "comparisons.json"), "w") as f:
+        json.dump(
+            [
+                {
+                    "loss": c.loss,
+                    "baseline": c.baseline,
+                    "noise": c.noise,
+                    "seeds": c.seeds,
+                    "by_seeds": {k: v.as_dict() for k, v in c.by_seeds.items()},
+                    "by_examples": {k: v.as_dict() for k, v in c.by_examples.items()},
+                }
+                for c in comparisons
             ],
             f,
             indent=1,
@@ -382,19 +636,50 @@ def apply_label_noise(dataset: Any, rate: float, vocab_size: int, protected: fro
     return dataset.map(corrupt, with_indices=True, desc=f"label noise {rate:g}")
 
 
-def task_runner(task_name: str, task_argv: Sequence[str]) -> Runner:
+def task_runner(
+    task_name: str,
+    task_argv: Sequence[str],
+    *,
+    keep_models: bool = False,
+    generation_prompts: int = 64,
+    eval_examples: int | None = None,
+) -> Runner:
     """A :data:`Runner` that trains ``task_name`` in this process through the task layer.
 
-    ``task_argv`` are the task script's options shared by every run (``--config``, data files, caps, ...).
+    ``task_argv`` are the task script's options shared by every run (``--config``, data files, caps, ...). Each
+    run's result also holds ``per_example`` evaluation records (:mod:`hf_tvd_lab.per_example`) for paired bootstrap
+    intervals; language-modelling runs sample continuations of ``generation_prompts`` held-out prompts and add
+    repetition and diversity metrics (:mod:`hf_tvd_lab.generation_metrics`). The trained weights are deleted after
+    evaluation unless ``keep_models`` (a study of a 135M-parameter model would otherwise keep 0.5 GB per run).
+    ``eval_examples`` keeps the first N preprocessed evaluation examples (for language modelling: blocks; the task's
+    ``--max_eval_samples`` counts raw texts). The runner is picklable (for ``run_study(..., jobs=N)``).
     """
-    import shutil
-
     from hf_tvd_loss.tasks import get_task
-    from hf_tvd_loss.tasks.run import build, prepare, train_and_evaluate
 
-    task = get_task(task_name)
+    get_task(task_name)  # an unknown task fails here, not in a worker
+    return TaskRunner(task_name, list(task_argv), keep_models, generation_prompts, eval_examples)
 
-    def run(spec: RunSpec, run_dir: str) -> dict[str, Any]:
+
+@dataclass(frozen=True)
+class TaskRunner:
+    task_name: str
+    task_argv: list[str]
+    keep_models: bool = False
+    generation_prompts: int = 64
+    eval_examples: int | None = None
+
+    def __call__(self, spec: RunSpec, run_dir: str) -> dict[str, Any]:
+        import glob
+        import shutil
+
+        from hf_tvd_loss.tasks import get_task
+        from hf_tvd_loss.tasks.run import build, prepare, train_and_evaluate
+
+        from .per_example import ExampleRecorder
+
+        task = get_task(self.task_name)
+        task_name, task_argv = self.task_name, self.task_argv
+        generation_prompts, eval_examples, keep_models = self.generation_prompts, self.eval_examples, self.keep_models
         if os.path.isdir(run_dir):  # left by an interrupted run (no result.json): start it again
             shutil.rmtree(run_dir)
         argv = [*task_argv, *LOSS_RESET, *spec.loss.argv(), "--seed", str(spec.seed), "--output_dir", run_dir]
@@ -406,12 +691,30 @@ def task_runner(task_name: str, task_argv: Sequence[str]) -> Runner:
             built.trainer.train_dataset = apply_label_noise(
                 built.trainer.train_dataset, spec.noise, len(tokenizer), protected, spec.seed
             )
+        if eval_examples is not None and "validation" in built.datasets:
+            kept = built.datasets["validation"].select(range(min(eval_examples, len(built.datasets["validation"]))))
+            built.datasets["validation"] = built.trainer.eval_dataset = kept
+        recorder = ExampleRecorder(built.trainer, task, built.tokenizer, prepared.data_args)
         metrics = train_and_evaluate(prepared, built)
         sums = getattr(built.trainer, "last_calibration_sums", None)
+        samples = None
+        if task_name == "language_modeling" and generation_prompts > 0 and "validation" in built.datasets:
+            from .generation_metrics import lm_generation_report
+
+            generated, samples = lm_generation_report(
+                built.trainer.model, built.tokenizer, built.datasets["validation"], seed=spec.seed,
+                num_prompts=generation_prompts,
+            )  # fmt: skip
+            metrics.update({f"eval_{k}": v for k, v in generated.items()})
+        if not keep_models:
+            for path in glob.glob(os.path.join(run_dir, "*.safetensors")) + glob.glob(
+                os.path.join(run_dir, "pytorch_model*.bin")
+            ):
+                os.remove(path)
         return {
             "metrics": {k: v for k, v in metrics.items() if isinstance(v, (int, float))},
             "history": built.trainer.state.log_history,
             "calibration_bins": None if sums is None else sums.tolist(),
+            "per_example": recorder.record(),
+            "samples": samples,
         }
-
-    return run

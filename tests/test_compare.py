@@ -64,6 +64,14 @@ def test_plan_and_resumable_study(tmp_path):
         assert f"]({png})" in text
     with open(tmp_path / "results.json") as f:
         assert len(json.load(f)) == 10
+    # every loss against cross-entropy, paired by seed, with 95 % intervals (2 seeds: over seeds only, no records)
+    assert "## Differences from `ce` (paired 95 % intervals)" in text and "](differences.png)" in text
+    assert "| gamma0.8 | 0.3 | 2 |" in text.split("## Differences from")[1]
+    with open(tmp_path / "comparisons.json") as f:
+        comparisons = {(c["loss"], c["noise"]): c for c in json.load(f)}
+    assert set(comparisons) == {("gamma0.8", 0.0), ("dft", 0.0), ("gamma0.8", 0.3)}
+    assert comparisons[("dft", 0.0)]["by_seeds"]["eval_bleu"]["n"] == 2
+    assert comparisons[("dft", 0.0)]["by_examples"] == {}
     # language modelling: the task metric is the perplexity column, listed once
     lm = write_report(results, str(tmp_path / "lm"), task_metric="eval_perplexity", task_metric_label="perplexity",
                       higher_is_better=False, command="cmd", title="Study")  # fmt: skip
@@ -152,6 +160,16 @@ def test_compare_losses_end_to_end(tmp_path):
     assert set(results) == {("ce", 0.0), ("gamma0.8b0.2", 0.0), ("ce", 0.5)}
     for metrics in results.values():
         assert {"eval_bleu", "eval_nll", "eval_ece", "eval_confidence", "eval_accuracy"} <= set(metrics)
+    # per-example records for bootstrap intervals: one row per evaluation example, corpus BLEU recomputed exactly
+    from hf_tvd_lab.stats import metric_from_examples
+
+    with open(report_dir / "runs" / "ce__seed0__noise0" / "result.json") as f:
+        per_example = json.load(f)["per_example"]
+    assert set(per_example) == {"nll", "calibration", "bleu_stats", "chrf_stats"}
+    assert {len(rows) for rows in per_example.values()} == {16}
+    assert metric_from_examples("eval_bleu", per_example) == pytest.approx(results[("ce", 0.0)]["eval_bleu"])
+    assert metric_from_examples("eval_nll", per_example) == pytest.approx(results[("ce", 0.0)]["eval_nll"], rel=1e-5)
+    assert "| gamma0.8b0.2 | 0 | 1 |" in text.split("## Differences from `ce`")[1]
     # the loss settings really differed: γ-CE's logged weight mean is below 1, cross-entropy's is exactly 1
     with open(report_dir / "runs" / "ce__seed0__noise0" / "result.json") as f:
         ce_history = json.load(f)["history"]
