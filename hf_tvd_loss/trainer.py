@@ -235,9 +235,6 @@ class TVDLossMixin:
                 f"({type(unwrap_model(model)).__name__}.forward)."
             )
         inputs = dict(inputs)
-        sequences = None
-        if self.tvd_args.normalization == "sequence":
-            sequences = _count_targets(inputs, not is_encoder_decoder(model), "sequence")
         labels = inputs.pop("labels", None)
         shift_labels = inputs.pop("shift_labels", None)
         loss_weights = inputs.pop("loss_weights", None)
@@ -256,9 +253,13 @@ class TVDLossMixin:
 
         gamma = self.current_gamma()
         terms = self._tvd_terms(gamma)
+        mode = "train" if model.training else "eval"
         # In training, normalise by the token count of the whole accumulation step (all processes); in
         # evaluation, by this batch's own count (the exact eval averages come from the logged sums).
         global_norm = model.training and num_items_in_batch is not None
+        sequences = None
+        if self.tvd_args.normalization == "sequence" and not global_norm:  # this batch's own sequence count
+            sequences = _count_targets({"labels": labels, "shift_labels": shift_labels, **inputs}, shift, "sequence")
         denominator = num_items_in_batch if global_norm else sequences
         common = dict(
             label_smoothing=self.tvd_args.label_smoothing,
@@ -266,7 +267,7 @@ class TVDLossMixin:
             shift_labels=shift,
             num_items_in_batch=denominator,
             token_scale=loss_weights,
-            extra_metrics=self._tvd_extra_metrics("train" if model.training else "eval"),
+            extra_metrics=self._tvd_extra_metrics(mode),
         )
         if self._tvd_use_chunked(model):
             head = self._tvd_output_head(model, inputs)
@@ -295,7 +296,6 @@ class TVDLossMixin:
         # micro-batch mean that Trainer must still divide by the accumulation steps.
         self.loss_is_scaled_for_ga = global_norm
         self._tvd_last_gamma = gamma
-        mode = "train" if model.training else "eval"
         self._tvd_record(mode, stats)
         if sequences is not None:
             previous = self._tvd_sequences.get(mode)
