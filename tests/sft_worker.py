@@ -34,3 +34,8 @@ def main(output_dir: str, result_file: str) -> None:
 
 if __name__ == "__main__":
     main(sys.argv[1], sys.argv[2])
+    import torch.distributed as dist
+
+    if dist.is_initialized():  # an orderly teardown: a process exiting with the gloo group alive can abort
+        dist.barrier()
+        dist.destroy_process_group()
