@@ -33,3 +33,8 @@ def main(out_dir: str, families: list[str], tvd: dict) -> None:
 
 if __name__ == "__main__":
     main(sys.argv[1], sys.argv[2].split(","), json.loads(sys.argv[3]))
+    import torch.distributed as dist
+
+    if dist.is_initialized():  # an orderly teardown: a process exiting with the gloo group alive can abort
+        dist.barrier()
+        dist.destroy_process_group()

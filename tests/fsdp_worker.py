@@ -340,3 +340,8 @@ def train(out_dir: str, family: str, impl: str, engine: str = "fsdp2") -> None:
 
 if __name__ == "__main__":
     {"grads": grads, "train": train}[sys.argv[1]](*sys.argv[2:])
+    import torch.distributed as dist
+
+    if dist.is_initialized():  # an orderly teardown: a process exiting with the gloo group alive can abort
+        dist.barrier()
+        dist.destroy_process_group()

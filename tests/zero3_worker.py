@@ -94,3 +94,8 @@ def main(out_dir: str) -> None:
 
 if __name__ == "__main__":
     main(sys.argv[1])
+    import torch.distributed as dist
+
+    if dist.is_initialized():  # an orderly teardown: a process exiting with the gloo group alive can abort
+        dist.barrier()
+        dist.destroy_process_group()
