@@ -611,6 +611,19 @@ def write_report(
 LOSS_RESET = ["--loss_type", "gamma_ce", "--gamma", "0", "--min_weight", "0", "--label_smoothing", "0",
               "--gamma_schedule", "constant"]  # fmt: skip
 
+
+def run_argv(task_name: str, task_argv: Sequence[str], spec: RunSpec, run_dir: str) -> list[str]:
+    """The task script's options for one run: the shared ``task_argv``, then the loss reset to cross-entropy, the
+    run's loss, seed and folder, each layer replacing the options it repeats (the task parser refuses repeats)."""
+    from hf_tvd_loss.tasks import get_task
+
+    return (
+        get_task(task_name)
+        .build_parser()
+        .merge_args(task_argv, LOSS_RESET, spec.loss.argv(), ["--seed", str(spec.seed), "--output_dir", run_dir])
+    )
+
+
 # Which metric each task is judged by (key in the metrics, label, higher is better).
 TASK_METRICS = {
     "translation": ("eval_bleu", "BLEU", True),
@@ -682,8 +695,7 @@ class TaskRunner:
         generation_prompts, eval_examples, keep_models = self.generation_prompts, self.eval_examples, self.keep_models
         if os.path.isdir(run_dir):  # left by an interrupted run (no result.json): start it again
             shutil.rmtree(run_dir)
-        argv = [*task_argv, *LOSS_RESET, *spec.loss.argv(), "--seed", str(spec.seed), "--output_dir", run_dir]
-        prepared = prepare(task, argv)
+        prepared = prepare(task, run_argv(task_name, task_argv, spec, run_dir))
         built = build(prepared)
         if spec.noise > 0:
             tokenizer = built.tokenizer

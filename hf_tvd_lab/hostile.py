@@ -59,16 +59,24 @@ def _out(tmp: Path) -> str:
     return str(tmp / "out")
 
 
+def _argv(task: str, base: list[str], extra: tuple[str, ...]) -> tuple[str, list[str]]:
+    """``(task, argv)``: the quick settings in ``base``, with the options of ``extra`` in place of theirs (a case
+    that repeats an option within ``extra`` keeps the repeat)."""
+    from hf_tvd_loss.tasks import get_task
+
+    return task, get_task(task).build_parser().merge_args(base, extra)
+
+
 def _lm(*extra: str) -> Callable[[Path], Any]:
-    return lambda tmp: ("language_modeling", ["--output_dir", _out(tmp), *QUICK_LM, *extra])
+    return lambda tmp: _argv("language_modeling", ["--output_dir", _out(tmp), *QUICK_LM], extra)
 
 
 def _sum(*extra: str) -> Callable[[Path], Any]:
-    return lambda tmp: ("summarization", ["--output_dir", _out(tmp), *QUICK, *extra])
+    return lambda tmp: _argv("summarization", ["--output_dir", _out(tmp), *QUICK], extra)
 
 
 def _tr(*extra: str) -> Callable[[Path], Any]:
-    return lambda tmp: ("translation", ["--output_dir", _out(tmp), *QUICK, *extra])
+    return lambda tmp: _argv("translation", ["--output_dir", _out(tmp), *QUICK], extra)
 
 
 def _yaml(task: str, text: str | bytes, *extra: str) -> Callable[[Path], Any]:
@@ -76,7 +84,7 @@ def _yaml(task: str, text: str | bytes, *extra: str) -> Callable[[Path], Any]:
         path = tmp / "config.yaml"
         path.write_bytes(text if isinstance(text, bytes) else text.encode("utf-8"))
         quick = QUICK_LM if task == "language_modeling" else QUICK
-        return task, ["--output_dir", _out(tmp), *quick, "--config", str(path), *extra]
+        return _argv(task, ["--output_dir", _out(tmp), *quick, "--config", str(path)], extra)
 
     return build
 
@@ -105,7 +113,7 @@ def _data(task: str, file_name: str, lines: Callable[[], list[str | bytes]], *ex
     def build(tmp: Path) -> Any:
         path = _write_lines(tmp / file_name, lines())
         quick = QUICK_LM if task == "language_modeling" else QUICK
-        return task, ["--output_dir", _out(tmp), *quick, option, path, *extra]
+        return _argv(task, ["--output_dir", _out(tmp), *quick, option, path], extra)
 
     return build
 
@@ -246,8 +254,8 @@ def _reuse_earlier_run(tmp: Path) -> Any:
 def _reuse_with_checkpoints(tmp: Path) -> Any:
     for step in range(100, 700, 100):
         _checkpoint(tmp / "out", step)
-    return "summarization", ["--output_dir", _out(tmp), *QUICK, "--save_steps", "100", "--max_steps", "200",
-                             "--save_total_limit", "2"]  # fmt: skip
+    return _argv("summarization", ["--output_dir", _out(tmp), *QUICK], ("--save_steps", "100", "--max_steps", "200",
+                 "--save_total_limit", "2"))  # fmt: skip
 
 
 def _unrelated_file(tmp: Path) -> Any:
@@ -307,6 +315,16 @@ def _resume_past_max_steps(tmp: Path) -> Any:
     _checkpoint(tmp / "out", 300)
     return "language_modeling", ["--output_dir", _out(tmp), *QUICK_LM, "--resume_from_checkpoint", "latest",
                                  "--max_steps", "200"]  # fmt: skip
+
+
+def _resume_other_loss(tmp: Path) -> Any:
+    _checkpoint(tmp / "out", 200)
+    marker = tmp / "out" / "checkpoint-200" / "tvd_checkpoint_complete.json"
+    recorded = json.loads(marker.read_text())
+    recorded["tvd_args"] = {"loss_type": "gamma_ce", "gamma": 0.1, "min_weight": 0.3, "label_smoothing": 0.1}
+    marker.write_text(json.dumps(recorded))
+    return "language_modeling", ["--output_dir", _out(tmp), *QUICK_LM, "--resume_from_checkpoint", "latest",
+                                 "--gamma", "0.8", "--min_weight", "0.3", "--label_smoothing", "0.1"]  # fmt: skip
 
 
 def _output_dir_is_file(tmp: Path) -> Any:
@@ -522,6 +540,13 @@ CASES: list[Case] = [
         lambda tmp: ("language_modeling", ["--output_dir", _out(tmp), "--config", "a.yaml", "--config", "b.yaml"]),
         "--config",
     ),  # fmt: skip
+    _c("option-twice", "cli", _lm("--learning_rate", "1e-3", "--learning_rate=1e-4"), "learning_rate"),
+    _c(
+        "flag-and-negation",
+        "cli",
+        _lm("--remove_unused_columns", "true", "--no_remove_unused_columns"),
+        "remove_unused_columns",
+    ),  # fmt: skip
     _c("same-column-twice", "cli", _sum("--summary_column", "document"), "document", "summary_column"),
     _c("output-dir-empty", "cli", lambda tmp: ("language_modeling", ["--output_dir", "", *QUICK_LM]), "output_dir"),
     # ---------------------------------------------------------------- YAML
@@ -690,6 +715,7 @@ CASES: list[Case] = [
         "overwrite_output_dir",
     ),  # fmt: skip
     _c("resume-past-max-steps", "output", _resume_past_max_steps, "max_steps", "step 300"),
+    _c("resume-other-loss", "output", _resume_other_loss, "gamma 0.1 -> 0.8", "allow_loss_change_on_resume"),
     _c("output-dir-is-file", "output", _output_dir_is_file, "output_dir"),
     _c("output-dir-under-file", "output", _output_dir_under_file, "blocker"),
     _c("output-dir-unwritable", "output", _output_dir_unwritable, "/proc"),

@@ -159,6 +159,17 @@ class TVDArguments:
         },
     )
 
+    allow_loss_change_on_resume: bool = field(
+        default=False,
+        metadata={
+            "help": "Resuming from a checkpoint written with other loss settings (loss_type, gamma, min_weight, "
+            "label_smoothing, the gamma schedule, focal options, normalization) is refused before training, naming "
+            "what differs: the resumed run would otherwise optimise another objective than the one it started "
+            "with. Set this to continue deliberately with the new settings (e.g. cross-entropy first, then γ-CE). "
+            "loss_impl, chunked_backend, extra_metrics and nonfinite_policy may always change."
+        },
+    )
+
     def __post_init__(self) -> None:
         if not isinstance(self.extra_metrics, bool):
             raise ValueError(f"TVDArguments.extra_metrics must be a bool, got {self.extra_metrics!r}")
@@ -169,6 +180,10 @@ class TVDArguments:
         ):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"TVDArguments.{name} must be one of {list(allowed)}, got {getattr(self, name)!r}")
+        if not isinstance(self.allow_loss_change_on_resume, bool):
+            raise ValueError(
+                f"TVDArguments.allow_loss_change_on_resume must be a bool, got {self.allow_loss_change_on_resume!r}"
+            )
         if self.nonfinite_policy not in _NONFINITE:
             raise ValueError(
                 f"TVDArguments.nonfinite_policy must be one of {list(_NONFINITE)}, got {self.nonfinite_policy!r}"

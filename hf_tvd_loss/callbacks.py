@@ -36,6 +36,7 @@ __all__ = [
     "checkpoint_problem",
     "last_complete_checkpoint",
     "last_usable_checkpoint",
+    "read_checkpoint_marker",
     "resolve_resume_checkpoint",
 ]
 
@@ -304,7 +305,8 @@ def _write_json_atomically(path: str, payload: dict) -> None:
     os.replace(tmp, path)
 
 
-def _read_marker(path: str) -> dict[str, Any]:
+def read_checkpoint_marker(path: str) -> dict[str, Any]:
+    """The completion marker of checkpoint folder ``path`` (``{}`` if it has none or it is unreadable)."""
     try:
         with open(os.path.join(path, CHECKPOINT_COMPLETE_MARKER)) as f:
             content = json.load(f)
@@ -336,13 +338,18 @@ class CheckpointSafetyMixin:
     def checkpoint_metadata(self) -> dict[str, Any]:
         return {}
 
+    def check_resume_metadata(self, checkpoint: str, metadata: dict[str, Any]) -> None:
+        """Called with the marker of the checkpoint being resumed, before training; raise to refuse it."""
+
     def train(self, resume_from_checkpoint: str | bool | None = None, *args: Any, **kwargs: Any):  # type: ignore[no-untyped-def]
         import uuid
 
         training_args = self.args  # type: ignore[attr-defined]
         resume = resolve_resume_checkpoint(resume_from_checkpoint, training_args.output_dir)
+        if resume:
+            self.check_resume_metadata(resume, read_checkpoint_marker(resume))
         # A resumed run continues the run that wrote the checkpoint (its older checkpoints are this run's too).
-        self._tvd_run_id = (_read_marker(resume).get("run_id") if resume else None) or uuid.uuid4().hex
+        self._tvd_run_id = (read_checkpoint_marker(resume).get("run_id") if resume else None) or uuid.uuid4().hex
         # Rotation is done here (only this run's checkpoints); the stock one, and the stock deletion at the end of
         # training with save_total_limit=1, would delete any checkpoint-N folder of output_dir.
         self._tvd_save_limit = training_args.save_total_limit
@@ -355,7 +362,7 @@ class CheckpointSafetyMixin:
         return result
 
     def _tvd_own_checkpoints(self, run_dir: str) -> list[str]:
-        return [p for p in checkpoint_folders(run_dir) if _read_marker(p).get("run_id") == self._tvd_run_id]
+        return [p for p in checkpoint_folders(run_dir) if read_checkpoint_marker(p).get("run_id") == self._tvd_run_id]
 
     def _tvd_keep_only_best_at_end(self) -> None:
         """The stock end-of-training rule for ``save_total_limit=1`` with a best model, on this run's checkpoints."""

@@ -112,7 +112,7 @@ def _load_script():
 @pytest.mark.parametrize("path", COMPARE_CONFIGS, ids=os.path.basename)
 def test_study_configs_parse(path, monkeypatch):
     """Every shipped study config loads, its losses parse, and every run's options parse with the task's parser."""
-    from hf_tvd_lab.compare import LOSS_RESET
+    from hf_tvd_lab.compare import RunSpec, run_argv
     from hf_tvd_loss.tasks import get_task
 
     monkeypatch.chdir(ROOT)
@@ -123,7 +123,8 @@ def test_study_configs_parse(path, monkeypatch):
     task_args = [item for key, value in config["task_args"].items() for item in (f"--{key}", str(value))]
     parser = get_task(config["task"]).build_parser()
     for loss in losses:
-        parsed = parser.parse_args_and_config([*task_args, *LOSS_RESET, *loss.argv(), "--output_dir", "/tmp/x"])
+        spec = RunSpec(loss, 0, 0.0)
+        parsed = parser.parse_args_and_config(run_argv(config["task"], task_args, spec, "/tmp/x"))
         tvd_args = next(a for a in parsed if isinstance(a, TVDArguments))
         assert tvd_args.loss_type in ("gamma_ce", "focal")
 

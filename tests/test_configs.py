@@ -169,3 +169,38 @@ def test_instruction_config_parses_with_the_language_model_script():
     assert data_args.data_format == "messages" and data_args.completion_only_loss
     assert (tvd_args.gamma, tvd_args.min_weight) == PAPER["language_modeling"][:2]
     assert training_args.learning_rate == 5e-5 and defaults.situation == "fine-tuning a pretrained model"
+
+
+def test_an_option_given_twice_is_refused_and_layers_merge():
+    """argparse keeps the last of repeated options silently; the task parser refuses them, naming the option, and
+    ``merge_args`` lets tools layer options (a later layer replaces an earlier one's option and its values)."""
+    parser = get_task("language_modeling").build_parser()
+    for argv, named in (
+        (
+            ["--learning_rate", "1e-3", "--learning_rate=1e-4"],
+            "learning_rate: --learning_rate is given more than once",
+        ),
+        (["--remove_unused_columns", "true", "--no_remove_unused_columns"], "--no_remove_unused_columns"),
+        (["--gamma", "0.1", "--block_size", "32", "--gamma", "0.1"], "gamma: --gamma"),  # even with the same value
+    ):
+        with pytest.raises(ValueError, match=named):
+            parser.parse_args_and_config(["--output_dir", "/tmp/x", *argv])
+    merged = parser.merge_args(
+        ["--output_dir", "/tmp/x", "--gamma", "0.1", "--block_size", "32", "--do_eval"],
+        ["--gamma=0.8", "--min_weight", "0.2"],
+        ["--block_size", "64"],
+    )
+    assert merged == [
+        "--output_dir",
+        "/tmp/x",
+        "--do_eval",
+        "--gamma=0.8",
+        "--min_weight",
+        "0.2",
+        "--block_size",
+        "64",
+    ]
+    _, data_args, tvd_args, _ = parser.parse_args_and_config(merged)
+    assert (tvd_args.gamma, tvd_args.min_weight, data_args.block_size) == (0.8, 0.2, 64)
+    # a repeat inside one layer is kept, so that parsing refuses it
+    assert parser.merge_args(["--seed", "1", "--seed", "2"], []).count("--seed") == 2

@@ -63,9 +63,9 @@ def _jsonl(path, rows):
 
 
 def _argv(tmp_path, model, train, *extra):
-    return ["--model_name_or_path", model, "--train_file", train, "--validation_file", train, "--output_dir",
-            str(tmp_path / "out"), "--report_to", "none", "--disable_tqdm", "true", "--block_size", "128",
-            *extra]  # fmt: skip
+    base = ["--model_name_or_path", model, "--train_file", train, "--validation_file", train, "--output_dir",
+            str(tmp_path / "out"), "--report_to", "none", "--disable_tqdm", "true", "--block_size", "128"]  # fmt: skip
+    return get_task("language_modeling").build_parser().merge_args(base, extra)  # extra replaces base's options
 
 
 def _scored_text(tokenizer, example):

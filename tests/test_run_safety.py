@@ -96,7 +96,7 @@ def test_a_few_dropped_rows_are_reported_and_training_works(tmp_path, caplog):
     assert len(built.datasets["train"]) == 37
     # the same data is refused when the threshold is lower
     with pytest.raises(ValueError, match=r"3 of 40 rows \(7.5%\) would be dropped, more than max_dropped_fraction"):
-        prepare(get_task("translation"), [*argv, "--output_dir", str(tmp_path / "o2"), "--max_dropped_fraction",
+        prepare(get_task("translation"), [*argv[2:], "--output_dir", str(tmp_path / "o2"), "--max_dropped_fraction",
                                           "0.05"])  # fmt: skip
 
 

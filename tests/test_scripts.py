@@ -13,6 +13,8 @@ import sys
 
 import pytest
 
+from hf_tvd_loss.tasks import get_task
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPTS = os.path.join(ROOT, "scripts")
 QUICK = ["--report_to", "none", "--synthetic_train_examples", "48", "--synthetic_eval_examples", "8", "--max_steps",
@@ -69,8 +71,9 @@ def test_summarization_default(tmp_path, capsys):
 
     # The saved folder is a pretrained model for the next run (local path; its tokenizer is reused, none trained).
     tuned = str(tmp_path / "tuned")
-    args = [*QUICK, "--output_dir", tuned, "--model_name_or_path", out, "--generation_num_beams", "1", "--do_predict",
-            "false", "--max_steps", "2", "--max_target_length", "12"]  # fmt: skip
+    args = get_task("summarization").build_parser().merge_args(QUICK, [  # these replace QUICK's max_steps
+        "--output_dir", tuned, "--model_name_or_path", out, "--generation_num_beams", "1", "--do_predict", "false",
+        "--max_steps", "2", "--max_target_length", "12"])  # fmt: skip
     metrics = _script("finetune_summarization").main(args)
     assert "eval_rouge1" in metrics and not os.path.isdir(os.path.join(tuned, "tokenizer"))
     with open(os.path.join(tuned, "README.md"), encoding="utf-8") as f:

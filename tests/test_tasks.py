@@ -236,9 +236,9 @@ def test_unwritable_output_dir(tmp_path):
     blocker = tmp_path / "a_file"
     blocker.write_text("x")
     with pytest.raises(ValueError, match="cannot be created: .*a_file is a file"):
-        prepare(get_task("language_modeling"), [*_args(tmp_path), "--output_dir", str(blocker / "out")])
+        prepare(get_task("language_modeling"), _args(tmp_path)[2:] + ["--output_dir", str(blocker / "out")])
     with pytest.raises(ValueError, match="exists and is not a directory"):
-        prepare(get_task("language_modeling"), [*_args(tmp_path), "--output_dir", str(blocker)])
+        prepare(get_task("language_modeling"), _args(tmp_path)[2:] + ["--output_dir", str(blocker)])
 
 
 def test_several_cpu_processes_need_use_cpu(tmp_path, monkeypatch):

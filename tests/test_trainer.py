@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 
 import pytest
 import torch
@@ -351,3 +352,29 @@ def test_model_without_lm_head_is_refused_at_construction(tmp_path):
     kwargs["model"] = GPT2Model(tiny_model("gpt2").config)
     with pytest.raises(ValueError, match="GPT2Model has no language-modelling head"):
         TVDTrainer(**kwargs, tvd_args=TVDArguments())
+
+
+def test_resume_with_other_loss_settings_is_refused_naming_them(tmp_path):
+    """A checkpoint records its loss settings; resuming with others is refused before training unless asked for."""
+    from hf_tvd_loss.callbacks import read_checkpoint_marker
+
+    def trainer(max_steps, **tvd):
+        kwargs = _trainer_kwargs(tmp_path, per_device_train_batch_size=4, max_steps=max_steps, save_steps=2,
+                                 disable_tqdm=True)  # fmt: skip
+        return TVDTrainer(**kwargs, data_collator=collator("llama"), tvd_args=TVDArguments(**tvd))
+
+    trainer(2, gamma=0.1, min_weight=0.3).train()
+    checkpoint = str(tmp_path / "checkpoint-2")
+    assert read_checkpoint_marker(checkpoint)["tvd_args"]["gamma"] == 0.1
+    before = sorted(os.listdir(tmp_path))
+    with pytest.raises(
+        ValueError, match=r"gamma 0\.1 -> 0\.8; min_weight 0\.3 -> 0\.0\. .*allow_loss_change_on_resume"
+    ):
+        trainer(4, gamma=0.8).train(resume_from_checkpoint=True)
+    assert sorted(os.listdir(tmp_path)) == before  # nothing trained or written
+    # how the loss is computed and logged may change; the same objective resumes
+    trainer(4, gamma=0.1, min_weight=0.3, loss_impl="chunked", extra_metrics=True).train(resume_from_checkpoint=True)
+    assert os.path.isdir(tmp_path / "checkpoint-4")
+    # a deliberate change of objective
+    trainer(6, gamma=0.8, allow_loss_change_on_resume=True).train(resume_from_checkpoint=True)
+    assert read_checkpoint_marker(str(tmp_path / "checkpoint-6"))["tvd_args"]["gamma"] == 0.8

@@ -229,6 +229,50 @@ class YamlArgumentParser(HfArgumentParser):
                     raise ValueError(f"{source}: {key}: {bad[0]!r} is not one of {allowed}")
         self.set_defaults(**converted)
 
+    def merge_args(self, *layers: Sequence[str]) -> list[str]:
+        """One argument list from ``layers``, where an option given in a later layer replaces the same option (its
+        value tokens included) of every earlier layer: shared settings first, then per-run overrides. An option
+        repeated within one layer is kept twice, so that parsing refuses it."""
+        merged: list[tuple[str | None, list[str]]] = []
+        for layer in layers:
+            groups: list[tuple[str | None, list[str]]] = []
+            tokens = list(layer)
+            while tokens:
+                token = tokens.pop(0)
+                if token == "--":
+                    groups.append((None, [token, *tokens]))
+                    break
+                action = self._option_string_actions.get(token.split("=", 1)[0]) if token.startswith("--") else None
+                if action is not None:
+                    groups.append((action.dest, [token]))
+                elif groups:
+                    groups[-1][1].append(token)
+                else:
+                    groups.append((None, [token]))
+            replaced = {dest for dest, _ in groups if dest is not None}
+            merged = [(dest, toks) for dest, toks in merged if dest not in replaced] + groups
+        return [token for _, toks in merged for token in toks]
+
+    def _refuse_repeated_options(self, args: Sequence[str]) -> None:
+        """argparse keeps the last of repeated options; a long command line edited by hand (or built by a script
+        appending overrides) then runs with a value its author may not have meant. Refuse instead, naming both."""
+        seen: dict[str, str] = {}
+        for arg in args:
+            if arg == "--":
+                break
+            action = self._option_string_actions.get(arg.split("=", 1)[0]) if arg.startswith("--") else None
+            if action is None or action.dest in (argparse.SUPPRESS, "help", "config"):
+                continue
+            option = arg.split("=", 1)[0]
+            if action.dest in seen:
+                first = seen[action.dest]
+                also = f" (and {option})" if option != first else ""
+                raise ValueError(
+                    f"{action.dest}: {first} is given more than once{also}; argparse would silently keep the last "
+                    "value. Give it once"
+                )
+            seen[action.dest] = option
+
     def parse_args_and_config(self, args: Sequence[str] | None = None) -> tuple[Any, ...]:
         """Parse ``args`` (default ``sys.argv[1:]``) after applying ``--config``; returns the dataclasses."""
         import sys
@@ -240,6 +284,7 @@ class YamlArgumentParser(HfArgumentParser):
         given = [a for a in args if a == "--config" or a.startswith("--config=")]
         if len(given) > 1:
             raise ValueError("--config is given more than once: which file is meant? Merge them into one")
+        self._refuse_repeated_options(args)
         if known.config is not None:
             self.apply_config(load_yaml_config(known.config), source=f"--config {known.config}")
         namespace, _ = self.parse_known_args(args)

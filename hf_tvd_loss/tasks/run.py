@@ -27,6 +27,8 @@ from typing import TYPE_CHECKING, Any
 from datasets import Dataset, DatasetDict
 
 from ..args import TVDArguments
+from ..callbacks import read_checkpoint_marker
+from ..trainer import check_resume_loss_settings
 from .arguments import DataArguments, ModelArguments
 from .base import ChosenDefaults, Task
 from .checks import check_common_args, remove_earlier_run
@@ -65,8 +67,11 @@ def prepare(task: Task[Any, Any], argv: Sequence[str] | None = None) -> Prepared
     """Parse and check everything, load data and (pretrained) model. Raises ``ValueError`` naming the problem."""
     argv = list(sys.argv[1:] if argv is None else argv)
     (model_args, data_args, tvd_args, training_args), defaults = task.parse_args(argv)
-    check_common_args(data_args, model_args, training_args)
+    check_common_args(data_args, model_args, training_args)  # resolves resume_from_checkpoint to a folder
     task.check_args(data_args, model_args, training_args)
+    if training_args.resume_from_checkpoint:  # refused here too, before data and model are loaded
+        resume = training_args.resume_from_checkpoint
+        check_resume_loss_settings(resume, read_checkpoint_marker(resume), tvd_args)
 
     dropped: dict[str, Any] = {}
     raw = load_raw_splits(task, data_args, training_args, model_args.cache_dir, dropped)
