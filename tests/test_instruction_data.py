@@ -208,3 +208,57 @@ def test_data_without_any_known_column_names_every_format(tmp_path):
     with pytest.raises(ValueError, match=r"no column 'messages' \(set by --messages_column\)"):
         prepare(get_task("language_modeling"),
                 ["--train_file", train, "--output_dir", str(tmp_path / "o"), "--data_format", "messages"])  # fmt: skip
+
+
+# TRL's conversational prompt-completion: the prompt holds the conversation so far (here with an earlier assistant
+# turn, which must not be scored), the completion the assistant's reply.
+CONVERSATIONAL = [
+    {"prompt": [{"role": "system", "content": "Answer briefly."}, {"role": "user", "content": "Thanks."},
+                {"role": "assistant", "content": "You are welcome."}, {"role": "user", "content": q}],
+     "completion": [{"role": "assistant", "content": a.strip()}]}
+    for q, a in PAIRS
+]  # fmt: skip
+
+
+def test_conversational_prompt_completion_tokenised_as_trl_does(tmp_path):
+    """Lists of messages in the prompt/completion columns are rendered with the chat template, and exactly the
+    tokens TRL's SFTTrainer scores (its completion_mask: everything after the prompt rendered with the generation
+    prompt) are scored here: input ids and labels compared with TRL's own tokenisation of the same rows."""
+    import trl
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    train = _jsonl(tmp_path / "train.jsonl", CONVERSATIONAL)
+    model = _pretrained(tmp_path, TEMPLATE)
+    built = build(prepare(get_task("language_modeling"), _argv(tmp_path, model, train)))
+    ours = built.datasets["train"]
+    config = trl.SFTConfig(output_dir=str(tmp_path / "trl"), report_to="none", use_cpu=True, max_length=128,
+                           completion_only_loss=True)  # fmt: skip
+    trl_trainer = trl.SFTTrainer(model=AutoModelForCausalLM.from_pretrained(model), args=config,
+                                 train_dataset=Dataset.from_list(CONVERSATIONAL),
+                                 processing_class=AutoTokenizer.from_pretrained(model))  # fmt: skip
+    theirs = trl_trainer.train_dataset
+    assert len(ours) == len(theirs) == len(PAIRS)
+    for (_, a), mine, trls in zip(PAIRS, ours, theirs, strict=True):
+        assert mine["input_ids"] == trls["input_ids"]
+        assert mine["labels"] == trls["labels"]  # TRL 1.16 folds its completion_mask into labels (-100)
+        scored = _scored_text(built.tokenizer, mine).replace(" ", "")
+        assert scored == a.replace(" ", "") + "</s>"  # the earlier assistant turn is context only
+
+
+def test_conversational_prompt_completion_is_checked(tmp_path):
+    model = _pretrained(tmp_path, TEMPLATE)
+    mixed = _jsonl(
+        tmp_path / "mixed.jsonl", [{"prompt": row["prompt"], "completion": "a text"} for row in CONVERSATIONAL]
+    )
+    with pytest.raises(ValueError, match="column 'prompt' holds message lists and column 'completion' texts"):
+        prepare(get_task("language_modeling"), _argv(tmp_path, model, mixed))
+    bad = _jsonl(tmp_path / "bad.jsonl", [{"prompt": [{"text": "hi"}], "completion": [{"text": "x"}]}] * 3)
+    with pytest.raises(ValueError, match=r"column 'prompt' \(--prompt_column\) must hold lists of"):
+        prepare(get_task("language_modeling"), _argv(tmp_path, model, bad))
+    train = _jsonl(tmp_path / "train.jsonl", CONVERSATIONAL)
+    with pytest.raises(ValueError, match="has chat messages \\(column 'prompt'\\) but the tokenizer has no chat"):
+        build(prepare(get_task("language_modeling"), _argv(tmp_path, _pretrained(tmp_path / "plain", None), train)))
+    with pytest.raises(ValueError, match="prompt_completion_format plain joins prompt and completion texts"):
+        build(prepare(get_task("language_modeling"),
+                      _argv(tmp_path, model, train, "--prompt_completion_format", "plain")))  # fmt: skip

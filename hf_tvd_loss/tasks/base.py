@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from dataclasses import field as dataclass_field
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
@@ -102,8 +102,12 @@ class Task(Generic[DataArgsT, TrainingArgsT]):
     # lines are normal and simply add nothing).
     drops_empty_texts: bool = True
 
-    def text_fields(self, data_args: DataArgsT, columns: list[str]) -> list[tuple[str, str | None, str]]:
+    def text_fields(
+        self, data_args: DataArgsT, columns: list[str], features: Mapping[str, Any] | None = None
+    ) -> list[tuple[str, str | None, str]]:
         """The texts every row of a split with ``columns`` needs: ``(column, key in a dict column or None, option)``.
+
+        ``features``: the split's ``datasets`` features by column, where the kind of a column decides the format.
 
         Rows where one is null or absent (or empty, see ``drops_empty_texts``) are dropped by preprocessing;
         ``data.check_rows`` counts them before anything is written and refuses too many.

@@ -169,7 +169,7 @@ def check_rows(
     A value of the wrong kind (e.g. a text where ``{language: text}`` dicts are expected) is an error naming the
     row. Rows are numbered from 1 in the order of the file.
     """
-    fields = task.text_fields(data_args, list(dataset.column_names))
+    fields = task.text_fields(data_args, list(dataset.column_names), features=dataset.features)
     if not fields:
         return None
     seen: dict[tuple[str, str | None], str] = {}

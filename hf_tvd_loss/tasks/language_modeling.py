@@ -15,7 +15,7 @@ language-modelling setting γ=1e-7, b=0.2, ε=0 (``configs/language_modeling/tai
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from itertools import chain
 from typing import TYPE_CHECKING, Any, Literal
@@ -57,8 +57,16 @@ class LanguageModelingDataArguments(DataArguments):
         metadata={"help": "auto: 'messages' when the data has --messages_column, else 'prompt_completion' when it "
                   "has --prompt_column and --completion_column, else 'text' (--text_column)."},
     )  # fmt: skip
-    prompt_column: str = field(default="prompt", metadata={"help": "Instruction data: the prompt column."})
-    completion_column: str = field(default="completion", metadata={"help": "Instruction data: the completion column."})
+    prompt_column: str = field(
+        default="prompt",
+        metadata={"help": "Instruction data: the prompt column: texts, or lists of {'role', 'content'} messages "
+                  "(TRL's conversational prompt-completion format, rendered with the chat template)."},
+    )  # fmt: skip
+    completion_column: str = field(
+        default="completion",
+        metadata={"help": "Instruction data: the completion column: texts, or lists of messages (with a "
+                  "conversational prompt)."},
+    )  # fmt: skip
     messages_column: str = field(
         default="messages",
         metadata={"help": "Chat data: a column of conversations, lists of {'role', 'content'} (roles system, user, "
@@ -86,6 +94,42 @@ def data_format(column_names: list[str], data_args: LanguageModelingDataArgument
     if data_args.prompt_column in column_names and data_args.completion_column in column_names:
         return "prompt_completion"
     return "text"
+
+
+def is_conversational_column(feature: Any) -> bool:
+    """Whether a ``datasets`` feature holds lists (of ``{'role', 'content'}`` messages), not texts."""
+    return isinstance(feature, list) or type(feature).__name__ in ("List", "LargeList", "Sequence")
+
+
+def _conversational(data_args: LanguageModelingDataArguments, features: Mapping[str, Any] | None) -> bool:
+    """Prompt/completion data whose prompt column holds lists of messages (TRL's conversational format)."""
+    return bool(features) and is_conversational_column(features.get(data_args.prompt_column))  # type: ignore[union-attr]
+
+
+def _messages(value: Any) -> list[dict[str, str]]:
+    return [{"role": m["role"], "content": m["content"]} for m in value or []]
+
+
+def _check_messages(value: Any, what: str) -> None:
+    if not (isinstance(value, list) and value and all(isinstance(m, dict) and {"role", "content"} <= set(m)
+                                                      for m in value)):  # fmt: skip
+        raise ValueError(f"{what} must hold lists of {{'role': ..., 'content': ...}} messages; the first row holds "
+                         f"{str(value)[:80]!r}")  # fmt: skip
+
+
+def _render_prompt_completion(
+    tokenizer: PreTrainedTokenizerBase, prompt: list[dict[str, str]], completion: list[dict[str, str]]
+) -> tuple[str, list[tuple[int, int]]]:
+    """TRL's conversational prompt-completion: the whole conversation through the chat template, and the character
+    span of the completion, which starts where the prompt rendered with the generation prompt ends."""
+    text = tokenizer.apply_chat_template(prompt + completion, tokenize=False)
+    before = tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+    if not text.startswith(before):
+        raise ValueError(
+            "the tokenizer's chat template renders the prompt differently when the completion follows, so the "
+            "completion tokens cannot be located; set --completion_only_loss false to score every token"
+        )
+    return text, [(len(before), len(text))]
 
 
 def _has_chat_template(tokenizer: PreTrainedTokenizerBase) -> bool:
@@ -243,12 +287,27 @@ class LanguageModelingTask(Task[LanguageModelingDataArguments, TrainingArguments
                 )
             check_columns_present(dataset, split, origin, {data_args.text_column: "text_column"})
         elif form == "prompt_completion":
-            check_columns_present(
-                dataset,
-                split,
-                origin,
-                {data_args.prompt_column: "prompt_column", data_args.completion_column: "completion_column"},
-            )
+            columns = {data_args.prompt_column: "prompt_column", data_args.completion_column: "completion_column"}
+            lists = {c: is_conversational_column(dataset.features.get(c)) for c in columns}
+            if not any(lists.values()):
+                check_columns_present(dataset, split, origin, columns)
+                return
+            missing = [c for c in columns if c not in dataset.column_names]
+            if missing:
+                raise ValueError(
+                    f"the {split} data ({origin}) has no column {missing[0]!r} (set by --{columns[missing[0]]}); its "
+                    f"columns are {dataset.column_names}"
+                )
+            prompt, completion = data_args.prompt_column, data_args.completion_column
+            if lists[prompt] != lists[completion]:
+                raise ValueError(
+                    f"the {split} data ({origin}): column {prompt!r} holds "
+                    f"{'message lists' if lists[prompt] else 'texts'} and column {completion!r} "
+                    f"{'message lists' if lists[completion] else 'texts'}: give both as texts or both as lists of "
+                    "{'role', 'content'} messages"
+                )
+            for column, option in columns.items():
+                _check_messages(dataset[0][column], f"the {split} data ({origin}): column {column!r} (--{option})")
         else:
             column = data_args.messages_column
             if column not in dataset.column_names:
@@ -270,17 +329,17 @@ class LanguageModelingTask(Task[LanguageModelingDataArguments, TrainingArguments
     drops_empty_texts = False  # blank lines of a .txt file are normal
 
     def text_fields(
-        self, data_args: LanguageModelingDataArguments, columns: list[str]
+        self, data_args: LanguageModelingDataArguments, columns: list[str], features: Mapping[str, Any] | None = None
     ) -> list[tuple[str, str | None, str]]:
         form = data_format(columns, data_args)
         if form == "text":
             return [(data_args.text_column, None, "text_column")]
-        if form == "prompt_completion":
+        if form == "prompt_completion" and not _conversational(data_args, features):
             return [
                 (data_args.prompt_column, None, "prompt_column"),
                 (data_args.completion_column, None, "completion_column"),
             ]
-        return []  # chat messages: lists, checked by check_columns
+        return []  # chat messages (also as conversational prompt/completion): lists, checked by check_columns
 
     def texts(self, dataset: Dataset, data_args: LanguageModelingDataArguments) -> Iterator[str]:
         form = data_format(dataset.column_names, data_args)
@@ -288,6 +347,9 @@ class LanguageModelingTask(Task[LanguageModelingDataArguments, TrainingArguments
             rows = dataset[start : start + 1000]
             if form == "text":
                 values = rows[data_args.text_column]
+            elif form == "prompt_completion" and _conversational(data_args, dataset.features):
+                chats = rows[data_args.prompt_column] + rows[data_args.completion_column]
+                values = [m.get("content") for chat in chats for m in chat or []]
             elif form == "prompt_completion":
                 values = rows[data_args.prompt_column] + rows[data_args.completion_column]
             else:
@@ -352,15 +414,26 @@ class LanguageModelingTask(Task[LanguageModelingDataArguments, TrainingArguments
     ) -> Dataset:
         """One sequence per example (no packing), completion-only labels unless ``completion_only_loss`` is off."""
         has_template = _has_chat_template(tokenizer)
-        if form == "messages" and not has_template:
+        conversational = form == "prompt_completion" and _conversational(data_args, dataset.features)
+        if (form == "messages" or conversational) and not has_template:
+            column = data_args.messages_column if form == "messages" else data_args.prompt_column
             raise ValueError(
-                f"the {split} data has chat messages (column {data_args.messages_column!r}) but the tokenizer has "
-                "no chat template to render them: use a tokenizer that has one (--tokenizer_name / "
-                "--model_name_or_path), or give the data as prompt/completion columns"
+                f"the {split} data has chat messages (column {column!r}) but the tokenizer has no chat template to "
+                "render them: use a tokenizer that has one (--tokenizer_name / --model_name_or_path), or give the "
+                "data as prompt/completion texts"
             )
-        chat = form == "messages" or (
-            data_args.prompt_completion_format == "chat"
-            or (data_args.prompt_completion_format == "auto" and has_template)
+        if conversational and data_args.prompt_completion_format == "plain":
+            raise ValueError(
+                "--prompt_completion_format plain joins prompt and completion texts, but the prompt/completion "
+                "columns hold lists of messages: leave it at auto (the chat template renders them)"
+            )
+        chat = (
+            form == "messages"
+            or conversational
+            or (
+                data_args.prompt_completion_format == "chat"
+                or (data_args.prompt_completion_format == "auto" and has_template)
+            )
         )
         if chat and not has_template:
             raise ValueError("--prompt_completion_format chat needs a tokenizer with a chat template")
@@ -368,7 +441,16 @@ class LanguageModelingTask(Task[LanguageModelingDataArguments, TrainingArguments
 
         def encode(row: dict[str, Any]) -> tuple[list[int], list[bool]] | None:
             if form == "messages":
-                messages = [{"role": m["role"], "content": m["content"]} for m in row[data_args.messages_column] or []]
+                messages = _messages(row[data_args.messages_column])
+            elif conversational:
+                prompt, completion = (
+                    _messages(row[data_args.prompt_column]),
+                    _messages(row[data_args.completion_column]),
+                )
+                if not prompt or not completion:
+                    return None
+                text, spans = _render_prompt_completion(tokenizer, prompt, completion)
+                return tokenize_instruction(tokenizer, text, spans, add_special_tokens=False, append_eos=False)
             else:
                 prompt, completion = row[data_args.prompt_column], row[data_args.completion_column]
                 if not (isinstance(prompt, str) and isinstance(completion, str) and completion.strip()):
@@ -401,7 +483,8 @@ class LanguageModelingTask(Task[LanguageModelingDataArguments, TrainingArguments
 
         tokenized = dataset.map(
             tokenize, batched=True, remove_columns=dataset.column_names, num_proc=data_args.preprocessing_num_workers,
-            desc=f"tokenising {split} ({form}{', chat template' if chat else ''})",
+            desc=f"tokenising {split} ({form}{', conversational' if conversational else ''}"
+            f"{', chat template' if chat else ''})",
         )  # fmt: skip
         if len(tokenized) == 0:
             raise ValueError(

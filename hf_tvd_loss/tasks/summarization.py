@@ -7,6 +7,7 @@ Default (no options): a tiny BART built from a config, a BPE tokenizer trained o
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -73,7 +74,7 @@ class SummarizationTask(Seq2SeqTask[SummarizationDataArguments]):
         )
 
     def text_fields(
-        self, data_args: SummarizationDataArguments, columns: list[str]
+        self, data_args: SummarizationDataArguments, columns: list[str], features: Mapping[str, Any] | None = None
     ) -> list[tuple[str, str | None, str]]:
         return [(data_args.text_column, None, "text_column"), (data_args.summary_column, None, "summary_column")]
 

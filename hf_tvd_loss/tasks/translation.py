@@ -9,6 +9,7 @@ a tiny Marian-style transformer from a config on a synthetic de→en corpus, Tai
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -126,7 +127,7 @@ class TranslationTask(Seq2SeqTask[TranslationDataArguments]):
         )
 
     def text_fields(
-        self, data_args: TranslationDataArguments, columns: list[str]
+        self, data_args: TranslationDataArguments, columns: list[str], features: Mapping[str, Any] | None = None
     ) -> list[tuple[str, str | None, str]]:
         column = data_args.translation_column
         if column in columns:
