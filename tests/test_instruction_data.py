@@ -129,10 +129,17 @@ def test_messages_without_a_chat_template_are_refused(tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
-def test_truncation_drops_examples_without_completion_and_collator_pads_with_ignore(tmp_path):
+def test_truncation_drops_examples_without_completion_and_collator_pads_with_ignore(tmp_path, caplog):
     rows = [{"prompt": "word " * 200, "completion": " cut off"}] + [{"prompt": q, "completion": a} for q, a in PAIRS]
     train = _jsonl(tmp_path / "train.jsonl", rows)
-    built = build(prepare(get_task("language_modeling"), _argv(tmp_path, _pretrained(tmp_path, None), train)))
+    model = _pretrained(tmp_path, None)
+    # 1 of 4 examples (25 %) would be dropped: more than max_dropped_fraction (0.1 by default)
+    with pytest.raises(ValueError, match=r"1 of 4 examples \(25.0%\) have no completion token within block_size=128"):
+        build(prepare(get_task("language_modeling"), _argv(tmp_path, model, train)))
+    with caplog.at_level("WARNING", logger="hf_tvd_loss.tasks"):
+        built = build(prepare(get_task("language_modeling"), _argv(tmp_path, model, train, "--max_dropped_fraction",
+                                                                   "0.3", "--output_dir", str(tmp_path / "o2"))))  # fmt: skip
+    assert "dropping 1 of 4 examples (25.0%) with no completion token within block_size=128" in caplog.text
     data = built.datasets["train"]
     assert len(data) == len(PAIRS)  # the over-long prompt left no completion token within block_size
     collator = built.trainer.data_collator
@@ -262,3 +269,29 @@ def test_conversational_prompt_completion_is_checked(tmp_path):
     with pytest.raises(ValueError, match="prompt_completion_format plain joins prompt and completion texts"):
         build(prepare(get_task("language_modeling"),
                       _argv(tmp_path, model, train, "--prompt_completion_format", "plain")))  # fmt: skip
+
+
+def test_unusable_chat_rows_are_counted_and_refused_above_the_threshold(tmp_path, caplog):
+    """Null or empty conversations and ones without an assistant turn are dropped, counted before anything is
+    written like null texts, and refused above --max_dropped_fraction; a message that is not {'role', 'content'}
+    texts is an error naming the row."""
+    model = _pretrained(tmp_path, TEMPLATE)
+    good = [{"messages": chat} for chat in CHATS] * 4
+    rows = [*good[:5], {"messages": None}, *good[5:], {"messages": [{"role": "user", "content": "Hello?"}]}]
+    train = _jsonl(tmp_path / "train.jsonl", rows)
+    with pytest.raises(ValueError, match=r"2 of 14 rows \(14.3%\) would be dropped, more than max_dropped_fraction"):
+        prepare(get_task("language_modeling"), _argv(tmp_path, model, train))
+    with caplog.at_level("WARNING", logger="hf_tvd_loss.tasks"):
+        prepared = prepare(
+            get_task("language_modeling"), _argv(tmp_path, model, train, "--max_dropped_fraction", "0.2")
+        )
+    report = prepared.dropped_rows["train"]
+    assert report["dropped"] == 2 and report["reasons"] == {
+        "column 'messages' (--messages_column) is null or empty": 1,
+        "column 'messages' (--messages_column) has no assistant turn": 1,
+    }
+    assert "row 6" in caplog.text and "row 14" in caplog.text
+    assert len(build(prepared).datasets["train"]) == 12
+    broken = _jsonl(tmp_path / "broken.jsonl", [*good, {"messages": [{"role": "user", "content": 5}]}])
+    with pytest.raises(ValueError, match=r"row 13: column 'messages' \(--messages_column\) holds .* where a list of"):
+        prepare(get_task("language_modeling"), _argv(tmp_path, model, broken))

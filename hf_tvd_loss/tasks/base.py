@@ -102,6 +102,13 @@ class Task(Generic[DataArgsT, TrainingArgsT]):
     # lines are normal and simply add nothing).
     drops_empty_texts: bool = True
 
+    def message_fields(
+        self, data_args: DataArgsT, columns: list[str], features: Mapping[str, Any] | None = None
+    ) -> list[tuple[str, str, bool]]:
+        """The chat columns every row needs: ``(column, option, needs an assistant turn)``. Rows where one is null,
+        empty (or has no assistant turn when needed) are dropped by preprocessing and counted like text fields."""
+        return []
+
     def text_fields(
         self, data_args: DataArgsT, columns: list[str], features: Mapping[str, Any] | None = None
     ) -> list[tuple[str, str | None, str]]:

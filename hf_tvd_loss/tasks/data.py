@@ -170,7 +170,8 @@ def check_rows(
     row. Rows are numbered from 1 in the order of the file.
     """
     fields = task.text_fields(data_args, list(dataset.column_names), features=dataset.features)
-    if not fields:
+    chats = task.message_fields(data_args, list(dataset.column_names), features=dataset.features)
+    if not fields and not chats:
         return None
     seen: dict[tuple[str, str | None], str] = {}
     for column, key, option in fields:
@@ -180,7 +181,7 @@ def check_rows(
                 f"--{seen[(column, key)]} and --{option} both name {what}: the input would be its own target"
             )
         seen[(column, key)] = option
-    columns = sorted({column for column, _, _ in fields})
+    columns = sorted({column for column, _, _ in fields} | {column for column, _, _ in chats})
     dropped: set[int] = set()
     reasons: dict[str, list[int]] = {}
     index = 0
@@ -207,6 +208,24 @@ def check_rows(
                     )
                 elif task.drops_empty_texts and not value.strip():
                     reason = f"{label} (--{option}) is empty"
+                else:
+                    continue
+                reasons.setdefault(reason, []).append(row)
+                dropped.add(row)
+            for column, option, needs_assistant in chats:
+                value = batch[column][offset]
+                if value is None or (isinstance(value, list) and not value):
+                    reason = f"column {column!r} (--{option}) is null or empty"
+                elif not (isinstance(value, list) and all(
+                    isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+                    for m in value
+                )):  # fmt: skip
+                    raise ValueError(
+                        f"the {split} data ({origin}): row {row}: column {column!r} (--{option}) holds "
+                        f"{str(value)[:80]!r} where a list of {{'role': text, 'content': text}} messages is expected"
+                    )
+                elif needs_assistant and not any(m["role"] == "assistant" for m in value):
+                    reason = f"column {column!r} (--{option}) has no assistant turn"
                 else:
                     continue
                 reasons.setdefault(reason, []).append(row)

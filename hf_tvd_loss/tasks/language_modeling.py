@@ -15,6 +15,7 @@ language-modelling setting γ=1e-7, b=0.2, ε=0 (``configs/language_modeling/tai
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from itertools import chain
@@ -41,6 +42,8 @@ __all__ = [
 ]
 
 IGNORE_INDEX = -100
+_CUT = "_no_completion_within_block"  # a temporary column of instruction preprocessing
+logger = logging.getLogger("hf_tvd_loss.tasks")
 
 
 @dataclass
@@ -328,6 +331,17 @@ class LanguageModelingTask(Task[LanguageModelingDataArguments, TrainingArguments
 
     drops_empty_texts = False  # blank lines of a .txt file are normal
 
+    def message_fields(
+        self, data_args: LanguageModelingDataArguments, columns: list[str], features: Mapping[str, Any] | None = None
+    ) -> list[tuple[str, str, bool]]:
+        form = data_format(columns, data_args)
+        if form == "messages":
+            return [(data_args.messages_column, "messages_column", True)]
+        if form == "prompt_completion" and _conversational(data_args, features):
+            return [(data_args.prompt_column, "prompt_column", False),
+                    (data_args.completion_column, "completion_column", False)]  # fmt: skip
+        return []
+
     def text_fields(
         self, data_args: LanguageModelingDataArguments, columns: list[str], features: Mapping[str, Any] | None = None
     ) -> list[tuple[str, str | None, str]]:
@@ -467,18 +481,21 @@ class LanguageModelingTask(Task[LanguageModelingDataArguments, TrainingArguments
             return tokenize_instruction(tokenizer, text, spans, add_special_tokens=False, append_eos=False)
 
         def tokenize(batch: dict[str, list[Any]]) -> dict[str, list[Any]]:
-            out: dict[str, list[Any]] = {"input_ids": [], "attention_mask": [], "labels": []}
+            # Rows encode() skips (null or empty chats, no assistant turn) were counted by data.check_rows;
+            # examples whose completion lies beyond block_size are kept here, marked, and counted below.
+            out: dict[str, list[Any]] = {"input_ids": [], "attention_mask": [], "labels": [], _CUT: []}
             for index in range(len(next(iter(batch.values())))):
                 encoded = encode({key: values[index] for key, values in batch.items()})
                 if encoded is None:
                     continue
                 ids, scored = encoded[0][:block], encoded[1][:block]
                 labels = [t if s or not only else IGNORE_INDEX for t, s in zip(ids, scored)]
-                if all(label == IGNORE_INDEX for label in labels[1:]):  # nothing left to score after the shift
-                    continue
                 out["input_ids"].append(ids)
                 out["attention_mask"].append([1] * len(ids))
                 out["labels"].append(labels)
+                out[_CUT].append(
+                    all(label == IGNORE_INDEX for label in labels[1:])
+                )  # nothing to score after the shift
             return out
 
         tokenized = dataset.map(
@@ -486,6 +503,18 @@ class LanguageModelingTask(Task[LanguageModelingDataArguments, TrainingArguments
             desc=f"tokenising {split} ({form}{', conversational' if conversational else ''}"
             f"{', chat template' if chat else ''})",
         )  # fmt: skip
+        cut = sum(tokenized[_CUT]) if len(tokenized) else 0
+        if cut and cut < len(tokenized):
+            share = f"{cut} of {len(tokenized)} examples ({100 * cut / len(tokenized):.1f}%)"
+            if cut / len(tokenized) > data_args.max_dropped_fraction:
+                raise ValueError(
+                    f"the {split} split: {share} have no completion token within block_size={block} and would be "
+                    f"dropped, more than max_dropped_fraction={data_args.max_dropped_fraction:g}: raise block_size, "
+                    "or pass --max_dropped_fraction to accept"
+                )
+            logger.warning("the %s split: dropping %s with no completion token within block_size=%s", split, share,
+                           block)  # fmt: skip
+        tokenized = tokenized.filter(lambda cut_off: not cut_off, input_columns=_CUT).remove_columns(_CUT)
         if len(tokenized) == 0:
             raise ValueError(
                 f"the {split} split has no example with a completion token left within block_size={block}: raise "
