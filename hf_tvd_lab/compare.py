@@ -624,6 +624,19 @@ def run_argv(task_name: str, task_argv: Sequence[str], spec: RunSpec, run_dir: s
     )
 
 
+def check_shared_task_args(task_name: str, task_argv: Sequence[str]) -> None:
+    """Refuse shared task options that every run would replace (the loss options of ``LOSS_RESET``, the seed and the
+    output folder): the study sets them per run, so a value given for all runs would be dropped without a word."""
+    owned = {a.split("=", 1)[0] for a in [*LOSS_RESET, "--seed", "--output_dir"] if a.startswith("--")}
+    given = sorted({a.split("=", 1)[0] for a in task_argv if a.split("=", 1)[0] in owned})
+    if given:
+        raise ValueError(
+            f"task options {', '.join(given)} are set by the study for each run (the loss from --losses, where a "
+            "name may end with ',key=value' options; the seed from --seeds; the folder under --report_dir): "
+            f"remove them from the {task_name} options"
+        )
+
+
 # Which metric each task is judged by (key in the metrics, label, higher is better).
 TASK_METRICS = {
     "translation": ("eval_bleu", "BLEU", True),

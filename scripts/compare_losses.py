@@ -29,7 +29,15 @@ import sys
 import time
 from collections.abc import Sequence
 
-from hf_tvd_lab.compare import TASK_METRICS, parse_loss, plan_runs, run_study, task_runner, write_report
+from hf_tvd_lab.compare import (
+    TASK_METRICS,
+    check_shared_task_args,
+    parse_loss,
+    plan_runs,
+    run_study,
+    task_runner,
+    write_report,
+)
 from hf_tvd_loss.tasks import get_task
 from hf_tvd_loss.tasks.cli import load_yaml_config
 
@@ -121,6 +129,7 @@ def main(argv: Sequence[str] | None = None) -> str:
             task_args = [item for key, value in task_args.items() for item in (f"--{key}", str(value))]
         # options after `--` override the study's (the task parser refuses an option given twice)
         task_args = get_task(task).build_parser().merge_args(task_args, task_extra)
+        check_shared_task_args(task, task_args)
         baselines = config.get("baselines", ["ce"])
         jobs = args.jobs or int(config.get("jobs", 2 if (os.cpu_count() or 1) >= 2 else 1))
         if jobs < 1:

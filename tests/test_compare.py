@@ -143,6 +143,23 @@ def test_study_config_errors(tmp_path):
     assert not os.path.exists(tmp_path / "r")  # refused before anything was written
 
 
+def test_task_options_the_study_sets_per_run_are_refused(tmp_path, capsys):
+    """A loss option, seed or folder given for all runs would be replaced by each run's own: refused, named."""
+    script = _load_script()
+    for extra, named in ((["--gamma", "0.5"], "--gamma"), (["--seed=3"], "--seed"),
+                         (["--output_dir", str(tmp_path / "o")], "--output_dir")):  # fmt: skip
+        with pytest.raises(SystemExit) as exit_info:
+            script.main(["--losses", "ce", "--report_dir", str(tmp_path / "r"), "--", *extra])
+        assert exit_info.value.code == 2
+        assert f"task options {named} are set by the study for each run" in capsys.readouterr().err
+    # an option given twice after `--` is refused by the task parser; one overriding the study's default is not
+    with pytest.raises(SystemExit):
+        script.main(["--losses", "ce", "--report_dir", str(tmp_path / "r"), "--", "--num_train_epochs", "1",
+                     "--num_train_epochs", "2"])  # fmt: skip
+    assert "num_train_epochs: --num_train_epochs is given more than once" in capsys.readouterr().err
+    assert not os.path.exists(tmp_path / "r")
+
+
 @pytest.mark.slow
 def test_compare_losses_end_to_end(tmp_path):
     """A tiny study through the real task layer: two losses, label noise, report and plots; rerun reuses runs."""
