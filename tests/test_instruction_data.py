@@ -261,7 +261,7 @@ def test_conversational_prompt_completion_is_checked(tmp_path):
     with pytest.raises(ValueError, match="column 'prompt' holds message lists and column 'completion' texts"):
         prepare(get_task("language_modeling"), _argv(tmp_path, model, mixed))
     bad = _jsonl(tmp_path / "bad.jsonl", [{"prompt": [{"text": "hi"}], "completion": [{"text": "x"}]}] * 3)
-    with pytest.raises(ValueError, match=r"column 'prompt' \(--prompt_column\) must hold lists of"):
+    with pytest.raises(ValueError, match=r"row 1: column 'prompt' \(--prompt_column\) holds .* where a list of"):
         prepare(get_task("language_modeling"), _argv(tmp_path, model, bad))
     train = _jsonl(tmp_path / "train.jsonl", CONVERSATIONAL)
     with pytest.raises(ValueError, match="has chat messages \\(column 'prompt'\\) but the tokenizer has no chat"):

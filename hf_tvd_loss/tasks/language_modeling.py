@@ -113,13 +113,6 @@ def _messages(value: Any) -> list[dict[str, str]]:
     return [{"role": m["role"], "content": m["content"]} for m in value or []]
 
 
-def _check_messages(value: Any, what: str) -> None:
-    if not (isinstance(value, list) and value and all(isinstance(m, dict) and {"role", "content"} <= set(m)
-                                                      for m in value)):  # fmt: skip
-        raise ValueError(f"{what} must hold lists of {{'role': ..., 'content': ...}} messages; the first row holds "
-                         f"{str(value)[:80]!r}")  # fmt: skip
-
-
 def _render_prompt_completion(
     tokenizer: PreTrainedTokenizerBase, prompt: list[dict[str, str]], completion: list[dict[str, str]]
 ) -> tuple[str, list[tuple[int, int]]]:
@@ -309,8 +302,6 @@ class LanguageModelingTask(Task[LanguageModelingDataArguments, TrainingArguments
                     f"{'message lists' if lists[completion] else 'texts'}: give both as texts or both as lists of "
                     "{'role', 'content'} messages"
                 )
-            for column, option in columns.items():
-                _check_messages(dataset[0][column], f"the {split} data ({origin}): column {column!r} (--{option})")
         else:
             column = data_args.messages_column
             if column not in dataset.column_names:
@@ -318,15 +309,10 @@ class LanguageModelingTask(Task[LanguageModelingDataArguments, TrainingArguments
                     f"the {split} data ({origin}) has no column {column!r} (set by --messages_column); its columns "
                     f"are {dataset.column_names}"
                 )
-            first = dataset[0][column]
-            if not (
-                isinstance(first, list)
-                and first
-                and all(isinstance(m, dict) and {"role", "content"} <= set(m) for m in first)
-            ):
+            if not is_conversational_column(dataset.features.get(column)):  # each row is checked by check_rows
                 raise ValueError(
                     f"the {split} data ({origin}): column {column!r} (set by --messages_column) must hold lists of "
-                    f"{{'role': ..., 'content': ...}} messages; the first row holds {str(first)[:80]!r}"
+                    f"{{'role': ..., 'content': ...}} messages; the first row holds {str(dataset[0][column])[:80]!r}"
                 )
 
     drops_empty_texts = False  # blank lines of a .txt file are normal
