@@ -137,9 +137,15 @@ def test_truncation_drops_examples_without_completion_and_collator_pads_with_ign
     with pytest.raises(ValueError, match=r"1 of 4 examples \(25.0%\) have no completion token within block_size=128"):
         build(prepare(get_task("language_modeling"), _argv(tmp_path, model, train)))
     with caplog.at_level("WARNING", logger="hf_tvd_loss.tasks"):
-        built = build(prepare(get_task("language_modeling"), _argv(tmp_path, model, train, "--max_dropped_fraction",
-                                                                   "0.3", "--output_dir", str(tmp_path / "o2"))))  # fmt: skip
+        prepared = prepare(get_task("language_modeling"), _argv(tmp_path, model, train, "--max_dropped_fraction",
+                                                                "0.3", "--output_dir", str(tmp_path / "o2")))  # fmt: skip
+        built = build(prepared)
     assert "dropping 1 of 4 examples (25.0%) with no completion token within block_size=128" in caplog.text
+    # recorded for run_info.json's dropped_rows, for every split (all read the same file), once per build
+    truncated = {"dropped": 1, "rows": 4, "reasons": {"no completion token within block_size=128": 1}}
+    assert prepared.dropped_rows == {"train": truncated, "validation": truncated, "test": truncated}
+    build(prepared)
+    assert prepared.dropped_rows == {"train": truncated, "validation": truncated, "test": truncated}
     data = built.datasets["train"]
     assert len(data) == len(PAIRS)  # the over-long prompt left no completion token within block_size
     collator = built.trainer.data_collator
@@ -292,6 +298,23 @@ def test_unusable_chat_rows_are_counted_and_refused_above_the_threshold(tmp_path
     }
     assert "row 6" in caplog.text and "row 14" in caplog.text
     assert len(build(prepared).datasets["train"]) == 12
+    # a conversation whose assistant turn lies beyond block_size is dropped too, and counts toward the same
+    # threshold with the rows already dropped: 3 of 15 (20 %) is above 0.15 though 1 of 13 (7.7 %) is not
+    long_chat = [{"role": "user", "content": "word " * 200}, {"role": "assistant", "content": "Done."}]
+    rows_long = [*rows, {"messages": long_chat}]
+    train_long = _jsonl(tmp_path / "train_long.jsonl", rows_long)
+    with pytest.raises(ValueError, match=r"1 of 13 examples \(7.7%\) \(with the rows dropped before: 3 of 15, 20.0%\) "
+                                         r"have no completion token within block_size=128"):  # fmt: skip
+        build(prepare(get_task("language_modeling"), _argv(tmp_path, model, train_long, "--validation_file", train,
+                                                           "--max_dropped_fraction", "0.15")))  # fmt: skip
+    prepared = prepare(get_task("language_modeling"), _argv(tmp_path, model, train_long, "--validation_file", train,
+                                                            "--max_dropped_fraction", "0.25"))  # fmt: skip
+    assert len(build(prepared).datasets["train"]) == 12
+    assert prepared.dropped_rows["train"] == {"dropped": 3, "rows": 15, "reasons": {
+        "column 'messages' (--messages_column) is null or empty": 1,
+        "column 'messages' (--messages_column) has no assistant turn": 1,
+        "no completion token within block_size=128": 1,
+    }}  # fmt: skip
     broken = _jsonl(tmp_path / "broken.jsonl", [*good, {"messages": [{"role": "user", "content": 5}]}])
     with pytest.raises(ValueError, match=r"row 13: column 'messages' \(--messages_column\) holds .* where a list of"):
         prepare(get_task("language_modeling"), _argv(tmp_path, model, broken))

@@ -132,7 +132,11 @@ class Task(Generic[DataArgsT, TrainingArgsT]):
         data_args: DataArgsT,
         training_args: TrainingArgsT,
         split: str,
+        *,
+        dropped: dict[str, Any] | None = None,
     ) -> Dataset:
+        """Tokenise one split. Examples dropped while tokenising are counted into ``dropped[split]`` (the report
+        :func:`~hf_tvd_loss.tasks.data.check_rows` started: ``dropped``, ``rows``, ``reasons``) when given."""
         raise NotImplementedError
 
     def max_length_needed(self, data_args: DataArgsT) -> int:

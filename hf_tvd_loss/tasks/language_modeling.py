@@ -363,10 +363,12 @@ class LanguageModelingTask(Task[LanguageModelingDataArguments, TrainingArguments
         data_args: LanguageModelingDataArguments,
         training_args: TrainingArguments,
         split: str,
+        *,
+        dropped: dict[str, Any] | None = None,
     ) -> Dataset:
         form = data_format(dataset.column_names, data_args)
         if form != "text":
-            return self._preprocess_instructions(dataset, tokenizer, data_args, split, form)
+            return self._preprocess_instructions(dataset, tokenizer, data_args, split, form, dropped)
         column, block = data_args.text_column, data_args.block_size
         eos = tokenizer.eos_token_id
         # A trained tokenizer appends </s> itself; a pretrained one may not: then eos is added here.
@@ -411,6 +413,7 @@ class LanguageModelingTask(Task[LanguageModelingDataArguments, TrainingArguments
         data_args: LanguageModelingDataArguments,
         split: str,
         form: str,
+        dropped: dict[str, Any] | None = None,
     ) -> Dataset:
         """One sequence per example (no packing), completion-only labels unless ``completion_only_loss`` is off."""
         has_template = _has_chat_template(tokenizer)
@@ -491,8 +494,16 @@ class LanguageModelingTask(Task[LanguageModelingDataArguments, TrainingArguments
         )  # fmt: skip
         cut = sum(tokenized[_CUT]) if len(tokenized) else 0
         if cut and cut < len(tokenized):
+            # counted with the rows check_rows already dropped from this split: the threshold is for them all
+            # (idempotent: building twice from one Prepared replaces this count instead of adding it again)
+            reason = f"no completion token within block_size={block}"
+            report = (dropped or {}).get(split) or {"dropped": 0, "rows": len(tokenized), "reasons": {}}
+            reasons = {key: count for key, count in report["reasons"].items() if key != reason}
+            total, rows = report["dropped"] - report["reasons"].get(reason, 0) + cut, report["rows"]
             share = f"{cut} of {len(tokenized)} examples ({100 * cut / len(tokenized):.1f}%)"
-            if cut / len(tokenized) > data_args.max_dropped_fraction:
+            if total > cut:
+                share += f" (with the rows dropped before: {total} of {rows}, {100 * total / rows:.1f}%)"
+            if total / rows > data_args.max_dropped_fraction:
                 raise ValueError(
                     f"the {split} split: {share} have no completion token within block_size={block} and would be "
                     f"dropped, more than max_dropped_fraction={data_args.max_dropped_fraction:g}: raise block_size, "
@@ -500,6 +511,8 @@ class LanguageModelingTask(Task[LanguageModelingDataArguments, TrainingArguments
                 )
             logger.warning("the %s split: dropping %s with no completion token within block_size=%s", split, share,
                            block)  # fmt: skip
+            if dropped is not None:
+                dropped[split] = {"dropped": total, "rows": rows, "reasons": {**reasons, reason: cut}}
         tokenized = tokenized.filter(lambda cut_off: not cut_off, input_columns=_CUT).remove_columns(_CUT)
         if len(tokenized) == 0:
             raise ValueError(

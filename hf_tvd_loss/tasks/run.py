@@ -209,7 +209,9 @@ def _build(prepared: Prepared, created: bool, start: float) -> Built:
     datasets: dict[str, Dataset] = {}
     for split, raw in prepared.raw.items():
         with training_args.main_process_first(desc=f"preprocessing {split}"):
-            datasets[split] = task.preprocess(raw, tokenizer, data_args, training_args, split)
+            datasets[split] = task.preprocess(
+                raw, tokenizer, data_args, training_args, split, dropped=prepared.dropped_rows
+            )
         if len(datasets[split]) == 0:
             raise ValueError(f"the {split} split has no usable examples after preprocessing")
 

@@ -107,7 +107,9 @@ class Seq2SeqTask(Task[Seq2SeqDataArgsT, Seq2SeqTrainingArguments]):
         data_args: Seq2SeqDataArgsT,
         training_args: Seq2SeqTrainingArguments,
         split: str,
-    ) -> Dataset:
+        *,
+        dropped: dict[str, Any] | None = None,
+    ) -> Dataset:  # drops nothing: over-long pairs are truncated
         def tokenize(batch: dict[str, list[Any]]) -> dict[str, list[Any]]:
             sources, targets = self.pairs(batch, data_args)
             # Rows with a missing or empty side are dropped (a batched map may return fewer rows).
