@@ -36,9 +36,10 @@ CHATS = [
 
 def _tokenizer(template: str | None):
     texts = [r["text"] for r in language_modeling_corpus(60)] + [q + a for q, a in PAIRS] + ["You are welcome."]
+    texts += ['tools: lookup call lookup {"place": "harbour"} south of the old town']  # for TOOL_TEMPLATE
     tokenizer = train_tokenizer(iter(texts), vocab_size=300)
     if template:
-        tokenizer.add_special_tokens({"additional_special_tokens": ["<|system|>", "<|user|>", "<|assistant|>"]})
+        tokenizer.add_special_tokens({"additional_special_tokens": ["<|system|>", "<|user|>", "<|assistant|>", "<|tool|>"]})
         tokenizer.chat_template = template
     return tokenizer
 
@@ -318,3 +319,89 @@ def test_unusable_chat_rows_are_counted_and_refused_above_the_threshold(tmp_path
     broken = _jsonl(tmp_path / "broken.jsonl", [*good, {"messages": [{"role": "user", "content": 5}]}])
     with pytest.raises(ValueError, match=r"row 13: column 'messages' \(--messages_column\) holds .* where a list of"):
         prepare(get_task("language_modeling"), _argv(tmp_path, model, broken))
+
+
+# A template that renders tool definitions and tool calls (as Qwen's and Llama 3's do, in a small form).
+TOOL_TEMPLATE = (
+    "{% if tools %}<|system|>tools: {% for t in tools %}{{ t['function']['name'] }} {% endfor %}</s>{% endif %}"
+    "{% for m in messages %}<|{{ m['role'] }}|>"
+    "{% if m.tool_calls is defined %}{% for c in m.tool_calls %}call {{ c['function']['name'] }} "
+    "{{ c['function']['arguments'] | tojson }}{% endfor %}{% else %}{{ m['content'] }}{% endif %}</s>{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
+TOOLS = [{"type": "function", "function": {"name": "lookup", "description": "Look a place up.",
+                                           "parameters": {"type": "object", "properties": {"place": {"type": "string"}}}}}]  # fmt: skip
+CALL = {"role": "assistant", "content": None,
+        "tool_calls": [{"type": "function", "function": {"name": "lookup", "arguments": {"place": "harbour"}}}]}  # fmt: skip
+TOOL_CHATS = [
+    [{"role": "user", "content": q}, CALL, {"role": "tool", "content": "south of the old town"},
+     {"role": "assistant", "content": a.strip()}]
+    for q, a in PAIRS
+]  # fmt: skip
+
+
+def test_tool_calls_are_rendered_and_scored_like_assistant_turns(tmp_path):
+    """Assistant turns that call tools (content null, as TRL's tool-calling datasets hold them) are scored; tool
+    results and the tool definitions of the 'tools' column are context. Plain turns of the same file get no
+    'tool_calls: null' from the dataset's column schema."""
+    rows = [{"messages": chat, "tools": json.dumps(TOOLS)} for chat in TOOL_CHATS] + [{"messages": CHATS[0]}]
+    train = _jsonl(tmp_path / "train.jsonl", rows)
+    built = build(prepare(get_task("language_modeling"), _argv(tmp_path, _pretrained(tmp_path, TOOL_TEMPLATE), train)))
+    tokenizer, data = built.tokenizer, built.datasets["train"]
+    assert len(data) == len(rows)
+    for chat, example in zip(TOOL_CHATS, data, strict=False):
+        text = tokenizer.decode(example["input_ids"]).replace(" ", "")
+        expected = tokenizer.apply_chat_template(chat, tools=TOOLS, tokenize=False).replace(" ", "")
+        assert text == expected and text.startswith("<|system|>tools:lookup</s>")
+        scored = _scored_text(tokenizer, example).replace(" ", "")
+        assert scored == ('calllookup{"place":"harbour"}</s>' + chat[3]["content"] + "</s>").replace(" ", "")
+    plain = tokenizer.decode(data[len(TOOL_CHATS)]["input_ids"]).replace(" ", "")
+    assert plain == tokenizer.apply_chat_template(CHATS[0], tokenize=False).replace(" ", "")  # no tools, no "call"
+
+
+def test_tool_calling_prompt_completion_tokenised_as_trl_does(tmp_path):
+    """Conversational prompt/completion with a tool call in the completion and a 'tools' column (a JSON text, as
+    TRL reads it): input ids and labels equal to TRL's SFTTrainer's own tokenisation."""
+    import trl
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    rows = [{"prompt": [chat[0]], "completion": [chat[1]], "tools": json.dumps(TOOLS)} for chat in TOOL_CHATS]
+    rows += [{"prompt": chat[:3], "completion": [chat[3]], "tools": json.dumps(TOOLS)} for chat in TOOL_CHATS]
+    train = _jsonl(tmp_path / "train.jsonl", rows)
+    model = _pretrained(tmp_path, TOOL_TEMPLATE)
+    built = build(prepare(get_task("language_modeling"), _argv(tmp_path, model, train)))
+    ours = built.datasets["train"]
+    config = trl.SFTConfig(output_dir=str(tmp_path / "trl"), report_to="none", use_cpu=True, max_length=128,
+                           completion_only_loss=True)  # fmt: skip
+    trl_trainer = trl.SFTTrainer(model=AutoModelForCausalLM.from_pretrained(model), args=config,
+                                 train_dataset=Dataset.from_list(rows),
+                                 processing_class=AutoTokenizer.from_pretrained(model))  # fmt: skip
+    theirs = trl_trainer.train_dataset
+    assert len(ours) == len(theirs) == len(rows)
+    for mine, trls in zip(ours, theirs, strict=True):
+        assert mine["input_ids"] == trls["input_ids"]
+        assert mine["labels"] == trls["labels"]
+    assert _scored_text(built.tokenizer, ours[0]).replace(" ", "") == 'calllookup{"place":"harbour"}</s>'
+
+
+def test_malformed_tool_data_is_refused_naming_the_row(tmp_path):
+    model = _pretrained(tmp_path, TOOL_TEMPLATE)
+    good = [{"messages": chat, "tools": json.dumps(TOOLS)} for chat in TOOL_CHATS]
+    cases = [
+        ({"messages": TOOL_CHATS[0], "tools": "[{"}, r"row 4: column 'tools' is not valid JSON"),
+        ({"messages": TOOL_CHATS[0], "tools": json.dumps({"name": "lookup"})},
+         r"row 4: column 'tools' holds .* where a list of tool definitions"),
+        # content null is an assistant turn calling tools, nothing else
+        ({"messages": [TOOL_CHATS[0][0], {"role": "assistant", "content": None}], "tools": None},
+         r"row 4: column 'messages' \(--messages_column\) holds .* \(or assistant turns with 'tool_calls'"),
+        ({"messages": [{**TOOL_CHATS[0][0], "content": None, "tool_calls": CALL["tool_calls"]}], "tools": None},
+         r"row 4: column 'messages'"),
+    ]  # fmt: skip
+    for i, (bad, match) in enumerate(cases):
+        train = _jsonl(tmp_path / f"train{i}.jsonl", [*good, bad])
+        with pytest.raises(ValueError, match=match):
+            prepare(
+                get_task("language_modeling"), _argv(tmp_path, model, train, "--output_dir", str(tmp_path / f"o{i}"))
+            )
+        assert not (tmp_path / f"o{i}").exists()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -160,6 +161,46 @@ def _row_list(rows: list[int], total: int) -> str:
     return f"rows {shown}{', ...' if total > 5 else ''}" if total > 1 else f"row {shown}"
 
 
+TOOLS_COLUMN = "tools"  # as TRL's SFTTrainer: tool definitions for the chat template, a JSON text or a list of dicts
+
+
+def is_chat_message(message: Any) -> bool:
+    """``{'role': text, 'content': text}``, or an assistant turn that calls tools (``tool_calls`` with content null)."""
+    if not (isinstance(message, dict) and isinstance(message.get("role"), str)):
+        return False
+    if isinstance(message.get("content"), str):
+        return True
+    calls = message.get("tool_calls")
+    return (
+        message.get("content") is None and message["role"] == "assistant" and isinstance(calls, list) and bool(calls)
+    )
+
+
+def without_nulls(value: Any) -> Any:
+    """``value`` with the null entries of its dicts removed, recursively: a dataset read from JSON lines gives every
+    dict of a column the union of the keys seen in it, filling the others with null, which a chat template would
+    render (``tool_calls: null`` on a plain turn, ``"enum": null`` in a tool's parameters)."""
+    if isinstance(value, dict):
+        return {key: without_nulls(item) for key, item in value.items() if item is not None}
+    if isinstance(value, list):
+        return [without_nulls(item) for item in value]
+    return value
+
+
+def parse_tools(value: Any) -> list[dict[str, Any]] | None:
+    """A row's tool definitions: None, a JSON text of a list of dicts, or a list of dicts. Raises ``ValueError``."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"is not valid JSON ({error.msg} at character {error.pos})") from None
+    if not (isinstance(value, list) and all(isinstance(tool, dict) for tool in value)):
+        raise ValueError(f"holds {str(value)[:80]!r} where a list of tool definitions (JSON objects) is expected")
+    return without_nulls(value)
+
+
 def check_rows(
     task: Task[Any, Any], dataset: Dataset, split: str, origin: str, data_args: DataArguments
 ) -> dict[str, Any] | None:
@@ -182,6 +223,9 @@ def check_rows(
             )
         seen[(column, key)] = option
     columns = sorted({column for column, _, _ in fields} | {column for column, _, _ in chats})
+    tools = bool(chats) and TOOLS_COLUMN in dataset.column_names  # rendered with chat messages only
+    if tools and TOOLS_COLUMN not in columns:
+        columns.append(TOOLS_COLUMN)
     dropped: set[int] = set()
     reasons: dict[str, list[int]] = {}
     index = 0
@@ -212,17 +256,22 @@ def check_rows(
                     continue
                 reasons.setdefault(reason, []).append(row)
                 dropped.add(row)
+            if tools:
+                try:
+                    parse_tools(batch[TOOLS_COLUMN][offset])
+                except ValueError as error:
+                    raise ValueError(
+                        f"the {split} data ({origin}): row {row}: column {TOOLS_COLUMN!r} {error}"
+                    ) from None
             for column, option, needs_assistant in chats:
                 value = batch[column][offset]
                 if value is None or (isinstance(value, list) and not value):
                     reason = f"column {column!r} (--{option}) is null or empty"
-                elif not (isinstance(value, list) and all(
-                    isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
-                    for m in value
-                )):  # fmt: skip
+                elif not (isinstance(value, list) and all(is_chat_message(without_nulls(m)) for m in value)):
                     raise ValueError(
                         f"the {split} data ({origin}): row {row}: column {column!r} (--{option}) holds "
-                        f"{str(value)[:80]!r} where a list of {{'role': text, 'content': text}} messages is expected"
+                        f"{str(value)[:80]!r} where a list of {{'role': text, 'content': text}} messages (or "
+                        "assistant turns with 'tool_calls' and content null) is expected"
                     )
                 elif needs_assistant and not any(m["role"] == "assistant" for m in value):
                     reason = f"column {column!r} (--{option}) has no assistant turn"

@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 
 from .arguments import DataArguments, ModelArguments
 from .base import Task
-from .data import check_columns_present
+from .data import TOOLS_COLUMN, check_columns_present, parse_tools, without_nulls
 from .synthetic import language_modeling_corpus
 
 __all__ = [
@@ -109,17 +109,22 @@ def _conversational(data_args: LanguageModelingDataArguments, features: Mapping[
     return bool(features) and is_conversational_column(features.get(data_args.prompt_column))  # type: ignore[union-attr]
 
 
-def _messages(value: Any) -> list[dict[str, str]]:
-    return [{"role": m["role"], "content": m["content"]} for m in value or []]
+def _messages(value: Any) -> list[dict[str, Any]]:
+    """The messages as the chat template should see them: the keys a dataset filled with null are left out (a
+    message keeps ``content``, null for an assistant turn that only calls tools)."""
+    return [{**without_nulls(m), "content": m.get("content")} for m in value or []]
 
 
 def _render_prompt_completion(
-    tokenizer: PreTrainedTokenizerBase, prompt: list[dict[str, str]], completion: list[dict[str, str]]
+    tokenizer: PreTrainedTokenizerBase,
+    prompt: list[dict[str, Any]],
+    completion: list[dict[str, Any]],
+    tools: list[dict[str, Any]] | None = None,
 ) -> tuple[str, list[tuple[int, int]]]:
     """TRL's conversational prompt-completion: the whole conversation through the chat template, and the character
     span of the completion, which starts where the prompt rendered with the generation prompt ends."""
-    text = tokenizer.apply_chat_template(prompt + completion, tokenize=False)
-    before = tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+    text = tokenizer.apply_chat_template(prompt + completion, tools=tools, tokenize=False)
+    before = tokenizer.apply_chat_template(prompt, tools=tools, tokenize=False, add_generation_prompt=True)
     if not text.startswith(before):
         raise ValueError(
             "the tokenizer's chat template renders the prompt differently when the completion follows, so the "
@@ -133,7 +138,7 @@ def _has_chat_template(tokenizer: PreTrainedTokenizerBase) -> bool:
 
 
 def _render_chat(
-    tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, str]]
+    tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None
 ) -> tuple[str, list[tuple[int, int]]]:
     """The conversation as the chat template renders it, and the character spans of its assistant turns.
 
@@ -141,15 +146,17 @@ def _render_chat(
     inference) to the end of the conversation including it, so it holds the reply and the template's end-of-turn
     tokens. Needs a template whose rendering of a conversation starts with the rendering of each of its prefixes.
     """
-    text = tokenizer.apply_chat_template(messages, tokenize=False)
+    text = tokenizer.apply_chat_template(messages, tools=tools, tokenize=False)
     spans = []
     for index, message in enumerate(messages):
         if message.get("role") != "assistant":
             continue
         if index == 0:
             raise ValueError("a conversation starts with an assistant turn: it needs a user (or system) turn first")
-        before = tokenizer.apply_chat_template(messages[:index], tokenize=False, add_generation_prompt=True)
-        upto = tokenizer.apply_chat_template(messages[: index + 1], tokenize=False)
+        before = tokenizer.apply_chat_template(
+            messages[:index], tools=tools, tokenize=False, add_generation_prompt=True
+        )
+        upto = tokenizer.apply_chat_template(messages[: index + 1], tools=tools, tokenize=False)
         if not (text.startswith(upto) and upto.startswith(before)):
             raise ValueError(
                 "the tokenizer's chat template renders a conversation differently from its beginning, so the "
@@ -443,6 +450,7 @@ class LanguageModelingTask(Task[LanguageModelingDataArguments, TrainingArguments
         block, only = data_args.block_size, data_args.completion_only_loss
 
         def encode(row: dict[str, Any]) -> tuple[list[int], list[bool]] | None:
+            tools = parse_tools(row.get(TOOLS_COLUMN)) if form == "messages" or conversational else None
             if form == "messages":
                 messages = _messages(row[data_args.messages_column])
             elif conversational:
@@ -452,7 +460,7 @@ class LanguageModelingTask(Task[LanguageModelingDataArguments, TrainingArguments
                 )
                 if not prompt or not completion:
                     return None
-                text, spans = _render_prompt_completion(tokenizer, prompt, completion)
+                text, spans = _render_prompt_completion(tokenizer, prompt, completion, tools)
                 return tokenize_instruction(tokenizer, text, spans, add_special_tokens=False, append_eos=False)
             else:
                 prompt, completion = row[data_args.prompt_column], row[data_args.completion_column]
@@ -466,7 +474,7 @@ class LanguageModelingTask(Task[LanguageModelingDataArguments, TrainingArguments
                 messages = [{"role": "user", "content": prompt}, {"role": "assistant", "content": completion}]
             if not any(m["role"] == "assistant" for m in messages):
                 return None
-            text, spans = _render_chat(tokenizer, messages)
+            text, spans = _render_chat(tokenizer, messages, tools)
             return tokenize_instruction(tokenizer, text, spans, add_special_tokens=False, append_eos=False)
 
         def tokenize(batch: dict[str, list[Any]]) -> dict[str, list[Any]]:
