@@ -39,7 +39,9 @@ def _tokenizer(template: str | None):
     texts += ['tools: lookup call lookup {"place": "harbour"} south of the old town']  # for TOOL_TEMPLATE
     tokenizer = train_tokenizer(iter(texts), vocab_size=300)
     if template:
-        tokenizer.add_special_tokens({"additional_special_tokens": ["<|system|>", "<|user|>", "<|assistant|>", "<|tool|>"]})
+        tokenizer.add_special_tokens(
+            {"additional_special_tokens": ["<|system|>", "<|user|>", "<|assistant|>", "<|tool|>"]}
+        )
         tokenizer.chat_template = template
     return tokenizer
 
