@@ -236,29 +236,37 @@ CONVERSATIONAL = [
 ]  # fmt: skip
 
 
-def test_conversational_prompt_completion_tokenised_as_trl_does(tmp_path):
-    """Lists of messages in the prompt/completion columns are rendered with the chat template, and exactly the
-    tokens TRL's SFTTrainer scores (its completion_mask: everything after the prompt rendered with the generation
-    prompt) are scored here: input ids and labels compared with TRL's own tokenisation of the same rows."""
+def _ours_and_trls(tmp_path, template, rows):
+    """The training examples of ``rows`` as this package's LM task and as TRL's SFTTrainer (completion-only) build
+    them, from the same tokenizer; and our tokenizer."""
     import trl
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    train = _jsonl(tmp_path / "train.jsonl", CONVERSATIONAL)
-    model = _pretrained(tmp_path, TEMPLATE)
-    built = build(prepare(get_task("language_modeling"), _argv(tmp_path, model, train)))
-    ours = built.datasets["train"]
+    model = _pretrained(tmp_path, template)
+    built = build(
+        prepare(get_task("language_modeling"), _argv(tmp_path, model, _jsonl(tmp_path / "train.jsonl", rows)))
+    )
     config = trl.SFTConfig(output_dir=str(tmp_path / "trl"), report_to="none", use_cpu=True, max_length=128,
                            completion_only_loss=True)  # fmt: skip
     trl_trainer = trl.SFTTrainer(model=AutoModelForCausalLM.from_pretrained(model), args=config,
-                                 train_dataset=Dataset.from_list(CONVERSATIONAL),
+                                 train_dataset=Dataset.from_list(rows),
                                  processing_class=AutoTokenizer.from_pretrained(model))  # fmt: skip
-    theirs = trl_trainer.train_dataset
-    assert len(ours) == len(theirs) == len(PAIRS)
-    for (_, a), mine, trls in zip(PAIRS, ours, theirs, strict=True):
+    ours, theirs = built.datasets["train"], trl_trainer.train_dataset
+    assert len(ours) == len(theirs) == len(rows)
+    for mine, trls in zip(ours, theirs, strict=True):
         assert mine["input_ids"] == trls["input_ids"]
         assert mine["labels"] == trls["labels"]  # TRL 1.16 folds its completion_mask into labels (-100)
-        scored = _scored_text(built.tokenizer, mine).replace(" ", "")
+    return ours, built.tokenizer
+
+
+def test_conversational_prompt_completion_tokenised_as_trl_does(tmp_path):
+    """Lists of messages in the prompt/completion columns are rendered with the chat template, and exactly the
+    tokens TRL's SFTTrainer scores (its completion_mask: everything after the prompt rendered with the generation
+    prompt) are scored here: input ids and labels compared with TRL's own tokenisation of the same rows."""
+    ours, tokenizer = _ours_and_trls(tmp_path, TEMPLATE, CONVERSATIONAL)
+    for (_, a), mine in zip(PAIRS, ours, strict=True):
+        scored = _scored_text(tokenizer, mine).replace(" ", "")
         assert scored == a.replace(" ", "") + "</s>"  # the earlier assistant turn is context only
 
 
@@ -364,27 +372,10 @@ def test_tool_calls_are_rendered_and_scored_like_assistant_turns(tmp_path):
 def test_tool_calling_prompt_completion_tokenised_as_trl_does(tmp_path):
     """Conversational prompt/completion with a tool call in the completion and a 'tools' column (a JSON text, as
     TRL reads it): input ids and labels equal to TRL's SFTTrainer's own tokenisation."""
-    import trl
-    from datasets import Dataset
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     rows = [{"prompt": [chat[0]], "completion": [chat[1]], "tools": json.dumps(TOOLS)} for chat in TOOL_CHATS]
     rows += [{"prompt": chat[:3], "completion": [chat[3]], "tools": json.dumps(TOOLS)} for chat in TOOL_CHATS]
-    train = _jsonl(tmp_path / "train.jsonl", rows)
-    model = _pretrained(tmp_path, TOOL_TEMPLATE)
-    built = build(prepare(get_task("language_modeling"), _argv(tmp_path, model, train)))
-    ours = built.datasets["train"]
-    config = trl.SFTConfig(output_dir=str(tmp_path / "trl"), report_to="none", use_cpu=True, max_length=128,
-                           completion_only_loss=True)  # fmt: skip
-    trl_trainer = trl.SFTTrainer(model=AutoModelForCausalLM.from_pretrained(model), args=config,
-                                 train_dataset=Dataset.from_list(rows),
-                                 processing_class=AutoTokenizer.from_pretrained(model))  # fmt: skip
-    theirs = trl_trainer.train_dataset
-    assert len(ours) == len(theirs) == len(rows)
-    for mine, trls in zip(ours, theirs, strict=True):
-        assert mine["input_ids"] == trls["input_ids"]
-        assert mine["labels"] == trls["labels"]
-    assert _scored_text(built.tokenizer, ours[0]).replace(" ", "") == 'calllookup{"place":"harbour"}</s>'
+    ours, tokenizer = _ours_and_trls(tmp_path, TOOL_TEMPLATE, rows)
+    assert _scored_text(tokenizer, ours[0]).replace(" ", "") == 'calllookup{"place":"harbour"}</s>'
 
 
 def test_malformed_tool_data_is_refused_naming_the_row(tmp_path):
