@@ -232,6 +232,7 @@ GENERATION_COLUMNS = ["eval_gen_distinct_1", "eval_gen_distinct_2", "eval_gen_di
 GENERATION_LABELS = {"eval_gen_distinct_1": "distinct-1", "eval_gen_distinct_2": "distinct-2",
                      "eval_gen_distinct_3": "distinct-3", "eval_gen_distinct_4": "distinct-4",
                      "eval_gen_seq_rep_4": "seq-rep-4", "eval_gen_rep_16": "rep-16", "eval_gen_words": "words"}  # fmt: skip
+SECONDARY_METRICS = ["eval_chrf"]  # reported (and compared) beside the task metric when the runs have them
 # metrics compared with the baseline: (higher is better, digits)
 INTERVAL_METRICS = {"eval_bleu": (True, 2), "eval_chrf": (True, 2), "eval_rougeL": (True, 2), "eval_nll": (False, 3),
                     "eval_perplexity": (False, 2), "eval_ece": (False, 4), "eval_accuracy": (True, 4),
@@ -419,11 +420,14 @@ def write_report(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    columns = [task_metric, "eval_nll", "eval_perplexity", "eval_ece", "eval_confidence", "eval_accuracy"]
+    # a second task metric where the runs have it (translation: chrF beside BLEU)
+    secondary = [c for c in SECONDARY_METRICS if c != task_metric and any(c in r.metrics for r in results)]
+    columns = [task_metric, *secondary, "eval_nll", "eval_perplexity", "eval_ece", "eval_confidence", "eval_accuracy"]
     columns = list(dict.fromkeys(columns))  # language modelling's task metric is the perplexity column itself
     generation_columns = [c for c in GENERATION_COLUMNS if any(c in r.metrics for r in results)]
     labels = {
         task_metric: task_metric_label,
+        "eval_chrf": "chrF",
         "eval_nll": "NLL",
         "eval_perplexity": "perplexity",
         "eval_ece": "ECE",

@@ -44,7 +44,7 @@ def test_plan_and_resumable_study(tmp_path):
     def runner(spec, run_dir):
         calls.append(spec.name)
         rng = random.Random(spec.name)
-        metrics = {"eval_bleu": 40 + rng.random(), "eval_nll": 2.0, "eval_perplexity": 7.4, "eval_ece": 0.05,
+        metrics = {"eval_bleu": 40 + rng.random(), "eval_chrf": 60 + rng.random(), "eval_nll": 2.0, "eval_perplexity": 7.4, "eval_ece": 0.05,
                    "eval_confidence": 0.6, "eval_accuracy": 0.55}  # fmt: skip
         history = [{"step": s, "nll": 3.0 / s} for s in range(1, 5)]
         return {"metrics": metrics, "history": history, "calibration_bins": [[1.0] * 10, [0.5] * 10, [0.4] * 10]}
@@ -59,6 +59,8 @@ def test_plan_and_resumable_study(tmp_path):
     with open(path) as f:
         text = f.read()
     assert "| gamma0.8 | 0.3 | 2 |" in text and "BLEU" in text and "Best BLEU" in text
+    assert "| loss | label noise | seeds | BLEU | chrF | NLL |" in text  # chrF beside BLEU when the runs have it
+    assert "Δ chrF (seeds)" in text
     for png in ["learning_curves.png", "reliability_diagrams.png", "metric_vs_gamma.png", "metric_vs_noise.png"]:
         assert os.path.getsize(tmp_path / png) > 1000, png
         assert f"]({png})" in text
@@ -71,6 +73,7 @@ def test_plan_and_resumable_study(tmp_path):
         comparisons = {(c["loss"], c["noise"]): c for c in json.load(f)}
     assert set(comparisons) == {("gamma0.8", 0.0), ("dft", 0.0), ("gamma0.8", 0.3)}
     assert comparisons[("dft", 0.0)]["by_seeds"]["eval_bleu"]["n"] == 2
+    assert comparisons[("dft", 0.0)]["by_seeds"]["eval_chrf"]["n"] == 2
     assert comparisons[("dft", 0.0)]["by_examples"] == {}
     # language modelling: the task metric is the perplexity column, listed once
     lm = write_report(results, str(tmp_path / "lm"), task_metric="eval_perplexity", task_metric_label="perplexity",
