@@ -267,7 +267,7 @@ def check_rows(
                 value = batch[column][offset]
                 if value is None or (isinstance(value, list) and not value):
                     reason = f"column {column!r} (--{option}) is null or empty"
-                elif not (isinstance(value, list) and all(is_chat_message(without_nulls(m)) for m in value)):
+                elif not (isinstance(value, list) and all(is_chat_message(m) for m in value)):
                     raise ValueError(
                         f"the {split} data ({origin}): row {row}: column {column!r} (--{option}) holds "
                         f"{str(value)[:80]!r} where a list of {{'role': text, 'content': text}} messages (or "
