@@ -2,7 +2,7 @@
 # The GPU measurements of the targets in BENCHMARKS.md, in one command, for a machine with one CUDA GPU (an H100
 # for those targets). Each of the three runs appends its rows to the results file under the label
 # gpu_<name>_<what>; name the labels in bench-table markers of BENCHMARKS.md and regenerate its tables with
-# `python -m hf_tvd_lab.bench --table`, targets missed included.
+# `python -m benchmarks.bench --table`, targets missed included.
 #
 #   bash benchmarks/gpu_targets.sh                  # appends to benchmarks/results.jsonl
 #   RESULTS=out/gpu.jsonl PY=python bash benchmarks/gpu_targets.sh
@@ -23,19 +23,19 @@ TAG="${TAG:-gpu_${NAME}}"
 #    so that cut-cross-entropy's cross-entropy (which has none) computes the same loss as the baselines.
 #    Default variants: every logits and hidden-state variant, plus the cce / liger ones that can run here.
 #    --jobs 1: one memory-measuring subprocess at a time (at this shape one variant can need ~40 GB).
-"$PY" -m hf_tvd_lab.bench --device cuda --dtype bfloat16 --tokens 16384 --vocab 128256 --hidden 4096 \
+"$PY" -m benchmarks.bench --device cuda --dtype bfloat16 --tokens 16384 --vocab 128256 --hidden 4096 \
     --label-smoothing 0 --repeats 10 --no-train-step --jobs 1 \
     --results "$RESULTS" --run "${TAG}_loss_n16384_v128256_bf16"
 
 # 2. The same with TaiLr's translation setting (label smoothing 0.1): γ-CE against F.cross_entropy with the
 #    same smoothing, logits group only.
-"$PY" -m hf_tvd_lab.bench --device cuda --dtype bfloat16 --tokens 16384 --vocab 128256 --hidden 4096 \
+"$PY" -m benchmarks.bench --device cuda --dtype bfloat16 --tokens 16384 --vocab 128256 --hidden 4096 \
     --repeats 10 --no-train-step --jobs 1 --variants cross_entropy,gamma_ce,tailr_fairseq,dft_trl \
     --results "$RESULTS" --run "${TAG}_logits_n16384_v128256_bf16_ls0.1"
 
 # 3. Training steps: stock Trainer, TVDTrainer (logits), TVDTrainer (loss_impl="chunked", torch backend) on a
 #    2-layer Llama with the same vocabulary and width, 8 × 2048 = 16384 tokens per step.
-"$PY" -m hf_tvd_lab.bench --device cuda --dtype bfloat16 --tokens 16384 --vocab 128256 --hidden 4096 \
+"$PY" -m benchmarks.bench --device cuda --dtype bfloat16 --tokens 16384 --vocab 128256 --hidden 4096 \
     --variants "" --train-batch 8 --train-seq-len 2048 --train-steps 8 \
     --results "$RESULTS" --run "${TAG}_train_n16384_v128256_bf16"
 echo "rows appended to $RESULTS (runs ${TAG}_*)"

@@ -1,6 +1,6 @@
 """Cost of the loss's metrics in a training step, measured in one process with the variants interleaved.
 
-`python -m hf_tvd_lab.bench --train-metrics` times each trainer in its own subprocess, one after the other; on a
+`python -m benchmarks.bench --train-metrics` times each trainer in its own subprocess, one after the other; on a
 shared machine a 3 % question drowns in the load changing between them. Here every variant does one forward +
 backward of the same model on the same batch in turn (round-robin, ``--rounds`` times, after a warm-up), so a
 slow period hits all of them; the minimum over rounds is the least disturbed. Variants:

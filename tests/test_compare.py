@@ -8,8 +8,8 @@ import random
 
 import pytest
 
-from hf_tvd_lab.compare import parse_loss, plan_runs, run_study, write_report
-from hf_tvd_lab.noise import noisy_labels
+from hf_tvd_loss.study.compare import parse_loss, plan_runs, run_study, write_report
+from hf_tvd_loss.study.noise import noisy_labels
 from hf_tvd_loss import TVDArguments
 
 
@@ -115,7 +115,7 @@ def _load_script():
 @pytest.mark.parametrize("path", COMPARE_CONFIGS, ids=os.path.basename)
 def test_study_configs_parse(path, monkeypatch):
     """Every shipped study config loads, its losses parse, and every run's options parse with the task's parser."""
-    from hf_tvd_lab.compare import RunSpec, run_argv
+    from hf_tvd_loss.study.compare import RunSpec, run_argv
     from hf_tvd_loss.tasks import get_task
 
     monkeypatch.chdir(ROOT)
@@ -182,7 +182,7 @@ def test_compare_losses_end_to_end(tmp_path):
     for metrics in results.values():
         assert {"eval_bleu", "eval_nll", "eval_ece", "eval_confidence", "eval_accuracy"} <= set(metrics)
     # per-example records for bootstrap intervals: one row per evaluation example, corpus BLEU recomputed exactly
-    from hf_tvd_lab.stats import metric_from_examples
+    from hf_tvd_loss.study.stats import metric_from_examples
 
     with open(report_dir / "runs" / "ce__seed0__noise0" / "result.json") as f:
         per_example = json.load(f)["per_example"]

@@ -1,9 +1,9 @@
-"""The hostile-input table (``hf_tvd_lab/hostile.py``): every bad input is refused well, before any work.
+"""The hostile-input table (``tests/hostile_cases.py``): every bad input is refused well, before any work.
 
 For the scripts' cases "refused well" means: ``prepare`` raises one ``ValueError`` (or argparse exits with status
 2) whose single-line message names the problem (the option, the file and line, the checkpoint, ...), and the output
 folder is not created, or, when it existed, is left exactly as it was. The Python API cases call
-``gamma_cross_entropy``, ``TVDArguments`` and ``TVDTrainer`` directly. ``python -m hf_tvd_lab.hostile`` runs the same
+``gamma_cross_entropy``, ``TVDArguments`` and ``TVDTrainer`` directly. ``python tests/hostile_cases.py`` runs the same
 table and, for anything ``prepare`` accepts, trains to tell a late refusal from a silent acceptance.
 """
 
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import pytest
 
-from hf_tvd_lab.hostile import CASES, REFUSED_WELL, judge
+from hostile_cases import CASES, REFUSED_WELL, judge
 
 
 @pytest.mark.parametrize("case", CASES, ids=[f"{c.group}-{c.id}" for c in CASES])

@@ -174,7 +174,7 @@ def test_smollm2_chat_template_assistant_mask():
     """The real SmolLM2-135M-Instruct tokenizer (GGUF, ~15 s): its template adds a default system turn."""
     from transformers import AutoTokenizer
 
-    from hf_tvd_lab.pretrained import smollm2_gguf_path
+    from pretrained import smollm2_gguf_path
     from hf_tvd_loss.tasks.language_modeling import _render_chat, tokenize_instruction
 
     path = smollm2_gguf_path()
@@ -191,7 +191,7 @@ def test_chatterbot_converter_and_prepare_data(tmp_path):
     """chatterbot-corpus YAML → chat messages (alternating roles, odd trailing turn dropped, duplicates removed)."""
     from test_scripts import _script
 
-    from hf_tvd_lab import corpora
+    import corpora
 
     folder = tmp_path / "english"
     folder.mkdir()

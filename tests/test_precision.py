@@ -14,7 +14,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from hf_tvd_lab.bench import precision_errors, precision_inputs
+from benchmarks.bench import precision_errors, precision_inputs
 from hf_tvd_loss.ops import gamma_cross_entropy
 from hf_tvd_loss.ops.reference import gamma_cross_entropy_reference, linear_gamma_cross_entropy_reference
 

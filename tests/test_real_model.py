@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from test_scripts import _script
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from hf_tvd_lab import pretrained
+import pretrained
 from hf_tvd_loss import TVDArguments, TVDTrainer
 from hf_tvd_loss.ops.reference import gamma_cross_entropy_reference
 

@@ -9,7 +9,7 @@ import os
 
 import pytest
 
-from hf_tvd_lab.hostile import _checkpoint
+from hostile_cases import _checkpoint
 from hf_tvd_loss.tasks import get_task, run_task
 from hf_tvd_loss.tasks.run import build, prepare
 

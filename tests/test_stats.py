@@ -1,4 +1,4 @@
-"""Paired intervals (hf_tvd_lab.stats), per-example records and generation metrics on known cases; all fast."""
+"""Paired intervals (hf_tvd_loss.study.stats), per-example records and generation metrics on known cases; all fast."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from hf_tvd_lab.generation_metrics import distinct_n, generation_quality, rep_l, seq_rep_n
-from hf_tvd_lab.per_example import per_example_token_stats
-from hf_tvd_lab.stats import (
+from hf_tvd_loss.study.generation_metrics import distinct_n, generation_quality, rep_l, seq_rep_n
+from hf_tvd_loss.study.per_example import per_example_token_stats
+from hf_tvd_loss.study.stats import (
     metric_from_examples,
     paired_bootstrap,
     paired_comparisons,
@@ -157,7 +157,7 @@ def test_lm_generation_report_on_a_tiny_model():
     from datasets import Dataset
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from hf_tvd_lab.generation_metrics import lm_generation_report
+    from hf_tvd_loss.study.generation_metrics import lm_generation_report
 
     class WordTokenizer:
         eos_token_id = 0

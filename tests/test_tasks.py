@@ -11,7 +11,7 @@ import sqlite3
 import pytest
 import torch
 
-from hf_tvd_lab import corpora
+import corpora
 from hf_tvd_loss.tasks import get_task, run_task
 from hf_tvd_loss.tasks.metrics import bleu_scores, calibration_from_sums, calibration_sums, rouge_scores
 from hf_tvd_loss.tasks.modeling import train_tokenizer

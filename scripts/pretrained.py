@@ -22,7 +22,7 @@ import shutil
 import tempfile
 from typing import Any
 
-from .corpora import find_package_file
+from corpora import find_package_file
 
 __all__ = ["SMOLLM2_INSTALL", "convert_gguf", "smollm2_gguf_path"]
 

@@ -10,7 +10,7 @@ on the scale of issue 12:
   refusal only after training started;
 * ``accepted silently``: the run (or call) finished.
 
-``python -m hf_tvd_lab.hostile`` runs every case and prints the table; cases that ``prepare`` accepts are then
+``python tests/hostile_cases.py`` runs every case and prints the table; cases that ``prepare`` accepts are then
 trained for real (tiny synthetic runs) to tell a late refusal from a silent acceptance. ``tests/test_hostile.py``
 runs the same table in-process and asserts that every case is refused well (the fast path: ``prepare`` only).
 """

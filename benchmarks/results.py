@@ -1,11 +1,11 @@
 """The benchmark results file and the tables generated from it.
 
-Every measurement of ``python -m hf_tvd_lab.bench`` is one JSON row of ``benchmarks/results.jsonl``: the variant's
+Every measurement of ``python -m benchmarks.bench`` is one JSON row of ``benchmarks/results.jsonl``: the variant's
 numbers (times of every repeat, median, minimum, extra peak memory, ratios to its baseline, loss error against the
 float64 reference) plus what it was measured with (``settings``, ``environment``: device, torch, transformers,
 load average, ``date_utc``) and how (``command``), under a ``run`` label shared by the rows of one invocation.
 
-The tables in ``BENCHMARKS.md`` are generated from those rows (``python -m hf_tvd_lab.bench --table``): each sits
+The tables in ``BENCHMARKS.md`` are generated from those rows (``python -m benchmarks.bench --table``): each sits
 between two marker comments that say which runs it shows and in which layout::
 
     <!-- bench-table runs=cpu_n2048_v32000_fp32 layout=full -->

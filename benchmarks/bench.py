@@ -2,10 +2,10 @@
 
 Usage::
 
-    python -m hf_tvd_lab.bench --tokens 2048 --vocab 32000 --dtype float32 --run cpu_n2048_v32000_fp32
-    python -m hf_tvd_lab.bench --tokens 4096 --vocab 32000 --hidden 512 --repeats 3 --run cpu_n4096
-    python -m hf_tvd_lab.bench --quick --out /tmp/bench        # tiny shapes, a few seconds (smoke test)
-    python -m hf_tvd_lab.bench --table                         # regenerate the tables in BENCHMARKS.md
+    python -m benchmarks.bench --tokens 2048 --vocab 32000 --dtype float32 --run cpu_n2048_v32000_fp32
+    python -m benchmarks.bench --tokens 4096 --vocab 32000 --hidden 512 --repeats 3 --run cpu_n4096
+    python -m benchmarks.bench --quick --out /tmp/bench        # tiny shapes, a few seconds (smoke test)
+    python -m benchmarks.bench --table                         # regenerate the tables in BENCHMARKS.md
 
 Each variant is timed over ``--repeats`` forward+backward passes (after one warm-up; variants are interleaved
 round-robin so that drift on a shared machine hits all of them alike) and reported as the median and the
@@ -43,7 +43,7 @@ of the stock ``Trainer`` on a tiny Llama built from a config (``--vocab`` sized 
 in its own subprocess, and ``TVDTrainer`` with ``loss_impl="chunked"`` (backend ``--chunked-backend``) as a third.
 Results: one row per variant appended to ``--results`` (``benchmarks/results.jsonl``) under the label ``--run``;
 ``--out DIR`` writes the run as ``bench.json`` and ``bench.md`` as well (alone, instead). The tables of
-``BENCHMARKS.md`` are generated from the results file (:mod:`hf_tvd_lab.results`, ``--table``).
+``BENCHMARKS.md`` are generated from the results file (:mod:`benchmarks.results`, ``--table``).
 """
 
 from __future__ import annotations
@@ -350,7 +350,7 @@ def _memory_child(name: str, s: Settings) -> dict[str, Any]:
 
 
 def _run_child(name: str, s: Settings) -> dict[str, Any]:
-    cmd = [sys.executable, "-m", "hf_tvd_lab.bench", "--_child", name, "--_settings", json.dumps(asdict(s))]
+    cmd = [sys.executable, "-m", "benchmarks.bench", "--_child", name, "--_settings", json.dumps(asdict(s))]
     env = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join([p for p in sys.path if p] + [os.environ.get("PYTHONPATH", "")]),
@@ -635,7 +635,7 @@ def run(
 
 
 def to_markdown(report: dict[str, Any]) -> str:
-    """One run's report as markdown: settings, environment and the ``full`` table of :mod:`hf_tvd_lab.results`."""
+    """One run's report as markdown: settings, environment and the ``full`` table of :mod:`benchmarks.results`."""
     s, env = report["settings"], report["environment"]
     lines = [
         f"Device: {env['device']} ({env['cpu_threads']} threads); torch {env['torch']}, transformers "
@@ -665,7 +665,7 @@ def to_markdown(report: dict[str, Any]) -> str:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m hf_tvd_lab.bench", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m benchmarks.bench", description=__doc__.split("\n\n")[0])
     p.add_argument("--tokens", type=int, default=2048, help="N: number of token rows")
     p.add_argument("--vocab", type=int, default=32000, help="V: vocabulary size")
     p.add_argument("--hidden", type=int, default=512, help="d: hidden size for the fused-linear and train-step runs")
@@ -753,10 +753,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
         return _write_tables(args.results or results.DEFAULT_RESULTS, args.markdown, check=args.check)
     if args.precision:
         if not args.out:
-            raise SystemExit("python -m hf_tvd_lab.bench --precision: error: --out DIR is required")
+            raise SystemExit("python -m benchmarks.bench --precision: error: --out DIR is required")
         options = dict(gamma=args.gamma, min_weight=args.min_weight, label_smoothing=args.label_smoothing)
         report = {
-            "command": "python -m hf_tvd_lab.bench " + " ".join(sys.argv[1:] if argv is None else argv),
+            "command": "python -m benchmarks.bench " + " ".join(sys.argv[1:] if argv is None else argv),
             "settings": dict(tokens=args.tokens, vocab=args.vocab, hidden=args.hidden, dtype=args.dtype, **options),
             "results": precision_errors(
                 getattr(torch, args.dtype), args.tokens, args.vocab, args.hidden, seed=args.seed, **options
@@ -803,7 +803,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
         raise ValueError(f"--run {run_label!r} is already in {results_path}; choose a new label")
     jobs = max(1, args.jobs)
     report = run(settings, variants, train_step=not args.no_train_step, jobs=jobs, parallel_train=args.quick)
-    report["command"] = "python -m hf_tvd_lab.bench " + " ".join(sys.argv[1:] if argv is None else argv)
+    report["command"] = "python -m benchmarks.bench " + " ".join(sys.argv[1:] if argv is None else argv)
     markdown = to_markdown(report)
     if results_path:
         results.append_rows(results_path, results.report_rows(report, run_label))
@@ -826,7 +826,7 @@ def _write_tables(results_path: str, markdown_path: str, *, check: bool) -> None
     if check:
         if updated != text:
             raise SystemExit(
-                f"{markdown_path}: tables differ from {results_path}; run python -m hf_tvd_lab.bench --table"
+                f"{markdown_path}: tables differ from {results_path}; run python -m benchmarks.bench --table"
             )
         print(f"{markdown_path}: tables match {results_path}")
     elif updated != text:

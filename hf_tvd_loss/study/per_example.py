@@ -1,4 +1,4 @@
-"""Per-example evaluation records of a study run, for paired bootstrap intervals (:mod:`hf_tvd_lab.stats`).
+"""Per-example evaluation records of a study run, for paired bootstrap intervals (:mod:`hf_tvd_loss.study.stats`).
 
 :class:`ExampleRecorder` attaches to a task trainer (from :func:`hf_tvd_loss.tasks.run.build`) without changing
 its class: during the evaluation loop it keeps, for every evaluation example in order,

@@ -226,7 +226,7 @@ def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[str], label
     return "\n".join(lines)
 
 
-# Generation-quality metrics of language-modelling runs (hf_tvd_lab.generation_metrics), when present.
+# Generation-quality metrics of language-modelling runs (hf_tvd_loss.study.generation_metrics), when present.
 GENERATION_COLUMNS = ["eval_gen_distinct_1", "eval_gen_distinct_2", "eval_gen_distinct_4", "eval_gen_seq_rep_4",
                       "eval_gen_rep_16", "eval_gen_words"]  # fmt: skip
 GENERATION_LABELS = {"eval_gen_distinct_1": "distinct-1", "eval_gen_distinct_2": "distinct-2",
@@ -413,7 +413,7 @@ def write_report(
     """Write ``report.md``, ``results.json`` and PNG plots into ``report_dir``; returns the report's path.
 
     Every other loss is compared with each loss in ``baselines`` that was run, paired by seed at each noise rate,
-    with 95 % intervals over seeds and over evaluation examples (:func:`~hf_tvd_lab.stats.paired_comparisons`).
+    with 95 % intervals over seeds and over evaluation examples (:func:`~hf_tvd_loss.study.stats.paired_comparisons`).
     """
     import matplotlib
 
@@ -650,7 +650,7 @@ TASK_METRICS = {
 
 
 def apply_label_noise(dataset: Any, rate: float, vocab_size: int, protected: frozenset[int], seed: int) -> Any:
-    """The training set with ``rate`` of its scored target tokens replaced (:func:`~hf_tvd_lab.noise.noisy_labels`).
+    """The training set with ``rate`` of its scored target tokens replaced (:func:`~hf_tvd_loss.study.noise.noisy_labels`).
 
     Each example gets its own random stream from ``(seed, index)``, so the noise does not depend on the order of
     processing. Input ids are left as they are (the noise models wrong references, not wrong sources).
@@ -677,9 +677,9 @@ def task_runner(
     """A :data:`Runner` that trains ``task_name`` in this process through the task layer.
 
     ``task_argv`` are the task script's options shared by every run (``--config``, data files, caps, ...). Each
-    run's result also holds ``per_example`` evaluation records (:mod:`hf_tvd_lab.per_example`) for paired bootstrap
+    run's result also holds ``per_example`` evaluation records (:mod:`hf_tvd_loss.study.per_example`) for paired bootstrap
     intervals; language-modelling runs sample continuations of ``generation_prompts`` held-out prompts and add
-    repetition and diversity metrics (:mod:`hf_tvd_lab.generation_metrics`). The trained weights are deleted after
+    repetition and diversity metrics (:mod:`hf_tvd_loss.study.generation_metrics`). The trained weights are deleted after
     evaluation unless ``keep_models`` (a study of a 135M-parameter model would otherwise keep 0.5 GB per run).
     ``eval_examples`` keeps the first N preprocessed evaluation examples (for language modelling: blocks; the task's
     ``--max_eval_samples`` counts raw texts). The runner is picklable (for ``run_study(..., jobs=N)``).

@@ -1,0 +1,1 @@
+"""Repository-only benchmarks (not installed with the library): ``python -m benchmarks.bench`` from a checkout."""
