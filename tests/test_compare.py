@@ -8,9 +8,9 @@ import random
 
 import pytest
 
+from hf_tvd_loss import TVDArguments
 from hf_tvd_loss.study.compare import parse_loss, plan_runs, run_study, write_report
 from hf_tvd_loss.study.noise import noisy_labels
-from hf_tvd_loss import TVDArguments
 
 
 def test_loss_names_map_to_valid_tvd_arguments():

@@ -10,7 +10,6 @@ table and, for anything ``prepare`` accepts, trains to tell a late refusal from 
 from __future__ import annotations
 
 import pytest
-
 from hostile_cases import CASES, REFUSED_WELL, judge
 
 

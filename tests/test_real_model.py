@@ -12,13 +12,13 @@ import os
 import subprocess
 import sys
 
+import pretrained
 import pytest
 import torch
 import torch.nn.functional as F
 from test_scripts import _script
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-import pretrained
 from hf_tvd_loss import TVDArguments, TVDTrainer
 from hf_tvd_loss.ops.reference import gamma_cross_entropy_reference
 

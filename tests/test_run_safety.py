@@ -8,8 +8,8 @@ import logging
 import os
 
 import pytest
-
 from hostile_cases import _checkpoint
+
 from hf_tvd_loss.tasks import get_task, run_task
 from hf_tvd_loss.tasks.run import build, prepare
 

@@ -8,10 +8,10 @@ import json
 import math
 import sqlite3
 
+import corpora
 import pytest
 import torch
 
-import corpora
 from hf_tvd_loss.tasks import get_task, run_task
 from hf_tvd_loss.tasks.metrics import bleu_scores, calibration_from_sums, calibration_sums, rouge_scores
 from hf_tvd_loss.tasks.modeling import train_tokenizer
