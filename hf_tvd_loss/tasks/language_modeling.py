@@ -15,13 +15,11 @@ language-modelling setting γ=1e-7, b=0.2, ε=0 (``configs/language_modeling/tai
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from itertools import chain
 from typing import TYPE_CHECKING, Any, Literal
 
-import torch
 from datasets import Dataset
 from transformers import TrainingArguments
 
@@ -30,7 +28,20 @@ if TYPE_CHECKING:
 
 from .arguments import DataArguments, ModelArguments
 from .base import Task
-from .data import TOOLS_COLUMN, check_columns_present, parse_tools, without_nulls
+from .data import TOOLS_COLUMN, check_columns_present, parse_tools
+from .prompting import (
+    IGNORE_INDEX,
+    PaddingCollator,
+    encode_prompt_completion,
+    has_chat_template,
+    labels_for,
+    messages_for_template,
+    record_dropped,
+    render_chat,
+    render_prompt_completion,
+    tokenize_instruction,
+    uses_chat_template,
+)
 from .synthetic import language_modeling_corpus
 
 __all__ = [
@@ -41,9 +52,7 @@ __all__ = [
     "tokenize_instruction",
 ]
 
-IGNORE_INDEX = -100
 _CUT = "_no_completion_within_block"  # a temporary column of instruction preprocessing
-logger = logging.getLogger("hf_tvd_loss.tasks")
 
 
 @dataclass
@@ -107,120 +116,6 @@ def is_conversational_column(feature: Any) -> bool:
 def _conversational(data_args: LanguageModelingDataArguments, features: Mapping[str, Any] | None) -> bool:
     """Prompt/completion data whose prompt column holds lists of messages (TRL's conversational format)."""
     return bool(features) and is_conversational_column(features.get(data_args.prompt_column))  # type: ignore[union-attr]
-
-
-def _messages(value: Any) -> list[dict[str, Any]]:
-    """The messages as the chat template should see them: the keys a dataset filled with null are left out (a
-    message keeps ``content``, null for an assistant turn that only calls tools)."""
-    return [{**without_nulls(m), "content": m.get("content")} for m in value or []]
-
-
-def _render_prompt_completion(
-    tokenizer: PreTrainedTokenizerBase,
-    prompt: list[dict[str, Any]],
-    completion: list[dict[str, Any]],
-    tools: list[dict[str, Any]] | None = None,
-) -> tuple[str, list[tuple[int, int]]]:
-    """TRL's conversational prompt-completion: the whole conversation through the chat template, and the character
-    span of the completion, which starts where the prompt rendered with the generation prompt ends."""
-    text = tokenizer.apply_chat_template(prompt + completion, tools=tools, tokenize=False)
-    before = tokenizer.apply_chat_template(prompt, tools=tools, tokenize=False, add_generation_prompt=True)
-    if not text.startswith(before):
-        raise ValueError(
-            "the tokenizer's chat template renders the prompt differently when the completion follows, so the "
-            "completion tokens cannot be located; set --completion_only_loss false to score every token"
-        )
-    return text, [(len(before), len(text))]
-
-
-def _has_chat_template(tokenizer: PreTrainedTokenizerBase) -> bool:
-    return bool(getattr(tokenizer, "chat_template", None))
-
-
-def _render_chat(
-    tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None
-) -> tuple[str, list[tuple[int, int]]]:
-    """The conversation as the chat template renders it, and the character spans of its assistant turns.
-
-    A turn's span runs from the end of the conversation before it (rendered with the generation prompt, as at
-    inference) to the end of the conversation including it, so it holds the reply and the template's end-of-turn
-    tokens. Needs a template whose rendering of a conversation starts with the rendering of each of its prefixes.
-    """
-    text = tokenizer.apply_chat_template(messages, tools=tools, tokenize=False)
-    spans = []
-    for index, message in enumerate(messages):
-        if message.get("role") != "assistant":
-            continue
-        if index == 0:
-            raise ValueError("a conversation starts with an assistant turn: it needs a user (or system) turn first")
-        before = tokenizer.apply_chat_template(
-            messages[:index], tools=tools, tokenize=False, add_generation_prompt=True
-        )
-        upto = tokenizer.apply_chat_template(messages[: index + 1], tools=tools, tokenize=False)
-        if not (text.startswith(upto) and upto.startswith(before)):
-            raise ValueError(
-                "the tokenizer's chat template renders a conversation differently from its beginning, so the "
-                "assistant tokens cannot be located; set --completion_only_loss false to score every token"
-            )
-        spans.append((len(before), len(upto)))
-    return text, spans
-
-
-def tokenize_instruction(
-    tokenizer: PreTrainedTokenizerBase,
-    text: str,
-    spans: list[tuple[int, int]],
-    *,
-    add_special_tokens: bool,
-    append_eos: bool,
-) -> tuple[list[int], list[bool]]:
-    """Token ids of ``text`` and, per token, whether it starts inside one of the character ``spans``.
-
-    ``add_special_tokens``: the tokenizer's own bos (not its trailing eos, which ``append_eos`` adds, scored as the
-    end of the completion). Fast tokenizers tokenise the whole text (as at inference) and use character offsets;
-    others tokenise the pieces between span boundaries one by one.
-    """
-    prefix: list[int] = []
-    if add_special_tokens and tokenizer.bos_token_id is not None:
-        with_special = tokenizer("a")["input_ids"]
-        if with_special and with_special[0] == tokenizer.bos_token_id:
-            prefix = [tokenizer.bos_token_id]
-    if getattr(tokenizer, "is_fast", False):
-        encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-        ids = list(encoded["input_ids"])
-        scored = [any(a <= start < b for a, b in spans) for start, _ in encoded["offset_mapping"]]
-    else:
-        cuts = sorted({0, len(text), *(c for span in spans for c in span)})
-        ids, scored = [], []
-        for a, b in zip(cuts, cuts[1:]):
-            piece = tokenizer(text[a:b], add_special_tokens=False)["input_ids"]
-            inside = any(s <= a < e for s, e in spans)
-            ids += piece
-            scored += [inside] * len(piece)
-    ids, scored = prefix + ids, [False] * len(prefix) + scored
-    if append_eos and tokenizer.eos_token_id is not None:
-        ids.append(tokenizer.eos_token_id)
-        scored.append(True)
-    return ids, scored
-
-
-class PaddingCollator:
-    """Pads ``input_ids`` (pad token), ``attention_mask`` (0) and ``labels`` (-100) on the right to the longest
-    example of the batch; examples of equal length (text blocks) are stacked unchanged."""
-
-    def __init__(self, pad_token_id: int) -> None:
-        self.pad_token_id = pad_token_id
-
-    def __call__(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        longest = max(len(f["input_ids"]) for f in features)
-        pads = {"input_ids": self.pad_token_id, "attention_mask": 0, "labels": IGNORE_INDEX}
-        batch: dict[str, torch.Tensor] = {}
-        for key in features[0]:
-            if key in pads:
-                batch[key] = torch.tensor([list(f[key]) + [pads[key]] * (longest - len(f[key])) for f in features])
-            else:
-                batch[key] = torch.tensor([f[key] for f in features])
-        return batch
 
 
 class LanguageModelingTask(Task[LanguageModelingDataArguments, TrainingArguments]):
@@ -413,19 +308,18 @@ class LanguageModelingTask(Task[LanguageModelingDataArguments, TrainingArguments
             )
         return grouped
 
-    def _preprocess_instructions(
+    def _instruction_encoder(
         self,
-        dataset: Dataset,
         tokenizer: PreTrainedTokenizerBase,
         data_args: LanguageModelingDataArguments,
         split: str,
         form: str,
-        dropped: dict[str, Any] | None = None,
-    ) -> Dataset:
-        """One sequence per example (no packing), completion-only labels unless ``completion_only_loss`` is off."""
-        has_template = _has_chat_template(tokenizer)
-        conversational = form == "prompt_completion" and _conversational(data_args, dataset.features)
-        if (form == "messages" or conversational) and not has_template:
+        conversational: bool,
+    ) -> tuple[Callable[[dict[str, Any]], tuple[list[int], list[bool]] | None], bool]:
+        """The function that turns one raw row into token ids and the scored mask (None: a row check_rows counted
+        as dropped), and whether it uses the chat template; format problems are refused here, before tokenising."""
+        chat_data = form == "messages" or conversational
+        if chat_data and not has_chat_template(tokenizer):
             column = data_args.messages_column if form == "messages" else data_args.prompt_column
             raise ValueError(
                 f"the {split} data has chat messages (column {column!r}) but the tokenizer has no chat template to "
@@ -437,45 +331,44 @@ class LanguageModelingTask(Task[LanguageModelingDataArguments, TrainingArguments
                 "--prompt_completion_format plain joins prompt and completion texts, but the prompt/completion "
                 "columns hold lists of messages: leave it at auto (the chat template renders them)"
             )
-        chat = (
-            form == "messages"
-            or conversational
-            or (
-                data_args.prompt_completion_format == "chat"
-                or (data_args.prompt_completion_format == "auto" and has_template)
-            )
-        )
-        if chat and not has_template:
-            raise ValueError("--prompt_completion_format chat needs a tokenizer with a chat template")
-        block, only = data_args.block_size, data_args.completion_only_loss
+        chat = chat_data or uses_chat_template(tokenizer, data_args.prompt_completion_format,
+                                               "prompt_completion_format")  # fmt: skip
 
         def encode(row: dict[str, Any]) -> tuple[list[int], list[bool]] | None:
-            tools = parse_tools(row.get(TOOLS_COLUMN)) if form == "messages" or conversational else None
-            if form == "messages":
-                messages = _messages(row[data_args.messages_column])
-            elif conversational:
-                prompt, completion = (
-                    _messages(row[data_args.prompt_column]),
-                    _messages(row[data_args.completion_column]),
-                )
-                if not prompt or not completion:
-                    return None
-                text, spans = _render_prompt_completion(tokenizer, prompt, completion, tools)
-                return tokenize_instruction(tokenizer, text, spans, add_special_tokens=False, append_eos=False)
-            else:
+            if not chat_data:  # prompt/completion texts
                 prompt, completion = row[data_args.prompt_column], row[data_args.completion_column]
                 if not (isinstance(prompt, str) and isinstance(completion, str) and completion.strip()):
                     return None
-                if not chat:
-                    text = prompt + completion
-                    return tokenize_instruction(
-                        tokenizer, text, [(len(prompt), len(text))], add_special_tokens=True, append_eos=True
-                    )
-                messages = [{"role": "user", "content": prompt}, {"role": "assistant", "content": completion}]
-            if not any(m["role"] == "assistant" for m in messages):
-                return None
-            text, spans = _render_chat(tokenizer, messages, tools)
+                return encode_prompt_completion(tokenizer, prompt, completion, chat=chat)
+            tools = parse_tools(row.get(TOOLS_COLUMN))
+            if conversational:
+                prompt = messages_for_template(row[data_args.prompt_column])
+                completion = messages_for_template(row[data_args.completion_column])
+                if not prompt or not completion:
+                    return None
+                text, spans = render_prompt_completion(tokenizer, prompt, completion, tools)
+            else:
+                messages = messages_for_template(row[data_args.messages_column])
+                if not any(m["role"] == "assistant" for m in messages):
+                    return None
+                text, spans = render_chat(tokenizer, messages, tools)
             return tokenize_instruction(tokenizer, text, spans, add_special_tokens=False, append_eos=False)
+
+        return encode, chat
+
+    def _preprocess_instructions(
+        self,
+        dataset: Dataset,
+        tokenizer: PreTrainedTokenizerBase,
+        data_args: LanguageModelingDataArguments,
+        split: str,
+        form: str,
+        dropped: dict[str, Any] | None = None,
+    ) -> Dataset:
+        """One sequence per example (no packing), completion-only labels unless ``completion_only_loss`` is off."""
+        conversational = form == "prompt_completion" and _conversational(data_args, dataset.features)
+        encode, chat = self._instruction_encoder(tokenizer, data_args, split, form, conversational)
+        block, only = data_args.block_size, data_args.completion_only_loss
 
         def tokenize(batch: dict[str, list[Any]]) -> dict[str, list[Any]]:
             # Rows encode() skips (null or empty chats, no assistant turn) were counted by data.check_rows;
@@ -486,7 +379,7 @@ class LanguageModelingTask(Task[LanguageModelingDataArguments, TrainingArguments
                 if encoded is None:
                     continue
                 ids, scored = encoded[0][:block], encoded[1][:block]
-                labels = [t if s or not only else IGNORE_INDEX for t, s in zip(ids, scored)]
+                labels = labels_for(ids, scored, only)
                 out["input_ids"].append(ids)
                 out["attention_mask"].append([1] * len(ids))
                 out["labels"].append(labels)
@@ -500,27 +393,11 @@ class LanguageModelingTask(Task[LanguageModelingDataArguments, TrainingArguments
             desc=f"tokenising {split} ({form}{', conversational' if conversational else ''}"
             f"{', chat template' if chat else ''})",
         )  # fmt: skip
-        cut = sum(tokenized[_CUT]) if len(tokenized) else 0
-        if cut and cut < len(tokenized):
-            # counted with the rows check_rows already dropped from this split: the threshold is for them all
-            # (idempotent: building twice from one Prepared replaces this count instead of adding it again)
-            reason = f"no completion token within block_size={block}"
-            report = (dropped or {}).get(split) or {"dropped": 0, "rows": len(tokenized), "reasons": {}}
-            reasons = {key: count for key, count in report["reasons"].items() if key != reason}
-            total, rows = report["dropped"] - report["reasons"].get(reason, 0) + cut, report["rows"]
-            share = f"{cut} of {len(tokenized)} examples ({100 * cut / len(tokenized):.1f}%)"
-            if total > cut:
-                share += f" (with the rows dropped before: {total} of {rows}, {100 * total / rows:.1f}%)"
-            if total / rows > data_args.max_dropped_fraction:
-                raise ValueError(
-                    f"the {split} split: {share} have no completion token within block_size={block} and would be "
-                    f"dropped, more than max_dropped_fraction={data_args.max_dropped_fraction:g}: raise block_size, "
-                    "or pass --max_dropped_fraction to accept"
-                )
-            logger.warning("the %s split: dropping %s with no completion token within block_size=%s", split, share,
-                           block)  # fmt: skip
-            if dropped is not None:
-                dropped[split] = {"dropped": total, "rows": rows, "reasons": {**reasons, reason: cut}}
+        record_dropped(
+            dropped, split, f"no completion token within block_size={block}",
+            sum(tokenized[_CUT]) if len(tokenized) else 0, len(tokenized), data_args.max_dropped_fraction,
+            "raise block_size",
+        )  # fmt: skip
         tokenized = tokenized.filter(lambda cut_off: not cut_off, input_columns=_CUT).remove_columns(_CUT)
         if len(tokenized) == 0:
             raise ValueError(
