@@ -89,6 +89,27 @@ class Task(Generic[DataArgsT, TrainingArgsT]):
     headline_metrics: tuple[str, ...] = ("loss", "perplexity", "accuracy", "ece")
 
     # --- hooks
+    def for_config(self, config: Any, origin: str = "") -> Task[DataArgsT, TrainingArgsT]:
+        """The task for a model with ``config`` (a task may serve several kinds of model; see ``Seq2SeqTask``), or a
+        ``ValueError`` when the model lacks the head the task needs."""
+        import transformers
+
+        auto = getattr(transformers, self.auto_model_class)
+        if type(config) not in auto._model_mapping:
+            raise ValueError(
+                f"a {config.model_type!r} model{origin} has no {self.head_description}: the {self.name} task needs a model "
+                f"that {auto.__name__} can load"
+            )
+        return self
+
+    def check_model_kind(self, data_args: DataArgsT) -> None:
+        """Refuse the options the kind of model :meth:`for_config` chose would not apply (raise ``ValueError``)."""
+
+    def scratch_overrides(self, model_type: str) -> str | None:
+        """``config_overrides`` of a model of ``model_type`` built from scratch without any: the task's tiny sizes
+        for its default model type, else None (the model keeps its own sizes)."""
+        return self.scratch_config_overrides if model_type == self.defaults.get("model_type") else None
+
     def synthetic_rows(self, split: str, num_examples: int, seed: int) -> list[dict[str, Any]]:
         raise NotImplementedError
 

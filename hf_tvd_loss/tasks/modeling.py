@@ -114,11 +114,14 @@ def auto_model_class(task: Task[Any, Any]) -> Any:
     return getattr(transformers, task.auto_model_class)
 
 
-def resolve_config(task: Task[Any, Any], model_args: ModelArguments) -> tuple[PretrainedConfig, str | None]:
-    """The model config (pretrained or from scratch), with overrides, checked to have the task's head.
+def resolve_config(
+    task: Task[Any, Any], model_args: ModelArguments
+) -> tuple[PretrainedConfig, str | None, Task[Any, Any]]:
+    """The model config (pretrained or from scratch), with overrides, and the task set up for that model.
 
-    Returns the config and the ``config_overrides`` applied to it: the given ones, or the task's tiny sizes
-    (``scratch_config_overrides``) for its default model type built from scratch without overrides. Reads
+    Returns the config, the ``config_overrides`` applied to it (the given ones, or the task's tiny sizes
+    (:meth:`~.base.Task.scratch_overrides`) for a model built from scratch without overrides) and
+    ``task.for_config(config)`` (a ``ValueError`` when the model lacks the head the task needs). Reads
     ``model_args`` without changing it.
     """
     from transformers import AutoConfig
@@ -141,21 +144,16 @@ def resolve_config(task: Task[Any, Any], model_args: ModelArguments) -> tuple[Pr
         except ValueError as err:
             raise ValueError(f"model_type {model_args.model_type!r} is not a known transformers model type") from err
     overrides = model_args.config_overrides
-    if overrides is None and not name and model_args.model_type == task.defaults.get("model_type"):
-        # The task's default model is tiny (the offline default run); any other model keeps its own sizes.
-        overrides = task.scratch_config_overrides
+    if overrides is None and not name:
+        # The task's default model is tiny (the offline default run), and so are a few common decoder-only types
+        # for pair tasks; any other model keeps its own sizes.
+        overrides = task.scratch_overrides(model_args.model_type)
     if overrides:
         try:
             config.update_from_string(overrides)
         except ValueError as err:
             raise ValueError(f"config_overrides {overrides!r}: {err}") from err
-    auto = auto_model_class(task)
-    if type(config) not in auto._model_mapping:
-        raise ValueError(
-            f"a {config.model_type!r} model ({name or model_args.model_type}) has no {task.head_description}: the "
-            f"{task.name} task needs a model that {auto.__name__} can load"
-        )
-    return config, overrides
+    return config, overrides, task.for_config(config, f" ({name or model_args.model_type})")
 
 
 def max_positions(config: PretrainedConfig) -> int | None:

@@ -35,7 +35,7 @@ from .checks import check_common_args, remove_earlier_run
 from .data import load_raw_splits
 from .modeling import auto_model_class, build_model_from_config, max_positions, resolve_config, train_tokenizer
 from .report import print_summary, write_model_card
-from .trainers import TaskSeq2SeqTrainer, TaskTrainer
+from .trainers import TaskGenerationTrainer, TaskSeq2SeqTrainer, TaskTrainer
 
 if TYPE_CHECKING:
     from transformers import PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase, TrainingArguments
@@ -75,7 +75,8 @@ def prepare(task: Task[Any, Any], argv: Sequence[str] | None = None) -> Prepared
 
     dropped: dict[str, Any] = {}
     raw = load_raw_splits(task, data_args, training_args, model_args.cache_dir, dropped)
-    config, config_overrides = resolve_config(task, model_args)
+    config, config_overrides, task = resolve_config(task, model_args)  # the task set up for this kind of model
+    task.check_model_kind(data_args)
     model_args = dataclasses.replace(model_args, config_overrides=config_overrides)
     tokenizer, model = None, None
     tokenizer_name = model_args.tokenizer_name or model_args.model_name_or_path
@@ -216,6 +217,8 @@ def _build(prepared: Prepared, created: bool, start: float) -> Built:
             raise ValueError(f"the {split} split has no usable examples after preprocessing")
 
     trainer_cls = TaskSeq2SeqTrainer if task.is_seq2seq else TaskTrainer
+    if getattr(task, "decoder_only", False):
+        trainer_cls = TaskGenerationTrainer  # prompt → target pairs on a decoder-only model, judged by generation
     trainer = trainer_cls(
         model=model,
         args=training_args,

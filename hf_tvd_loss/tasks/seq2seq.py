@@ -1,10 +1,19 @@
-"""The part of summarization and translation that is the same: source → target pairs, an encoder-decoder,
-beam-search generation, text metrics on the generated outputs, predictions written to a file."""
+"""The part of summarization and translation that is the same: source → target pairs, generation, text metrics on
+the generated outputs, predictions written to a file.
+
+Two kinds of model: an encoder-decoder (``AutoModelForSeq2SeqLM``: the source is the encoder's input, the target the
+decoder's labels, ``Seq2SeqTrainer`` generates), or a decoder-only LLM (``AutoModelForCausalLM``: each pair becomes
+one prompt → target sequence, :mod:`.prompting`, the same mechanism as the language-modelling script's instruction
+data; evaluation generates from the prompt, :mod:`.generation`). Which one follows from the model's config:
+:meth:`Seq2SeqTask.for_config` returns the task set up for it.
+"""
 
 from __future__ import annotations
 
+import copy
 import json
 import os
+import string
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -16,6 +25,15 @@ from transformers import Seq2SeqTrainingArguments
 from .arguments import DataArguments, ModelArguments
 from .base import MetricsFunction, Task
 from .metrics import check_metric_package
+from .prompting import (
+    PaddingCollator,
+    PromptFormat,
+    encode_prompt_completion,
+    labels_for,
+    record_dropped,
+    truncate_text,
+    uses_chat_template,
+)
 
 if TYPE_CHECKING:
     from transformers import DataCollator, EvalPrediction, PreTrainedModel, PreTrainedTokenizerBase
@@ -42,13 +60,38 @@ class Seq2SeqDataArguments(DataArguments):
     length_penalty: float = field(
         default=1.0, metadata={"help": "Generation: beam-search length penalty (exponent of the length)."}
     )
+    prompt_template: str | None = field(
+        default=None,
+        metadata={"help": "Decoder-only models: the prompt a source becomes, with the placeholder {source} (translation "
+                  "also {source_lang}, {target_lang}: the languages' names); the target follows it. Default: the "
+                  "task's (see --help's epilog). Refused for an encoder-decoder, which reads the source as it is."},
+    )  # fmt: skip
+    prompt_completion_format: PromptFormat = field(
+        default="auto",
+        metadata={"help": "Decoder-only models: how a prompt → target pair becomes one sequence. chat: a user turn "
+                  "(the prompt) and an assistant turn (the target) through the tokenizer's chat template; plain: "
+                  "prompt + target + eos; auto: chat when the tokenizer has a chat template, else plain. The loss "
+                  "scores the target and its end (eos, or the template's end of turn) only."},
+    )  # fmt: skip
 
 
 Seq2SeqDataArgsT = TypeVar("Seq2SeqDataArgsT", bound=Seq2SeqDataArguments)
 
 
+_TOO_LONG = "_target_too_long"  # a temporary column of decoder-only preprocessing
+
+# Tiny sizes of a decoder-only model built from scratch without --config_overrides (as the encoder-decoder default):
+# the model types a user most likely names; any other keeps its own sizes.
+DECODER_SCRATCH_OVERRIDES = {
+    "llama": "hidden_size=64,intermediate_size=256,num_hidden_layers=2,num_attention_heads=4,num_key_value_heads=4,"
+    "max_position_embeddings=512",
+    "gpt2": "n_embd=64,n_layer=2,n_head=4,n_positions=512",
+}
+
+
 class Seq2SeqTask(Task[Seq2SeqDataArgsT, Seq2SeqTrainingArguments]):
-    """Pairs of texts, an ``AutoModelForSeq2SeqLM``, generation-based metrics from :meth:`text_metrics`."""
+    """Pairs of texts, an ``AutoModelForSeq2SeqLM`` or a decoder-only ``AutoModelForCausalLM`` (prompt → target),
+    generation-based metrics from :meth:`text_metrics`."""
 
     training_args_class = Seq2SeqTrainingArguments
     auto_model_class = "AutoModelForSeq2SeqLM"
@@ -66,6 +109,39 @@ class Seq2SeqTask(Task[Seq2SeqDataArgsT, Seq2SeqTrainingArguments]):
     # (package, metric name) of text_metrics: an optional dependency, checked before a run that evaluates
     metric_package: tuple[str, str] = ("", "")
     headline_metrics: tuple[str, ...] = ("loss", "perplexity", "accuracy", "ece", "gen_len")
+    # decoder-only: the prompt a source becomes (``--prompt_template``) and the placeholders it may use
+    default_prompt_template: str = "{source}\n\n"
+    prompt_placeholders: tuple[str, ...] = ("source",)
+    decoder_only: bool = False  # set by for_config
+
+    def for_config(self, config: Any, origin: str = "") -> Seq2SeqTask[Seq2SeqDataArgsT]:
+        """The task for a model with ``config``: itself for an encoder-decoder, a decoder-only copy for a model
+        ``AutoModelForCausalLM`` loads; an error naming both heads for any other."""
+        from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
+
+        if type(config) in AutoModelForSeq2SeqLM._model_mapping:
+            return self
+        if type(config) not in AutoModelForCausalLM._model_mapping:
+            raise ValueError(
+                f"a {config.model_type!r} model{origin} has neither a {self.head_description} nor a causal "
+                f"language-modelling head (a decoder-only LLM such as Llama, Qwen, SmolLM): the {self.name} task "
+                "needs a model that AutoModelForSeq2SeqLM or AutoModelForCausalLM can load"
+            )
+        task = copy.copy(self)
+        task.decoder_only, task.is_seq2seq = True, False
+        task.auto_model_class = "AutoModelForCausalLM"
+        task.head_description = "causal language-modelling head (a decoder-only LLM such as Llama, Qwen, SmolLM)"
+        return task
+
+    def scratch_overrides(self, model_type: str) -> str | None:
+        return DECODER_SCRATCH_OVERRIDES.get(model_type) or super().scratch_overrides(model_type)
+
+    def prompt_values(self, data_args: Seq2SeqDataArgsT) -> dict[str, str]:
+        """Values of the placeholders other than {source} (translation: the languages)."""
+        return {}
+
+    def prompt_template(self, data_args: Seq2SeqDataArgsT) -> str:
+        return data_args.prompt_template if data_args.prompt_template is not None else self.default_prompt_template
 
     # --- hooks of the two tasks
     def pairs(self, batch: dict[str, list[Any]], data_args: Seq2SeqDataArgsT) -> tuple[list[Any], list[Any]]:
@@ -91,9 +167,50 @@ class Seq2SeqTask(Task[Seq2SeqDataArgsT, Seq2SeqTrainingArguments]):
         evaluates = training_args.do_eval or training_args.do_predict or training_args.eval_strategy != "no"
         if evaluates and self.metric_package[0]:
             check_metric_package(*self.metric_package)
+        if data_args.prompt_completion_format not in ("auto", "chat", "plain"):
+            raise ValueError(
+                f"prompt_completion_format must be auto, chat or plain, got {data_args.prompt_completion_format!r}"
+            )
+        if data_args.prompt_template is not None:
+            self._check_template(data_args.prompt_template)
+
+    def _check_template(self, template: str) -> None:
+        try:
+            names = [name for _, name, _, _ in string.Formatter().parse(template) if name is not None]
+        except ValueError as err:
+            raise ValueError(f"prompt_template {template!r} is not a valid template ({err}); write {{{{ and }}}} "
+                             "for a literal brace") from err  # fmt: skip
+        unknown = sorted(set(names) - set(self.prompt_placeholders))
+        if unknown or "source" not in names:
+            allowed = ", ".join("{" + p + "}" for p in self.prompt_placeholders)
+            problem = f"has unknown placeholders {unknown}" if unknown else "has no {source} placeholder"
+            raise ValueError(f"prompt_template {template!r} {problem}: it takes {allowed}")
+
+    def check_model_kind(self, data_args: Seq2SeqDataArgsT) -> None:
+        """Options a path would not apply are refused on it: the prompt options on an encoder-decoder."""
+        if self.decoder_only:
+            return
+        if data_args.prompt_template is not None:
+            raise ValueError(
+                "--prompt_template applies to decoder-only models, but this model is an encoder-decoder (it reads "
+                "the source as it is; --source_prefix puts text before it): remove --prompt_template"
+            )
+        if data_args.prompt_completion_format != "auto":
+            raise ValueError(
+                f"--prompt_completion_format {data_args.prompt_completion_format} applies to decoder-only models, but "
+                "this model is an encoder-decoder: remove it"
+            )
 
     def max_length_needed(self, data_args: Seq2SeqDataArgsT) -> int:
-        return max(data_args.max_source_length, data_args.max_target_length)
+        if not self.decoder_only:
+            return max(data_args.max_source_length, data_args.max_target_length)
+        # prompt → target in one sequence: a template token is at least one character (plus bos/eos)
+        template = self.prompt_template(data_args).format(source="", **self.prompt_values(data_args))
+        prefix = len(data_args.source_prefix)
+        return data_args.max_source_length + data_args.max_target_length + len(template) + prefix + 2
+
+    def tokenizer_max_length(self, data_args: Seq2SeqDataArgsT) -> int | None:
+        return None if self.decoder_only else self.max_length_needed(data_args)  # decoder-only: sources cut here
 
     def texts(self, dataset: Dataset, data_args: Seq2SeqDataArgsT) -> Iterator[str]:
         for start in range(0, len(dataset), 1000):
@@ -109,7 +226,10 @@ class Seq2SeqTask(Task[Seq2SeqDataArgsT, Seq2SeqTrainingArguments]):
         split: str,
         *,
         dropped: dict[str, Any] | None = None,
-    ) -> Dataset:  # drops nothing: over-long pairs are truncated
+    ) -> Dataset:  # encoder-decoder: drops nothing, over-long pairs are truncated
+        if self.decoder_only:
+            return self._preprocess_prompt_target(dataset, tokenizer, data_args, split, dropped)
+
         def tokenize(batch: dict[str, list[Any]]) -> dict[str, list[Any]]:
             sources, targets = self.pairs(batch, data_args)
             # Rows with a missing or empty side are dropped (a batched map may return fewer rows).
@@ -133,7 +253,57 @@ class Seq2SeqTask(Task[Seq2SeqDataArgsT, Seq2SeqTrainingArguments]):
             desc=f"tokenising {split}",
         )
 
+    def _preprocess_prompt_target(
+        self,
+        dataset: Dataset,
+        tokenizer: PreTrainedTokenizerBase,
+        data_args: Seq2SeqDataArgsT,
+        split: str,
+        dropped: dict[str, Any] | None,
+    ) -> Dataset:
+        """Decoder-only: each pair as prompt → target (:func:`.prompting.encode_prompt_completion`), labels on the
+        target and its end only. The source is cut to ``max_source_length`` tokens; the target never is: an example
+        whose scored tokens exceed ``max_target_length`` (the generation budget) is dropped and counted."""
+        chat = uses_chat_template(tokenizer, data_args.prompt_completion_format, "prompt_completion_format")
+        template, values = self.prompt_template(data_args), self.prompt_values(data_args)
+        limit = data_args.max_target_length
+
+        def tokenize(batch: dict[str, list[Any]]) -> dict[str, list[Any]]:
+            sources, targets = self.pairs(batch, data_args)
+            out: dict[str, list[Any]] = {"input_ids": [], "attention_mask": [], "labels": [], _TOO_LONG: []}
+            for source, target in zip(sources, targets, strict=True):
+                if not (isinstance(source, str) and source.strip() and isinstance(target, str) and target.strip()):
+                    continue  # counted by data.check_rows
+                source = truncate_text(tokenizer, data_args.source_prefix + source, data_args.max_source_length)
+                prompt = template.format(source=source, **values)
+                ids, scored = encode_prompt_completion(tokenizer, prompt.strip() if chat else prompt, target,
+                                                       chat=chat)  # fmt: skip
+                out["input_ids"].append(ids)
+                out["attention_mask"].append([1] * len(ids))
+                out["labels"].append(labels_for(ids, scored))
+                out[_TOO_LONG].append(sum(scored) > limit)
+            return out
+
+        tokenized = dataset.map(
+            tokenize, batched=True, remove_columns=dataset.column_names, num_proc=data_args.preprocessing_num_workers,
+            desc=f"tokenising {split} (prompt → target{', chat template' if chat else ''})",
+        )  # fmt: skip
+        record_dropped(
+            dropped, split, f"a target longer than max_target_length={limit} tokens",
+            sum(tokenized[_TOO_LONG]) if len(tokenized) else 0, len(tokenized), data_args.max_dropped_fraction,
+            "raise max_target_length",
+        )  # fmt: skip
+        tokenized = tokenized.filter(lambda long: not long, input_columns=_TOO_LONG).remove_columns(_TOO_LONG)
+        if len(tokenized) == 0:
+            raise ValueError(
+                f"the {split} split has no example whose target fits max_target_length={limit} tokens (with its "
+                "end-of-sequence token): raise max_target_length"
+            )
+        return tokenized
+
     def data_collator(self, tokenizer: PreTrainedTokenizerBase, model: PreTrainedModel) -> DataCollator:
+        if self.decoder_only:
+            return PaddingCollator(tokenizer.pad_token_id)
         from transformers import DataCollatorForSeq2Seq
 
         return DataCollatorForSeq2Seq(tokenizer, model=model, label_pad_token_id=-100)
@@ -150,6 +320,9 @@ class Seq2SeqTask(Task[Seq2SeqDataArgsT, Seq2SeqTrainingArguments]):
         if training_args.generation_max_length is None:
             training_args.generation_max_length = data_args.max_target_length
         generation = model.generation_config
+        if self.decoder_only:
+            self._configure_decoder_generation(model, tokenizer, data_args, training_args)
+            return
         generation.max_length = training_args.generation_max_length
         generation.num_beams = training_args.generation_num_beams or 1
         generation.no_repeat_ngram_size = data_args.no_repeat_ngram_size
@@ -159,6 +332,30 @@ class Seq2SeqTask(Task[Seq2SeqDataArgsT, Seq2SeqTrainingArguments]):
             value = getattr(model.config, name, None)
             if value is not None:
                 setattr(generation, name, value)
+
+    def _configure_decoder_generation(
+        self,
+        model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        data_args: Seq2SeqDataArgsT,
+        training_args: Seq2SeqTrainingArguments,
+    ) -> None:
+        """Decoder-only generation: ``generation_max_length`` new tokens after the prompt, greedy or beam search
+        (a pretrained chat model's sampling settings are switched off: evaluation is deterministic), stopping at the
+        tokenizer's eos (a chat template's end of turn where that is the eos, as SmolLM2's ``<|im_end|>``)."""
+        if model.config.pad_token_id is None:
+            model.config.pad_token_id = tokenizer.pad_token_id
+        generation = model.generation_config
+        generation.max_new_tokens = training_args.generation_max_length
+        generation.max_length = None
+        generation.num_beams = training_args.generation_num_beams or 1
+        generation.no_repeat_ngram_size = data_args.no_repeat_ngram_size
+        generation.length_penalty = data_args.length_penalty
+        generation.early_stopping = generation.num_beams > 1
+        generation.do_sample = False
+        generation.temperature = generation.top_p = generation.top_k = None
+        generation.pad_token_id = tokenizer.pad_token_id
+        generation.eos_token_id = tokenizer.eos_token_id
 
     def _decode(self, tokenizer: PreTrainedTokenizerBase, ids: np.ndarray) -> list[str]:
         ids = np.where(ids < 0, tokenizer.pad_token_id, ids)

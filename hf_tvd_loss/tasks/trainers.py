@@ -6,9 +6,10 @@ import torch
 
 from ..ops.common import CALIBRATION_BINS
 from ..trainer import TVDSeq2SeqTrainer, TVDTrainer
+from .generation import PromptGenerationMixin
 from .metrics import calibration_from_sums
 
-__all__ = ["CalibrationMixin", "TaskSeq2SeqTrainer", "TaskTrainer"]
+__all__ = ["CalibrationMixin", "TaskGenerationTrainer", "TaskSeq2SeqTrainer", "TaskTrainer"]
 
 
 class CalibrationMixin:
@@ -47,3 +48,8 @@ class TaskTrainer(CalibrationMixin, TVDTrainer):
 
 class TaskSeq2SeqTrainer(CalibrationMixin, TVDSeq2SeqTrainer):
     """:class:`~hf_tvd_loss.TVDSeq2SeqTrainer` with calibration metrics."""
+
+
+class TaskGenerationTrainer(PromptGenerationMixin, CalibrationMixin, TVDTrainer):
+    """A decoder-only model on prompt → target pairs: :class:`TaskTrainer` whose evaluation also generates from the
+    prompts and scores the completions (:class:`~hf_tvd_loss.tasks.generation.PromptGenerationMixin`)."""
