@@ -32,7 +32,8 @@ def kernels_on_cpu(monkeypatch, fresh_kernel_checks):
 def sharded_gradient_runs(request, tmp_path_factory):
     """ONE ``torchrun --nproc_per_node 2`` launch for the sharded-gradient checks of tests/test_fsdp.py (fsdp_worker
     ``grads``: OUT/grads.json) and tests/test_zero3.py (zero3_worker: OUT/zero3.json), each part only when a collected
-    test reads it; the processes and their imports (torch, transformers, DeepSpeed) are then paid once."""
+    test reads it; the processes and their imports (torch, transformers, DeepSpeed) are then paid once. A failing
+    launch errors the tests of both files (the assertion shows the launch's output)."""
     import importlib.util
 
     from test_fsdp import HERE, torchrun

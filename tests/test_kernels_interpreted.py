@@ -1,5 +1,5 @@
 """The kernel backends' real Triton kernels, executed on CPU tensors under Triton's interpreter (TRITON_INTERPRET=1,
-set in a subprocess before triton is imported), against the float64 reference: γ-CE with weights and a floor,
+set in one subprocess for the whole file before triton is imported), against the float64 reference: γ-CE with weights and a floor,
 label smoothing, ignore_index, a bias, shifted labels, reductions "mean" and "none" (per-token upstream
 gradients); loss values, gradients of hidden / weight / bias, and the logged sums. Tiny shapes (the interpreter
 runs each kernel program in Python). The worker is tests/kernels_interpreted_worker.py; what it found is recorded in
