@@ -26,3 +26,23 @@ def kernels_on_cpu(monkeypatch, fresh_kernel_checks):
 
     monkeypatch.setattr(linear_loss, "_KERNEL_DEVICES", {"cce": ("cpu", "cuda"), "liger": ("cpu", "cuda")})
     monkeypatch.setattr(linear_loss, "_CCE_IMPL", "torch_compile")
+
+
+@pytest.fixture(scope="session")
+def sharded_gradient_runs(request, tmp_path_factory):
+    """ONE ``torchrun --nproc_per_node 2`` launch for the sharded-gradient checks of tests/test_fsdp.py (fsdp_worker
+    ``grads``: OUT/grads.json) and tests/test_zero3.py (zero3_worker: OUT/zero3.json), each part only when a collected
+    test reads it; the processes and their imports (torch, transformers, DeepSpeed) are then paid once. A failing
+    launch errors the tests of both files (the assertion shows the launch's output)."""
+    import importlib.util
+
+    from test_fsdp import HERE, torchrun
+
+    wanted = {name for item in request.session.items for name in getattr(item, "fixturenames", ())}
+    modes = [mode for mode, fixture in (("grads", "fsdp_results"), ("zero3", "zero3_results")) if fixture in wanted]
+    if "zero3" in modes and importlib.util.find_spec("deepspeed") is None:
+        modes.remove("zero3")
+    out = tmp_path_factory.mktemp("sharded")
+    if modes:
+        torchrun([os.path.join(HERE, "fsdp_worker.py"), "+".join(modes), str(out)], port=29612)
+    return out

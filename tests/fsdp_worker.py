@@ -1,7 +1,8 @@
 """Run by tests/test_fsdp.py under ``torchrun --nproc_per_node 2`` (CPU, gloo): FSDP2 (``fully_shard``) against
 the unsharded model.
 
-``grads OUT``: for every configuration (loss_impl × lm_head placement × reshard_after_forward × tied embeddings,
+``grads OUT`` (with ``grads+zero3 OUT``, tests/zero3_worker.py's ZeRO-3 gradients follow in the same processes):
+for every configuration (loss_impl × lm_head placement × reshard_after_forward × tied embeddings,
 and a tiny BART), each process computes ``TVDTrainer.compute_loss`` on its half of a batch with the model sharded
 over both processes, and the unsharded model computes the loss of the whole batch; the main process writes the
 loss and the largest relative gradient error of every parameter to ``OUT/grads.json``.
@@ -338,8 +339,22 @@ def train(out_dir: str, family: str, impl: str, engine: str = "fsdp2") -> None:
                 )
 
 
+def zero3(out_dir: str) -> None:
+    """tests/zero3_worker.py's DeepSpeed ZeRO-3 gradients (``OUT/zero3.json``), in this launch's process group."""
+    import zero3_worker
+
+    zero3_worker.main(out_dir)
+
+
 if __name__ == "__main__":
-    {"grads": grads, "train": train}[sys.argv[1]](*sys.argv[2:])
+    # "grads+zero3 OUT": several modes in one launch (tests/conftest.py sharded_gradient_runs), in the order given
+    # Each mode starts from the launch's environment: TrainingArguments(fsdp=...) (grads' FSDP-on-CPU refusal) leaves
+    # ACCELERATE_USE_FSDP and FSDP_* set in os.environ, which a later TrainingArguments would read.
+    environment = dict(os.environ)
+    for mode in sys.argv[1].split("+"):
+        os.environ.clear()
+        os.environ.update(environment)
+        {"grads": grads, "train": train, "zero3": zero3}[mode](*sys.argv[2:])
     import torch.distributed as dist
 
     if dist.is_initialized():  # an orderly teardown: a process exiting with the gloo group alive can abort

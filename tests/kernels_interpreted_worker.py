@@ -2,7 +2,9 @@
 them with the float64 reference. Started by tests/test_kernels_interpreted.py in a subprocess whose environment
 has ``TRITON_INTERPRET=1`` (it must be set before triton is imported). Prints one JSON object per case.
 
-Usage: python kernels_interpreted_worker.py liger|cce|cce_no_shim|cce_softcap
+Usage: python kernels_interpreted_worker.py WHICH[,WHICH...] with WHICH in liger|cce|cce_no_shim|cce_softcap. Several
+run in one process (one interpreter start for the whole test file), in the order given; every printed object is
+tagged with its ``which``. cce_no_shim must come before cce and cce_softcap, which install the shim for good.
 """
 
 from __future__ import annotations
@@ -40,6 +42,13 @@ CASES = {
         dict(gamma=1.0, min_weight=0.3, label_smoothing=0.0, bias=False, softcap=None, shift=False, reduction="none"),
     ],
 }
+
+
+_WHICH = None  # the WHICH being run: every printed object is tagged with it
+
+
+def emit(row: dict) -> None:
+    print(json.dumps({"which": _WHICH, **row}), flush=True)
 
 
 def install_libdevice_shim() -> None:
@@ -145,14 +154,16 @@ def cce_softcap() -> None:
         got = linear_cross_entropy(hidden, weight, labels, softcap=2.0, reduction="none", impl="cce")
         z = hidden.double() @ weight.double().T
         ref = F.cross_entropy(2.0 * torch.tanh(z / 2.0), labels, reduction="none")
-        print(json.dumps({"vocab": vocab, "nll_rel_err": rel(got, ref)}), flush=True)
+        emit({"vocab": vocab, "nll_rel_err": rel(got, ref)})
 
 
 def main(which: str) -> None:
     kernels._KERNEL_DEVICES = {"cce": ("cpu", "cuda"), "liger": ("cpu", "cuda")}  # this process only
+    global _WHICH
+    _WHICH = which
     if which == "cce_no_shim":  # the failure as it happens without the shim
         try:
-            print(json.dumps(run_case("cce", CASES["cce"][0], 0, torch.float16)))
+            emit(run_case("cce", CASES["cce"][0], 0, torch.float16))
         except Exception as exc:  # noqa: BLE001
             chain, cause = [], exc
             while cause is not None:  # the interpreter re-raises: the kernel's own frames are in the causes
@@ -160,7 +171,7 @@ def main(which: str) -> None:
                 cause = cause.__cause__
             where = [f"{os.path.basename(f.filename)}:{f.lineno} {f.name}" for e in chain
                      for f in traceback.extract_tb(e.__traceback__) if "cut_cross" in f.filename]  # fmt: skip
-            print(json.dumps({"error": f"{type(chain[-1]).__name__}: {chain[-1]}", "where": where}))
+            emit({"error": f"{type(chain[-1]).__name__}: {chain[-1]}", "where": where})
         return
     if which == "cce_softcap":
         cce_softcap()
@@ -173,8 +184,12 @@ def main(which: str) -> None:
     dtypes = (torch.float16,) if impl == "cce" else (torch.float32, torch.float16)
     for dtype in dtypes:
         for seed, case in enumerate(CASES[impl]):
-            print(json.dumps(run_case(impl, case, seed, dtype)), flush=True)
+            emit(run_case(impl, case, seed, dtype))
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    whiches = sys.argv[1].split(",")
+    if "cce_no_shim" in whiches:
+        assert all(w not in ("cce", "cce_softcap") for w in whiches[: whiches.index("cce_no_shim")]), whiches
+    for which in whiches:
+        main(which)

@@ -1,6 +1,7 @@
 """FSDP2 (``fully_shard``) on 2 CPU processes (gloo): the loss and every gradient equal the unsharded model's.
 
-One ``torchrun`` launch runs every configuration (tests/fsdp_worker.py): loss_impl logits / chunked × lm_head in
+One ``torchrun`` launch (shared with tests/test_zero3.py's ZeRO-3 gradients: conftest.sharded_gradient_runs) runs
+every configuration (tests/fsdp_worker.py): loss_impl logits / chunked × lm_head in
 the root unit / its own unit × reshard_after_forward True / False × tied / untied embeddings on a tiny Llama, a
 tiny BART and T5 (lm_head in the root unit), FSDP1 with lm_head in the root unit and wrapped on its own, and
 tensor parallelism on lm_head (refused). The chunked runs also check that no ``[tokens, vocab]`` tensor is created
@@ -43,10 +44,9 @@ def run_two_processes(cmd: list[str], timeout: int = 300) -> None:
 
 
 @pytest.fixture(scope="module")
-def fsdp_results(tmp_path_factory):
-    out = tmp_path_factory.mktemp("fsdp")
-    torchrun([os.path.join(HERE, "fsdp_worker.py"), "grads", str(out)], port=29612)
-    with open(out / "grads.json") as f:
+def fsdp_results(sharded_gradient_runs):
+    # tests/conftest.py: the same torchrun launch as tests/test_zero3.py's ZeRO-3 gradients
+    with open(sharded_gradient_runs / "grads.json") as f:
         return {_name(r): r for r in json.load(f)}
 
 

@@ -24,12 +24,27 @@ WORKER = os.path.join(HERE, "resume_worker.py")
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
 
 
-def run_worker(*args: str, expect_kill: bool = False) -> None:
-    proc = subprocess.run([sys.executable, WORKER, *args], capture_output=True, text=True, timeout=300, env=ENV)
+def start_worker(*args: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, WORKER, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV
+    )
+
+
+def finish_worker(proc: subprocess.Popen, expect_kill: bool = False) -> None:
+    try:
+        _, stderr = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:  # timed out
+            proc.kill()
+            proc.communicate()
     if expect_kill:
-        assert proc.returncode == -9, proc.stderr[-3000:]
+        assert proc.returncode == -9, stderr[-3000:]
     else:
-        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert proc.returncode == 0, stderr[-3000:]
+
+
+def run_worker(*args: str, expect_kill: bool = False) -> None:
+    finish_worker(start_worker(*args), expect_kill=expect_kill)
 
 
 def history_losses(out_dir, key="loss"):
@@ -40,8 +55,10 @@ def history_losses(out_dir, key="loss"):
 @pytest.mark.slow
 def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path):
     whole, broken = str(tmp_path / "whole"), str(tmp_path / "broken")
-    run_worker(whole)
-    run_worker(broken, "--kill_at", "5", expect_kill=True)  # killed after checkpoint-4, before checkpoint-6
+    # the uninterrupted run and the one killed after checkpoint-4 (before checkpoint-6) are independent: run together
+    uninterrupted, killed = start_worker(whole), start_worker(broken, "--kill_at", "5")
+    finish_worker(uninterrupted)
+    finish_worker(killed, expect_kill=True)
     assert last_complete_checkpoint(broken).endswith("checkpoint-4")
     # simulate a kill in the middle of writing checkpoint-6: a folder with a truncated weights file
     partial = os.path.join(broken, "checkpoint-6")

@@ -146,18 +146,20 @@ def test_head_weight_after_forward_is_unusable_under_free_after_forward():
         linear_gamma_cross_entropy(hidden, model.lm_head.weight, batch["labels"], gamma=0.3, shift_labels=True)
 
 
+@pytest.fixture(scope="module")
+def zero3_results(sharded_gradient_runs):
+    # tests/conftest.py: zero3_worker.main runs in the same torchrun launch as tests/test_fsdp.py's gradients
+    import json
+
+    with open(sharded_gradient_runs / "zero3.json") as f:
+        return json.load(f)
+
+
 @pytest.mark.slow
-def test_deepspeed_zero3_on_cpu_matches_unsharded(tmp_path):
+def test_deepspeed_zero3_on_cpu_matches_unsharded(zero3_results):
     """DeepSpeed's real ZeRO-3 (2 CPU processes, gloo, DS_ACCELERATOR=cpu): tests/zero3_worker.py."""
     pytest.importorskip("deepspeed")
-    import json
-    import os
-
-    from test_fsdp import HERE, torchrun
-
-    torchrun([os.path.join(HERE, "zero3_worker.py"), str(tmp_path)], port=29615)
-    with open(tmp_path / "zero3.json") as f:
-        results = json.load(f)
+    results = zero3_results
     from zero3_worker import CONFIGS
 
     assert [(r["family"], r["tied"], r["impl"]) for r in results] == list(CONFIGS)

@@ -1,4 +1,4 @@
-"""Run by tests/test_zero3.py under ``torchrun --nproc_per_node 2`` with ``DS_ACCELERATOR=cpu``: DeepSpeed ZeRO-3
+"""Run (``main``) by tests/fsdp_worker.py ``zero3`` for tests/test_zero3.py, or alone, under ``torchrun --nproc_per_node 2`` with ``DS_ACCELERATOR=cpu``: DeepSpeed ZeRO-3
 on CPU (gloo) against the unsharded model.
 
 For each configuration (Llama untied / tied, BART with loss_impl chunked; Llama untied with logits) the model is partitioned by
