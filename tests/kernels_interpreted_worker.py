@@ -149,7 +149,7 @@ def cce_softcap() -> None:
 
 
 def main(which: str) -> None:
-    kernels._KERNEL_DEVICES = {"cce": ("cpu", "cuda"), "liger": ("cpu", "cuda")}  # this process only
+    kernels.set_kernel_settings(kernels.KernelSettings(devices=("cpu", "cuda")))  # this process only
     if which == "cce_no_shim":  # the failure as it happens without the shim
         try:
             print(json.dumps(run_case("cce", CASES["cce"][0], 0, torch.float16)))
