@@ -443,7 +443,7 @@ def prepare_token_scale(
     """
     if token_scale is None:
         return None
-    if not torch.is_tensor(token_scale) or not (token_scale.is_floating_point() or not token_scale.is_complex()):
+    if not torch.is_tensor(token_scale) or token_scale.is_complex():
         raise ValueError(f"loss_weights must be a real tensor, got {type(token_scale).__name__}")
     scale = token_scale.to(device=device, dtype=torch.float32)
     if labels.dim() >= 1 and tuple(scale.shape) == tuple(labels.shape[:1]) and labels.dim() > 1:
