@@ -67,8 +67,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from hf_tvd_loss.ops import gamma_cross_entropy, linear_gamma_cross_entropy
-from hf_tvd_loss.ops import kernels as linear_loss
+from hf_tvd_loss.ops import gamma_cross_entropy, kernels, linear_gamma_cross_entropy
 from hf_tvd_loss.ops.reference import gamma_cross_entropy_reference
 
 from . import results
@@ -205,8 +204,9 @@ def _loss_fn(name: str, s: Settings, inputs: dict[str, torch.Tensor]) -> Callabl
 def _cce_cross_entropy(hidden, weight, labels):
     from cut_cross_entropy import linear_cross_entropy
 
-    # linear_loss._CCE_IMPL is the package's fused kernel ("cce") unless a CPU test switched it
-    return linear_cross_entropy(hidden, weight, labels, ignore_index=IGNORE_INDEX, impl=linear_loss._CCE_IMPL)
+    # the package's fused kernel ("cce") unless the kernel settings were switched (a CPU test: "torch_compile")
+    cce_impl = kernels.kernel_settings().cce_impl
+    return linear_cross_entropy(hidden, weight, labels, ignore_index=IGNORE_INDEX, impl=cce_impl)
 
 
 def _liger_cross_entropy(hidden, weight, labels, label_smoothing):
@@ -220,9 +220,9 @@ def _liger_cross_entropy(hidden, weight, labels, label_smoothing):
 def kernel_variant_problem(name: str, device: str) -> str | None:
     """Why kernel variant ``name`` cannot run on ``device`` here (None if it can)."""
     backend = KERNEL_VARIANTS[name]
-    if not device.startswith(linear_loss._KERNEL_DEVICES[backend]):
+    if not device.startswith(kernels.kernel_settings().devices):
         return f"it needs --device cuda (the {backend} kernels are CUDA kernels)"
-    return linear_loss.kernel_problem(backend)
+    return kernels.kernel_problem(backend)
 
 
 def _reference_settings(name: str, s: Settings) -> dict[str, float]:
@@ -773,8 +773,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
         args.train_steps, args.train_batch, args.train_seq_len = 3, 2, 16
     known = (*LOGIT_VARIANTS, *HIDDEN_VARIANTS, *KERNEL_VARIANTS)
     if args.variants is None:
-        kernels = tuple(n for n in KERNEL_VARIANTS if kernel_variant_problem(n, args.device) is None)
-        variants = (*LOGIT_VARIANTS, *HIDDEN_VARIANTS, *kernels)
+        usable = tuple(n for n in KERNEL_VARIANTS if kernel_variant_problem(n, args.device) is None)
+        variants = (*LOGIT_VARIANTS, *HIDDEN_VARIANTS, *usable)
     else:
         variants = tuple(v for v in args.variants.split(",") if v)
     unknown = sorted(set(variants) - set(known))

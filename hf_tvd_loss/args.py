@@ -7,24 +7,26 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, get_args
 
 from .ops.common import check_number, validate_focal_hyperparameters, validate_loss_hyperparameters
+from .ops.kernels import Impl
 
 __all__ = ["GammaSchedule", "LossType", "NonFinitePolicy", "TVDArguments", "gamma_at_step"]
 
+# Each option set is written once, as a Literal; the tuples the checks and the parser's choices use derive from it.
 GammaSchedule = Literal["constant", "linear", "cosine"]
-_SCHEDULES = ("constant", "linear", "cosine")
+_SCHEDULES: tuple[str, ...] = get_args(GammaSchedule)
 LossType = Literal["gamma_ce", "focal"]
-_LOSS_TYPES = ("gamma_ce", "focal")
+_LOSS_TYPES: tuple[str, ...] = get_args(LossType)
 NonFinitePolicy = Literal["error", "skip", "ignore"]
-_NONFINITE = ("error", "skip", "ignore")
+_NONFINITE: tuple[str, ...] = get_args(NonFinitePolicy)
 LossImpl = Literal["logits", "chunked"]
-_LOSS_IMPLS = ("logits", "chunked")
-ChunkedBackend = Literal["auto", "torch", "cce", "liger"]
+_LOSS_IMPLS: tuple[str, ...] = get_args(LossImpl)
+ChunkedBackend = Impl  # the backends of ops.linear (impl=...), defined in ops/kernels.py
+_BACKENDS: tuple[str, ...] = get_args(ChunkedBackend)
 Normalization = Literal["token", "sequence"]
-_NORMALIZATIONS = ("token", "sequence")
-_BACKENDS = ("auto", "torch", "cce", "liger")
+_NORMALIZATIONS: tuple[str, ...] = get_args(Normalization)
 _P = "TVDArguments."
 
 

@@ -19,12 +19,14 @@ import json
 import math
 import os
 import re
-from typing import Any, Literal
+from typing import Any, get_args
 
 import torch
 from torch import nn
 from transformers import TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+from .args import NonFinitePolicy
 
 __all__ = [
     "CHECKPOINT_COMPLETE_MARKER",
@@ -40,7 +42,7 @@ __all__ = [
     "resolve_resume_checkpoint",
 ]
 
-NonFinitePolicy = Literal["error", "skip", "ignore"]
+_POLICIES: tuple[str, ...] = get_args(NonFinitePolicy)
 # Written (atomically) into a checkpoint folder once everything else in it is on disk.
 CHECKPOINT_COMPLETE_MARKER = "tvd_checkpoint_complete.json"
 
@@ -73,8 +75,9 @@ class NonFiniteGuard(TrainerCallback):
     """
 
     def __init__(self, policy: NonFinitePolicy = "error") -> None:
-        if policy not in ("error", "skip", "ignore"):
-            raise ValueError(f"NonFiniteGuard policy must be 'error', 'skip' or 'ignore', got {policy!r}")
+        if policy not in _POLICIES:
+            allowed = " or ".join((", ".join(map(repr, _POLICIES[:-1])), repr(_POLICIES[-1])))
+            raise ValueError(f"NonFiniteGuard policy must be {allowed}, got {policy!r}")
         self.policy = policy
         self.skipped_steps = 0
         self._grad_norm: float | None = None

@@ -50,7 +50,7 @@ from .heads import (
 from .ops.common import (
     CALIBRATION_BINS,
     GammaCEStats,
-    TokenTerms,
+    TokenWeightRule,
     calibration_from_sums,
     focal_terms,
     gamma_terms,
@@ -75,8 +75,8 @@ _BASE_SUMS = 5
 _EXTRA_SUMS = 2 + 3 * CALIBRATION_BINS
 
 
-def select_token_terms(tvd_args: TVDArguments) -> Callable[[float], TokenTerms]:
-    """The loss chosen by ``tvd_args.loss_type``, once: a function of the current γ giving its per-token terms."""
+def select_token_terms(tvd_args: TVDArguments) -> Callable[[float], TokenWeightRule]:
+    """The loss chosen by ``tvd_args.loss_type``, once: a function of the current γ giving its per-token weight rule."""
     if tvd_args.loss_type == "focal":
         terms = focal_terms(float(tvd_args.focal_gamma), float(tvd_args.focal_alpha))
         return lambda gamma: terms

@@ -12,20 +12,22 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 @pytest.fixture
 def fresh_kernel_checks():
     """Forget the cached kernel-backend capability checks before and after the test (it may patch packages)."""
-    from hf_tvd_loss.ops import kernels as linear_loss
+    from hf_tvd_loss.ops import kernels
 
-    linear_loss.kernel_problem.cache_clear()
+    kernels.kernel_problem.cache_clear()
     yield
-    linear_loss.kernel_problem.cache_clear()
+    kernels.kernel_problem.cache_clear()
 
 
 @pytest.fixture
-def kernels_on_cpu(monkeypatch, fresh_kernel_checks):
-    """Let the kernel backends run on CPU tensors; cce through cut-cross-entropy's own torch_compile implementation."""
-    from hf_tvd_loss.ops import kernels as linear_loss
+def kernels_on_cpu(fresh_kernel_checks):
+    """Let the kernel backends run on CPU tensors; cce through cut-cross-entropy's own torch_compile implementation
+    (:class:`hf_tvd_loss.ops.kernels.KernelSettings`); the settings in use before are restored afterwards."""
+    from hf_tvd_loss.ops import kernels
 
-    monkeypatch.setattr(linear_loss, "_KERNEL_DEVICES", {"cce": ("cpu", "cuda"), "liger": ("cpu", "cuda")})
-    monkeypatch.setattr(linear_loss, "_CCE_IMPL", "torch_compile")
+    previous = kernels.set_kernel_settings(kernels.KernelSettings(devices=("cpu", "cuda"), cce_impl="torch_compile"))
+    yield
+    kernels.set_kernel_settings(previous)
 
 
 @pytest.fixture(scope="session")

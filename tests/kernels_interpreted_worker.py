@@ -158,7 +158,7 @@ def cce_softcap() -> None:
 
 
 def main(which: str) -> None:
-    kernels._KERNEL_DEVICES = {"cce": ("cpu", "cuda"), "liger": ("cpu", "cuda")}  # this process only
+    kernels.set_kernel_settings(kernels.KernelSettings(devices=("cpu", "cuda")))  # this process only
     global _WHICH
     _WHICH = which
     if which == "cce_no_shim":  # the failure as it happens without the shim

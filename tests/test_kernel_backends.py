@@ -3,22 +3,22 @@
 Their fused kernels are Triton kernels for CUDA, which this suite cannot run (no GPU). What it can run:
 
 * cut-cross-entropy for real, through its own ``impl="torch_compile"`` implementation (CPU), switched in
-  with ``linear_loss._CCE_IMPL`` (the ``kernels_on_cpu`` fixture of conftest.py): the same public function, arguments, per-token output and gradients as the
-  kernel, so the call into the package and the γ weighting on top are checked against impl="torch";
+  with ``KernelSettings(cce_impl="torch_compile")`` (the ``kernels_on_cpu`` fixture of conftest.py): the same public
+  function, arguments, per-token output and gradients as the kernel, so the call into the package and the γ weighting on top are checked against impl="torch";
 * liger-kernel's installed function signature and capabilities (the per-token backward of reduction="none");
   its kernel is replaced by a torch function bound to the real signature.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from hf_tvd_loss.ops import kernels as linear_loss
-from hf_tvd_loss.ops import linear_gamma_cross_entropy, linear_gamma_cross_entropy_with_stats
+from hf_tvd_loss.ops import kernels, linear_gamma_cross_entropy, linear_gamma_cross_entropy_with_stats
 
 V, D = 37, 16
 
@@ -69,8 +69,8 @@ def _loss_and_grads(impl, hidden, weight, bias, labels, reduction, **kwargs):
 
 def test_installed_packages_pass_the_capability_checks(fresh_kernel_checks):
     """The versions install.sh installs take every argument the backends pass (checked, not assumed)."""
-    assert linear_loss.kernel_problem("cce") is None
-    assert linear_loss.kernel_problem("liger") is None
+    assert kernels.kernel_problem("cce") is None
+    assert kernels.kernel_problem("liger") is None
 
 
 _CASES = [
@@ -113,7 +113,7 @@ def test_liger_backend_call_and_gamma_weighting(kernels_on_cpu, fake_liger, bias
 
 def test_cce_refuses_a_bias_it_cannot_take_and_auto_moves_on(kernels_on_cpu, fake_liger):
     hidden, weight, b, labels = _inputs(4, bias=True)
-    if linear_loss._cce_takes_bias():  # a future release with a bias argument: nothing to refuse
+    if kernels._cce_takes_bias():  # a future release with a bias argument: nothing to refuse
         pytest.fail("the installed cut-cross-entropy takes a bias; update this test and the backend's docs")
     with pytest.raises(ValueError, match="impl='cce' is not available: this cut-cross-entropy release has no bias"):
         linear_gamma_cross_entropy(hidden, weight, labels, bias=b, gamma=0.1, impl="cce")
@@ -128,8 +128,8 @@ def test_cce_refuses_a_bias_it_cannot_take_and_auto_moves_on(kernels_on_cpu, fak
 def test_auto_picks_liger_not_cut_cross_entropy(kernels_on_cpu, fake_liger, monkeypatch):
     """impl="auto" picks liger-kernel only (see ops/kernels.py _AUTO_ORDER and BENCHMARKS.md for why)."""
     used = []
-    real = linear_loss._kernel_nll
-    monkeypatch.setattr(linear_loss, "_kernel_nll", lambda name, *a: used.append(name) or real(name, *a))
+    real = kernels._kernel_nll
+    monkeypatch.setattr(kernels, "_kernel_nll", lambda name, *a: used.append(name) or real(name, *a))
     hidden, weight, _, labels = _inputs(5)
     linear_gamma_cross_entropy(hidden, weight, labels, gamma=0.1, impl="auto")
     assert used == ["liger"] and fake_liger
@@ -137,7 +137,8 @@ def test_auto_picks_liger_not_cut_cross_entropy(kernels_on_cpu, fake_liger, monk
 
 def test_cce_kernel_refusals(kernels_on_cpu, monkeypatch):
     """What cut-cross-entropy's fused kernel cannot do (found by running it under TRITON_INTERPRET=1) is refused."""
-    monkeypatch.setattr(linear_loss, "_CCE_IMPL", "cce")  # the real kernel's rules (nothing is run here)
+    # the real kernel's rules (nothing is run here); the fixture restores the settings afterwards
+    kernels.set_kernel_settings(dataclasses.replace(kernels.kernel_settings(), cce_impl="cce"))
     hidden, weight, _, labels = _inputs(8)
     with pytest.raises(ValueError, match="backward kernel takes only float16/bfloat16 embeddings"):
         linear_gamma_cross_entropy(hidden.requires_grad_(), weight, labels, gamma=0.1, impl="cce")
@@ -163,11 +164,11 @@ def test_liger_without_per_token_backward_is_refused(monkeypatch, fresh_kernel_c
         raise AssertionError("not called")
 
     monkeypatch.setattr(ops, "fused_linear_cross_entropy_forward", old_forward)
-    assert "cannot apply per-token gradients" in linear_loss.kernel_problem("liger")
+    assert "cannot apply per-token gradients" in kernels.kernel_problem("liger")
 
 
 def test_missing_package_is_named(kernels_on_cpu, monkeypatch):
-    monkeypatch.setitem(linear_loss._PACKAGES, "cce", ("no_such_module_hf_tvd", "cut-cross-entropy"))
+    monkeypatch.setitem(kernels._PACKAGES, "cce", ("no_such_module_hf_tvd", "cut-cross-entropy"))
     hidden, weight, _, labels = _inputs(7)
     with pytest.raises(ValueError, match="the package cut-cross-entropy is not installed"):
         linear_gamma_cross_entropy(hidden, weight, labels, gamma=0.1, impl="cce")
@@ -180,8 +181,8 @@ def test_trainer_with_cut_cross_entropy_backend_trains_like_torch(kernels_on_cpu
     from tiny import train_tiny
 
     used = []
-    real = linear_loss._kernel_nll
-    monkeypatch.setattr(linear_loss, "_kernel_nll", lambda name, *a: used.append(name) or real(name, *a))
+    real = kernels._kernel_nll
+    monkeypatch.setattr(kernels, "_kernel_nll", lambda name, *a: used.append(name) or real(name, *a))
     torch_run = train_tiny(family, str(tmp_path / "a"), per_device_batch=8, grad_accum=2,
                            tvd={**TVD, "loss_impl": "chunked", "chunked_backend": "torch"})  # fmt: skip
     assert not used

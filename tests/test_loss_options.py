@@ -2,13 +2,24 @@
 
 from __future__ import annotations
 
+import inspect
+
 import pytest
 import torch
 from tiny import PAD, VOCAB, collator, tiny_dataset, tiny_model, train_tiny
 from transformers import TrainingArguments
 
 from hf_tvd_loss import TVDArguments, TVDTrainer, WithLossWeights, gamma_cross_entropy_with_stats
-from hf_tvd_loss.ops import focal_terms, gamma_terms, linear_token_weighted_cross_entropy
+from hf_tvd_loss.ops import (
+    TokenWeightRule,
+    focal_cross_entropy_with_stats,
+    focal_terms,
+    gamma_cross_entropy,
+    gamma_terms,
+    linear_gamma_cross_entropy,
+    linear_gamma_cross_entropy_with_stats,
+    linear_token_weighted_cross_entropy,
+)
 from hf_tvd_loss.ops.logits import token_weighted_cross_entropy
 from hf_tvd_loss.ops.reference import gamma_cross_entropy_reference
 
@@ -148,3 +159,39 @@ def test_sequence_count_of_a_padding_free_row():
     assert int(_count_targets(batch, True, "sequence")) == 2
     assert int(_count_targets(batch, True, "token")) == 4  # 6, 7, 8, 9 (the first label is never a target)
     assert VOCAB > 9
+
+
+def _keywords(fn, drop=()):
+    return [(p.name, p.kind, p.default) for p in inspect.signature(fn).parameters.values() if p.name not in drop]
+
+
+def test_public_loss_signatures_agree():
+    """The public losses spell their keywords out (what help(), IDEs and type checkers show); the copies agree."""
+    stats_only = {"extra_metrics"}
+    assert _keywords(gamma_cross_entropy) == _keywords(gamma_cross_entropy_with_stats, stats_only)
+    assert _keywords(linear_gamma_cross_entropy) == _keywords(linear_gamma_cross_entropy_with_stats, stats_only)
+    assert _keywords(gamma_cross_entropy_reference) == _keywords(gamma_cross_entropy)
+    gamma_only, terms_only = {"gamma", "min_weight"}, {"terms", "token_scale"}
+    focal_only = {"focal_gamma", "focal_alpha"}
+    assert _keywords(token_weighted_cross_entropy, terms_only) == _keywords(gamma_cross_entropy_with_stats, gamma_only)
+    assert _keywords(focal_cross_entropy_with_stats, focal_only) == _keywords(
+        gamma_cross_entropy_with_stats, gamma_only
+    )
+    assert _keywords(linear_token_weighted_cross_entropy, terms_only) == _keywords(
+        linear_gamma_cross_entropy_with_stats, gamma_only
+    )
+    linear = {name: (kind, default) for name, kind, default in _keywords(linear_gamma_cross_entropy)}
+    for name, kind, default in _keywords(gamma_cross_entropy, {"logits"}):
+        assert linear[name] == (kind, default), name
+
+
+def test_weight_rule_floor_is_explicit_and_a_bare_terms_function_has_none():
+    rule, focal = gamma_terms(0.5, 0.2), focal_terms(2.0, 1.0)
+    assert isinstance(rule, TokenWeightRule) and rule.floor == 0.2 and focal.floor is None
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 6, 11, generator=g)
+    labels = torch.randint(0, 11, (2, 6), generator=g)
+    with_rule, stats = token_weighted_cross_entropy(logits, labels, rule)
+    bare, bare_stats = token_weighted_cross_entropy(logits, labels, rule.terms)
+    assert torch.equal(with_rule, bare) and torch.equal(stats.weight_sum, bare_stats.weight_sum)
+    assert stats.floor_count is not None and bare_stats.floor_count is None

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from full_logits import calibration_sums
 from test_trainer import _LargestTensor
 from tiny import VOCAB, collator, tiny_dataset, tiny_model, train_tiny
 from transformers import Seq2SeqTrainingArguments, TrainingArguments
@@ -13,7 +14,6 @@ from hf_tvd_loss import TVDArguments
 from hf_tvd_loss.ops import gamma_cross_entropy_with_stats, linear_gamma_cross_entropy_with_stats
 from hf_tvd_loss.ops.common import calibration_from_sums
 from hf_tvd_loss.ops.reference import prediction_metrics_reference
-from hf_tvd_loss.tasks.metrics import calibration_sums
 from hf_tvd_loss.tasks.trainers import TaskSeq2SeqTrainer, TaskTrainer
 
 V, D = 53, 12
@@ -86,6 +86,28 @@ def test_bf16_metrics_close_to_reference():
         linear_gamma_cross_entropy_with_stats(hidden, weight, labels, extra_metrics=True, chunk_size=7, **GCE),
     ):
         _check_against_reference(stats, ref, rtol=1e-5)
+
+
+# The full-logits judge (tests/full_logits.py) by hand, and calibration_from_sums.
+def test_calibration_matches_hand_computation():
+    # Two scored tokens of a seq2seq batch: confidences 0.7 (correct) and 0.9 (wrong); one ignored position.
+    probs = torch.tensor([[[0.7, 0.2, 0.1], [0.05, 0.05, 0.9], [0.3, 0.3, 0.4]]])
+    labels = torch.tensor([[0, 1, -100]])
+    sums = calibration_sums(probs.log(), labels, shift=False, num_bins=10)
+    assert sums[0].sum() == 2
+    metrics = calibration_from_sums(sums)
+    assert metrics["accuracy"] == pytest.approx(0.5)
+    assert metrics["confidence"] == pytest.approx(0.8)
+    assert metrics["ece"] == pytest.approx((abs(1 - 0.7) + abs(0 - 0.9)) / 2)
+
+
+def test_calibration_shift_for_causal_models():
+    logits = torch.randn(2, 5, 7)
+    labels = torch.randint(0, 7, (2, 5))
+    shifted = calibration_sums(logits, labels, shift=True)
+    manual = calibration_sums(logits[:, :-1], labels[:, 1:], shift=False)
+    assert torch.equal(shifted, manual) and shifted[0].sum() == 8
+    assert calibration_from_sums(torch.zeros(3, 10)) == {}
 
 
 def test_calibration_sums_equal_the_full_logits_version():

@@ -7,6 +7,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from full_logits import calibration_sums
 
 from hf_tvd_loss.study.generation_metrics import distinct_n, generation_quality, rep_l, seq_rep_n
 from hf_tvd_loss.study.per_example import per_example_token_stats
@@ -18,7 +19,7 @@ from hf_tvd_loss.study.stats import (
     student_t_cdf,
     student_t_quantile,
 )
-from hf_tvd_loss.tasks.metrics import bleu_scores, calibration_from_sums, calibration_sums
+from hf_tvd_loss.tasks.metrics import bleu_scores, calibration_from_sums
 
 
 @pytest.mark.parametrize(

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from hf_tvd_loss.tasks import get_task, run_task
-from hf_tvd_loss.tasks.metrics import bleu_scores, calibration_from_sums, calibration_sums, rouge_scores
+from hf_tvd_loss.tasks.metrics import bleu_scores, rouge_scores
 from hf_tvd_loss.tasks.modeling import train_tokenizer
 from hf_tvd_loss.tasks.run import prepare
 from hf_tvd_loss.tasks.synthetic import language_modeling_corpus, summarization_corpus, translation_corpus
@@ -31,27 +31,6 @@ def test_synthetic_corpora_are_deterministic_and_shaped():
 
 
 # ----------------------------------------------------------------------------------------------- metrics
-def test_calibration_matches_hand_computation():
-    # Two scored tokens of a seq2seq batch: confidences 0.7 (correct) and 0.9 (wrong); one ignored position.
-    probs = torch.tensor([[[0.7, 0.2, 0.1], [0.05, 0.05, 0.9], [0.3, 0.3, 0.4]]])
-    labels = torch.tensor([[0, 1, -100]])
-    sums = calibration_sums(probs.log(), labels, shift=False, num_bins=10)
-    assert sums[0].sum() == 2
-    metrics = calibration_from_sums(sums)
-    assert metrics["accuracy"] == pytest.approx(0.5)
-    assert metrics["confidence"] == pytest.approx(0.8)
-    assert metrics["ece"] == pytest.approx((abs(1 - 0.7) + abs(0 - 0.9)) / 2)
-
-
-def test_calibration_shift_for_causal_models():
-    logits = torch.randn(2, 5, 7)
-    labels = torch.randint(0, 7, (2, 5))
-    shifted = calibration_sums(logits, labels, shift=True)
-    manual = calibration_sums(logits[:, :-1], labels[:, 1:], shift=False)
-    assert torch.equal(shifted, manual) and shifted[0].sum() == 8
-    assert calibration_from_sums(torch.zeros(3, 10)) == {}
-
-
 def test_text_metrics():
     assert rouge_scores(["the council approves bridge"], ["the council approves bridge"])["rouge2"] == pytest.approx(
         100

@@ -1,10 +1,12 @@
 """The loss math, pure PyTorch (nothing here imports transformers).
 
-* :mod:`.common`: shared pieces: option checks, per-token terms of each loss, targets, reductions, gradients.
+* :mod:`.common`: shared pieces: option checks, the per-token weight rule of each loss (:class:`TokenWeightRule`),
+  targets, reductions, gradients.
 * :mod:`.logits`: γ-CE (and the focal baseline) on materialised ``[..., V]`` logits.
-* :mod:`.linear`: the same losses from hidden states and the output-embedding weight, a chunk of tokens at a
-  time, without the ``[N, V]`` logits.
-* :mod:`.kernels`: the fused CUDA kernels of cut-cross-entropy and liger-kernel as backends of :mod:`.linear`.
+* :mod:`.linear`: the same losses from hidden states and the output-embedding weight, without the ``[N, V]``
+  logits: the public entry (checks, targets, choice of backend, reduction).
+* :mod:`.linear_torch`: its pure-PyTorch backend, a chunk of tokens at a time.
+* :mod:`.kernels`: its fused CUDA kernel backends, cut-cross-entropy and liger-kernel (and their settings).
 * :mod:`.reference`: readable float64 references, the judge of tests and benchmarks.
 """
 
@@ -12,6 +14,7 @@ from .common import (
     GammaCEStats,
     Reduction,
     TokenTerms,
+    TokenWeightRule,
     focal_terms,
     gamma_terms,
     tvd_weight,
@@ -36,6 +39,7 @@ __all__ = [
     "Impl",
     "Reduction",
     "TokenTerms",
+    "TokenWeightRule",
     "focal_cross_entropy_with_stats",
     "focal_terms",
     "gamma_cross_entropy",

@@ -3,7 +3,8 @@
 Everything here is pure PyTorch and works on flat ``[N]`` per-token tensors or ``[n, V]`` chunks of logits:
 
 * option checks (:func:`check_number` and the two hyperparameter validators built on it);
-* the per-token terms of each loss (:func:`gamma_terms`, :func:`focal_terms`), selected once by the caller;
+* the per-token weight rule of each loss (:class:`TokenWeightRule`, built by :func:`gamma_terms` and
+  :func:`focal_terms`), selected once by the caller;
 * target preparation (flattening, the causal shift, range checks) and the reductions;
 * the closed-form gradient of a token-weighted cross-entropy with respect to a chunk of logits.
 
@@ -15,7 +16,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 import torch.nn.functional as F
@@ -28,6 +29,8 @@ __all__ = [
     "calibration_from_sums",
     "Reduction",
     "TokenTerms",
+    "TokenWeightRule",
+    "as_token_weight_rule",
     "check_inputs",
     "check_number",
     "check_reduction",
@@ -46,7 +49,7 @@ __all__ = [
 ]
 
 Reduction = Literal["mean", "sum", "none"]
-REDUCTIONS = ("mean", "sum", "none")
+REDUCTIONS: tuple[str, ...] = get_args(Reduction)
 
 # Rows of logits processed at once, in both paths: about this many logits per chunk (64 MiB of fp32 scratch at
 # 2**24; 524 rows at V = 32000), independently of the number of tokens. Measured on the 2-core CPU of
@@ -186,19 +189,47 @@ TokenTerms = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 is the factor of the NLL's gradient (``c = a`` when ``a`` is held constant, as TaiLr's weight is)."""
 
 
-def gamma_terms(gamma: float, min_weight: float) -> TokenTerms:
-    """γ-CE: ``a = c = clamp(p / (γ + (1-γ) p), b, 1)`` (the weight is held constant: stop-gradient)."""
+@dataclass(frozen=True)
+class TokenWeightRule:
+    """A per-token weight rule: how a token-weighted cross-entropy weights each scored token's NLL.
+
+    The losses of this package are ``(1-ε) · a(p_y) · (-log p_y) + (ε/V) · Σ_v(-log p_v)`` per token, differing
+    only in the rule. Everything the loss functions read from a rule is here:
+
+    * ``terms``: the per-token function ``log p -> (a, c)`` (see :data:`TokenTerms`): the weight ``a`` in the
+      loss value and the factor ``c`` of the NLL's gradient. Elementwise: it is called on values without autograd
+      (the losses build the gradient from ``c``), on all tokens or a chunk of them at a time.
+    * ``floor``: the least weight the rule gives (γ-CE's ``min_weight`` b), or None when it has none. When it is
+      > 0 the losses count the scored tokens held at the floor (:attr:`GammaCEStats.floor_count`).
+
+    Calling a rule calls its ``terms`` (so a rule stands wherever a bare :data:`TokenTerms` function did). Built by :func:`gamma_terms` and :func:`focal_terms`; taken by
+    :func:`~.logits.token_weighted_cross_entropy` and :func:`~.linear.linear_token_weighted_cross_entropy`.
+    """
+
+    terms: TokenTerms
+    floor: float | None = None
+
+    def __call__(self, log_p: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.terms(log_p)
+
+
+def as_token_weight_rule(rule: TokenWeightRule | TokenTerms) -> TokenWeightRule:
+    """``rule`` itself, or a bare :data:`TokenTerms` function as a rule without a floor."""
+    return rule if isinstance(rule, TokenWeightRule) else TokenWeightRule(rule)
+
+
+def gamma_terms(gamma: float, min_weight: float) -> TokenWeightRule:
+    """γ-CE: ``a = c = clamp(p / (γ + (1-γ) p), b, 1)`` (the weight is held constant: stop-gradient); floor b."""
 
     def terms(log_p: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         weight = tvd_weight(log_p, gamma, min_weight)
         return weight, weight
 
-    terms.floor = min_weight  # type: ignore[attr-defined]  # read by reduce_token_losses (floor count)
-    return terms
+    return TokenWeightRule(terms, floor=min_weight)
 
 
-def focal_terms(focusing: float, alpha: float) -> TokenTerms:
-    """Focal loss ``-α (1-p)^f log p``, with the gradient flowing through the modulating factor."""
+def focal_terms(focusing: float, alpha: float) -> TokenWeightRule:
+    """Focal loss ``-α (1-p)^f log p``, with the gradient flowing through the modulating factor; no floor."""
 
     def terms(log_p: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         # d loss / d log p = -α [(1-p)^f + f p (1-p)^(f-1) (-log p)]
@@ -207,7 +238,7 @@ def focal_terms(focusing: float, alpha: float) -> TokenTerms:
         grad_factor = factor + alpha * focusing * log_p.exp() * one_minus_p.pow(focusing - 1.0) * (-log_p)
         return factor, grad_factor
 
-    return terms
+    return TokenWeightRule(terms)
 
 
 # Equal-width bins of top-1 probability over [0, 1] for the calibration sums (ECE etc.).
@@ -412,7 +443,7 @@ def prepare_token_scale(
     """
     if token_scale is None:
         return None
-    if not torch.is_tensor(token_scale) or not (token_scale.is_floating_point() or not token_scale.is_complex()):
+    if not torch.is_tensor(token_scale) or token_scale.is_complex():
         raise ValueError(f"loss_weights must be a real tensor, got {type(token_scale).__name__}")
     scale = token_scale.to(device=device, dtype=torch.float32)
     if labels.dim() >= 1 and tuple(scale.shape) == tuple(labels.shape[:1]) and labels.dim() > 1:
@@ -469,8 +500,9 @@ def reduce_token_losses(
     """Apply ``reduction`` to flat per-token losses ``[N]`` and build the logging sums.
 
     ``total`` is the differentiable ``Σ per_token`` when the caller already has it (the fused hidden-state path,
-    whose gradient flows through the total, not through ``per_token``). ``floor``: the loss's weight floor b
-    (``terms.floor``), counted when > 0; ``prediction``: :meth:`PredictionStats.sums`, when computed.
+    whose gradient flows through the total, not through ``per_token``). ``floor``: the weight floor b of the
+    loss's rule (:attr:`TokenWeightRule.floor`), counted when > 0; ``prediction``: :meth:`PredictionStats.sums`,
+    when computed.
     """
     num_tokens = mask.sum().float()
     stats = GammaCEStats(

@@ -7,6 +7,10 @@ per-token backward (releases without ``token_grad_output`` give wrong gradients 
 cut-cross-entropy 25.1 takes no bias, has no fp32 backward and mis-counts padded vocabulary columns with
 soft-capping, so such calls go to liger or torch. ``impl="auto"`` picks liger-kernel only. What was executed and measured,
 on which device, is in ``BENCHMARKS.md``; cut-cross-entropy's default gradient filtering applies.
+
+Where the backends may run and which cut-cross-entropy implementation ``impl="cce"`` calls is one documented
+setting, :class:`KernelSettings` (:func:`kernel_settings`, :func:`set_kernel_settings`); its defaults are the
+training setting (CUDA only, the fused kernel), the other values check the calls into the real packages on CPU.
 """
 
 from __future__ import annotations
@@ -15,28 +19,75 @@ import functools
 import importlib.metadata
 import importlib.util
 import inspect
-from typing import Literal
+from dataclasses import dataclass
+from typing import Literal, get_args
 
 import torch
 
 from .common import TokenTerms
 
-__all__ = ["Impl", "kernel_per_token", "kernel_problem", "select_impl"]
+__all__ = [
+    "CceImpl",
+    "Impl",
+    "KernelSettings",
+    "kernel_per_token",
+    "kernel_problem",
+    "kernel_settings",
+    "select_impl",
+    "set_kernel_settings",
+]
 
 Impl = Literal["auto", "torch", "cce", "liger"]
-IMPLS = ("auto", "torch", "cce", "liger")
+IMPLS: tuple[str, ...] = get_args(Impl)
+# cut-cross-entropy's implementations of ``linear_cross_entropy`` that impl="cce" may call
+CceImpl = Literal["cce", "torch_compile"]
 
 _PACKAGES = {"cce": ("cut_cross_entropy", "cut-cross-entropy"), "liger": ("liger_kernel", "liger-kernel")}
 
-# Devices each kernel backend runs on. cut-cross-entropy's and liger-kernel's fused kernels are Triton kernels
-# for CUDA GPUs.
-_KERNEL_DEVICES = {"cce": ("cuda",), "liger": ("cuda",)}
 
-# The implementation of cut-cross-entropy's ``linear_cross_entropy`` that impl="cce" calls: its fused kernel.
-# The test suite, on machines without a GPU, switches this (and _KERNEL_DEVICES) to the package's own
-# "torch_compile" implementation, which runs on CPU, so that this module's call into the real package (argument
-# names, per-token output, ignored tokens, gradients) is exercised there too.
-_CCE_IMPL = "cce"
+@dataclass(frozen=True)
+class KernelSettings:
+    """Where the kernel backends may run, and which implementation of cut-cross-entropy ``impl="cce"`` calls.
+
+    The defaults are the training setting: cut-cross-entropy's and liger-kernel's fused kernels are Triton kernels
+    for CUDA GPUs, so both backends take CUDA tensors only, and ``impl="cce"`` calls cut-cross-entropy's fused
+    kernel. The other values exist to check this module's calls into the real packages (argument names,
+    per-token output, ignored tokens, gradients) on a machine without a GPU, as the test suite does:
+
+    * ``devices=("cpu", "cuda")`` lets the backends take CPU tensors: Triton's interpreter
+      (``TRITON_INTERPRET=1``, set before triton is imported) runs the real kernels there, slowly;
+    * ``cce_impl="torch_compile"`` calls cut-cross-entropy's own torch implementation, which runs on CPU without
+      Triton, through the same public function, arguments, per-token output and gradients as its kernel; the
+      refusals that describe the fused kernel's limits (:func:`select_impl`) apply only to ``"cce"``.
+
+    Set them with :func:`set_kernel_settings` (for this process); :func:`kernel_settings` returns the current ones.
+    """
+
+    devices: tuple[str, ...] = ("cuda",)
+    cce_impl: CceImpl = "cce"
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.devices, tuple) or not all(isinstance(d, str) for d in self.devices):
+            raise ValueError(f"KernelSettings.devices must be a tuple of device types, got {self.devices!r}")
+        if self.cce_impl not in get_args(CceImpl):
+            raise ValueError(f"KernelSettings.cce_impl must be one of {get_args(CceImpl)}, got {self.cce_impl!r}")
+
+
+_settings = KernelSettings()
+
+
+def kernel_settings() -> KernelSettings:
+    """The :class:`KernelSettings` in use."""
+    return _settings
+
+
+def set_kernel_settings(settings: KernelSettings) -> KernelSettings:
+    """Use ``settings`` from now on, in this process; returns the previous settings (to restore them)."""
+    global _settings
+    if not isinstance(settings, KernelSettings):
+        raise TypeError(f"settings must be a KernelSettings, got {type(settings).__name__}")
+    previous, _settings = _settings, settings
+    return previous
 
 
 @functools.cache
@@ -99,7 +150,7 @@ def _cce_call_problem(
     hidden: torch.Tensor, vocab_size: int | None, softcap: float | None, needs_grad: bool
 ) -> str | None:
     """Why cut-cross-entropy's fused kernel (not its torch_compile implementation) cannot run this call."""
-    if _CCE_IMPL != "cce":
+    if _settings.cce_impl != "cce":
         return None
     if needs_grad and hidden.dtype not in (torch.float16, torch.bfloat16):
         return (
@@ -136,7 +187,7 @@ def select_impl(
     candidates = _AUTO_ORDER if impl == "auto" else (impl,)
     for name in candidates:
         reason = None
-        if hidden.device.type not in _KERNEL_DEVICES[name]:
+        if hidden.device.type not in _settings.devices:
             reason = f"it needs CUDA tensors (hidden is on {hidden.device})"
         else:
             reason = kernel_problem(name)
@@ -158,13 +209,13 @@ def _kernel_nll(name, hidden, weight, bias, targets, mask, softcap, ignore_index
     """Per-token ``-log p_y`` ``[N]`` (differentiable, 0 where ignored) from a fused kernel of another package."""
     kernel_targets = targets.masked_fill(~mask, ignore_index)
     kwargs = {"ignore_index": ignore_index, "softcap": softcap, "reduction": "none"}
-    if bias is not None:  # _select_impl has checked that the backend takes it
+    if bias is not None:  # select_impl has checked that the backend takes it
         kwargs["bias"] = bias
     if name == "cce":
         from cut_cross_entropy import linear_cross_entropy
 
         # cut-cross-entropy's default gradient filtering (filter_eps) applies.
-        return linear_cross_entropy(hidden, weight, kernel_targets, impl=_CCE_IMPL, **kwargs).float()
+        return linear_cross_entropy(hidden, weight, kernel_targets, impl=_settings.cce_impl, **kwargs).float()
     from liger_kernel.transformers.functional import liger_fused_linear_cross_entropy
 
     return liger_fused_linear_cross_entropy(hidden, weight, kernel_targets, **kwargs).float()
@@ -192,7 +243,7 @@ def kernel_per_token(
     # value a · nll, gradient c · ∇nll (c = a for γ-CE, whose weight is held constant)
     weighted = token_weight * nll_value + grad_factor * (nll - nll_value)
     per_token = (1.0 - eps) * torch.where(torch.isinf(nll_value), nll_value, weighted)
-    if eps > 0:  # softcap is None here (see _select_impl): Σ_v -log p_v = V · (nll + z_y) - Σ_v z_v
+    if eps > 0:  # softcap is None here (see select_impl): Σ_v -log p_v = V · (nll + z_y) - Σ_v z_v
         target_logit = (hidden * weight[targets]).sum(-1, dtype=torch.float32)
         # Σ_v z_v = h · Σ_v W_v (+ Σ_v b_v), without an fp32 copy of the [V, d] weight
         logit_sum = hidden.float() @ weight.sum(0, dtype=torch.float32)

@@ -29,6 +29,8 @@ from .common import (
     PredictionStats,
     Reduction,
     TokenTerms,
+    TokenWeightRule,
+    as_token_weight_rule,
     check_inputs,
     check_reduction,
     focal_terms,
@@ -133,7 +135,7 @@ class _TokenWeightedCrossEntropy(torch.autograd.Function):
 def token_weighted_cross_entropy(
     logits: torch.Tensor,
     labels: torch.Tensor,
-    terms: TokenTerms,
+    terms: TokenWeightRule | TokenTerms,
     *,
     label_smoothing: float = 0.0,
     ignore_index: int = -100,
@@ -143,8 +145,10 @@ def token_weighted_cross_entropy(
     token_scale: torch.Tensor | None = None,
     extra_metrics: bool = False,
 ) -> tuple[torch.Tensor, GammaCEStats]:
-    """The loss given by ``terms`` (:func:`~.common.gamma_terms`, :func:`~.common.focal_terms`) on ``[..., V]``
-    logits, with the layout, validation and reductions of :func:`gamma_cross_entropy`, plus logging sums.
+    """The loss given by the weight rule ``terms`` (a :class:`~.common.TokenWeightRule` from
+    :func:`~.common.gamma_terms` or :func:`~.common.focal_terms`; a bare :data:`~.common.TokenTerms` function is a
+    rule without a floor) on ``[..., V]`` logits, with the layout, validation and reductions of
+    :func:`gamma_cross_entropy`, plus logging sums.
 
     ``token_scale`` (shaped like ``labels``, or ``[batch]``) multiplies each token's loss (value and gradient);
     the denominator of ``reduction="mean"`` is unchanged.
@@ -153,6 +157,7 @@ def token_weighted_cross_entropy(
     (one more ``[chunk, V]`` fp32 buffer and one more multiply-add pass over it)."""
     check_reduction(reduction)
     check_inputs(logits, labels, ignore_index, shift_labels)
+    rule = as_token_weight_rule(terms)
     vocab_size = logits.shape[-1]
     safe_targets, mask = prepare_targets(
         labels, vocab_size, ignore_index=ignore_index, shift_labels=shift_labels, device=logits.device
@@ -161,7 +166,7 @@ def token_weighted_cross_entropy(
     flat = logits.reshape(-1, vocab_size)
     prediction = PredictionStats(flat.shape[0], flat.device) if extra_metrics else None
     per_token, nll, weight = _TokenWeightedCrossEntropy.apply(
-        flat, safe_targets, mask, terms, float(label_smoothing), prediction
+        flat, safe_targets, mask, rule.terms, float(label_smoothing), prediction
     )
     if scale is not None:
         per_token = per_token * scale  # autograd hands each row its factor as the upstream gradient
@@ -174,11 +179,15 @@ def token_weighted_cross_entropy(
         shift_labels=shift_labels,
         num_items_in_batch=num_items_in_batch,
         reduction=reduction,
-        floor=getattr(terms, "floor", None),
+        floor=rule.floor,
         prediction=None if prediction is None else prediction.sums(safe_targets, mask),
     )
 
 
+# The public losses below spell out their keyword arguments, and each forwards them to the next: users call them
+# with keywords, and help(), IDEs and type checkers read the signature. Sharing one keyword list (a **kwargs
+# pass-through, a signature-copying decorator, an options object) would hide it from all three. The copies are
+# kept equal by tests/test_loss_options.py::test_public_loss_signatures_agree.
 def gamma_cross_entropy_with_stats(
     logits: torch.Tensor,
     labels: torch.Tensor,

@@ -125,6 +125,10 @@ def prediction_metrics_reference(
     correct = (prediction == targets).double()
     p = probs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
     raw_weight = p / (gamma + (1.0 - gamma) * p)
+    # The bin sums are written out here rather than taken from the library (PredictionStats.sums) on purpose: this
+    # is the judge of that code. It reaches them by another route (float64 log-softmax of the scored rows only,
+    # confidence = max_v p_v, not the chunk-wise fp32 1 / Σ_v exp(z_v - max)), and sharing the binning would let a
+    # binning bug (the bin of confidence 1.0, ignored rows) pass unseen.
     bins = (confidence * num_bins).long().clamp(max=num_bins - 1)
     calibration = torch.zeros(3, num_bins, dtype=torch.float64)
     calibration[0].index_add_(0, bins, torch.ones_like(correct))

@@ -9,8 +9,8 @@ them. They compute ROUGE with ``rouge_score`` and BLEU/chrF with ``sacrebleu`` (
 and are imported only where a score is computed; :func:`check_metric_package` refuses a run that would need a
 missing one before it trains. Calibration of token-level confidence: for each scored teacher-forced reference
 token, confidence = max_v p_v and correct = (argmax = reference). The trainers get these sums from the loss, a
-chunk at a time (:class:`hf_tvd_loss.ops.common.PredictionStats`); :func:`calibration_sums` computes them from full
-logits (a reference, and for logits one already has).
+chunk at a time (:class:`hf_tvd_loss.ops.common.PredictionStats`); :func:`calibration_from_sums` (re-exported from
+:mod:`hf_tvd_loss.ops.common`) turns them into ``ece`` / ``confidence`` / ``accuracy``.
 """
 
 from __future__ import annotations
@@ -22,8 +22,6 @@ import os
 from types import ModuleType
 from typing import TYPE_CHECKING
 
-import torch
-
 from ..ops.common import calibration_from_sums
 
 if TYPE_CHECKING:
@@ -33,7 +31,6 @@ __all__ = [
     "METRIC_MODULES",
     "bleu_scores",
     "calibration_from_sums",
-    "calibration_sums",
     "check_metric_package",
     "load_metric",
     "rouge_scores",
@@ -103,33 +100,3 @@ def bleu_scores(predictions: list[str], references: list[str]) -> dict[str, floa
         "bleu": sacrebleu.corpus_bleu(predictions, [references]).score,
         "chrf": sacrebleu.corpus_chrf(predictions, [references]).score,
     }
-
-
-def calibration_sums(
-    logits: torch.Tensor, labels: torch.Tensor, *, shift: bool, num_bins: int = 10, ignore_index: int = -100
-) -> torch.Tensor:
-    """Per-bin sums for token-level calibration, to be added up over batches and processes.
-
-    Args:
-        logits: ``[batch, seq_len, vocab]`` scores.
-        labels: ``[batch, seq_len]`` reference tokens, ``ignore_index`` where not scored.
-        shift: score ``logits[:, t]`` against ``labels[:, t+1]`` (causal LMs).
-        num_bins: equal-width confidence bins over [0, 1].
-
-    Returns:
-        ``[3, num_bins]`` float64: token count, Σ confidence and Σ correct per bin.
-    """
-    with torch.no_grad():
-        if shift:
-            logits, labels = logits[:, :-1], labels[:, 1:]
-        mask = labels != ignore_index
-        scored = logits[mask].float()
-        targets = labels[mask]
-        confidence, prediction = scored.softmax(dim=-1).max(dim=-1)
-        correct = (prediction == targets).double()
-        bins = (confidence * num_bins).long().clamp(max=num_bins - 1)
-        sums = torch.zeros(3, num_bins, dtype=torch.float64, device=logits.device)
-        sums[0].index_add_(0, bins, torch.ones_like(correct))
-        sums[1].index_add_(0, bins, confidence.double())
-        sums[2].index_add_(0, bins, correct)
-        return sums
