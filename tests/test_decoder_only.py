@@ -1,0 +1,99 @@
+"""Summarization and translation on decoder-only models: prompt → target examples, evaluation by generation."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from test_tasks import _args, _refused
+
+from hf_tvd_loss.tasks import get_task
+from hf_tvd_loss.tasks.generation import generate_completions
+from hf_tvd_loss.tasks.prompting import IGNORE_INDEX, truncate_text
+from hf_tvd_loss.tasks.run import build, prepare, train_and_evaluate
+
+
+def _tiny_llama(vocab: int = 64):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=128,
+                         pad_token_id=0, bos_token_id=1, eos_token_id=2)  # fmt: skip
+    return LlamaForCausalLM(config).eval()
+
+
+def test_prompt_target_examples_score_the_target_and_eos_only(tmp_path):
+    prepared = prepare(get_task("summarization"), _args(tmp_path, "--model_type", "llama", "--max_source_length", "8"))
+    assert prepared.task.decoder_only and not prepared.task.is_seq2seq
+    built = build(prepared)
+    tokenizer, example = built.tokenizer, built.datasets["train"][0]
+    ids, labels = example["input_ids"], example["labels"]
+    start = next(i for i, label in enumerate(labels) if label != IGNORE_INDEX)
+    assert all(label == IGNORE_INDEX for label in labels[:start])  # the prompt is not scored
+    assert labels[start:] == ids[start:] and ids[-1] == tokenizer.eos_token_id  # target + eos, all scored
+    row = prepared.raw["train"][0]
+    assert tokenizer.decode(ids[start:], skip_special_tokens=True).strip() == row["summary"]
+    prompt = tokenizer.decode(ids[:start], skip_special_tokens=True)
+    kept = truncate_text(tokenizer, row["document"], 8)
+    assert kept in prompt and kept != row["document"]  # the source is cut to max_source_length tokens
+
+
+def test_a_target_longer_than_max_target_length_is_counted_and_refused(tmp_path):
+    argv = _args(tmp_path, "--model_type", "llama", "--max_target_length", "3")
+    with pytest.raises(ValueError, match="max_target_length=3 tokens.*raise max_target_length"):
+        build(prepare(get_task("summarization"), argv))
+    assert not (tmp_path / "out").exists()
+
+
+def test_prompt_options_are_refused_where_they_would_not_apply(tmp_path):
+    _refused("summarization", _args(tmp_path, "--prompt_template", "Sum: {source}\n"),
+             "--prompt_template applies to decoder-only models", tmp_path)  # fmt: skip
+    _refused("translation", _args(tmp_path, "--prompt_completion_format", "plain"),
+             "applies to decoder-only models", tmp_path)  # fmt: skip
+    _refused("summarization", _args(tmp_path, "--model_type", "llama", "--prompt_template", "Sum: {text}\n"),
+             r"unknown placeholders \['text'\]", tmp_path)  # fmt: skip
+    _refused("translation", _args(tmp_path, "--model_type", "llama", "--prompt_template", "no source\n"),
+             "has no {source} placeholder", tmp_path)  # fmt: skip
+
+
+def test_batched_generation_equals_generating_each_example_alone():
+    model = _tiny_llama()
+    generator = torch.Generator().manual_seed(1)
+    rows = []
+    for length in (3, 7, 5, 9, 4):  # prompts of different lengths: left padding in a batch
+        prompt = torch.randint(3, 64, (length,), generator=generator).tolist()
+        target = torch.randint(3, 64, (4,), generator=generator).tolist() + [2]
+        rows.append({"input_ids": prompt + target, "labels": [IGNORE_INDEX] * length + target})
+    settings = {"pad_token_id": 0, "max_new_tokens": 6, "num_beams": 1, "do_sample": False, "eos_token_id": 2}
+    batched, targets = generate_completions(model, rows, batch_size=5, **settings)
+    alone = [generate_completions(model, [row], batch_size=1, **settings)[0][0] for row in rows]
+    for index, single in enumerate(alone):
+        got = [t for t in batched[index].tolist() if t != IGNORE_INDEX]
+        assert got == [t for t in single.tolist() if t != IGNORE_INDEX], index
+        assert 1 <= len(got) <= 6
+    assert [[t for t in r if t != IGNORE_INDEX] for r in targets.tolist()] == [r["labels"][-5:] for r in rows]
+
+
+def test_decoder_only_summarization_trains_evaluates_and_writes_predictions(tmp_path):
+    argv = _args(tmp_path, "--model_type", "llama", "--num_train_epochs", "1", "--generation_num_beams", "2",
+                 "--per_device_eval_batch_size", "3")  # fmt: skip
+    metrics = train_and_evaluate(prepare(get_task("summarization"), argv))
+    for key in ("eval_rouge1", "eval_rougeL", "eval_nll", "eval_ece", "eval_gen_len", "test_rouge1"):
+        assert key in metrics, key
+    assert 0 < metrics["eval_gen_len"] <= 24  # at most max_target_length new tokens
+    rows = [json.loads(line) for line in (tmp_path / "out" / "generated_predictions.jsonl").read_text().splitlines()]
+    assert len(rows) == 4 and all(set(r) == {"prediction", "reference"} and r["reference"] for r in rows)
+    info = json.loads((tmp_path / "out" / "run_info.json").read_text())
+    assert info["task"] == "summarization"
+
+
+def test_chunked_loss_equals_logits_on_prompt_target_batches(tmp_path):
+    losses = {}
+    for impl in ("logits", "chunked"):
+        argv = _args(tmp_path / impl, "--model_type", "llama", "--max_steps", "2", "--loss_impl", impl,
+                     "--do_eval", "false", "--do_predict", "false")  # fmt: skip
+        metrics = train_and_evaluate(prepare(get_task("translation"), argv))
+        losses[impl] = metrics["train_loss"]
+    assert losses["chunked"] == pytest.approx(losses["logits"], rel=1e-5)
