@@ -97,3 +97,14 @@ def test_chunked_loss_equals_logits_on_prompt_target_batches(tmp_path):
         metrics = train_and_evaluate(prepare(get_task("translation"), argv))
         losses[impl] = metrics["train_loss"]
     assert losses["chunked"] == pytest.approx(losses["logits"], rel=1e-5)
+
+
+def test_default_prompts_name_the_task_and_the_languages(tmp_path):
+    built = build(prepare(get_task("translation"), _args(tmp_path, "--model_type", "llama")))
+    example = built.datasets["train"][0]
+    start = next(i for i, label in enumerate(example["labels"]) if label != IGNORE_INDEX)
+    prompt = built.tokenizer.decode(example["input_ids"][:start], skip_special_tokens=True)
+    assert prompt.startswith("Translate from German to English.") and prompt.rstrip().endswith("English:")
+    summarization = get_task("summarization")
+    assert "{source}" in summarization.default_prompt_template and "Summar" in summarization.default_prompt_template
+    assert "'Summarize the following text." in summarization.build_parser().epilog

@@ -140,6 +140,12 @@ class Seq2SeqTask(Task[Seq2SeqDataArgsT, Seq2SeqTrainingArguments]):
         """Values of the placeholders other than {source} (translation: the languages)."""
         return {}
 
+    def _defaults_epilog(self) -> str | None:
+        placeholders = ", ".join("{" + p + "}" for p in self.prompt_placeholders)
+        prompt = (f"Decoder-only models: the default --prompt_template is {self.default_prompt_template!r} "
+                  f"(placeholders {placeholders}).")  # fmt: skip
+        return " ".join(part for part in (super()._defaults_epilog(), prompt) if part)
+
     def prompt_template(self, data_args: Seq2SeqDataArgsT) -> str:
         return data_args.prompt_template if data_args.prompt_template is not None else self.default_prompt_template
 
@@ -216,6 +222,8 @@ class Seq2SeqTask(Task[Seq2SeqDataArgsT, Seq2SeqTrainingArguments]):
         for start in range(0, len(dataset), 1000):
             sources, targets = self.pairs(dataset[start : start + 1000], data_args)
             yield from (text for text in sources + targets if isinstance(text, str) and text)
+        if self.decoder_only:  # a tokenizer trained here must also spell the prompt's own words
+            yield self.prompt_template(data_args).format(source="", **self.prompt_values(data_args))
 
     def preprocess(
         self,

@@ -32,6 +32,8 @@ class SummarizationTask(Seq2SeqTask[SummarizationDataArguments]):
     data_args_class = SummarizationDataArguments
     metric_package = ("rouge_score", "ROUGE")
     headline_metrics = ("loss", "perplexity", "rouge1", "rouge2", "rougeL", "accuracy", "ece")
+    # decoder-only: an instruction, the document, and the cue the summary follows
+    default_prompt_template = "Summarize the following text.\n\n{source}\n\nSummary:\n"
     scratch_config_overrides = (
         "d_model=64,encoder_layers=2,decoder_layers=2,encoder_attention_heads=4,"
         "decoder_attention_heads=4,encoder_ffn_dim=256,decoder_ffn_dim=256,max_position_embeddings=256"

@@ -24,6 +24,15 @@ from .synthetic import translation_corpus
 if TYPE_CHECKING:
     from transformers import Seq2SeqTrainingArguments
 
+# English names of common ISO 639-1 codes, for the decoder-only prompt (an unknown code is used as it is)
+LANGUAGE_NAMES = {
+    "ar": "Arabic", "cs": "Czech", "da": "Danish", "de": "German", "el": "Greek", "en": "English", "es": "Spanish",
+    "et": "Estonian", "fi": "Finnish", "fr": "French", "hi": "Hindi", "hu": "Hungarian", "it": "Italian",
+    "ja": "Japanese", "ko": "Korean", "la": "Latin", "lt": "Lithuanian", "lv": "Latvian", "nl": "Dutch",
+    "no": "Norwegian", "pl": "Polish", "pt": "Portuguese", "ro": "Romanian", "ru": "Russian", "sv": "Swedish",
+    "tr": "Turkish", "uk": "Ukrainian", "zh": "Chinese",
+}  # fmt: skip
+
 __all__ = ["TranslationDataArguments", "TranslationTask"]
 
 
@@ -84,6 +93,18 @@ class TranslationTask(Seq2SeqTask[TranslationDataArguments]):
         "save_strategy": "no",
         "seed": 42,
     }
+
+    # decoder-only: an instruction naming the language pair, the source, and the cue the translation follows
+    default_prompt_template = "Translate from {source_lang} to {target_lang}.\n\n{source}\n\n{target_lang}:\n"
+    prompt_placeholders = ("source", "source_lang", "target_lang")
+
+    def prompt_values(self, data_args: TranslationDataArguments) -> dict[str, str]:
+        """{source_lang} and {target_lang}: the languages' English names (ISO 639-1 codes known to
+        :data:`LANGUAGE_NAMES`), else the codes as given."""
+        return {
+            "source_lang": LANGUAGE_NAMES.get(data_args.source_lang, data_args.source_lang),
+            "target_lang": LANGUAGE_NAMES.get(data_args.target_lang, data_args.target_lang),
+        }
 
     def check_args(
         self, data_args: TranslationDataArguments, model_args: ModelArguments, training_args: Seq2SeqTrainingArguments
