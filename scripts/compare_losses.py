@@ -70,7 +70,7 @@ DEFAULT_TASK_ARGS = {
     "language_modeling": _QUIET,
 }
 STUDY_KEYS = {"task", "losses", "seeds", "noise_rates", "noise_losses", "report_dir", "task_args", "baselines",
-              "generation_prompts", "eval_examples", "jobs"}  # fmt: skip
+              "generation_prompts", "eval_examples", "jobs", "noise_kind"}  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -82,6 +82,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seeds", nargs="+", type=int, default=None, help="Seeds (default: 0 1 2).")
     parser.add_argument("--noise_rates", nargs="+", type=float, default=None,
                         help="Label-noise rates; 0 is always run (default: 0 0.2).")  # fmt: skip
+    parser.add_argument("--noise_kind", choices=["tokens", "swap"], default=None,
+                        help="What label noise corrupts: tokens (that fraction of training target tokens replaced at "
+                        "random; default) or swap (that fraction of training examples given another example's "
+                        "reference: summarization and translation).")  # fmt: skip
     parser.add_argument("--noise_losses", nargs="+", default=None,
                         help=f"Losses also run with label noise (default: {' '.join(DEFAULT_NOISE_LOSSES)}; 'all').")  # fmt: skip
     parser.add_argument("--report_dir", default=None, help="Report folder (default: reports/compare_<task>).")
@@ -134,6 +138,7 @@ def main(argv: Sequence[str] | None = None) -> str:
         jobs = args.jobs or int(config.get("jobs", 2 if (os.cpu_count() or 1) >= 2 else 1))
         if jobs < 1:
             raise ValueError(f"--jobs must be at least 1, got {jobs}")
+        noise_kind = args.noise_kind or config.get("noise_kind", "tokens")
         report_dir = args.report_dir or config.get("report_dir") or os.path.join("reports", f"compare_{task}")
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
@@ -146,7 +151,8 @@ def main(argv: Sequence[str] | None = None) -> str:
     try:
         eval_examples = config.get("eval_examples")
         runner = task_runner(task, task_args, generation_prompts=int(config.get("generation_prompts", 64)),
-                             eval_examples=None if eval_examples is None else int(eval_examples))  # fmt: skip
+                             eval_examples=None if eval_examples is None else int(eval_examples),
+                             noise_kind=noise_kind)  # fmt: skip
         results = run_study(runs, report_dir, runner, jobs=jobs)
     except ValueError as err:  # bad task options are refused by the first run, before it trains
         print(f"error: {err}", file=sys.stderr)
@@ -154,7 +160,8 @@ def main(argv: Sequence[str] | None = None) -> str:
     metric, label, higher = TASK_METRICS[task]
     command = shlex.join(["python", "scripts/compare_losses.py", *argv])
     path = write_report(results, report_dir, task_metric=metric, task_metric_label=label, higher_is_better=higher,
-                        command=command, title=f"Loss comparison: {task}", baselines=baselines)  # fmt: skip
+                        command=command, title=f"Loss comparison: {task}", baselines=baselines,
+                        noise_kind=noise_kind)  # fmt: skip
     print(f"[compare_losses] done in {time.time() - start:.0f} s; report: {path}")
     return path
 

@@ -10,7 +10,7 @@ import pytest
 
 from hf_tvd_loss import TVDArguments
 from hf_tvd_loss.study.compare import parse_loss, plan_runs, run_study, write_report
-from hf_tvd_loss.study.noise import noisy_labels
+from hf_tvd_loss.study.noise import noisy_labels, swapped_references
 
 
 def test_loss_names_map_to_valid_tvd_arguments():
@@ -95,6 +95,48 @@ def test_noisy_labels():
     assert noisy_labels(labels, 0.5, 300, random.Random(7)) == noisy_labels(labels, 0.5, 300, random.Random(7))
     with pytest.raises(ValueError, match="rate must be in"):
         noisy_labels(labels, 1.5, 300, rng)
+
+
+def test_swapped_references_move_that_fraction_and_none_keeps_its_own():
+    source = swapped_references(100, 0.3, random.Random(0))
+    moved = [i for i, j in enumerate(source) if i != j]
+    assert len(moved) == 30 and sorted(source) == list(range(100))  # a permutation: every reference used once
+    assert source == swapped_references(100, 0.3, random.Random(0))
+    assert swapped_references(10, 0.0, random.Random(0)) == list(range(10))
+    with pytest.raises(ValueError, match="swaps one example with nothing"):
+        swapped_references(3, 0.3, random.Random(0))
+    with pytest.raises(ValueError, match="rate must be in"):
+        swapped_references(10, -0.1, random.Random(0))
+
+
+def test_reference_swap_keeps_each_prompt_and_moves_whole_targets():
+    from datasets import Dataset
+
+    from hf_tvd_loss.study.compare import apply_reference_swap
+
+    prompts, targets = [[5, 6], [7, 8, 9], [10], [11, 12]], [[20, 2], [21, 22, 2], [23, 24, 25, 2], [26, 2]]
+    rows = {"input_ids": [p + t for p, t in zip(prompts, targets, strict=True)],
+            "attention_mask": [[1] * (len(p) + len(t)) for p, t in zip(prompts, targets, strict=True)],
+            "labels": [[-100] * len(p) + t for p, t in zip(prompts, targets, strict=True)]}  # fmt: skip
+    swapped = apply_reference_swap(Dataset.from_dict(rows), 1.0, 3, prompt_target=True)
+    source = swapped_references(4, 1.0, random.Random("reference-swap-3"))
+    for i, example in enumerate(swapped):
+        assert example["input_ids"] == prompts[i] + targets[source[i]] and source[i] != i
+        assert example["labels"] == [-100] * len(prompts[i]) + targets[source[i]]
+        assert example["attention_mask"] == [1] * len(example["input_ids"])
+    seq2seq = apply_reference_swap(Dataset.from_dict({"input_ids": prompts, "labels": targets}), 0.5, 3,
+                                   prompt_target=False)  # fmt: skip
+    assert seq2seq["input_ids"] == prompts and sorted(map(tuple, seq2seq["labels"])) == sorted(map(tuple, targets))
+    assert sum(a != b for a, b in zip(seq2seq["labels"], targets, strict=True)) == 2
+
+
+def test_swap_noise_is_refused_for_language_modelling():
+    from hf_tvd_loss.study.compare import task_runner
+
+    with pytest.raises(ValueError, match="not to language modelling"):
+        task_runner("language_modeling", [], noise_kind="swap")
+    with pytest.raises(ValueError, match="noise_kind must be one of tokens, swap"):
+        task_runner("summarization", [], noise_kind="documents")
 
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -399,6 +399,17 @@ def save_differences_plot(
     save(fig, "differences.png", f"Paired differences from {baseline} with 95 % intervals")
 
 
+NOISE_DESCRIPTIONS = {
+    "tokens": "Label noise replaces that fraction of training target tokens with random ones",
+    "swap": "Label noise gives that fraction of training examples the reference of another training example (a "
+    "summary of another document, a translation of another sentence)",
+}
+NOISE_AXES = {
+    "tokens": "label-noise rate (fraction of training target tokens replaced)",
+    "swap": "label-noise rate (fraction of training examples given another example's reference)",
+}
+
+
 def write_report(
     results: Sequence[StudyResult],
     report_dir: str,
@@ -409,6 +420,7 @@ def write_report(
     command: str,
     title: str,
     baselines: Sequence[str] = ("ce",),
+    noise_kind: str = "tokens",
 ) -> str:
     """Write ``report.md``, ``results.json`` and PNG plots into ``report_dir``; returns the report's path.
 
@@ -540,7 +552,7 @@ def write_report(
                 for noise_rate, _ in points:
                     values = _seed_values(results, loss, noise_rate, task_metric)
                     ax.plot([noise_rate] * len(values), values, "x", color=line[0].get_color(), alpha=0.5)
-        ax.set_xlabel("label-noise rate (fraction of training target tokens replaced); ×: single seeds")
+        ax.set_xlabel(NOISE_AXES[noise_kind] + "; ×: single seeds")
         ax.set_ylabel(task_metric_label)
         ax.legend(fontsize=8)
         ax.set_title("Robustness to noisy training targets")
@@ -564,8 +576,9 @@ def write_report(
         "",
         f"Mean ± standard deviation over seeds. {task_metric_label} is {'higher' if higher_is_better else 'lower'} "
         "= better; NLL/perplexity and calibration are measured with teacher forcing on the reference tokens of the "
-        "evaluation set (ECE over 10 equal-width confidence bins of the top-1 probability). Label noise replaces that "
-        "fraction of training target tokens with random ones; evaluation data are clean.",
+        "evaluation set (ECE over 10 equal-width confidence bins of the top-1 probability). "
+        + NOISE_DESCRIPTIONS[noise_kind]
+        + "; evaluation data are clean.",
         "",
         markdown_table(rows, columns, labels),
         "",
@@ -666,6 +679,35 @@ def apply_label_noise(dataset: Any, rate: float, vocab_size: int, protected: fro
     return dataset.map(corrupt, with_indices=True, desc=f"label noise {rate:g}")
 
 
+def apply_reference_swap(dataset: Any, rate: float, seed: int, *, prompt_target: bool) -> Any:
+    """The training set with ``rate`` of its examples given another example's reference
+    (:func:`~hf_tvd_loss.study.noise.swapped_references`): the realistic noise of a scraped corpus, where a
+    summary or translation belongs to another document. Works on tokenised examples: an encoder-decoder's
+    ``labels`` are exchanged; a decoder-only (``prompt_target``) example keeps its prompt (the unscored head of
+    ``input_ids``) and takes the other example's scored target tokens. Evaluation data are untouched.
+    """
+    import random
+
+    from .noise import swapped_references
+
+    source = swapped_references(len(dataset), rate, random.Random(f"reference-swap-{seed}"))
+    labels = dataset["labels"]
+
+    def swap(example: dict[str, Any], index: int) -> dict[str, Any]:
+        other = labels[source[index]]
+        if not prompt_target:
+            return {"labels": other}
+        start = next(i for i, label in enumerate(example["labels"]) if label != IGNORE_INDEX)
+        target = [t for t in other if t != IGNORE_INDEX]
+        ids = example["input_ids"][:start] + target
+        return {"input_ids": ids, "attention_mask": [1] * len(ids), "labels": [IGNORE_INDEX] * start + target}
+
+    return dataset.map(swap, with_indices=True, desc=f"reference swap {rate:g}")
+
+
+IGNORE_INDEX = -100
+
+
 def task_runner(
     task_name: str,
     task_argv: Sequence[str],
@@ -673,6 +715,7 @@ def task_runner(
     keep_models: bool = False,
     generation_prompts: int = 64,
     eval_examples: int | None = None,
+    noise_kind: str = "tokens",
 ) -> Runner:
     """A :data:`Runner` that trains ``task_name`` in this process through the task layer.
 
@@ -682,12 +725,22 @@ def task_runner(
     repetition and diversity metrics (:mod:`hf_tvd_loss.study.generation_metrics`). The trained weights are deleted after
     evaluation unless ``keep_models`` (a study of a 135M-parameter model would otherwise keep 0.5 GB per run).
     ``eval_examples`` keeps the first N preprocessed evaluation examples (for language modelling: blocks; the task's
-    ``--max_eval_samples`` counts raw texts). The runner is picklable (for ``run_study(..., jobs=N)``).
+    ``--max_eval_samples`` counts raw texts). ``noise_kind`` says what a noise rate corrupts: ``tokens`` (that
+    fraction of scored target tokens replaced at random) or ``swap`` (that fraction of training examples trained
+    on another example's reference; summarization and translation). The runner is picklable (for
+    ``run_study(..., jobs=N)``).
     """
     from hf_tvd_loss.tasks import get_task
 
+    from .noise import NOISE_KINDS
+
     get_task(task_name)  # an unknown task fails here, not in a worker
-    return TaskRunner(task_name, list(task_argv), keep_models, generation_prompts, eval_examples)
+    if noise_kind not in NOISE_KINDS:
+        raise ValueError(f"noise_kind must be one of {', '.join(NOISE_KINDS)}, got {noise_kind!r}")
+    if noise_kind == "swap" and task_name == "language_modeling":
+        raise ValueError("noise_kind swap exchanges references between examples: it applies to summarization and "
+                         "translation, not to language modelling (use noise_kind tokens)")  # fmt: skip
+    return TaskRunner(task_name, list(task_argv), keep_models, generation_prompts, eval_examples, noise_kind)
 
 
 @dataclass(frozen=True)
@@ -697,6 +750,7 @@ class TaskRunner:
     keep_models: bool = False
     generation_prompts: int = 64
     eval_examples: int | None = None
+    noise_kind: str = "tokens"
 
     def __call__(self, spec: RunSpec, run_dir: str) -> dict[str, Any]:
         import glob
@@ -714,7 +768,14 @@ class TaskRunner:
             shutil.rmtree(run_dir)
         prepared = prepare(task, run_argv(task_name, task_argv, spec, run_dir))
         built = build(prepared)
-        if spec.noise > 0:
+        if spec.noise > 0 and self.noise_kind == "swap":
+            built.trainer.train_dataset = apply_reference_swap(
+                built.trainer.train_dataset,
+                spec.noise,
+                spec.seed,
+                prompt_target=getattr(prepared.task, "decoder_only", False),
+            )
+        elif spec.noise > 0:
             tokenizer = built.tokenizer
             protected = frozenset(int(i) for i in tokenizer.all_special_ids)
             built.trainer.train_dataset = apply_label_noise(

@@ -1,11 +1,14 @@
-"""Label noise for robustness studies: random substitution of training target tokens."""
+"""Label noise for robustness studies: random substitution of training target tokens (``tokens``), or whole
+references given to the wrong example (``swap``: a summary of another document, a translation of another verse)."""
 
 from __future__ import annotations
 
 import random
 from collections.abc import Sequence
 
-__all__ = ["noisy_labels"]
+__all__ = ["NOISE_KINDS", "noisy_labels", "swapped_references"]
+
+NOISE_KINDS = ("tokens", "swap")
 
 
 def noisy_labels(
@@ -45,3 +48,22 @@ def noisy_labels(
                 break
         out[i] = replacement
     return out
+
+
+def swapped_references(num_examples: int, rate: float, rng: random.Random) -> list[int]:
+    """Which example's reference each example trains on: ``round(rate * num_examples)`` examples, drawn at random,
+    get the reference of another drawn example (a random cycle through them, so none keeps its own); the rest keep
+    theirs. Returns ``source[i]``, the index whose reference example ``i`` gets.
+    """
+    if not 0.0 <= rate <= 1.0:
+        raise ValueError(f"reference-swap rate must be in [0, 1], got {rate!r}")
+    source = list(range(num_examples))
+    chosen = rng.sample(source, round(rate * num_examples))
+    if len(chosen) < 2:
+        if chosen:
+            raise ValueError(f"a reference-swap rate of {rate:g} on {num_examples} examples swaps one example with "
+                             "nothing: use more examples or a higher rate")  # fmt: skip
+        return source
+    for position, index in enumerate(chosen):
+        source[index] = chosen[(position + 1) % len(chosen)]
+    return source
