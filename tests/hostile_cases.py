@@ -190,6 +190,10 @@ def _flat_csv_null_targets() -> list[str | bytes]:
     return lines
 
 
+def _repeated_header_csv() -> list[str | bytes]:
+    return ["de,en,en"] + [f"der hund {i},the dog {i},a dog {i}" for i in range(30)]
+
+
 def _ragged_csv() -> list[str | bytes]:
     lines: list[str | bytes] = ["document,summary"] + [f"doc number {i} about a bridge,bridge {i}" for i in range(30)]
     lines[5] = "doc five,bridge,an extra field,and another"
@@ -262,6 +266,18 @@ def _unrelated_file(tmp: Path) -> Any:
     (tmp / "out").mkdir()
     (tmp / "out" / "notes.txt").write_text("my notes")
     return "language_modeling", ["--output_dir", _out(tmp), *QUICK_LM]
+
+
+def _overwrite_users_files(*names: str) -> Callable[[Path], Any]:
+    """A folder of the user's own files (no run of these scripts wrote it) and --overwrite_output_dir."""
+
+    def build(tmp: Path) -> Any:
+        for name in names:
+            (tmp / "out" / name).parent.mkdir(parents=True, exist_ok=True)
+            (tmp / "out" / name).write_text(f"the user's {name}")
+        return "language_modeling", ["--output_dir", _out(tmp), *QUICK_LM, "--overwrite_output_dir", "true"]
+
+    return build
 
 
 def _resume_truncated(tmp: Path) -> Any:
@@ -611,6 +627,14 @@ CASES: list[Case] = [
         "line 13",
     ),  # fmt: skip
     _c("csv-ragged-row", "data", _data("summarization", "train.csv", _ragged_csv), "train.csv", "line 6"),
+    _c(
+        "csv-header-repeats-a-column",
+        "data",
+        _data("translation", "train.csv", _repeated_header_csv),
+        "train.csv",
+        "['en']",
+        "more than once",
+    ),  # fmt: skip
     _c("csv-not-utf8", "data", _data("summarization", "train.csv", _non_utf8_csv), "train.csv", "line 8"),
     _c("txt-not-utf8", "data", _data("language_modeling", "train.txt", _non_utf8_txt), "train.txt", "line 31"),
     _c("parquet-corrupt", "data", _corrupt_parquet, "train.parquet"),
@@ -699,6 +723,39 @@ CASES: list[Case] = [
     _c("resume-incomplete-path", "output", _resume_incomplete_path, "checkpoint-300", "checkpoint-200"),
     _c("resume-nothing-there", "output", _resume_nothing, "resume_from_checkpoint", "out"),
     _c("resume-missing-path", "output", _resume_missing_path, "checkpoint-5"),
+    _c(
+        "overwrite-users-model-folder",
+        "output",
+        _overwrite_users_files(
+            "README.md", "config.json", "vocab.json", "notes.txt", "runs/sweep-2024/log.txt", "tokenizer/NOTES.txt"
+        ),
+        "README.md",
+        "config.json",
+        "vocab.json",
+        "runs/sweep-2024/log.txt",
+        "tokenizer/NOTES.txt",
+        "overwrite_output_dir",
+        note="issue 21: these were replaced or deleted",
+    ),  # fmt: skip
+    _c(
+        "overwrite-users-checkpoint",
+        "output",
+        _overwrite_users_files("checkpoint-7/weights.pt"),
+        "checkpoint-7/weights.pt",
+        "did not write",
+    ),  # fmt: skip
+    _c(
+        "overwrite-users-shard",
+        "output",
+        _overwrite_users_files("model-00001-of-00002.safetensors"),
+        "model-00001-of-00002.safetensors",
+    ),  # fmt: skip
+    _c(
+        "overwrite-users-predictions",
+        "output",
+        _overwrite_users_files("generated_predictions.jsonl"),
+        "generated_predictions.jsonl",
+    ),  # fmt: skip
     _c("resume-and-overwrite", "output", _resume_and_overwrite, "overwrite_output_dir", "resume_from_checkpoint"),
     _c(
         "resume-elsewhere-into-earlier-run",

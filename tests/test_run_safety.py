@@ -11,6 +11,7 @@ import pytest
 from hostile_cases import _checkpoint
 
 from hf_tvd_loss.tasks import get_task, run_task
+from hf_tvd_loss.tasks.outputs import LEDGER, OutputFolder, read_ledger
 from hf_tvd_loss.tasks.run import build, prepare
 
 QUICK_LM = ["--report_to", "none", "--synthetic_train_examples", "24", "--synthetic_eval_examples", "4",
@@ -21,21 +22,105 @@ def _lm_args(out, *extra):
     return ["--output_dir", str(out), *QUICK_LM, *extra]
 
 
-def test_overwrite_output_dir_replaces_the_earlier_run_and_nothing_else(tmp_path):
+def _snapshot(folder):
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_overwrite_output_dir_removes_what_the_earlier_run_recorded_and_nothing_else(tmp_path):
     out = tmp_path / "out"
-    _checkpoint(out, 300)
-    (out / "model.safetensors").write_bytes(b"an earlier model")
-    (out / "generated_predictions.jsonl").write_text('{"prediction": "old"}\n')
-    (out / "run_info.json").write_text('{"task": "old"}')
-    (out / "notes.txt").write_text("mine")
-    with pytest.raises(ValueError, match="already holds 5 entries"):
+    run_task(get_task("language_modeling"), _lm_args(out, "--max_steps", "2", "--save_strategy", "steps",
+                                                     "--save_steps", "1", "--seed", "1"))  # fmt: skip
+    assert {"checkpoint-1", "checkpoint-2", "model.safetensors", LEDGER} <= set(os.listdir(out))
+    recorded = set(read_ledger(str(out))["files"])
+    assert "checkpoint-2/model.safetensors" in recorded and "tokenizer/tokenizer.json" in recorded
+    assert read_ledger(str(out))["open"] == []  # a finished run leaves nothing open
+    (out / "notes.txt").write_text("mine")  # written after the run: not the run's
+    with pytest.raises(ValueError, match="already holds"):
         prepare(get_task("language_modeling"), _lm_args(out, "--max_steps", "1"))
     run_task(get_task("language_modeling"), _lm_args(out, "--max_steps", "1", "--overwrite_output_dir", "true"))
     names = set(os.listdir(out))
-    assert "notes.txt" in names and (out / "notes.txt").read_text() == "mine"  # not a file the scripts write
-    assert "checkpoint-300" not in names and "generated_predictions.jsonl" not in names  # the earlier run's
-    assert json.loads((out / "run_info.json").read_text())["task"] == "language_modeling"
-    assert (out / "model.safetensors").stat().st_size > 1000
+    assert (out / "notes.txt").read_text() == "mine"
+    assert "checkpoint-1" not in names and "checkpoint-2" not in names  # the earlier run's
+    assert json.loads((out / "run_info.json").read_text())["argv"][-1] == "true"
+    assert "notes.txt" not in read_ledger(str(out))["files"]
+
+
+def test_overwrite_output_dir_refuses_a_folder_of_the_users_own_files(tmp_path):
+    """Issue 21: --overwrite_output_dir on a folder no run of these scripts wrote deleted vocab.json, runs/ and
+    tokenizer/NOTES.txt and replaced README.md and config.json. Now: refused before any work, every file kept."""
+    out = tmp_path / "out"
+    for name in ("README.md", "config.json", "vocab.json", "notes.txt", "runs/sweep-2024/log.txt",
+                 "tokenizer/NOTES.txt"):  # fmt: skip
+        (out / name).parent.mkdir(parents=True, exist_ok=True)
+        (out / name).write_text(f"the user's {name}")
+    before = _snapshot(out)
+    with pytest.raises(SystemExit) as exit_info:
+        run_task(get_task("language_modeling"), _lm_args(out, "--max_steps", "1", "--overwrite_output_dir", "true"))
+    assert exit_info.value.code == 2
+    assert _snapshot(out) == before and sorted(os.listdir(out)) == sorted(
+        ["README.md", "config.json", "vocab.json", "notes.txt", "runs", "tokenizer"]
+    )
+    with pytest.raises(ValueError) as refused:
+        prepare(get_task("language_modeling"), _lm_args(out, "--overwrite_output_dir", "true"))
+    for name in ("README.md", "config.json", "vocab.json", "runs/sweep-2024/log.txt", "tokenizer/NOTES.txt"):
+        assert name in str(refused.value), name
+    assert "notes.txt," not in str(refused.value)  # not where a run writes: it would stay
+
+
+def test_a_file_added_to_a_recorded_run_folder_is_not_the_runs(tmp_path):
+    out = tmp_path / "out"
+    run_task(get_task("language_modeling"), _lm_args(out, "--max_steps", "1"))
+    (out / "tokenizer" / "NOTES.txt").write_text("what I changed in this tokenizer")
+    with pytest.raises(ValueError, match="tokenizer/NOTES.txt"):
+        prepare(get_task("language_modeling"), _lm_args(out, "--overwrite_output_dir", "true"))
+
+
+def test_a_run_killed_while_saving_still_owns_what_it_half_wrote(tmp_path):
+    out = tmp_path / "out"
+    folder = OutputFolder.claim(str(out))
+    folder.expect(["checkpoint-5"])
+    (out / "checkpoint-5").mkdir()
+    (out / "checkpoint-5" / "model.safetensors").write_bytes(b"half")  # then killed: no update, no finish
+    folder.release()
+    assert "checkpoint-5" in read_ledger(str(out))["open"]
+    OutputFolder.claim(str(out), overwrite=True).release()
+    assert not (out / "checkpoint-5").exists()
+
+
+def test_one_run_at_a_time_per_output_folder(tmp_path):
+    out = tmp_path / "out"
+    first = OutputFolder.claim(str(out))
+    with pytest.raises(ValueError, match=f"in use by another run \\(pid {os.getpid()} on "):
+        OutputFolder.claim(str(out), overwrite=True)
+    first.discard()
+    assert not out.exists()  # it created the folder and wrote nothing else
+
+
+def test_two_runs_started_at_once_into_one_new_folder(tmp_path):
+    """Issue 21: both exited 0 with their checkpoints mixed. Now exactly one trains; the other is refused (exit 2)
+    naming the folder, whether it comes while the first holds it or after the first finished."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "out"
+    code = ("import sys; from hf_tvd_loss.tasks import get_task, run_task; "
+            "run_task(get_task('language_modeling'), sys.argv[1:])")  # fmt: skip
+    runs = [
+        subprocess.Popen([sys.executable, "-c", code, *_lm_args(out, "--max_steps", "3", "--save_strategy", "steps",
+                                                                "--save_steps", "1", "--seed", str(seed))],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for seed in (1, 2)
+    ]  # fmt: skip
+    results = [(run.wait(timeout=600), run.stderr.read()) for run in runs]
+    codes = sorted(code for code, _ in results)
+    assert codes == [0, 2], results
+    loser = next(err for code, err in results if code == 2)
+    assert "in use by another run" in loser or "already holds" in loser
+    winner_seed = 1 + [code for code, _ in results].index(0)
+    info = json.loads((out / "run_info.json").read_text())
+    assert info["argv"][-1] == str(winner_seed)
+    markers = [json.loads((out / f"checkpoint-{s}" / "trainer_state.json").read_text()) for s in (1, 2, 3)]
+    assert all(m["global_step"] == s for m, s in zip(markers, (1, 2, 3), strict=True))
 
 
 @pytest.mark.parametrize("value", ["latest", "true", "LAST"])
@@ -140,3 +225,32 @@ def test_nonfinite_target_logit_stops_a_script_run_before_the_update(tmp_path, m
     assert "the weights are unchanged" in err[-1]
     assert not (out / "model.safetensors").exists() and not (out / "run_info.json").exists()
     assert all(torch.isfinite(v).all() for v in seen["model"].state_dict().values())
+
+
+def test_csv_cells_are_text_none_na_and_null_are_translations(tmp_path):
+    """Issue 21: 'None', 'NA', 'null' (translations of Keine, Natrium (Na), Null) were read as missing and 37 of 40
+    rows dropped with a warning blaming null data. CSV cells are text; only an empty cell is empty."""
+    import csv
+
+    words = [("Keine", "None"), ("Natrium (Na)", "NA"), ("Null", "null"), ("nicht zutreffend", "n/a"),
+             ("keine Zahl", "NaN"), ("eins", "1")]  # fmt: skip
+    path = tmp_path / "train.csv"
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(["de", "en"])
+        writer.writerows(words * 7)
+    argv = ["--output_dir", str(tmp_path / "out"), "--report_to", "none", "--disable_tqdm", "true",
+            "--train_file", str(path), "--do_eval", "false", "--do_predict", "false", "--max_steps", "1"]  # fmt: skip
+    prepared = prepare(get_task("translation"), argv)
+    assert prepared.raw["train"]["en"][:6] == ["None", "NA", "null", "n/a", "NaN", "1"]
+    assert prepared.dropped_rows == {} or not any(prepared.dropped_rows.values())
+    assert len(build(prepared).datasets["train"]) == 42
+
+
+def test_a_csv_header_naming_a_column_twice_is_refused(tmp_path):
+    path = tmp_path / "train.csv"
+    path.write_text("de,en,en\nder hund,the dog,a dog\n" * 1)
+    argv = ["--output_dir", str(tmp_path / "out"), "--train_file", str(path), "--report_to", "none"]
+    with pytest.raises(ValueError, match=r"CSV header names the column\(s\) \['en'\] more than once"):
+        prepare(get_task("translation"), argv)
+    assert not (tmp_path / "out").exists()

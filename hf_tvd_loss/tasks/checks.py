@@ -20,19 +20,7 @@ __all__ = [
     "check_finite_options",
     "check_output_dir",
     "check_training_numbers",
-    "remove_earlier_run",
 ]
-
-
-# Names the scripts write into output_dir (``--overwrite_output_dir true`` removes an earlier run's copies first).
-RUN_OUTPUT_FILES = (
-    "model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "config.json", "generation_config.json",
-    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt",
-    "spiece.model", "sentencepiece.bpe.model", "source.spm", "target.spm", "added_tokens.json", "chat_template.jinja",
-    "training_args.bin", "trainer_state.json", "all_results.json", "train_results.json", "eval_results.json",
-    "test_results.json", "run_info.json", "README.md", "generated_predictions.jsonl",
-)  # fmt: skip
-RUN_OUTPUT_FOLDERS = ("tokenizer", "runs")
 
 
 def _nearest_existing(path: str) -> str:
@@ -74,7 +62,8 @@ def check_output_dir(path: str, *, overwrite: bool = False, resume: bool = False
     """Refuse an output_dir that cannot be created or written, or that holds an earlier run, without writing.
 
     A folder with anything in it is refused unless the run resumes (``resume``: it continues the run that is
-    there from one of its checkpoints) or ``overwrite`` is set (the earlier run's outputs are replaced, see :func:`remove_earlier_run`).
+    there from one of its checkpoints) or ``overwrite`` is set (the earlier run's recorded outputs are replaced, see
+    :mod:`.outputs`). A lock file left by an earlier run that wrote nothing else does not count.
     """
     if not path:
         raise ValueError("output_dir must be set")
@@ -85,7 +74,9 @@ def check_output_dir(path: str, *, overwrite: bool = False, resume: bool = False
         if not os.access(path, os.W_OK | os.X_OK) or not _probe_writable(path):
             raise ValueError(f"output_dir {path} is not writable")
         # (another process's write probe may be there for an instant)
-        entries = sorted(e for e in os.listdir(path) if not e.startswith(".hf_tvd_write_probe-"))
+        from .outputs import LOCK
+
+        entries = sorted(e for e in os.listdir(path) if not e.startswith(".hf_tvd_write_probe-") and e != LOCK)
         if entries and not (resume or overwrite):
             checkpoints = [e for e in entries if e.startswith("checkpoint-")]
             others = [e for e in entries if not e.startswith("checkpoint-")]
@@ -103,30 +94,6 @@ def check_output_dir(path: str, *, overwrite: bool = False, resume: bool = False
         raise ValueError(f"output_dir {path} cannot be created: {parent} is a file, not a directory")
     if not os.access(parent, os.W_OK | os.X_OK) or not _probe_writable(parent):
         raise ValueError(f"output_dir {path} cannot be created: {parent} is not writable")
-
-
-def remove_earlier_run(path: str) -> list[str]:
-    """Remove what an earlier run of these scripts wrote into ``path`` (``--overwrite_output_dir true``).
-
-    Only the names the scripts write (:data:`RUN_OUTPUT_FILES`, :data:`RUN_OUTPUT_FOLDERS`, ``checkpoint-N``
-    folders) are removed; anything else in the folder is left alone. Returns the names removed.
-    """
-    import re
-    import shutil
-
-    removed = []
-    if not os.path.isdir(path):
-        return removed
-    for name in sorted(os.listdir(path)):
-        full = os.path.join(path, name)
-        if name in RUN_OUTPUT_FILES and os.path.isfile(full):
-            os.remove(full)
-        elif (name in RUN_OUTPUT_FOLDERS or re.fullmatch(r"checkpoint-\d+", name)) and os.path.isdir(full):
-            shutil.rmtree(full)
-        else:
-            continue
-        removed.append(name)
-    return removed
 
 
 # The numeric options of TrainingArguments / Seq2SeqTrainingArguments the scripts expose: (name, check_number
@@ -276,6 +243,12 @@ def check_common_args(data_args: DataArguments, model_args: ModelArguments, trai
                     "read from inside it; choose another --output_dir"
                 )
     check_output_dir(training_args.output_dir, overwrite=data_args.overwrite_output_dir, resume=resume_inside)
+    if data_args.overwrite_output_dir:
+        from .outputs import overwrite_problem
+
+        problem = overwrite_problem(output_dir)
+        if problem is not None:
+            raise ValueError(problem)
     if resume is not None and training_args.max_steps > 0:
         done = _checkpoint_step(resume)
         if done is not None and done >= training_args.max_steps:

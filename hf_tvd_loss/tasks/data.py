@@ -136,14 +136,36 @@ def _check_utf8(path: str, option: str) -> None:
             ) from None
 
 
+def _csv_options(path: str, option: str, split: str) -> dict[str, Any]:
+    """CSV cells are text: every column is read as a string and no cell text means "missing" (pandas would read
+    ``None``, ``NA``, ``null``, ``NaN``, ``n/a`` ... as missing values, and digits as numbers); only an empty cell is
+    empty. A header naming a column twice is refused (pandas would rename the second one)."""
+    import csv
+
+    from datasets import Features, Value
+
+    with open(path, encoding="utf-8-sig", newline="") as f:
+        header = next(csv.reader(f), [])
+    repeated = sorted({name for name in header if header.count(name) > 1})
+    if repeated:
+        raise ValueError(f"the {split} split ({option} {path}): the CSV header names the column(s) {repeated} more "
+                         "than once; rename them so that each column has one name")  # fmt: skip
+    if not header:
+        return {"keep_default_na": False}
+    return {"keep_default_na": False, "features": Features({name: Value("string") for name in header})}
+
+
 def _load_file(path: str, option: str, split: str, cache_dir: str | None) -> Dataset:
     from datasets import load_dataset
 
     builder = FILE_BUILDERS[os.path.splitext(path)[1].lower()]
     if builder != "parquet":
         _check_utf8(path, option)  # pyarrow's JSON reader keeps invalid bytes, which break only when read later
+    options: dict[str, Any] = {}
+    if builder == "csv":
+        options = _csv_options(path, option, split)
     try:
-        return load_dataset(builder, data_files={"data": path}, split="data", cache_dir=cache_dir)
+        return load_dataset(builder, data_files={"data": path}, split="data", cache_dir=cache_dir, **options)
     except Exception as err:  # datasets raises many types for malformed files
         if "corresponds to no data" in str(err):
             raise ValueError(f"the {split} split ({option} {path}) is empty: the file has no rows") from err

@@ -2,9 +2,10 @@
 
 :func:`prepare` parses the options (YAML + command line), checks them, loads the data and checks its columns, loads
 the pretrained model or resolves the config of a model built from scratch; it writes nothing, so bad input ends the
-run before anything exists on disk. :func:`build` creates ``output_dir``, trains a tokenizer when there is no
-pretrained one, builds the model, tokenises the data and constructs the trainer (a problem found there, such as
-texts too short for one block, removes the folder it created). :func:`train_and_evaluate` trains, evaluates,
+run before anything exists on disk. :func:`build` claims ``output_dir`` (one run at a time, with a ledger of
+what the run writes there: :mod:`.outputs`), trains a tokenizer when there is no pretrained one, builds the model,
+tokenises the data and constructs the trainer (a problem found there, such as texts too short for one block,
+removes what the run wrote). :func:`train_and_evaluate` trains, evaluates,
 predicts and writes the model, metrics, predictions, ``run_info.json`` and a model card.
 
 The pieces come from ``checks.py``, ``data.py``, ``modeling.py``, ``trainers.py`` and ``report.py``; the task
@@ -17,7 +18,6 @@ import dataclasses
 import json
 import logging
 import os
-import shutil
 import sys
 import time
 from collections.abc import Iterator, Sequence
@@ -31,9 +31,10 @@ from ..callbacks import read_checkpoint_marker
 from ..trainer import check_resume_loss_settings
 from .arguments import DataArguments, ModelArguments
 from .base import ChosenDefaults, Task
-from .checks import check_common_args, remove_earlier_run
+from .checks import check_common_args
 from .data import load_raw_splits
 from .modeling import auto_model_class, build_model_from_config, max_positions, resolve_config, train_tokenizer
+from .outputs import OutputFolder, ledger_callback
 from .report import print_summary, write_model_card
 from .trainers import TaskGenerationTrainer, TaskSeq2SeqTrainer, TaskTrainer
 
@@ -136,40 +137,50 @@ def _texts_for_tokenizer(task: Task[Any, Any], prepared: Prepared) -> Iterator[s
 
 @dataclass
 class Built:
-    """The trainer and what it was built from; ``created_output_dir`` says whether this run made the folder."""
+    """The trainer and what it was built from; ``output_folder`` is the claimed folder (main process; else None)."""
 
     trainer: TaskTrainer | TaskSeq2SeqTrainer
     tokenizer: PreTrainedTokenizerBase
     datasets: dict[str, Dataset]
-    created_output_dir: bool
+    output_folder: OutputFolder | None
     start: float
+
+    @property
+    def created_output_dir(self) -> bool:
+        return self.output_folder is not None and self.output_folder.created
 
 
 def build(prepared: Prepared) -> Built:
-    """Create output_dir, train a tokenizer if needed, build the model, preprocess, construct the trainer.
+    """Claim output_dir, train a tokenizer if needed, build the model, preprocess, construct the trainer.
 
-    A ``ValueError`` here (e.g. texts too short for one block) removes the output_dir this run created, so a refused
-    run leaves nothing behind.
+    The main process claims the folder (:meth:`.outputs.OutputFolder.claim`: one run at a time; with
+    ``--overwrite_output_dir`` exactly the earlier run's recorded files are removed). A ``ValueError`` here (e.g.
+    texts too short for one block) removes what this run wrote, so a refused run leaves nothing behind.
     """
     training_args = prepared.training_args
-    output_dir = training_args.output_dir
-    created = not os.path.exists(output_dir)
     start = time.time()
-    if prepared.data_args.overwrite_output_dir and not created and training_args.process_index == 0:
-        removed = remove_earlier_run(output_dir)
-        if removed:
-            logger.warning(
-                "overwrite_output_dir: removed the earlier run's %s from %s", ", ".join(removed), output_dir
-            )
+    folder = None
+    if training_args.process_index == 0:
+        resume = training_args.resume_from_checkpoint
+        folder = OutputFolder.claim(
+            training_args.output_dir,
+            overwrite=prepared.data_args.overwrite_output_dir,
+            resume=bool(resume) and _inside_folder(resume, training_args.output_dir),
+        )
     try:
-        return _build(prepared, created, start)
-    except ValueError:
-        if created and training_args.process_index == 0:
-            shutil.rmtree(output_dir, ignore_errors=True)
+        return _build(prepared, folder, start)
+    except BaseException:
+        if folder is not None:
+            folder.discard()
         raise
 
 
-def _build(prepared: Prepared, created: bool, start: float) -> Built:
+def _inside_folder(path: str, folder: str) -> bool:
+    path, folder = os.path.realpath(path), os.path.realpath(folder)
+    return path == folder or path.startswith(folder + os.sep)
+
+
+def _build(prepared: Prepared, folder: OutputFolder | None, start: float) -> Built:
     from transformers import set_seed
 
     task, data_args, training_args = prepared.task, prepared.data_args, prepared.training_args
@@ -177,8 +188,6 @@ def _build(prepared: Prepared, created: bool, start: float) -> Built:
     output_dir = training_args.output_dir
     set_seed(training_args.seed)
     is_main = training_args.process_index == 0
-    if is_main:
-        os.makedirs(output_dir, exist_ok=True)
 
     tokenizer = prepared.tokenizer
     if tokenizer is None:
@@ -194,7 +203,11 @@ def _build(prepared: Prepared, created: bool, start: float) -> Built:
                     model_max_length=task.tokenizer_max_length(data_args),
                     kind=model_args.tokenizer_type,
                 )
+                if folder is not None:
+                    folder.expect(["tokenizer"])
                 tokenizer.save_pretrained(tokenizer_dir)
+                if folder is not None:
+                    folder.update(close=["tokenizer"])
             else:
                 tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
         logger.info("trained a %s tokenizer with %d tokens on the training data", model_args.tokenizer_type,
@@ -229,7 +242,9 @@ def _build(prepared: Prepared, created: bool, start: float) -> Built:
         compute_metrics=task.compute_metrics(tokenizer, data_args),
         tvd_args=prepared.tvd_args,
     )
-    return Built(trainer, tokenizer, datasets, created, start)
+    if folder is not None:
+        trainer.add_callback(ledger_callback(folder))
+    return Built(trainer, tokenizer, datasets, folder, start)
 
 
 def train_and_evaluate(prepared: Prepared, built: Built | None = None) -> dict[str, Any]:
@@ -239,6 +254,9 @@ def train_and_evaluate(prepared: Prepared, built: Built | None = None) -> dict[s
     trainer, tokenizer, datasets, start = built.trainer, built.tokenizer, built.datasets, built.start
     output_dir = training_args.output_dir
 
+    folder = built.output_folder
+    if folder is not None:
+        folder.expect_run_outputs()  # the model, metrics, card and runs/ it is about to write
     metrics: dict[str, Any] = {}
     if training_args.do_train:
         result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
@@ -294,6 +312,9 @@ def train_and_evaluate(prepared: Prepared, built: Built | None = None) -> dict[s
             f.flush()
             os.fsync(f.fileno())
         os.replace(partial, os.path.join(output_dir, "run_info.json"))
+        if folder is not None:
+            folder.finish()
+            folder.release()
         print_summary(
             trainer, task.name, training_args, predictions_file, time.time() - start,
             metrics=metrics, headline=task.headline_metrics, defaults=prepared.defaults.describe(),

@@ -1,0 +1,289 @@
+"""The output folder of a script run: claimed by one run at a time, and a ledger of what the run wrote into it.
+
+Two promises rest on this module:
+
+* **One run per folder.** :meth:`OutputFolder.claim` takes an exclusive lock on ``output_dir/.hf_tvd_loss.lock``
+  (``fcntl.flock``: released by the operating system when the process ends, however it ends) and only then looks
+  at what the folder holds. Two runs started at once into the same new folder both pass the option checks; the
+  second to claim it is refused, naming the first (its pid, host and start time).
+* **Only what a recorded earlier run wrote may go.** Each run keeps ``run_outputs.json``, the ledger of every
+  file it wrote, updated after each write step (tokenizer, checkpoints, the end of the run). Before a write step the
+  names it will write are entered as *open* (a checkpoint folder about to be saved, the model files, ``runs/``),
+  so a run killed in the middle of a save still owns what it left half-written. ``--overwrite_output_dir true``
+  removes exactly the ledger's files; a file no ledger lists, where this run would write (a ``config.json``,
+  ``README.md``, ``tokenizer/NOTES.txt`` of the user's own), is refused before any work, with its names. Other
+  files (``notes.txt``) are left where they are.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import socket
+import time
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+__all__ = ["LEDGER", "LOCK", "OutputFolder", "ledger_callback", "overwrite_problem", "read_ledger"]
+
+LEDGER = "run_outputs.json"
+LOCK = ".hf_tvd_loss.lock"
+
+# Names the scripts write into output_dir: the model, tokenizer, metrics, model card, predictions and folders.
+RUN_OUTPUT_FILES = (
+    "model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json",
+    "config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+    "vocab.json", "merges.txt", "spiece.model", "sentencepiece.bpe.model", "source.spm", "target.spm",
+    "added_tokens.json", "chat_template.jinja", "training_args.bin", "trainer_state.json", "all_results.json",
+    "train_results.json", "eval_results.json", "test_results.json", "run_info.json", "README.md",
+    "generated_predictions.jsonl", "adapter_config.json", "adapter_model.safetensors", LEDGER,
+)  # fmt: skip
+RUN_OUTPUT_FOLDERS = ("tokenizer", "runs")
+_RUN_PATTERNS = (re.compile(r"checkpoint-\d+"), re.compile(r"model-\d+-of-\d+\.safetensors"),
+                 re.compile(r"pytorch_model-\d+-of-\d+\.bin"), re.compile(r".*\.tmp-\d+"))  # fmt: skip
+
+
+def is_run_name(name: str) -> bool:
+    """Whether a run of these scripts may write the top-level entry ``name`` of its output folder."""
+    return (name in RUN_OUTPUT_FILES or name in RUN_OUTPUT_FOLDERS or name == LOCK
+            or any(p.fullmatch(name) for p in _RUN_PATTERNS))  # fmt: skip
+
+
+def _files(path: str) -> Iterator[str]:
+    """Every file below ``path`` (relative, '/'-separated), links as files; not the lock nor write probes."""
+    for root, dirs, names in os.walk(path):
+        rel = os.path.relpath(root, path)
+        dirs[:] = [d for d in dirs if not d.startswith(".hf_tvd_write_probe-")]
+        for name in names:
+            entry = name if rel == "." else f"{rel}/{name}".replace(os.sep, "/")
+            if entry != LOCK:
+                yield entry
+        for d in dirs:  # a link to a folder is not followed, and counts as one entry
+            if os.path.islink(os.path.join(root, d)):
+                yield d if rel == "." else f"{rel}/{d}".replace(os.sep, "/")
+
+
+def read_ledger(path: str) -> dict[str, Any] | None:
+    """The ledger of ``path`` (``{"files": [...], "open": [...]}``), or None when it has none or it is unreadable."""
+    try:
+        with open(os.path.join(path, LEDGER), encoding="utf-8") as f:
+            ledger = json.load(f)
+    except (OSError, ValueError):
+        return None
+    if not (
+        isinstance(ledger, dict) and isinstance(ledger.get("files"), list) and isinstance(ledger.get("open"), list)
+    ):
+        return None
+    return ledger
+
+
+def _recorded(ledger: dict[str, Any] | None) -> tuple[set[str], set[str]]:
+    if ledger is None:
+        return set(), set()
+    return {str(f) for f in ledger["files"]}, {str(f) for f in ledger["open"]}
+
+
+def _is_recorded(entry: str, files: set[str], open_names: set[str]) -> bool:
+    return entry in files or entry.split("/", 1)[0] in open_names
+
+
+def _unrecorded_in_the_way(path: str, ledger: dict[str, Any] | None) -> list[str]:
+    """Files of ``path`` that no ledger lists, where a run would write (a run name, or a folder holding recorded files)."""
+    files, open_names = _recorded(ledger)
+    recorded_tops = {f.split("/", 1)[0] for f in files if "/" in f} | open_names
+    in_the_way = []
+    for entry in _files(path):
+        if _is_recorded(entry, files, open_names) or (entry == LEDGER and ledger is not None):
+            continue
+        top = entry.split("/", 1)[0]
+        if is_run_name(top) or top in recorded_tops:
+            in_the_way.append(entry)
+    return sorted(in_the_way)
+
+
+def overwrite_problem(path: str) -> str | None:
+    """Why ``--overwrite_output_dir`` may not clear ``path``, or None: files no recorded run wrote would be replaced
+    or removed (names shown)."""
+    if not os.path.isdir(path):
+        return None
+    ledger = read_ledger(path)
+    blocking = _unrecorded_in_the_way(path, ledger)
+    if not blocking:
+        return None
+    shown = ", ".join(blocking[:8]) + (f", and {len(blocking) - 8} more" if len(blocking) > 8 else "")
+    why = ("no run of these scripts recorded writing them" if ledger is not None
+           else f"the folder holds no recorded run of these scripts (no readable {LEDGER})")  # fmt: skip
+    return (
+        f"--overwrite_output_dir would replace or remove files in {path} that this project did not write: {shown} "
+        f"({why}); move them away yourself, or choose another --output_dir"
+    )
+
+
+def _holder(lock_path: str) -> str:
+    try:
+        with open(lock_path, encoding="utf-8") as f:
+            info = json.load(f)
+        return f"pid {info['pid']} on {info['host']}, started {info['started']}"
+    except (OSError, ValueError, KeyError, TypeError):
+        return "holder unknown"
+
+
+class OutputFolder:
+    """A claimed output folder (see the module docstring). ``claim`` it, :meth:`expect` names before writing them,
+    :meth:`update` after a write step, :meth:`finish` at the end; :meth:`discard` removes what this run wrote."""
+
+    def __init__(self, path: str, lock_fd: int, ledger: dict[str, Any], created: bool) -> None:
+        self.path, self._lock_fd, self.created = path, lock_fd, created
+        self._files, self._open = _recorded(ledger)
+        self._inherited = (set(self._files), set(self._open))  # a resumed run's: never discarded
+        self._foreign = {e for e in _files(path) if not _is_recorded(e, self._files, self._open)}
+        self._foreign.discard(LEDGER)
+
+    @classmethod
+    def claim(cls, path: str, *, overwrite: bool = False, resume: bool = False) -> OutputFolder:
+        """Create (if needed) and lock ``path``; then refuse a folder another run holds, or one that holds an
+        earlier run (unless ``resume`` continues it or ``overwrite`` replaces it: then exactly the earlier run's
+        recorded files are removed first)."""
+        import fcntl
+
+        from .checks import check_output_dir
+
+        path = os.path.abspath(path)
+        created = not os.path.exists(path)
+        os.makedirs(path, exist_ok=True)
+        lock_path = os.path.join(path, LOCK)
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise ValueError(
+                f"output_dir {path} is in use by another run ({_holder(lock_path)}): wait for it to finish, or "
+                "choose another --output_dir"
+            ) from None
+        try:
+            holder = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, json.dumps(holder).encode(), 0)
+            # Now no other run writes here: look again (the checks in prepare() ran before the lock).
+            check_output_dir(path, overwrite=overwrite, resume=resume)
+            ledger = read_ledger(path)
+            if overwrite:
+                problem = overwrite_problem(path)
+                if problem is not None:
+                    raise ValueError(problem)
+                _remove(path, *_recorded(ledger))
+                ledger = None
+            folder = cls(path, fd, ledger or {"files": [], "open": []}, created)
+            folder.expect([LEDGER])
+            return folder
+        except BaseException:
+            os.close(fd)
+            raise
+
+    # --- the ledger
+    def expect(self, names: Iterable[str]) -> None:
+        """Enter top-level ``names`` as open before writing them (those that hold no file of someone else)."""
+        new = {n for n in names if n not in self._open and not any(f.split("/", 1)[0] == n for f in self._foreign)}
+        if new:
+            self._open |= new
+            self._write()
+
+    def expect_run_outputs(self) -> None:
+        """Open every name a run writes at its end that is not already in the folder (model, metrics, card, runs/)."""
+        self.expect(
+            n for n in (*RUN_OUTPUT_FILES, *RUN_OUTPUT_FOLDERS) if not os.path.exists(os.path.join(self.path, n))
+        )
+
+    def update(self, close: Iterable[str] = ()) -> None:
+        """Record every file now in the folder that was not someone else's; close the open names in ``close``."""
+        present = set(_files(self.path))
+        self._files = {f for f in self._files if f in present}  # rotated checkpoints are gone
+        self._files |= {e for e in present if e not in self._foreign and e != LEDGER} | {LEDGER}
+        self._open -= set(close)
+        self._write()
+
+    def finish(self) -> None:
+        """The end of the run: every file recorded, nothing open (a file appearing later is not this run's)."""
+        self.update(close=set(self._open))
+
+    def _write(self) -> None:
+        payload = {
+            "written_by": "hf_tvd_loss",
+            "note": "files a run of the hf_tvd_loss scripts wrote here; --overwrite_output_dir removes these only",
+            "files": sorted(self._files | {LEDGER}),
+            "open": sorted(self._open),
+        }
+        tmp = os.path.join(self.path, f"{LEDGER}.tmp-{os.getpid()}")
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(payload, f, indent=1)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, os.path.join(self.path, LEDGER))
+
+    def discard(self) -> None:
+        """A refused run: remove what it wrote (the whole folder if it created it and nothing else is there)."""
+        files, open_names = self._files - self._inherited[0], self._open - self._inherited[1]
+        if not any(self._inherited):
+            files.add(LEDGER)
+        _remove(self.path, files, open_names)
+        lock = os.path.join(self.path, LOCK)
+        if os.path.exists(lock):
+            os.remove(lock)
+        self.release()
+        if self.created:
+            with contextlib.suppress(OSError):
+                os.rmdir(self.path)
+
+    def release(self) -> None:
+        if self._lock_fd >= 0:
+            os.close(self._lock_fd)
+            self._lock_fd = -1
+
+
+def _remove(path: str, files: set[str], open_names: set[str]) -> None:
+    """Remove the recorded ``files`` and everything under the open names, then the folders this left empty."""
+    import shutil
+
+    folders = set()
+    for entry in files:
+        full = os.path.join(path, *entry.split("/"))
+        if os.path.islink(full) or os.path.isfile(full):
+            os.remove(full)
+            folders.add(os.path.dirname(full))
+    for name in open_names:
+        full = os.path.join(path, name)
+        if os.path.islink(full) or os.path.isfile(full):
+            os.remove(full)
+        elif os.path.isdir(full):
+            shutil.rmtree(full)
+    for folder in sorted(folders, key=len, reverse=True):  # deepest first
+        while folder != path and os.path.isdir(folder) and not os.listdir(folder):
+            os.rmdir(folder)
+            folder = os.path.dirname(folder)
+
+
+def ledger_callback(folder: OutputFolder) -> Any:
+    """A ``TrainerCallback`` keeping ``folder``'s ledger through training: each checkpoint folder is entered as open
+    before it is saved and recorded after."""
+    from transformers import TrainerCallback
+    from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+    class LedgerCallback(TrainerCallback):
+        def _expect(self, state: Any, control: Any) -> None:
+            if control.should_save and state.is_world_process_zero:
+                folder.expect([f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"])
+
+        def on_step_end(self, args, state, control, **kwargs):  # type: ignore[no-untyped-def]
+            self._expect(state, control)
+
+        def on_epoch_end(self, args, state, control, **kwargs):  # type: ignore[no-untyped-def]
+            self._expect(state, control)
+
+        def on_save(self, args, state, control, **kwargs):  # type: ignore[no-untyped-def]
+            if state.is_world_process_zero:
+                folder.update(close=[f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"])
+
+    return LedgerCallback()
