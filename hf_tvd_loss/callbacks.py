@@ -228,9 +228,10 @@ def _safetensors_problem(path: str) -> str | None:
 def checkpoint_problem(path: str) -> str | None:
     """What makes checkpoint folder ``path`` unusable for resuming, or None.
 
-    Checks completion (marker or readable ``trainer_state.json``), every ``*.safetensors`` file's header against
-    its size, and that every pickled torch file (``*.pt``, ``*.pth``, ``*.bin``) is a whole zip archive. This
-    reads headers only, not the weights.
+    Checks completion (marker or readable ``trainer_state.json``), that the optimizer and scheduler states are
+    there (a checkpoint of ``--save_only_model``, or one whose ``optimizer.pt`` was deleted, would resume with a
+    fresh optimizer without a word), every ``*.safetensors`` file's header against its size, and that every
+    pickled torch file (``*.pt``, ``*.pth``, ``*.bin``) is a whole zip archive. This reads headers only.
     """
     import zipfile
 
@@ -238,7 +239,15 @@ def checkpoint_problem(path: str) -> str | None:
         return "no such folder"
     if not checkpoint_is_complete(path):
         return f"not completely written (no {CHECKPOINT_COMPLETE_MARKER} and no readable trainer_state.json)"
-    for name in sorted(os.listdir(path)):
+    names = set(os.listdir(path))
+    if not (
+        names & {"optimizer.pt", "optimizer.bin"} or any(n.startswith(("optimizer_", "global_step")) for n in names)
+    ):
+        return ("it holds no optimizer state (optimizer.pt is missing: deleted, or the checkpoint was saved with "
+                "--save_only_model), so resuming would restart the optimizer, the schedule and the random state")  # fmt: skip
+    if "optimizer.pt" in names and "scheduler.pt" not in names:
+        return "scheduler.pt is missing, so resuming would restart the learning-rate schedule"
+    for name in sorted(names):
         file = os.path.join(path, name)
         if not os.path.isfile(file):
             continue

@@ -206,7 +206,24 @@ class TVDLossMixin:
         batch_samples, num_items_in_batch = super().get_batch_samples(epoch_iterator, num_batches, device)
         if num_items_in_batch is None:
             num_items_in_batch = self._tvd_count_tokens(batch_samples, device)
+        if self.args.world_size == 1 and batch_samples:
+            self._tvd_refuse_unscored_step(batch_samples)
         return batch_samples, num_items_in_batch
+
+    def _tvd_refuse_unscored_step(self, batch_samples: list) -> None:
+        """A training step in which no label is scored (all -100) would train on loss 0 without a word: refuse it.
+        Counted on the batches as the data loader gave them (on the CPU, no device sync); one process only, since
+        with several a shard without targets is fine while another process has some."""
+        shifts = not is_encoder_decoder(self.model)
+        counts = [_count_targets(batch, shifts) for batch in batch_samples if isinstance(batch, Mapping)]
+        if not counts or any(c is None or c.device.type != "cpu" for c in counts):
+            return
+        if int(sum(int(c) for c in counts)) == 0:
+            raise ValueError(
+                f"training step {self.state.global_step + 1} has no scored target: every label of its "
+                f"{len(counts)} batch(es) is -100 (or only the first position, which a causal LM does not score), so "
+                "it would train on a loss of 0; check the labels (the prompt mask, truncation) or drop such examples"
+            )
 
     def _tvd_count_tokens(self, batch_samples: list, device: torch.device) -> torch.Tensor | None:
         shifts = not is_encoder_decoder(self.model)

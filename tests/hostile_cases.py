@@ -237,7 +237,8 @@ def _earlier_run(tmp: Path) -> None:
     (out / "all_results.json").write_text('{"eval_rouge1": 41.0}')
 
 
-def _checkpoint(folder: Path, step: int, *, complete: bool = True, truncated: bool = False) -> None:
+def _checkpoint(folder: Path, step: int, *, complete: bool = True, truncated: bool = False,
+                optimizer: bool = True) -> None:  # fmt: skip
     import struct
 
     path = folder / f"checkpoint-{step}"
@@ -245,6 +246,11 @@ def _checkpoint(folder: Path, step: int, *, complete: bool = True, truncated: bo
     header = json.dumps({"w": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]}}).encode()
     blob = struct.pack("<Q", len(header)) + header + b"\x00" * 16
     (path / "model.safetensors").write_bytes(blob[:20] if truncated else blob)
+    if optimizer:
+        import torch
+
+        torch.save({}, path / "optimizer.pt")
+        torch.save({}, path / "scheduler.pt")
     if complete:
         (path / "trainer_state.json").write_text(json.dumps({"global_step": step, "log_history": []}))
         (path / "tvd_checkpoint_complete.json").write_text(json.dumps({"global_step": step}))
@@ -268,6 +274,13 @@ def _unrelated_file(tmp: Path) -> Any:
     return "language_modeling", ["--output_dir", _out(tmp), *QUICK_LM]
 
 
+def _test_file_never_read(tmp: Path) -> Any:
+    train = _write_lines(tmp / "train.jsonl", list(_rows(_summ_rows(20))))
+    test = _write_lines(tmp / "test.jsonl", list(_rows(_summ_rows(5))))
+    return _argv("summarization", ["--output_dir", _out(tmp), *QUICK],
+                 ("--train_file", train, "--test_file", test, "--do_predict", "false"))  # fmt: skip
+
+
 def _overwrite_users_files(*names: str) -> Callable[[Path], Any]:
     """A folder of the user's own files (no run of these scripts wrote it) and --overwrite_output_dir."""
 
@@ -278,6 +291,17 @@ def _overwrite_users_files(*names: str) -> Callable[[Path], Any]:
         return "language_modeling", ["--output_dir", _out(tmp), *QUICK_LM, "--overwrite_output_dir", "true"]
 
     return build
+
+
+def _resume_without_optimizer(tmp: Path) -> Any:
+    _checkpoint(tmp / "out", 200, optimizer=False)  # optimizer.pt deleted, or saved with --save_only_model
+    return "language_modeling", ["--output_dir", _out(tmp), *QUICK_LM, "--resume_from_checkpoint", "latest"]
+
+
+def _resume_without_scheduler(tmp: Path) -> Any:
+    _checkpoint(tmp / "out", 200)
+    (tmp / "out" / "checkpoint-200" / "scheduler.pt").unlink()
+    return "language_modeling", ["--output_dir", _out(tmp), *QUICK_LM, "--resume_from_checkpoint", "latest"]
 
 
 def _resume_truncated(tmp: Path) -> Any:
@@ -498,6 +522,25 @@ def _c(id: str, group: str, build: Callable[[Path], Any], *names: str, note: str
 
 
 CASES: list[Case] = [
+    # ---------------------------------------------------------------- command line: options that would do nothing
+    _c("fp16-without-gpu", "cli", _sum("--fp16", "true"), "--fp16", "GPU", note="issue 21: trained in float32"),
+    _c(
+        "load-best-without-evaluations",
+        "cli",
+        _lm("--load_best_model_at_end", "true", "--eval_strategy", "no"),
+        "load_best_model_at_end",
+        "eval_strategy",
+    ),  # fmt: skip
+    _c(
+        "load-best-without-training",
+        "cli",
+        _sum("--load_best_model_at_end", "true", "--do_train", "false"),
+        "load_best_model_at_end",
+        "do_train",
+    ),  # fmt: skip
+    _c("test-file-never-read", "cli", _test_file_never_read, "--test_file", "do_predict"),
+    _c("report-to-wandb-not-installed", "cli", _lm("--report_to", "wandb"), "--report_to wandb", "pip install wandb"),
+    _c("report-to-mlflow-not-installed", "cli", _sum("--report_to", "mlflow"), "mlflow"),
     # ---------------------------------------------------------------- command line: numbers
     _c("lr-nan", "cli", _sum("--learning_rate", "nan"), "learning_rate"),
     _c("lr-negative", "cli", _sum("--learning_rate", "-1"), "learning_rate"),
@@ -756,6 +799,15 @@ CASES: list[Case] = [
         _overwrite_users_files("generated_predictions.jsonl"),
         "generated_predictions.jsonl",
     ),  # fmt: skip
+    _c(
+        "resume-without-optimizer",
+        "output",
+        _resume_without_optimizer,
+        "checkpoint-200",
+        "optimizer.pt",
+        "save_only_model",
+    ),  # fmt: skip
+    _c("resume-without-scheduler", "output", _resume_without_scheduler, "checkpoint-200", "scheduler.pt"),
     _c("resume-and-overwrite", "output", _resume_and_overwrite, "overwrite_output_dir", "resume_from_checkpoint"),
     _c(
         "resume-elsewhere-into-earlier-run",

@@ -254,3 +254,20 @@ def test_a_csv_header_naming_a_column_twice_is_refused(tmp_path):
     with pytest.raises(ValueError, match=r"CSV header names the column\(s\) \['en'\] more than once"):
         prepare(get_task("translation"), argv)
     assert not (tmp_path / "out").exists()
+
+
+def test_drop_last_with_a_batch_larger_than_the_data_is_refused(tmp_path):
+    """Issue 21: 0 steps, and an untrained model saved as if trained."""
+    out = tmp_path / "out"
+    prepared = prepare(get_task("language_modeling"), _lm_args(out, "--dataloader_drop_last", "true",
+                                                               "--per_device_train_batch_size", "512"))  # fmt: skip
+    with pytest.raises(ValueError, match="dataloader_drop_last with .* training examples and a batch of 512"):
+        build(prepared)
+    assert not out.exists()
+
+
+def test_push_to_hub_offline_is_refused_before_any_work(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ValueError, match="--push_to_hub needs the Hugging Face Hub, but HF_HUB_OFFLINE is set"):
+        prepare(get_task("language_modeling"), _lm_args(tmp_path / "out", "--push_to_hub", "true"))
+    assert not (tmp_path / "out").exists()

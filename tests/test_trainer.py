@@ -378,3 +378,20 @@ def test_resume_with_other_loss_settings_is_refused_naming_them(tmp_path):
     # a deliberate change of objective
     trainer(6, gamma=0.8, allow_loss_change_on_resume=True).train(resume_from_checkpoint=True)
     assert read_checkpoint_marker(str(tmp_path / "checkpoint-6"))["tvd_args"]["gamma"] == 0.8
+
+
+def test_a_training_step_with_no_scored_label_is_refused(tmp_path):
+    """Issue 21: a step whose labels are all -100 trained on loss 0 without a word."""
+    unscored = tiny_dataset("llama", n=8).map(lambda row: {"labels": [-100] * len(row["labels"])})
+    kwargs = _trainer_kwargs(tmp_path, max_steps=1, per_device_train_batch_size=4)
+    kwargs["train_dataset"] = unscored
+    trainer = TVDTrainer(**kwargs, data_collator=collator("llama"), tvd_args=TVDArguments(gamma=0.1))
+    with pytest.raises(ValueError, match="training step 1 has no scored target: every label of its 1 batch"):
+        trainer.train()
+
+
+@pytest.mark.parametrize("count", [0, -3, float("nan")])
+def test_a_hand_given_num_items_in_batch_must_be_positive(count):
+    logits, labels = torch.randn(2, 5, 11), torch.randint(0, 11, (2, 5))
+    with pytest.raises(ValueError, match="num_items_in_batch must be a positive count"):
+        gamma_cross_entropy_with_stats(logits, labels, gamma=0.1, num_items_in_batch=count)

@@ -478,6 +478,11 @@ def _mean(
     elif torch.is_tensor(num_items_in_batch):
         denominator = num_items_in_batch.to(device=total.device, dtype=total.dtype)
     else:
+        if not num_items_in_batch > 0:  # a count given by hand: 0, negative or NaN cannot be right
+            raise ValueError(
+                f"num_items_in_batch must be a positive count (the scored tokens, or sequences, of the whole step), "
+                f"got {num_items_in_batch!r}"
+            )
         denominator = torch.tensor(float(num_items_in_batch), device=total.device)
     # A batch with nothing to score gives 0 (and zero gradients), not 0/0.
     return total / denominator.clamp(min=1.0)

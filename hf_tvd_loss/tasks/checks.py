@@ -17,6 +17,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "check_common_args",
+    "check_options_take_effect",
     "check_finite_options",
     "check_output_dir",
     "check_training_numbers",
@@ -94,6 +95,44 @@ def check_output_dir(path: str, *, overwrite: bool = False, resume: bool = False
         raise ValueError(f"output_dir {path} cannot be created: {parent} is a file, not a directory")
     if not os.access(parent, os.W_OK | os.X_OK) or not _probe_writable(parent):
         raise ValueError(f"output_dir {path} cannot be created: {parent} is not writable")
+
+
+# report_to integration -> the packages that provide it (any one of them)
+REPORTING_PACKAGES = {
+    "tensorboard": ("tensorboard", "tensorboardX"), "wandb": ("wandb",), "mlflow": ("mlflow",),
+    "comet_ml": ("comet_ml",), "clearml": ("clearml",), "dvclive": ("dvclive",), "neptune": ("neptune",),
+    "codecarbon": ("codecarbon",), "trackio": ("trackio",), "swanlab": ("swanlab",), "azure_ml": ("azureml",),
+    "flyte": ("flytekit",), "dagshub": ("dagshub",),
+}  # fmt: skip
+
+
+def check_options_take_effect(data_args: DataArguments, training_args: TrainingArguments) -> None:
+    """Refuse options that this run would not apply, or that transformers would reject only once training started:
+    each would otherwise be silently ignored (or fail after the data and model work)."""
+    import importlib.util
+
+    if training_args.fp16 and not torch.cuda.is_available():
+        raise ValueError("--fp16 needs a CUDA GPU and this machine has none, so the run would train in float32: "
+                         "remove --fp16 (or use --bf16 true, which works on a CPU)")  # fmt: skip
+    if training_args.load_best_model_at_end and not training_args.do_train:
+        raise ValueError("--load_best_model_at_end applies to training, and do_train is false: remove it")
+    if training_args.load_best_model_at_end and "no" in (training_args.eval_strategy, training_args.save_strategy):
+        raise ValueError(
+            "--load_best_model_at_end needs evaluations and checkpoints during training to choose from, but "
+            f"eval_strategy is {training_args.eval_strategy!s} and save_strategy is {training_args.save_strategy!s}: "
+            "set both (e.g. to steps) or remove --load_best_model_at_end"
+        )
+    if data_args.test_file and not training_args.do_predict:
+        raise ValueError(f"--test_file {data_args.test_file} would never be read: do_predict is false; pass "
+                         "--do_predict true or remove --test_file")  # fmt: skip
+    for name in training_args.report_to or []:
+        packages = REPORTING_PACKAGES.get(name)
+        if packages and not any(importlib.util.find_spec(p) is not None for p in packages):
+            raise ValueError(f"--report_to {name} needs the {packages[0]} package, which is not installed: "
+                             f"pip install {packages[0]}, or pass --report_to none")  # fmt: skip
+    if training_args.push_to_hub and os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        raise ValueError("--push_to_hub needs the Hugging Face Hub, but HF_HUB_OFFLINE is set: the upload would fail "
+                         "after training; remove --push_to_hub or unset HF_HUB_OFFLINE")  # fmt: skip
 
 
 # The numeric options of TrainingArguments / Seq2SeqTrainingArguments the scripts expose: (name, check_number

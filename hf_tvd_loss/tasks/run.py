@@ -31,7 +31,7 @@ from ..callbacks import read_checkpoint_marker
 from ..trainer import check_resume_loss_settings
 from .arguments import DataArguments, ModelArguments
 from .base import ChosenDefaults, Task
-from .checks import check_common_args
+from .checks import check_common_args, check_options_take_effect
 from .data import load_raw_splits
 from .modeling import auto_model_class, build_model_from_config, max_positions, resolve_config, train_tokenizer
 from .outputs import OutputFolder, ledger_callback
@@ -69,6 +69,7 @@ def prepare(task: Task[Any, Any], argv: Sequence[str] | None = None) -> Prepared
     argv = list(sys.argv[1:] if argv is None else argv)
     (model_args, data_args, tvd_args, training_args), defaults = task.parse_args(argv)
     check_common_args(data_args, model_args, training_args)  # resolves resume_from_checkpoint to a folder
+    check_options_take_effect(data_args, training_args)
     task.check_args(data_args, model_args, training_args)
     if training_args.resume_from_checkpoint:  # refused here too, before data and model are loaded
         resume = training_args.resume_from_checkpoint
@@ -228,6 +229,13 @@ def _build(prepared: Prepared, folder: OutputFolder | None, start: float) -> Bui
             )
         if len(datasets[split]) == 0:
             raise ValueError(f"the {split} split has no usable examples after preprocessing")
+    batch = training_args.per_device_train_batch_size * training_args.world_size
+    if training_args.do_train and training_args.dataloader_drop_last and len(datasets.get("train", [])) < batch:
+        raise ValueError(
+            f"--dataloader_drop_last with {len(datasets['train'])} training examples and a batch of {batch} "
+            f"(per_device_train_batch_size × {training_args.world_size} processes) leaves no batch to train on: "
+            "lower per_device_train_batch_size or remove --dataloader_drop_last"
+        )
 
     trainer_cls = TaskSeq2SeqTrainer if task.is_seq2seq else TaskTrainer
     if getattr(task, "decoder_only", False):
