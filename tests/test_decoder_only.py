@@ -108,3 +108,36 @@ def test_default_prompts_name_the_task_and_the_languages(tmp_path):
     summarization = get_task("summarization")
     assert "{source}" in summarization.default_prompt_template and "Summar" in summarization.default_prompt_template
     assert "'Summarize the following text." in summarization.build_parser().epilog
+
+
+def test_two_processes_gather_every_prediction_once_in_dataset_order(tmp_path):
+    """Issue 20: with 2 processes and an uneven shard (5 examples, batches of 2: accelerate repeats examples to even
+    the batches), the predictions are complete, in dataset order, without duplicates: the same file as one process."""
+    import os
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    script = os.path.join(root, "scripts", "finetune_summarization.py")
+
+    def run(name, launcher):
+        out = tmp_path / name
+        argv = ["--output_dir", str(out), "--report_to", "none", "--synthetic_train_examples", "16",
+                "--synthetic_eval_examples", "5", "--model_type", "llama", "--do_train", "false",
+                "--per_device_eval_batch_size", "2", "--generation_num_beams", "1", "--use_cpu", "true",
+                "--disable_tqdm", "true", "--max_target_length", "40"]  # fmt: skip
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": root}
+        proc = subprocess.run([*launcher, script, *argv], capture_output=True, text=True, timeout=600, env=env,
+                              cwd=root)  # fmt: skip
+        assert proc.returncode == 0, proc.stderr[-4000:]
+        info = json.loads((out / "run_info.json").read_text())
+        lines = (out / "generated_predictions.jsonl").read_text().splitlines()
+        return info["world_size"], [json.loads(line) for line in lines]
+
+    one = run("one", [sys.executable])
+    two = run("two", [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+                      "29641"])  # fmt: skip
+    assert one[0] == 1 and two[0] == 2
+    assert len(one[1]) == 5 and two[1] == one[1]  # every test example once, in order, the same generations
+    references = [row["reference"] for row in one[1]]
+    assert len(set(references)) == len(references)
