@@ -397,3 +397,40 @@ def test_malformed_tool_data_is_refused_naming_the_row(tmp_path):
                 get_task("language_modeling"), _argv(tmp_path, model, train, "--output_dir", str(tmp_path / f"o{i}"))
             )
         assert not (tmp_path / f"o{i}").exists()
+
+
+def test_instruction_evaluation_by_generation(tmp_path):
+    """Issue 20 item 3: --predict_with_generate generates completions for the evaluation and test sets and scores
+    them (ROUGE-L, BLEU, chrF, exact match); a chat is answered at its last assistant turn."""
+    chats = _jsonl(tmp_path / "chats.jsonl", [{"messages": chat} for chat in CHATS] * 2)
+    argv = _argv(tmp_path, _pretrained(tmp_path, TEMPLATE), chats, "--max_steps", "1", "--test_file", chats,
+                 "--predict_with_generate", "true", "--generation_max_length", "6",
+                 "--per_device_eval_batch_size", "4")  # fmt: skip
+    metrics = run_task(get_task("language_modeling"), argv)
+    for key in ("eval_rougeL", "eval_bleu", "eval_chrf", "eval_exact_match", "eval_gen_len", "eval_perplexity",
+                "eval_ece", "test_rougeL"):  # fmt: skip
+        assert key in metrics, key
+    assert 0 < metrics["eval_gen_len"] <= 6
+    rows = [json.loads(line) for line in (tmp_path / "out" / "generated_predictions.jsonl").read_text().splitlines()]
+    assert [r["reference"] for r in rows] == ["You are welcome."] * 6  # the last assistant turn, in order
+
+
+def test_completion_metrics_and_generation_refusals(tmp_path):
+    from hf_tvd_loss.tasks.language_modeling import completion_metrics
+
+    scores = completion_metrics(["the harbour lies south", "no"], ["the harbour lies south", "the paper"])
+    assert scores["exact_match"] == 50.0 and 0 < scores["rougeL"] < 100 and 0 <= scores["bleu"] <= 100
+    pairs = _jsonl(tmp_path / "pairs.jsonl", [{"prompt": q, "completion": a} for q, a in PAIRS] * 4)
+    model = _pretrained(tmp_path, None)
+    text = _jsonl(tmp_path / "text.jsonl", [{"text": q + a} for q, a in PAIRS] * 4)
+    for extra, match in (
+        ((text, "--predict_with_generate", "true"), "plain text"),
+        ((pairs, "--generation_max_length", "9"), "--generation_max_length applies to --predict_with_generate"),
+        (
+            (pairs, "--predict_with_generate", "true", "--completion_only_loss", "false"),
+            "--completion_only_loss false",
+        ),
+    ):
+        with pytest.raises(ValueError, match=match):
+            prepare(get_task("language_modeling"), _argv(tmp_path, model, *extra))
+    assert not (tmp_path / "out").exists()

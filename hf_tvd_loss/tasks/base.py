@@ -183,6 +183,11 @@ class Task(Generic[DataArgsT, TrainingArgsT]):
     ) -> None:
         """Last settings on the model (e.g. generation), after it is built or loaded."""
 
+    def prompt_generation(self, data_args: DataArgsT, training_args: TrainingArgsT) -> dict[str, Any] | None:
+        """Settings of evaluation by generation from the prompts (``max_new_tokens``, ``num_beams``), or None: the
+        trainer's :attr:`~.generation.PromptGenerationMixin.prompt_generation`."""
+        return None
+
     def write_predictions(
         self, output: PredictionOutput, tokenizer: PreTrainedTokenizerBase, output_dir: str
     ) -> str | None:

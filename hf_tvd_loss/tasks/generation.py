@@ -12,6 +12,8 @@ result holds every example once, in dataset order, also where uneven shards repe
 
 from __future__ import annotations
 
+import json
+import os
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -21,11 +23,20 @@ import torch
 from .prompting import IGNORE_INDEX, LeftPaddingPromptCollator
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Callable, Sequence
 
     from torch.utils.data import Dataset as TorchDataset
+    from transformers import EvalPrediction, PreTrainedTokenizerBase
+    from transformers.trainer_utils import PredictionOutput
 
-__all__ = ["PromptGenerationMixin", "generate_completions"]
+__all__ = [
+    "PromptGenerationMixin",
+    "configure_prompt_generation",
+    "decode_ids",
+    "generate_completions",
+    "generation_metrics",
+    "write_generated_predictions",
+]
 
 
 class _Indexed(torch.utils.data.Dataset):
@@ -115,15 +126,88 @@ def _after_eos(tokens: torch.Tensor, eos: Any, model: Any) -> torch.Tensor:
     return (seen - is_eos.int()) > 0  # strictly after the first eos
 
 
+def configure_prompt_generation(
+    model: Any,
+    tokenizer: PreTrainedTokenizerBase,
+    *,
+    max_new_tokens: int | None,
+    num_beams: int = 1,
+    no_repeat_ngram_size: int = 0,
+    length_penalty: float = 1.0,
+) -> None:
+    """A decoder-only model's generation config for evaluation: ``max_new_tokens`` after the prompt, greedy or beam
+    search (a pretrained chat model's sampling settings are switched off: evaluation is deterministic), stopping at
+    the tokenizer's eos (a chat template's end of turn where that is the eos, as SmolLM2's ``<|im_end|>``)."""
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    generation = model.generation_config
+    generation.max_new_tokens = max_new_tokens
+    generation.max_length = None
+    generation.num_beams = num_beams
+    generation.no_repeat_ngram_size = no_repeat_ngram_size
+    generation.length_penalty = length_penalty
+    generation.early_stopping = num_beams > 1
+    generation.do_sample = False
+    generation.temperature = generation.top_p = generation.top_k = None
+    generation.pad_token_id = tokenizer.pad_token_id
+    generation.eos_token_id = tokenizer.eos_token_id
+
+
+def decode_ids(tokenizer: PreTrainedTokenizerBase, ids: np.ndarray) -> list[str]:
+    """Texts of generated or reference token rows (-100 padding and special tokens dropped, stripped)."""
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    ids = np.where(ids < 0, pad, ids)
+    return [text.strip() for text in tokenizer.batch_decode(ids, skip_special_tokens=True)]
+
+
+def generation_metrics(
+    tokenizer: PreTrainedTokenizerBase, text_metrics: Callable[[list[str], list[str]], dict[str, float]]
+) -> Callable[[EvalPrediction], dict[str, float]]:
+    """A ``compute_metrics`` for generated ids against reference ids: ``text_metrics(predictions, references)``
+    on the decoded texts, plus ``gen_len`` (mean generated tokens, end-of-sequence included)."""
+
+    def compute(eval_prediction: EvalPrediction) -> dict[str, float]:
+        generated = eval_prediction.predictions
+        generated = generated[0] if isinstance(generated, tuple) else generated
+        metrics = text_metrics(decode_ids(tokenizer, generated), decode_ids(tokenizer, eval_prediction.label_ids))
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        metrics["gen_len"] = float(np.mean((np.where(generated < 0, pad, generated) != pad).sum(-1)))
+        return metrics
+
+    return compute
+
+
+def write_generated_predictions(
+    output: PredictionOutput, tokenizer: PreTrainedTokenizerBase, output_dir: str
+) -> str | None:
+    """``generated_predictions.jsonl`` (``prediction`` and ``reference`` per example, in dataset order) of a
+    prediction by generation; None when the output holds no generated ids."""
+    if output.predictions is None or getattr(output.predictions, "ndim", 0) != 2:
+        return None
+    predictions = decode_ids(tokenizer, output.predictions)
+    references = decode_ids(tokenizer, output.label_ids) if output.label_ids is not None else None
+    path = os.path.join(output_dir, "generated_predictions.jsonl")
+    with open(path, "w", encoding="utf-8") as f:
+        for index, prediction in enumerate(predictions):
+            row = {"prediction": prediction}
+            if references is not None:
+                row["reference"] = references[index]
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    return path
+
+
 class PromptGenerationMixin:
     """Teacher-forced evaluation, then generation from the prompts scored by ``compute_metrics``.
 
-    ``predict_with_generate`` (``Seq2SeqTrainingArguments``) switches generation on; ``generation_max_length`` is
-    the number of new tokens, ``generation_num_beams`` the beams; the other settings (no-repeat n-grams, length
-    penalty, end-of-sequence tokens) come from the model's generation config. The teacher-forced part never keeps
+    Generation runs when :attr:`prompt_generation` is set (``{"max_new_tokens": ..., "num_beams": ...}``; the
+    scripts set it from ``--predict_with_generate``, ``--generation_max_length`` and ``--generation_num_beams``);
+    the other settings (no-repeat n-grams, length penalty, end-of-sequence tokens) come from the model's generation
+    config. The teacher-forced part never keeps
     the ``[tokens, vocab]`` logits (``prediction_loss_only``); with ``compute_metrics`` wrapped by a caller (the
     loss study records per-example scores) the wrapper sees the generated ids and the target ids.
     """
+
+    prompt_generation: dict[str, Any] | None = None
 
     def evaluation_loop(
         self, dataloader, description, prediction_loss_only=None, ignore_keys=None, metric_key_prefix="eval"
@@ -134,8 +218,8 @@ class PromptGenerationMixin:
         output = super().evaluation_loop(  # type: ignore[misc]
             dataloader, description, True, ignore_keys, metric_key_prefix
         )
-        args = self.args  # type: ignore[attr-defined]
-        if not getattr(args, "predict_with_generate", False) or prediction_loss_only:
+        args, settings = self.args, self.prompt_generation  # type: ignore[attr-defined]
+        if settings is None or prediction_loss_only:
             return output
         start = time.time()
         generated, targets = generate_completions(
@@ -145,8 +229,7 @@ class PromptGenerationMixin:
             batch_size=args.per_device_eval_batch_size,
             accelerator=self.accelerator,  # type: ignore[attr-defined]
             synced_gpus=bool(self.is_fsdp_enabled or self.is_deepspeed_enabled),  # type: ignore[attr-defined]
-            max_new_tokens=args.generation_max_length,
-            num_beams=args.generation_num_beams or 1,
+            **settings,
         )
         metrics = dict(output.metrics)
         if self.compute_metrics is not None:  # type: ignore[attr-defined]

@@ -25,10 +25,13 @@ from transformers import TrainingArguments
 
 if TYPE_CHECKING:
     from transformers import DataCollator, PreTrainedModel, PreTrainedTokenizerBase
+    from transformers.trainer_utils import PredictionOutput
 
 from .arguments import DataArguments, ModelArguments
-from .base import Task
+from .base import MetricsFunction, Task
 from .data import TOOLS_COLUMN, check_columns_present, parse_tools
+from .generation import configure_prompt_generation, generation_metrics, write_generated_predictions
+from .metrics import check_metric_package, load_metric
 from .prompting import (
     IGNORE_INDEX,
     PaddingCollator,
@@ -95,6 +98,19 @@ class LanguageModelingDataArguments(DataArguments):
                   "through the tokenizer's chat template; plain: prompt + completion + eos; auto: chat when the "
                   "tokenizer has a chat template, plain otherwise."},
     )  # fmt: skip
+    predict_with_generate: bool = field(
+        default=False,
+        metadata={"help": "Instruction data: also generate a completion for every evaluation and test example from "
+                  "its prompt (a chat: up to its last assistant turn) and score it against the reference: ROUGE-L, "
+                  "BLEU, chrF, exact match, gen_len; the test split's go to generated_predictions.jsonl. The "
+                  "option name and meaning of Seq2SeqTrainingArguments'."},
+    )  # fmt: skip
+    generation_max_length: int = field(
+        default=128, metadata={"help": "With --predict_with_generate: the most new tokens generated per example."}
+    )
+    generation_num_beams: int = field(
+        default=1, metadata={"help": "With --predict_with_generate: beams (1 = greedy decoding)."}
+    )
 
 
 def data_format(column_names: list[str], data_args: LanguageModelingDataArguments) -> str:
@@ -161,6 +177,23 @@ class LanguageModelingTask(Task[LanguageModelingDataArguments, TrainingArguments
         block = data_args.block_size
         if isinstance(block, bool) or not isinstance(block, int) or block < 2:
             raise ValueError(f"block_size must be an integer ≥ 2, got {block!r}")
+        generate = data_args.predict_with_generate
+        for name in ("generation_max_length", "generation_num_beams"):
+            value = getattr(data_args, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an integer ≥ 1, got {value!r}")
+            if not generate and value != LanguageModelingDataArguments.__dataclass_fields__[name].default:
+                raise ValueError(f"--{name} applies to --predict_with_generate, which is off: remove it, or pass "
+                                 "--predict_with_generate true")  # fmt: skip
+        if generate and not data_args.completion_only_loss:
+            raise ValueError("--predict_with_generate generates from the prompt, the tokens the loss does not score; "
+                             "with --completion_only_loss false every token is scored: remove one of them")  # fmt: skip
+        if generate and not (training_args.do_eval or training_args.do_predict):
+            raise ValueError("--predict_with_generate applies to evaluation and prediction, and do_eval and "
+                             "do_predict are both false: remove it")  # fmt: skip
+        if generate:
+            check_metric_package("rouge_score", "ROUGE-L")
+            check_metric_package("sacrebleu", "BLEU and chrF")
 
     def max_length_needed(self, data_args: LanguageModelingDataArguments) -> int:
         return data_args.block_size
@@ -175,6 +208,12 @@ class LanguageModelingTask(Task[LanguageModelingDataArguments, TrainingArguments
         self, dataset: Dataset, split: str, origin: str, data_args: LanguageModelingDataArguments
     ) -> None:
         form = data_format(dataset.column_names, data_args)
+        if form == "text" and data_args.predict_with_generate:
+            raise ValueError(
+                f"--predict_with_generate generates completions of instruction data (prompt/completion or messages "
+                f"columns), but the {split} data ({origin}) is plain text (column {data_args.text_column!r}): remove "
+                "--predict_with_generate (plain text is judged by perplexity)"
+            )
         if form == "text":
             if data_args.data_format == "auto" and data_args.text_column not in dataset.column_names:
                 raise ValueError(
@@ -406,6 +445,26 @@ class LanguageModelingTask(Task[LanguageModelingDataArguments, TrainingArguments
             )
         return tokenized
 
+    # --- evaluation by generation (instruction data, --predict_with_generate)
+    def prompt_generation(
+        self, data_args: LanguageModelingDataArguments, training_args: TrainingArguments
+    ) -> dict[str, Any] | None:
+        if not data_args.predict_with_generate:
+            return None
+        return {"max_new_tokens": data_args.generation_max_length, "num_beams": data_args.generation_num_beams}
+
+    def compute_metrics(
+        self, tokenizer: PreTrainedTokenizerBase, data_args: LanguageModelingDataArguments
+    ) -> MetricsFunction | None:
+        if not data_args.predict_with_generate:
+            return None
+        return generation_metrics(tokenizer, completion_metrics)
+
+    def write_predictions(
+        self, output: PredictionOutput, tokenizer: PreTrainedTokenizerBase, output_dir: str
+    ) -> str | None:
+        return write_generated_predictions(output, tokenizer, output_dir)
+
     def data_collator(self, tokenizer: PreTrainedTokenizerBase, model: PreTrainedModel) -> DataCollator:
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         return PaddingCollator(pad if pad is not None else 0)
@@ -419,3 +478,16 @@ class LanguageModelingTask(Task[LanguageModelingDataArguments, TrainingArguments
     ) -> None:
         if model.config.pad_token_id is None and tokenizer.pad_token_id is not None:
             model.config.pad_token_id = tokenizer.pad_token_id
+        if data_args.predict_with_generate:
+            configure_prompt_generation(model, tokenizer, max_new_tokens=data_args.generation_max_length,
+                                        num_beams=data_args.generation_num_beams)  # fmt: skip
+
+
+def completion_metrics(predictions: list[str], references: list[str]) -> dict[str, float]:
+    """Scores of generated completions against the references: ROUGE-L and BLEU / chrF (the scripts' metric
+    modules, 0-100), and exact match (share of completions equal to their reference after stripping, 0-100)."""
+    rouge = load_metric("rouge").compute(predictions=predictions, references=references)
+    bleu = load_metric("bleu").compute(predictions=predictions, references=references)
+    exact = [p.strip() == r.strip() for p, r in zip(predictions, references, strict=True)]
+    return {"rougeL": rouge["rougeL"], "bleu": bleu["bleu"], "chrf": bleu["chrf"],
+            "exact_match": 100.0 * sum(exact) / max(1, len(exact))}  # fmt: skip

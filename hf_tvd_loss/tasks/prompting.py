@@ -173,11 +173,18 @@ def labels_for(ids: list[int], scored: list[bool], completion_only: bool = True)
 
 
 def prompt_length(labels: list[int]) -> int:
-    """Tokens before the first scored label: the prompt a model generates the completion from."""
-    for index, label in enumerate(labels):
-        if label != IGNORE_INDEX:
-            return index
-    return len(labels)
+    """Tokens before the last scored span: the prompt a model generates the completion from. A prompt → target
+    example has one span (the target and its end); a chat of several turns is answered at its last assistant turn,
+    the earlier turns (their answers included) being the prompt."""
+    end = len(labels)
+    while end > 0 and labels[end - 1] == IGNORE_INDEX:
+        end -= 1
+    if end == 0:
+        return len(labels)
+    start = end
+    while start > 0 and labels[start - 1] != IGNORE_INDEX:
+        start -= 1
+    return start
 
 
 def truncate_text(tokenizer: PreTrainedTokenizerBase, text: str, max_tokens: int) -> str:
@@ -244,7 +251,7 @@ class PaddingCollator:
 
 
 class LeftPaddingPromptCollator:
-    """The prompts of tokenised prompt → target examples (the tokens before the first scored label), padded on the
+    """The prompts of tokenised prompt → target examples (the tokens before the last scored span), padded on the
     left to the longest of the batch, for generation; ``index`` carries each example's position in the dataset and
     ``target`` its scored tokens (right-padded with -100), the reference the generated text is scored against."""
 

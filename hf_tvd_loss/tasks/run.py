@@ -238,7 +238,8 @@ def _build(prepared: Prepared, folder: OutputFolder | None, start: float) -> Bui
         )
 
     trainer_cls = TaskSeq2SeqTrainer if task.is_seq2seq else TaskTrainer
-    if getattr(task, "decoder_only", False):
+    generation = task.prompt_generation(data_args, training_args)
+    if getattr(task, "decoder_only", False) or generation is not None:
         trainer_cls = TaskGenerationTrainer  # prompt → target pairs on a decoder-only model, judged by generation
     trainer = trainer_cls(
         model=model,
@@ -250,6 +251,8 @@ def _build(prepared: Prepared, folder: OutputFolder | None, start: float) -> Bui
         compute_metrics=task.compute_metrics(tokenizer, data_args),
         tvd_args=prepared.tvd_args,
     )
+    if isinstance(trainer, TaskGenerationTrainer):
+        trainer.prompt_generation = generation
     if folder is not None:
         trainer.add_callback(ledger_callback(folder))
     return Built(trainer, tokenizer, datasets, folder, start)

@@ -11,19 +11,17 @@ data; evaluation generates from the prompt, :mod:`.generation`). Which one follo
 from __future__ import annotations
 
 import copy
-import json
-import os
 import string
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
-import numpy as np
 from datasets import Dataset
 from transformers import Seq2SeqTrainingArguments
 
 from .arguments import DataArguments, ModelArguments
 from .base import MetricsFunction, Task
+from .generation import configure_prompt_generation, generation_metrics, write_generated_predictions
 from .metrics import check_metric_package
 from .prompting import (
     PaddingCollator,
@@ -36,7 +34,7 @@ from .prompting import (
 )
 
 if TYPE_CHECKING:
-    from transformers import DataCollator, EvalPrediction, PreTrainedModel, PreTrainedTokenizerBase
+    from transformers import DataCollator, PreTrainedModel, PreTrainedTokenizerBase
     from transformers.trainer_utils import PredictionOutput
 
 __all__ = ["Seq2SeqDataArguments", "Seq2SeqTask"]
@@ -348,52 +346,24 @@ class Seq2SeqTask(Task[Seq2SeqDataArgsT, Seq2SeqTrainingArguments]):
         data_args: Seq2SeqDataArgsT,
         training_args: Seq2SeqTrainingArguments,
     ) -> None:
-        """Decoder-only generation: ``generation_max_length`` new tokens after the prompt, greedy or beam search
-        (a pretrained chat model's sampling settings are switched off: evaluation is deterministic), stopping at the
-        tokenizer's eos (a chat template's end of turn where that is the eos, as SmolLM2's ``<|im_end|>``)."""
-        if model.config.pad_token_id is None:
-            model.config.pad_token_id = tokenizer.pad_token_id
-        generation = model.generation_config
-        generation.max_new_tokens = training_args.generation_max_length
-        generation.max_length = None
-        generation.num_beams = training_args.generation_num_beams or 1
-        generation.no_repeat_ngram_size = data_args.no_repeat_ngram_size
-        generation.length_penalty = data_args.length_penalty
-        generation.early_stopping = generation.num_beams > 1
-        generation.do_sample = False
-        generation.temperature = generation.top_p = generation.top_k = None
-        generation.pad_token_id = tokenizer.pad_token_id
-        generation.eos_token_id = tokenizer.eos_token_id
+        """Decoder-only generation: :func:`.generation.configure_prompt_generation` with ``generation_max_length``
+        new tokens and ``generation_num_beams`` beams."""
+        configure_prompt_generation(
+            model, tokenizer, max_new_tokens=training_args.generation_max_length,
+            num_beams=training_args.generation_num_beams or 1, no_repeat_ngram_size=data_args.no_repeat_ngram_size,
+            length_penalty=data_args.length_penalty,
+        )  # fmt: skip
 
-    def _decode(self, tokenizer: PreTrainedTokenizerBase, ids: np.ndarray) -> list[str]:
-        ids = np.where(ids < 0, tokenizer.pad_token_id, ids)
-        return [text.strip() for text in tokenizer.batch_decode(ids, skip_special_tokens=True)]
+    def prompt_generation(self, data_args: Seq2SeqDataArgsT, training_args: Seq2SeqTrainingArguments) -> dict | None:
+        if not (self.decoder_only and training_args.predict_with_generate):
+            return None
+        return {"max_new_tokens": training_args.generation_max_length,
+                "num_beams": training_args.generation_num_beams or 1}  # fmt: skip
 
     def compute_metrics(self, tokenizer: PreTrainedTokenizerBase, data_args: Seq2SeqDataArgsT) -> MetricsFunction:
-        def compute(eval_prediction: EvalPrediction) -> dict[str, float]:
-            generated = eval_prediction.predictions
-            generated = generated[0] if isinstance(generated, tuple) else generated
-            predictions = self._decode(tokenizer, generated)
-            references = self._decode(tokenizer, eval_prediction.label_ids)
-            metrics = self.text_metrics(predictions, references)
-            lengths = (np.where(generated < 0, tokenizer.pad_token_id, generated) != tokenizer.pad_token_id).sum(-1)
-            metrics["gen_len"] = float(np.mean(lengths))
-            return metrics
-
-        return compute
+        return generation_metrics(tokenizer, self.text_metrics)
 
     def write_predictions(
         self, output: PredictionOutput, tokenizer: PreTrainedTokenizerBase, output_dir: str
     ) -> str | None:
-        if output.predictions is None or output.predictions.ndim != 2:
-            return None
-        predictions = self._decode(tokenizer, output.predictions)
-        references = self._decode(tokenizer, output.label_ids) if output.label_ids is not None else None
-        path = os.path.join(output_dir, "generated_predictions.jsonl")
-        with open(path, "w", encoding="utf-8") as f:
-            for index, prediction in enumerate(predictions):
-                row = {"prediction": prediction}
-                if references is not None:
-                    row["reference"] = references[index]
-                f.write(json.dumps(row, ensure_ascii=False) + "\n")
-        return path
+        return write_generated_predictions(output, tokenizer, output_dir)
