@@ -108,9 +108,10 @@ class ExampleRecorder:
             trainer.compute_metrics = recording_compute_metrics
 
     def _text_rows(self, eval_prediction: Any) -> dict[str, list[Any]]:
-        decode = getattr(self.task, "_decode", None)
-        if decode is None:
+        if self.task.name not in ("translation", "summarization"):
             return {}
+        from ..tasks.generation import decode_ids as decode
+
         generated = eval_prediction.predictions
         generated = generated[0] if isinstance(generated, tuple) else generated
         if generated is None or getattr(generated, "ndim", 0) != 2:
