@@ -45,7 +45,7 @@ def test_plan_and_resumable_study(tmp_path):
         calls.append(spec.name)
         rng = random.Random(spec.name)
         metrics = {"eval_bleu": 40 + rng.random(), "eval_chrf": 60 + rng.random(), "eval_nll": 2.0, "eval_perplexity": 7.4, "eval_ece": 0.05,
-                   "eval_confidence": 0.6, "eval_accuracy": 0.55}  # fmt: skip
+                   "eval_confidence": 0.6, "eval_token_accuracy": 0.55}  # fmt: skip
         history = [{"step": s, "nll": 3.0 / s} for s in range(1, 5)]
         return {"metrics": metrics, "history": history, "calibration_bins": [[1.0] * 10, [0.5] * 10, [0.4] * 10]}
 
@@ -222,7 +222,7 @@ def test_compare_losses_end_to_end(tmp_path):
         results = {(r["loss"], r["noise"]): r["metrics"] for r in json.load(f)}
     assert set(results) == {("ce", 0.0), ("gamma0.8b0.2", 0.0), ("ce", 0.5)}
     for metrics in results.values():
-        assert {"eval_bleu", "eval_nll", "eval_ece", "eval_confidence", "eval_accuracy"} <= set(metrics)
+        assert {"eval_bleu", "eval_nll", "eval_ece", "eval_confidence", "eval_token_accuracy"} <= set(metrics)
     # per-example records for bootstrap intervals: one row per evaluation example, corpus BLEU recomputed exactly
     from hf_tvd_loss.study.stats import metric_from_examples
 

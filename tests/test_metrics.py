@@ -162,7 +162,7 @@ def _task_trainer(tmp_path, impl, model=None, batch=4):
 def test_task_calibration_same_in_both_paths_and_equal_to_full_logits(tmp_path):
     dataset = tiny_dataset("llama", n=10, seed=3)
     results = {impl: _task_trainer(tmp_path / impl, impl).evaluate(dataset) for impl in ("logits", "chunked")}
-    for key in ("eval_loss", "eval_ece", "eval_confidence", "eval_accuracy", "eval_entropy"):
+    for key in ("eval_loss", "eval_ece", "eval_confidence", "eval_token_accuracy", "eval_entropy"):
         assert results["chunked"][key] == pytest.approx(results["logits"][key], rel=1e-5), key
     batch = collator("llama")(list(dataset))
     with torch.no_grad():
@@ -171,7 +171,9 @@ def test_task_calibration_same_in_both_paths_and_equal_to_full_logits(tmp_path):
         )
     expected = calibration_from_sums(calibration_sums(logits, batch["labels"], shift=True))
     for name, value in expected.items():
-        assert results["chunked"][f"eval_{name}"] == pytest.approx(value, rel=1e-5, abs=1e-7), name
+        key = "eval_token_accuracy" if name == "accuracy" else f"eval_{name}"  # the trainer's (TRL's) name
+        assert results["chunked"][key] == pytest.approx(value, rel=1e-5, abs=1e-7), name
+    assert "eval_accuracy" not in results["chunked"]  # one name per quantity
 
 
 def test_chunked_evaluation_builds_no_full_logits(tmp_path, monkeypatch):
@@ -190,7 +192,7 @@ def test_chunked_evaluation_builds_no_full_logits(tmp_path, monkeypatch):
         with _LargestTensor() as spy:
             metrics = trainer.evaluate(dataset)
         largest[impl] = spy.largest
-        assert {"eval_ece", "eval_accuracy", "eval_loss"} <= set(metrics)
+        assert {"eval_ece", "eval_token_accuracy", "eval_loss"} <= set(metrics)
     assert largest["logits"] >= tokens * vocab  # the spy sees full logits when they exist
     # nothing [tokens, vocab]-sized: the largest tensor is the [vocab, hidden] embedding
     assert largest["chunked"] == vocab * config.hidden_size < tokens * vocab / 2
@@ -214,5 +216,5 @@ def test_seq2seq_eval_loss_and_calibration_same_with_predict_with_generate(tmp_p
     reference = evaluate(False, "logits")
     for generate, impl in ((True, "chunked"), (False, "chunked"), (True, "logits")):
         result = evaluate(generate, impl)
-        for key in ("eval_loss", "eval_nll", "eval_ece", "eval_accuracy", "eval_tvd_weight_floor_fraction"):
+        for key in ("eval_loss", "eval_nll", "eval_ece", "eval_token_accuracy", "eval_tvd_weight_floor_fraction"):
             assert result[key] == pytest.approx(reference[key], rel=1e-5), (generate, impl, key)

@@ -39,10 +39,11 @@ def _check_outputs(out, task, expected_metrics, gamma):
         assert os.path.isfile(os.path.join(out, name)), name
     metrics = _read(os.path.join(out, "all_results.json"))
     for split in ("eval", "test"):
-        for name in ("loss", "nll", "perplexity", "tvd_weight_mean", "gamma", "ece", "confidence", "accuracy",
+        for name in ("loss", "nll", "perplexity", "tvd_weight_mean", "gamma", "ece", "confidence", "token_accuracy",
                      *expected_metrics):  # fmt: skip
             assert f"{split}_{name}" in metrics, f"{split}_{name}"
-        assert 0 <= metrics[f"{split}_ece"] <= 1 and 0 <= metrics[f"{split}_accuracy"] <= 1
+        assert 0 <= metrics[f"{split}_ece"] <= 1 and 0 <= metrics[f"{split}_token_accuracy"] <= 1
+        assert f"{split}_accuracy" not in metrics  # one name per quantity (issue 19/22: it was logged twice)
     assert metrics["eval_gamma"] == pytest.approx(gamma)
     history = _read(os.path.join(out, "trainer_state.json"))["log_history"]
     train_logs = [h for h in history if "loss" in h]

@@ -112,8 +112,8 @@ def test_per_example_token_stats_add_up_to_batch_metrics():
     assert [row[1] for row in nll] == [6.0, 3.0, 6.0]
     record = {"nll": nll, "calibration": calibration}
     batch = calibration_from_sums(calibration_sums(logits, labels, shift=True))
-    for name in ("ece", "confidence", "accuracy"):
-        assert metric_from_examples(f"eval_{name}", record) == pytest.approx(batch[name], abs=1e-9)
+    for name, metric in (("ece", "eval_ece"), ("confidence", "eval_confidence"), ("accuracy", "eval_token_accuracy")):
+        assert metric_from_examples(metric, record) == pytest.approx(batch[name], abs=1e-9)
 
 
 def _result(loss: str, seed: int, noise: float, bleu: float, per_example: dict | None = None) -> SimpleNamespace:

@@ -235,7 +235,7 @@ GENERATION_LABELS = {"eval_gen_distinct_1": "distinct-1", "eval_gen_distinct_2":
 SECONDARY_METRICS = ["eval_chrf"]  # reported (and compared) beside the task metric when the runs have them
 # metrics compared with the baseline: (higher is better, digits)
 INTERVAL_METRICS = {"eval_bleu": (True, 2), "eval_chrf": (True, 2), "eval_rougeL": (True, 2), "eval_nll": (False, 3),
-                    "eval_perplexity": (False, 2), "eval_ece": (False, 4), "eval_accuracy": (True, 4),
+                    "eval_perplexity": (False, 2), "eval_ece": (False, 4), "eval_token_accuracy": (True, 4),
                     "eval_gen_distinct_1": (True, 4), "eval_gen_distinct_2": (True, 4), "eval_gen_distinct_4": (True, 4),
                     "eval_gen_seq_rep_4": (False, 4), "eval_gen_rep_16": (False, 4), "eval_gen_words": (True, 1)}  # fmt: skip
 
@@ -434,7 +434,15 @@ def write_report(
 
     # a second task metric where the runs have it (translation: chrF beside BLEU)
     secondary = [c for c in SECONDARY_METRICS if c != task_metric and any(c in r.metrics for r in results)]
-    columns = [task_metric, *secondary, "eval_nll", "eval_perplexity", "eval_ece", "eval_confidence", "eval_accuracy"]
+    columns = [
+        task_metric,
+        *secondary,
+        "eval_nll",
+        "eval_perplexity",
+        "eval_ece",
+        "eval_confidence",
+        "eval_token_accuracy",
+    ]
     columns = list(dict.fromkeys(columns))  # language modelling's task metric is the perplexity column itself
     generation_columns = [c for c in GENERATION_COLUMNS if any(c in r.metrics for r in results)]
     labels = {
@@ -444,7 +452,7 @@ def write_report(
         "eval_perplexity": "perplexity",
         "eval_ece": "ECE",
         "eval_confidence": "mean confidence",
-        "eval_accuracy": "token accuracy",
+        "eval_token_accuracy": "token accuracy",
     }
     rows = aggregate(results, columns + generation_columns)
     labels.update(GENERATION_LABELS)

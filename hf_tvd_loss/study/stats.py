@@ -196,7 +196,7 @@ EXAMPLE_METRICS: dict[str, tuple[str, Callable[[Sequence[float]], float]]] = {
     "eval_perplexity": ("nll", _perplexity),
     "eval_ece": ("calibration", _calibration("ece")),
     "eval_confidence": ("calibration", _calibration("confidence")),
-    "eval_accuracy": ("calibration", _calibration("accuracy")),
+    "eval_token_accuracy": ("calibration", _calibration("accuracy")),
 }
 
 

@@ -86,7 +86,7 @@ class Task(Generic[DataArgsT, TrainingArgsT]):
     # value (command line or --config) always wins.
     finetune_defaults: dict[str, Any] = {}
     # Metric names (without the eval_/test_ prefix) the closing summary prints, when present.
-    headline_metrics: tuple[str, ...] = ("loss", "perplexity", "accuracy", "ece")
+    headline_metrics: tuple[str, ...] = ("loss", "perplexity", "token_accuracy", "ece")
 
     # --- hooks
     def for_config(self, config: Any, origin: str = "") -> Task[DataArgsT, TrainingArgsT]:

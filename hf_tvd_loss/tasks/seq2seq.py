@@ -106,7 +106,7 @@ class Seq2SeqTask(Task[Seq2SeqDataArgsT, Seq2SeqTrainingArguments]):
     }
     # (package, metric name) of text_metrics: an optional dependency, checked before a run that evaluates
     metric_package: tuple[str, str] = ("", "")
-    headline_metrics: tuple[str, ...] = ("loss", "perplexity", "accuracy", "ece", "gen_len")
+    headline_metrics: tuple[str, ...] = ("loss", "perplexity", "token_accuracy", "ece", "gen_len")
     # decoder-only: the prompt a source becomes (``--prompt_template``) and the placeholders it may use
     default_prompt_template: str = "{source}\n\n"
     prompt_placeholders: tuple[str, ...] = ("source",)

@@ -31,7 +31,7 @@ class SummarizationTask(Seq2SeqTask[SummarizationDataArguments]):
     description = "Fine-tune or train an encoder-decoder summariser with the γ-CE (TaiLr) loss."
     data_args_class = SummarizationDataArguments
     metric_package = ("rouge_score", "ROUGE")
-    headline_metrics = ("loss", "perplexity", "rouge1", "rouge2", "rougeL", "accuracy", "ece")
+    headline_metrics = ("loss", "perplexity", "rouge1", "rouge2", "rougeL", "token_accuracy", "ece")
     # decoder-only: an instruction, the document, and the cue the summary follows
     default_prompt_template = "Summarize the following text.\n\n{source}\n\nSummary:\n"
     scratch_config_overrides = (

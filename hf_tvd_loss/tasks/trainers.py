@@ -7,19 +7,20 @@ import torch
 from ..ops.common import CALIBRATION_BINS
 from ..trainer import TVDSeq2SeqTrainer, TVDTrainer
 from .generation import PromptGenerationMixin
-from .metrics import calibration_from_sums
 
 __all__ = ["CalibrationMixin", "TaskGenerationTrainer", "TaskSeq2SeqTrainer", "TaskTrainer"]
 
 
 class CalibrationMixin:
-    """Adds token-level calibration (``ece``, ``confidence``, ``accuracy``) to every evaluation and prediction.
+    """Token-level calibration (``ece``, ``confidence``) with ``token_accuracy`` and ``entropy`` in every evaluation
+    and prediction, each under one name.
 
     The sums (per bin of top-1 probability: count, Σ confidence, Σ correct) are computed by the γ-CE evaluation
     loss itself, a chunk of tokens at a time (``TVDLossMixin.tvd_eval_extra_metrics``), on the teacher-forced
     reference tokens, with or without ``predict_with_generate`` and with either ``loss_impl``: with
     ``loss_impl="chunked"`` evaluation never builds the ``[tokens, vocab]`` logits. They are summed over all
-    processes with the loss's other sums.
+    processes with the loss's other sums, and the trainer's evaluation reports them; this mixin only switches them
+    on and keeps the last evaluation's bins (``last_calibration_sums``) for reliability diagrams.
     """
 
     tvd_eval_extra_metrics = True
@@ -37,8 +38,6 @@ class CalibrationMixin:
             sums = torch.zeros(3, self.calibration_bins, dtype=torch.float64)
         # kept for reliability diagrams (scripts/compare_losses.py): [count, Σ confidence, Σ correct] per bin
         self.last_calibration_sums = sums.cpu()
-        for name, value in calibration_from_sums(self.last_calibration_sums).items():
-            output.metrics[f"{metric_key_prefix}_{name}"] = value
         return output
 
 
