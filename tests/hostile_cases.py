@@ -541,6 +541,63 @@ CASES: list[Case] = [
     _c("test-file-never-read", "cli", _test_file_never_read, "--test_file", "do_predict"),
     _c("report-to-wandb-not-installed", "cli", _lm("--report_to", "wandb"), "--report_to wandb", "pip install wandb"),
     _c("report-to-mlflow-not-installed", "cli", _sum("--report_to", "mlflow"), "mlflow"),
+    # ---------------------------------------------------------------- decoder-only summarization / translation
+    _c(
+        "prompt-template-unknown-placeholder",
+        "cli",
+        _sum("--model_type", "llama", "--prompt_template", "{doc}\n"),
+        "prompt_template",
+        "doc",
+        "{source}",
+    ),  # fmt: skip
+    _c(
+        "prompt-template-without-source",
+        "cli",
+        _tr("--model_type", "llama", "--prompt_template", "Translate:\n"),
+        "prompt_template",
+        "{source}",
+    ),  # fmt: skip
+    _c(
+        "prompt-template-unbalanced-brace",
+        "cli",
+        _sum("--model_type", "llama", "--prompt_template", "{source\n"),
+        "prompt_template",
+        "brace",
+    ),  # fmt: skip
+    _c(
+        "prompt-template-on-encoder-decoder",
+        "cli",
+        _sum("--prompt_template", "Sum: {source}\n"),
+        "--prompt_template",
+        "encoder-decoder",
+    ),  # fmt: skip
+    _c(
+        "prompt-format-on-encoder-decoder",
+        "cli",
+        _tr("--prompt_completion_format", "chat"),
+        "--prompt_completion_format",
+        "encoder-decoder",
+    ),  # fmt: skip
+    _c(
+        "prompt-format-unknown",
+        "cli",
+        _sum("--model_type", "llama", "--prompt_completion_format", "jinja"),
+        "prompt_completion_format",
+    ),  # fmt: skip
+    _c(
+        "lm-generate-on-plain-text",
+        "cli",
+        _lm("--predict_with_generate", "true"),
+        "--predict_with_generate",
+        "plain text",
+    ),  # fmt: skip
+    _c(
+        "lm-generation-length-without-generate",
+        "cli",
+        _lm("--generation_max_length", "9"),
+        "--generation_max_length",
+        "--predict_with_generate",
+    ),  # fmt: skip
     # ---------------------------------------------------------------- command line: numbers
     _c("lr-nan", "cli", _sum("--learning_rate", "nan"), "learning_rate"),
     _c("lr-negative", "cli", _sum("--learning_rate", "-1"), "learning_rate"),
