@@ -87,6 +87,9 @@ def test_decoder_only_summarization_trains_evaluates_and_writes_predictions(tmp_
     assert len(rows) == 4 and all(set(r) == {"prediction", "reference"} and r["reference"] for r in rows)
     info = json.loads((tmp_path / "out" / "run_info.json").read_text())
     assert info["task"] == "summarization"
+    assert info["examples"]["prompt_template"].startswith("Summarize") and "plain" in info["examples"]["format"]
+    card = (tmp_path / "out" / "README.md").read_text()
+    assert "prompt → target on a decoder-only model" in card and "Summarize the following text." in card
 
 
 def test_chunked_loss_equals_logits_on_prompt_target_batches(tmp_path):

@@ -183,6 +183,10 @@ class Task(Generic[DataArgsT, TrainingArgsT]):
     ) -> None:
         """Last settings on the model (e.g. generation), after it is built or loaded."""
 
+    def describe_examples(self, data_args: DataArgsT, tokenizer: PreTrainedTokenizerBase) -> dict[str, Any] | None:
+        """How raw rows became training examples, for the model card and ``run_info.json`` (None: nothing to add)."""
+        return None
+
     def prompt_generation(self, data_args: DataArgsT, training_args: TrainingArgsT) -> dict[str, Any] | None:
         """Settings of evaluation by generation from the prompts (``max_new_tokens``, ``num_beams``), or None: the
         trainer's :attr:`~.generation.PromptGenerationMixin.prompt_generation`."""

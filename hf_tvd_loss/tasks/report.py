@@ -91,6 +91,7 @@ def write_model_card(
     training_args: TrainingArguments,
     argv: Sequence[str],
     tokenizer_trained: str | bool | None,
+    examples: dict[str, Any] | None = None,
 ) -> str:
     """``README.md`` in output_dir: the loss and its γ, b, ε, the model, data, training settings and metrics.
 
@@ -161,6 +162,14 @@ def write_model_card(
             else ""
         ),  # fmt: skip
         f"- Data: {data_line}",
+        *(
+            [
+                f"- Examples: {examples['kind']}; {examples['format']}; prompt template {examples['prompt_template']!r}; "
+                f"source cut to {examples['max_source_length']} tokens, targets up to {examples['max_target_length']}"
+            ]
+            if examples
+            else []
+        ),
         f"- Training: {args.num_train_epochs:g} epoch(s)"
         + (f", max_steps {args.max_steps}" if args.max_steps and args.max_steps > 0 else "")
         + f", learning rate {args.learning_rate:g} ({scheduler}), {args.per_device_train_batch_size} "

@@ -294,6 +294,7 @@ def train_and_evaluate(prepared: Prepared, built: Built | None = None) -> dict[s
 
     if trainer.is_world_process_zero():
         trainer.save_metrics("all", metrics, combined=False)
+        examples = task.describe_examples(prepared.data_args, tokenizer)
         info = {
             "task": task.name,
             "world_size": training_args.world_size,
@@ -304,6 +305,7 @@ def train_and_evaluate(prepared: Prepared, built: Built | None = None) -> dict[s
             "tvd_args": asdict(prepared.tvd_args),
             "resumed_from": training_args.resume_from_checkpoint if training_args.do_train else None,
             "dropped_rows": prepared.dropped_rows,
+            "examples": examples,
             "defaults": prepared.defaults.describe(),
         }
         write_model_card(
@@ -315,6 +317,7 @@ def train_and_evaluate(prepared: Prepared, built: Built | None = None) -> dict[s
             training_args=training_args,
             argv=prepared.argv,
             tokenizer_trained=prepared.model_args.tokenizer_type if prepared.tokenizer is None else None,
+            examples=examples,
         )
         # Written last, atomically: a folder without run_info.json holds a run that did not finish.
         partial = os.path.join(output_dir, f"run_info.json.tmp-{os.getpid()}")

@@ -354,6 +354,19 @@ class Seq2SeqTask(Task[Seq2SeqDataArgsT, Seq2SeqTrainingArguments]):
             length_penalty=data_args.length_penalty,
         )  # fmt: skip
 
+    def describe_examples(self, data_args: Seq2SeqDataArgsT, tokenizer: PreTrainedTokenizerBase) -> dict | None:
+        if not self.decoder_only:
+            return None
+        chat = uses_chat_template(tokenizer, data_args.prompt_completion_format, "prompt_completion_format")
+        return {
+            "kind": "prompt → target on a decoder-only model (loss on the target and its end only)",
+            "format": "chat template (user turn: the prompt; assistant turn: the target)" if chat
+            else "plain: prompt + target + eos",
+            "prompt_template": self.prompt_template(data_args),
+            "max_source_length": data_args.max_source_length,
+            "max_target_length": data_args.max_target_length,
+        }  # fmt: skip
+
     def prompt_generation(self, data_args: Seq2SeqDataArgsT, training_args: Seq2SeqTrainingArguments) -> dict | None:
         if not (self.decoder_only and training_args.predict_with_generate):
             return None
