@@ -88,12 +88,30 @@ def test_a_run_killed_while_saving_still_owns_what_it_half_wrote(tmp_path):
 
 
 def test_one_run_at_a_time_per_output_folder(tmp_path):
+    """Another process holding the folder is named; killed (SIGKILL), it leaves the folder free (the OS drops the
+    lock). The same process claiming again (a notebook cell run twice) takes the folder over."""
+    import signal
+    import subprocess
+    import sys
+
     out = tmp_path / "out"
-    first = OutputFolder.claim(str(out))
-    with pytest.raises(ValueError, match=f"in use by another run \\(pid {os.getpid()} on "):
-        OutputFolder.claim(str(out), overwrite=True)
-    first.discard()
-    assert not out.exists()  # it created the folder and wrote nothing else
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys; from hf_tvd_loss.tasks.outputs import OutputFolder; "
+         "f = OutputFolder.claim(sys.argv[1]); print('held', flush=True); sys.stdin.read()", str(out)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(ValueError, match=f"in use by another run \\(pid {holder.pid} on "):
+            OutputFolder.claim(str(out), overwrite=True)
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    first = OutputFolder.claim(str(out), overwrite=True)
+    second = OutputFolder.claim(str(out), overwrite=True)  # the same process: handed over
+    first.release()
+    second.discard()
+    assert not out.exists() or os.listdir(out) == []
 
 
 def test_two_runs_started_at_once_into_one_new_folder(tmp_path):

@@ -75,9 +75,11 @@ def check_output_dir(path: str, *, overwrite: bool = False, resume: bool = False
         if not os.access(path, os.W_OK | os.X_OK) or not _probe_writable(path):
             raise ValueError(f"output_dir {path} is not writable")
         # (another process's write probe may be there for an instant)
-        from .outputs import LOCK
+        from .outputs import LEDGER, LOCK, wrote_nothing
 
         entries = sorted(e for e in os.listdir(path) if not e.startswith(".hf_tvd_write_probe-") and e != LOCK)
+        if entries == [LEDGER] and wrote_nothing(path):  # a run that was built and never ran
+            entries = []
         if entries and not (resume or overwrite):
             checkpoints = [e for e in entries if e.startswith("checkpoint-")]
             others = [e for e in entries if not e.startswith("checkpoint-")]

@@ -121,6 +121,20 @@ def overwrite_problem(path: str) -> str | None:
     )
 
 
+def wrote_nothing(path: str) -> bool:
+    """Whether the run recorded in ``path``'s ledger wrote nothing but the ledger (e.g. one built and never run):
+    such a folder counts as empty."""
+    ledger = read_ledger(path)
+    if ledger is None:
+        return False
+    files, open_names = _recorded(ledger)
+    return files <= {LEDGER} and not any(os.path.lexists(os.path.join(path, n)) for n in open_names - {LEDGER})
+
+
+# Folders this process holds: claiming one again (a notebook cell run twice) hands the lock to the new claim.
+_CLAIMED: dict[str, OutputFolder] = {}
+
+
 def _holder(lock_path: str) -> str:
     try:
         with open(lock_path, encoding="utf-8") as f:
@@ -151,6 +165,9 @@ class OutputFolder:
         from .checks import check_output_dir
 
         path = os.path.abspath(path)
+        earlier = _CLAIMED.pop(os.path.realpath(path), None)
+        if earlier is not None:
+            earlier.release()
         created = not os.path.exists(path)
         os.makedirs(path, exist_ok=True)
         lock_path = os.path.join(path, LOCK)
@@ -178,6 +195,7 @@ class OutputFolder:
                 ledger = None
             folder = cls(path, fd, ledger or {"files": [], "open": []}, created)
             folder.expect([LEDGER])
+            _CLAIMED[os.path.realpath(path)] = folder
             return folder
         except BaseException:
             os.close(fd)
@@ -238,9 +256,16 @@ class OutputFolder:
                 os.rmdir(self.path)
 
     def release(self) -> None:
+        """Give the folder up (the lock; the ledger stays)."""
         if self._lock_fd >= 0:
             os.close(self._lock_fd)
             self._lock_fd = -1
+        if _CLAIMED.get(os.path.realpath(self.path)) is self:
+            del _CLAIMED[os.path.realpath(self.path)]
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):  # at interpreter exit the module's globals may be gone already
+            self.release()
 
 
 def _remove(path: str, files: set[str], open_names: set[str]) -> None:
