@@ -5,6 +5,7 @@ This module does not import transformers either: the dataclass only uses ``field
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import Literal, get_args
@@ -210,6 +211,24 @@ class TVDArguments:
         check_number(
             "gamma_schedule_steps", self.gamma_schedule_steps, low=1, integer=True, allow_none=True, prefix=_P
         )
+        # Options the chosen schedule would not apply are refused (they were accepted and ignored: issue 22).
+        if self.gamma_schedule == "constant":
+            ignored = [name for name in ("gamma_start", "gamma_schedule_ratio", "gamma_schedule_steps")
+                       if getattr(self, name) != _FIELD_DEFAULTS[name]]  # fmt: skip
+            if ignored:
+                raise ValueError(
+                    f"TVDArguments: {', '.join(ignored)} set, but gamma_schedule is 'constant' (γ = {self.gamma} "
+                    "from the first step), which does not use them: pass gamma_schedule='linear' or 'cosine', or "
+                    "remove them"
+                )
+        elif (
+            self.gamma_schedule_steps is not None
+            and self.gamma_schedule_ratio != _FIELD_DEFAULTS["gamma_schedule_ratio"]
+        ):
+            raise ValueError(
+                "TVDArguments: gamma_schedule_steps and gamma_schedule_ratio both set; the steps would win and the "
+                "ratio be ignored: pass one of them"
+            )
 
     def schedule_length(self, max_steps: int) -> int:
         """Steps over which γ moves, given the run's total optimisation steps."""
@@ -241,3 +260,6 @@ def gamma_at_step(step: int, *, gamma: float, schedule: str, gamma_start: float,
     if schedule == "cosine":
         return gamma + (gamma_start - gamma) * 0.5 * (1.0 + math.cos(math.pi * progress))
     raise ValueError(f"unknown gamma schedule {schedule!r}; expected one of {list(_SCHEDULES)}")
+
+
+_FIELD_DEFAULTS = {f.name: f.default for f in dataclasses.fields(TVDArguments)}

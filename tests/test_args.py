@@ -81,3 +81,23 @@ def test_loss_type_and_focal_fields():
         TVDArguments(loss_type="focal", focal_gamma=-2.0)
     with pytest.raises(ValueError, match="TVDArguments.focal_alpha"):
         TVDArguments(loss_type="focal", focal_alpha=0.0)
+
+
+def test_schedule_options_the_schedule_would_not_use_are_refused():
+    """Issue 22: TVDArguments(gamma=0.8, gamma_start=...) and gamma_schedule_steps alone were accepted and ignored
+    (γ = 0.8 from step 0). (An explicit gamma_start=0.0 equals the default and cannot be told apart.)"""
+    import pytest
+
+    from hf_tvd_loss import TVDArguments
+
+    for kwargs, match in (
+        (dict(gamma=0.8, gamma_start=0.2), "gamma_start set, but gamma_schedule is 'constant'"),
+        (dict(gamma=0.8, gamma_schedule_steps=100), "gamma_schedule_steps set, but gamma_schedule is 'constant'"),
+        (dict(gamma=0.8, gamma_schedule_ratio=0.5), "gamma_schedule_ratio set"),
+        (dict(gamma=0.8, gamma_schedule="linear", gamma_schedule_steps=10, gamma_schedule_ratio=0.5),
+         "gamma_schedule_steps and gamma_schedule_ratio both set"),
+    ):  # fmt: skip
+        with pytest.raises(ValueError, match=match):
+            TVDArguments(**kwargs)
+    scheduled = TVDArguments(gamma=0.8, gamma_schedule="linear", gamma_start=0.1, gamma_schedule_steps=10)
+    assert scheduled.gamma_at(0, 100) == pytest.approx(0.1) and scheduled.gamma_at(10, 100) == pytest.approx(0.8)

@@ -103,7 +103,7 @@ def test_loss_weights_column_reaches_the_loss_through_the_trainer(tmp_path, per_
         args=args,
         train_dataset=dataset,
         data_collator=WithLossWeights(collator("llama")),
-        tvd_args=TVDArguments(gamma=0.5),
+        tvd_args=TVDArguments(gamma=0.5, min_weight=0.0),
     )
     batch = next(iter(trainer.get_train_dataloader()))  # remove_unused_columns=True (the default) kept the column
     assert "loss_weights" in batch
@@ -137,7 +137,9 @@ def test_sequence_normalisation_divides_by_scored_sequences(tmp_path):
     batch["labels"][3] = -100  # a sequence with nothing to score does not count
     args = TrainingArguments(output_dir=str(tmp_path), report_to="none", use_cpu=True)
     model = tiny_model("llama").eval()
-    trainer = TVDTrainer(model=model, args=args, tvd_args=TVDArguments(gamma=0.2, normalization="sequence"))
+    trainer = TVDTrainer(
+        model=model, args=args, tvd_args=TVDArguments(gamma=0.2, min_weight=0.0, normalization="sequence")
+    )
     with torch.no_grad():
         loss = trainer.compute_loss(model, dict(batch))
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
