@@ -237,8 +237,21 @@ def _earlier_run(tmp: Path) -> None:
     (out / "all_results.json").write_text('{"eval_rouge1": 41.0}')
 
 
+_TOKENIZER: list[Any] = []
+
+
+def _checkpoint_tokenizer() -> Any:
+    """A small tokenizer for the fake checkpoints (a resumed run uses its checkpoint's tokenizer)."""
+    if not _TOKENIZER:
+        from hf_tvd_loss.tasks.modeling import train_tokenizer
+        from hf_tvd_loss.tasks.synthetic import language_modeling_corpus
+
+        _TOKENIZER.append(train_tokenizer(iter(r["text"] for r in language_modeling_corpus(50)), vocab_size=200))
+    return _TOKENIZER[0]
+
+
 def _checkpoint(folder: Path, step: int, *, complete: bool = True, truncated: bool = False,
-                optimizer: bool = True) -> None:  # fmt: skip
+                optimizer: bool = True, tokenizer: bool = True) -> None:  # fmt: skip
     import struct
 
     path = folder / f"checkpoint-{step}"
@@ -246,6 +259,8 @@ def _checkpoint(folder: Path, step: int, *, complete: bool = True, truncated: bo
     header = json.dumps({"w": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]}}).encode()
     blob = struct.pack("<Q", len(header)) + header + b"\x00" * 16
     (path / "model.safetensors").write_bytes(blob[:20] if truncated else blob)
+    if tokenizer:
+        _checkpoint_tokenizer().save_pretrained(path)
     if optimizer:
         import torch
 

@@ -289,3 +289,26 @@ def test_push_to_hub_offline_is_refused_before_any_work(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="--push_to_hub needs the Hugging Face Hub, but HF_HUB_OFFLINE is set"):
         prepare(get_task("language_modeling"), _lm_args(tmp_path / "out", "--push_to_hub", "true"))
     assert not (tmp_path / "out").exists()
+
+
+def test_a_resumed_run_keeps_its_checkpoints_tokenizer_even_with_other_data(tmp_path):
+    """Issue 21: resuming with other training data retrained the tokenizer (60 of 64 token ids moved) under the
+    checkpoint's weights. The resumed run uses the checkpoint's tokenizer; a checkpoint without one is refused."""
+    out = tmp_path / "out"
+    run_task(get_task("language_modeling"), _lm_args(out, "--max_steps", "2", "--save_strategy", "steps",
+                                                     "--save_steps", "1"))  # fmt: skip
+    saved = json.loads((out / "checkpoint-2" / "tokenizer.json").read_text())["model"]["vocab"]
+    other_data = (
+        get_task("language_modeling")
+        .build_parser()
+        .merge_args(
+            _lm_args(out),
+            ["--max_steps", "3", "--resume_from_checkpoint", "latest", "--synthetic_train_examples", "40"],
+        )
+    )
+    prepared = prepare(get_task("language_modeling"), other_data)
+    assert prepared.tokenizer is not None and prepared.tokenizer.get_vocab() == saved
+    no_tokenizer = tmp_path / "bare"
+    _checkpoint(no_tokenizer, 5, tokenizer=False)
+    with pytest.raises(ValueError, match="holds no loadable tokenizer.*--tokenizer_name"):
+        prepare(get_task("language_modeling"), _lm_args(no_tokenizer, "--resume_from_checkpoint", "latest"))
