@@ -312,3 +312,18 @@ def test_a_resumed_run_keeps_its_checkpoints_tokenizer_even_with_other_data(tmp_
     _checkpoint(no_tokenizer, 5, tokenizer=False)
     with pytest.raises(ValueError, match="holds no loadable tokenizer.*--tokenizer_name"):
         prepare(get_task("language_modeling"), _lm_args(no_tokenizer, "--resume_from_checkpoint", "latest"))
+
+
+def test_report_to_tensorboard_writes_event_files(tmp_path):
+    """Issue 22: TensorBoard (the HF default logger) installs with the scripts' extra and its event files are
+    written under output_dir/runs/, recorded in the run's ledger."""
+    out = tmp_path / "out"
+    argv = (
+        get_task("language_modeling")
+        .build_parser()
+        .merge_args(_lm_args(out, "--max_steps", "2", "--logging_steps", "1"), ["--report_to", "tensorboard"])
+    )
+    run_task(get_task("language_modeling"), argv)
+    events = list((out / "runs").rglob("events.out.tfevents.*"))
+    assert events and events[0].stat().st_size > 0
+    assert any(f.startswith("runs/") for f in read_ledger(str(out))["files"])
