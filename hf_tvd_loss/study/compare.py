@@ -232,9 +232,14 @@ GENERATION_COLUMNS = ["eval_gen_distinct_1", "eval_gen_distinct_2", "eval_gen_di
 GENERATION_LABELS = {"eval_gen_distinct_1": "distinct-1", "eval_gen_distinct_2": "distinct-2",
                      "eval_gen_distinct_3": "distinct-3", "eval_gen_distinct_4": "distinct-4",
                      "eval_gen_seq_rep_4": "seq-rep-4", "eval_gen_rep_16": "rep-16", "eval_gen_words": "words"}  # fmt: skip
-SECONDARY_METRICS = ["eval_chrf"]  # reported (and compared) beside the task metric when the runs have them
+SECONDARY_METRICS = [
+    "eval_chrf",
+    "eval_rouge1",
+    "eval_rouge2",
+]  # reported (and compared) beside the task metric when the runs have them
 # metrics compared with the baseline: (higher is better, digits)
-INTERVAL_METRICS = {"eval_bleu": (True, 2), "eval_chrf": (True, 2), "eval_rougeL": (True, 2), "eval_nll": (False, 3),
+INTERVAL_METRICS = {"eval_bleu": (True, 2), "eval_chrf": (True, 2), "eval_rougeL": (True, 2), "eval_rouge1": (True, 2),
+                    "eval_rouge2": (True, 2), "eval_nll": (False, 3),
                     "eval_perplexity": (False, 2), "eval_ece": (False, 4), "eval_token_accuracy": (True, 4),
                     "eval_gen_distinct_1": (True, 4), "eval_gen_distinct_2": (True, 4), "eval_gen_distinct_4": (True, 4),
                     "eval_gen_seq_rep_4": (False, 4), "eval_gen_rep_16": (False, 4), "eval_gen_words": (True, 1)}  # fmt: skip
@@ -448,6 +453,8 @@ def write_report(
     labels = {
         task_metric: task_metric_label,
         "eval_chrf": "chrF",
+        "eval_rouge1": "ROUGE-1",
+        "eval_rouge2": "ROUGE-2",
         "eval_nll": "NLL",
         "eval_perplexity": "perplexity",
         "eval_ece": "ECE",
