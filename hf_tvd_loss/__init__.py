@@ -28,7 +28,7 @@ _LAZY = {
     "TVDLoss": "trainer",
     "NonFiniteGuard": "callbacks",
     "NonFiniteLossError": "callbacks",
-    "CheckpointSafetyMixin": "callbacks",
+    "CheckpointSafetyMixin": "checkpoints",
     "WithLossWeights": "collators",
     "TVDSFTTrainer": "sft",
 }
@@ -54,7 +54,8 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from .callbacks import CheckpointSafetyMixin, NonFiniteGuard, NonFiniteLossError
+    from .callbacks import NonFiniteGuard, NonFiniteLossError
+    from .checkpoints import CheckpointSafetyMixin
     from .collators import WithLossWeights
     from .sft import TVDSFTTrainer
     from .trainer import TVDLoss, TVDLossMixin, TVDSeq2SeqTrainer, TVDTrainer

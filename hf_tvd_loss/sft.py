@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from .args import TVDArguments
-from .callbacks import CheckpointSafetyMixin
+from .checkpoints import CheckpointSafetyMixin
 from .trainer import TVDLossMixin
 
 try:

@@ -35,7 +35,8 @@ from torch import nn
 from transformers import Seq2SeqTrainer, Trainer
 
 from .args import TVDArguments
-from .callbacks import CheckpointSafetyMixin, NonFiniteGuard, NonFiniteLossError, last_complete_checkpoint
+from .callbacks import NonFiniteGuard, NonFiniteLossError
+from .checkpoints import CheckpointSafetyMixin, check_resume_loss_settings, last_complete_checkpoint
 from .heads import (
     IGNORE_INDEX,
     OutputHead,
@@ -469,40 +470,6 @@ class TVDLossMixin:
 
     def check_resume_metadata(self, checkpoint: str, metadata: dict[str, Any]) -> None:
         check_resume_loss_settings(checkpoint, metadata, self.tvd_args)
-
-
-# TVDArguments fields that define the objective (the others choose how it is computed or logged).
-_LOSS_DEFINING = ("loss_type", "gamma", "min_weight", "label_smoothing", "gamma_schedule", "gamma_start",
-                  "gamma_schedule_ratio", "gamma_schedule_steps", "focal_gamma", "focal_alpha", "normalization")  # fmt: skip
-
-
-def _setting(value: Any) -> Any:
-    """A loss setting as recorded in a checkpoint marker (JSON): enums by value, numbers as floats."""
-    value = getattr(value, "value", value)
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    return value
-
-
-def check_resume_loss_settings(checkpoint: str, metadata: dict[str, Any], tvd_args: TVDArguments) -> None:
-    """Refuse (``ValueError``) to resume ``checkpoint``, whose marker is ``metadata``, with loss settings other than
-    those it was trained with, unless ``tvd_args.allow_loss_change_on_resume``; a checkpoint without recorded
-    settings (a stock Trainer's) passes."""
-    saved = metadata.get("tvd_args")
-    if not isinstance(saved, dict) or tvd_args.allow_loss_change_on_resume:
-        return
-    changed = [
-        f"{name} {saved[name]!r} -> {getattr(tvd_args, name)!r}"
-        for name in _LOSS_DEFINING
-        if name in saved and _setting(saved[name]) != _setting(getattr(tvd_args, name))
-    ]
-    if changed:
-        raise ValueError(
-            f"resuming from {checkpoint}, written with other loss settings: {'; '.join(changed)}. The resumed run "
-            "would optimise another objective than the one it started with. Resume with the checkpoint's settings, "
-            "start a new run in another output_dir, or set allow_loss_change_on_resume "
-            "(--allow_loss_change_on_resume true) to continue with the new ones deliberately"
-        )
 
 
 class TVDTrainer(TVDLossMixin, CheckpointSafetyMixin, Trainer):

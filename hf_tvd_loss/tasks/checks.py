@@ -257,7 +257,7 @@ def check_common_args(data_args: DataArguments, model_args: ModelArguments, trai
         )
     if not (training_args.do_train or training_args.do_eval or training_args.do_predict):
         raise ValueError("nothing to do: do_train, do_eval and do_predict are all false")
-    from ..callbacks import resolve_resume_checkpoint
+    from ..checkpoints import resolve_resume_checkpoint
 
     check_output_dir(training_args.output_dir, overwrite=True)  # only whether it can be written; emptiness below
     output_dir = os.path.abspath(training_args.output_dir)

@@ -234,12 +234,9 @@ class OutputFolder:
             "files": sorted(self._files | {LEDGER}),
             "open": sorted(self._open),
         }
-        tmp = os.path.join(self.path, f"{LEDGER}.tmp-{os.getpid()}")
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(payload, f, indent=1)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, os.path.join(self.path, LEDGER))
+        from ..checkpoints import write_json_atomically
+
+        write_json_atomically(os.path.join(self.path, LEDGER), payload, indent=1)
 
     def discard(self) -> None:
         """A refused run: remove what it wrote (the whole folder if it created it and nothing else is there)."""

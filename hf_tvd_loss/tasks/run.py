@@ -15,7 +15,6 @@ The pieces come from ``checks.py``, ``data.py``, ``modeling.py``, ``trainers.py`
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 import sys
@@ -27,8 +26,7 @@ from typing import TYPE_CHECKING, Any
 from datasets import Dataset, DatasetDict
 
 from ..args import TVDArguments
-from ..callbacks import read_checkpoint_marker
-from ..trainer import check_resume_loss_settings
+from ..checkpoints import check_resume_loss_settings, read_checkpoint_marker, write_json_atomically
 from .arguments import DataArguments, ModelArguments
 from .base import ChosenDefaults, Task
 from .checks import check_common_args, check_options_take_effect
@@ -338,12 +336,7 @@ def train_and_evaluate(prepared: Prepared, built: Built | None = None) -> dict[s
             examples=examples,
         )
         # Written last, atomically: a folder without run_info.json holds a run that did not finish.
-        partial = os.path.join(output_dir, f"run_info.json.tmp-{os.getpid()}")
-        with open(partial, "w", encoding="utf-8") as f:
-            json.dump(info, f, indent=2)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(partial, os.path.join(output_dir, "run_info.json"))
+        write_json_atomically(os.path.join(output_dir, "run_info.json"), info, indent=2)
         if folder is not None:
             folder.finish()
             folder.release()
