@@ -71,3 +71,18 @@ def test_translation_script_with_a_sentencepiece_tokenizer(tmp_path):
     config = AutoConfig.from_pretrained(out)
     assert config.decoder_start_token_id == config.pad_token_id == saved.pad_token_id  # Marian starts with pad
     assert "SentencePiece trained on the training data" in (out / "README.md").read_text()
+
+
+def test_metric_modules_follow_the_hub_modules_interface_and_scale():
+    """Issue 22: the shipped rouge returned 75.0 where the Hub module returns 0.75, and bleu refused the Hub
+    sacrebleu module's list-of-references format. ROUGE is in [0, 1] (the scripts print ×100); BLEU/chrF keep
+    sacrebleu's 0-100, as the Hub's sacrebleu and chrf modules; a list of references per prediction is accepted."""
+    rouge, bleu = load_metric("rouge"), load_metric("bleu")
+    single = rouge.compute(predictions=PREDICTIONS, references=REFERENCES)
+    assert all(0 < value <= 1 for value in single.values())
+    assert rouge.compute(predictions=["the cat sat"], references=["the cat sat"])["rouge1"] == pytest.approx(1.0)
+    lists = rouge.compute(predictions=PREDICTIONS, references=[[r, "unrelated words here"] for r in REFERENCES])
+    assert lists == pytest.approx(single)  # the best-matching reference counts
+    one = bleu.compute(predictions=PREDICTIONS, references=REFERENCES)
+    assert bleu.compute(predictions=PREDICTIONS, references=[[r] for r in REFERENCES]) == pytest.approx(one)
+    assert 1 < one["bleu"] <= 100 and 1 < one["chrf"] <= 100

@@ -489,5 +489,5 @@ def completion_metrics(predictions: list[str], references: list[str]) -> dict[st
     rouge = load_metric("rouge").compute(predictions=predictions, references=references)
     bleu = load_metric("bleu").compute(predictions=predictions, references=references)
     exact = [p.strip() == r.strip() for p, r in zip(predictions, references, strict=True)]
-    return {"rougeL": rouge["rougeL"], "bleu": bleu["bleu"], "chrf": bleu["chrf"],
+    return {"rougeL": 100.0 * rouge["rougeL"], "bleu": bleu["bleu"], "chrf": bleu["chrf"],
             "exact_match": 100.0 * sum(exact) / max(1, len(exact))}  # fmt: skip

@@ -20,7 +20,7 @@ import importlib
 import importlib.util
 import os
 from types import ModuleType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ..ops.common import calibration_from_sums
 
@@ -71,8 +71,15 @@ def load_metric(name: str) -> evaluate.EvaluationModule:
     return evaluate.load(METRIC_MODULES[name], keep_in_memory=True)
 
 
-def rouge_scores(predictions: list[str], references: list[str]) -> dict[str, float]:
-    """Mean ROUGE-1/2/L/Lsum F-measures (×100) with the Porter stemmer, as the summarization literature reports.
+def _reference_lists(references: list[Any]) -> list[list[str]]:
+    """Each prediction's references as a list (a single string is one reference), as the Hub modules take them."""
+    return [[r] if isinstance(r, str) else list(r) for r in references]
+
+
+def rouge_scores(predictions: list[str], references: list[Any]) -> dict[str, float]:
+    """Mean ROUGE-1/2/L/Lsum F-measures in [0, 1] with the Porter stemmer, as the Hub's ``rouge`` module returns
+    them (the scripts report them ×100, as the summarization literature does). ``references``: one string per
+    prediction, or a list of strings (the best-matching reference counts, as the Hub module's ``score_multi``).
 
     ROUGE-Lsum splits on newlines; predictions and references are single paragraphs here, so sentences are
     split at ". " first.
@@ -83,20 +90,26 @@ def rouge_scores(predictions: list[str], references: list[str]) -> dict[str, flo
     keys = ("rouge1", "rouge2", "rougeL", "rougeLsum")
     scorer = rouge_scorer.RougeScorer(list(keys), use_stemmer=True)
     totals = dict.fromkeys(keys, 0.0)
-    for prediction, reference in zip(predictions, references, strict=True):
-        scores = scorer.score(reference.replace(". ", ".\n"), prediction.replace(". ", ".\n"))
+    for prediction, refs in zip(predictions, _reference_lists(references), strict=True):
+        scores = scorer.score_multi([r.replace(". ", ".\n") for r in refs], prediction.replace(". ", ".\n"))
         for key in keys:
             totals[key] += scores[key].fmeasure
     count = max(len(predictions), 1)
-    return {key: 100.0 * value / count for key, value in totals.items()}
+    return {key: value / count for key, value in totals.items()}
 
 
-def bleu_scores(predictions: list[str], references: list[str]) -> dict[str, float]:
-    """Corpus BLEU and chrF (sacrebleu defaults: 13a tokenisation, case-sensitive)."""
+def bleu_scores(predictions: list[str], references: list[Any]) -> dict[str, float]:
+    """Corpus BLEU and chrF on sacrebleu's 0-100 scale (its defaults: 13a tokenisation, case-sensitive), as the
+    Hub's ``sacrebleu`` and ``chrf`` modules report them. ``references``: one string per prediction, or a list of
+    strings per prediction (the Hub ``sacrebleu`` format; every prediction the same number)."""
     sacrebleu = _import_metric_module("sacrebleu", "BLEU/chrF")
     if len(predictions) != len(references):
         raise ValueError(f"{len(predictions)} predictions for {len(references)} references")
+    lists = _reference_lists(references)
+    if len({len(r) for r in lists}) > 1:
+        raise ValueError("every prediction needs the same number of references (sacrebleu's reference streams)")
+    streams = [list(stream) for stream in zip(*lists, strict=True)] if lists else [[]]
     return {
-        "bleu": sacrebleu.corpus_bleu(predictions, [references]).score,
-        "chrf": sacrebleu.corpus_chrf(predictions, [references]).score,
+        "bleu": sacrebleu.corpus_bleu(predictions, streams).score,
+        "chrf": sacrebleu.corpus_chrf(predictions, streams).score,
     }

@@ -84,4 +84,5 @@ class SummarizationTask(Seq2SeqTask[SummarizationDataArguments]):
         return batch[data_args.text_column], batch[data_args.summary_column]
 
     def text_metrics(self, predictions: list[str], references: list[str]) -> dict[str, float]:
-        return load_metric("rouge").compute(predictions=predictions, references=references)
+        scores = load_metric("rouge").compute(predictions=predictions, references=references)
+        return {key: 100.0 * value for key, value in scores.items()}  # reported ×100, as in the literature

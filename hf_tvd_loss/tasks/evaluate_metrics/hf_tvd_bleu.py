@@ -13,8 +13,8 @@ import evaluate
 
 from hf_tvd_loss.tasks.metrics import bleu_scores
 
-_DESCRIPTION = "Corpus BLEU and chrF (sacrebleu defaults: 13a tokenisation, case-sensitive), one reference each."
-_KWARGS = "predictions: list of generated texts; references: list of reference texts (one per prediction)."
+_DESCRIPTION = "Corpus BLEU and chrF (sacrebleu defaults: 13a tokenisation, case-sensitive), 0-100."
+_KWARGS = "predictions: list of generated texts; references: one reference text per prediction, or a list of them."
 
 
 @evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS)
@@ -24,9 +24,15 @@ class HfTvdBleu(evaluate.Metric):
             description=_DESCRIPTION,
             citation="Post, A Call for Clarity in Reporting BLEU Scores, WMT 2018.",
             inputs_description=_KWARGS,
-            features=datasets.Features(
-                {"predictions": datasets.Value("string"), "references": datasets.Value("string")}
-            ),
+            features=[  # one reference per prediction, or a list of them (the Hub modules' formats)
+                datasets.Features(
+                    {
+                        "predictions": datasets.Value("string"),
+                        "references": datasets.Sequence(datasets.Value("string")),
+                    }
+                ),
+                datasets.Features({"predictions": datasets.Value("string"), "references": datasets.Value("string")}),
+            ],  # fmt: skip
         )
 
     def _compute(self, predictions, references):

@@ -5,7 +5,7 @@
 
     from hf_tvd_loss.tasks.metrics import load_metric
     rouge = load_metric("rouge")              # = evaluate.load(<path of this file>)
-    rouge.compute(predictions=["..."], references=["..."])   # {"rouge1": ..., "rouge2": ..., ...} (×100)
+    rouge.compute(predictions=["..."], references=["..."])   # {"rouge1": ..., "rouge2": ..., ...} in [0, 1], as the Hub module
 """
 
 import datasets
@@ -13,8 +13,8 @@ import evaluate
 
 from hf_tvd_loss.tasks.metrics import rouge_scores
 
-_DESCRIPTION = "Mean ROUGE-1/2/L/Lsum F-measures ×100, Porter stemmer, sentences split at '. ' for ROUGE-Lsum."
-_KWARGS = "predictions: list of generated texts; references: list of reference texts (one per prediction)."
+_DESCRIPTION = "Mean ROUGE-1/2/L/Lsum F-measures in [0, 1], Porter stemmer, sentences split at '. ' for ROUGE-Lsum."
+_KWARGS = "predictions: list of generated texts; references: one reference text per prediction, or a list of them."
 
 
 @evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS)
@@ -24,9 +24,15 @@ class HfTvdRouge(evaluate.Metric):
             description=_DESCRIPTION,
             citation="Lin, ROUGE: A Package for Automatic Evaluation of Summaries, 2004.",
             inputs_description=_KWARGS,
-            features=datasets.Features(
-                {"predictions": datasets.Value("string"), "references": datasets.Value("string")}
-            ),
+            features=[  # one reference per prediction, or a list of them (the Hub modules' formats)
+                datasets.Features(
+                    {
+                        "predictions": datasets.Value("string"),
+                        "references": datasets.Sequence(datasets.Value("string")),
+                    }
+                ),
+                datasets.Features({"predictions": datasets.Value("string"), "references": datasets.Value("string")}),
+            ],  # fmt: skip
         )
 
     def _compute(self, predictions, references):
