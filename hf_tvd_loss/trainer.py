@@ -461,9 +461,23 @@ class TVDLossMixin:
                 resolve_output_head(self.model)
             except ValueError as exc:
                 raise ValueError(f"loss_impl='chunked' cannot be used: {exc}") from exc
+        self._tvd_refuse_dropped_loss_weights()
         self._tvd_sums = dict.fromkeys(_MODES)
         self._tvd_sequences = dict.fromkeys(_MODES)
         return super().train(*args, **kwargs)
+
+    def _tvd_refuse_dropped_loss_weights(self) -> None:
+        """A ``loss_weights`` column that the data collator would not put into the batch (e.g. TRL's or the stock
+        padding collator) is refused before training: its weights would be dropped without a word (issue 22)."""
+        from .collators import WithLossWeights
+
+        columns = getattr(self.train_dataset, "column_names", None) or []
+        if "loss_weights" in columns and not isinstance(self.data_collator, WithLossWeights):
+            raise ValueError(
+                f"the training data has a loss_weights column, but the data collator "
+                f"({type(self.data_collator).__name__}) does not pass it to the loss, so the weights would be "
+                "ignored: wrap it, data_collator=hf_tvd_loss.WithLossWeights(collator), or remove the column"
+            )
 
     def checkpoint_metadata(self) -> dict[str, Any]:
         return {"tvd_args": dict(self.tvd_args.__dict__)}

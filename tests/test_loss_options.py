@@ -197,3 +197,13 @@ def test_weight_rule_floor_is_explicit_and_a_bare_terms_function_has_none():
     bare, bare_stats = token_weighted_cross_entropy(logits, labels, rule.terms)
     assert torch.equal(with_rule, bare) and torch.equal(stats.weight_sum, bare_stats.weight_sum)
     assert stats.floor_count is not None and bare_stats.floor_count is None
+
+
+def test_a_loss_weights_column_without_with_loss_weights_is_refused(tmp_path):
+    """Issue 22: every documented path applies the weights or refuses; a plain collator would drop the column."""
+    args = TrainingArguments(output_dir=str(tmp_path), report_to="none", use_cpu=True, max_steps=1,
+                             remove_unused_columns=False)  # fmt: skip
+    trainer = TVDTrainer(model=tiny_model("llama"), args=args, train_dataset=_weighted_dataset(8, False),
+                         data_collator=collator("llama"), tvd_args=TVDArguments(gamma=0.5))  # fmt: skip
+    with pytest.raises(ValueError, match="WithLossWeights"):
+        trainer.train()

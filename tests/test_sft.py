@@ -145,6 +145,17 @@ def test_refuses_trl_loss_options(tmp_path):
                       processing_class=make_tokenizer())  # fmt: skip
 
 
+def test_a_loss_weights_column_the_collator_would_drop_is_refused(tmp_path):
+    """Issue 22: with TRL's own collator the loss_weights column was kept and its weights never reached the loss."""
+    config = trl.SFTConfig(output_dir=str(tmp_path), report_to="none", use_cpu=True, max_steps=1)
+    weighted = dataset("prompt_completion").add_column("loss_weights", [0.5] * 16)
+    trainer = TVDSFTTrainer(model=make_model(), args=config, train_dataset=weighted, processing_class=make_tokenizer(),
+                            tvd_args=TVDArguments(gamma=0.1))  # fmt: skip
+    with pytest.raises(ValueError, match=r"loss_weights column, but the data collator \(.*\) does not pass it"):
+        trainer.train()
+    assert not any(name.startswith("checkpoint-") for name in os.listdir(tmp_path))
+
+
 def test_exact_under_accumulation(tmp_path):
     tvd = dict(gamma=0.8, min_weight=0.2, label_smoothing=0.1)
     whole = run(tmp_path, "whole", tvd=tvd, batch=8, accum=1)
