@@ -613,6 +613,22 @@ CASES: list[Case] = [
         "--generation_max_length",
         "--predict_with_generate",
     ),  # fmt: skip
+    _c(
+        "metric-for-best-model-misspelt",
+        "cli",
+        _sum("--metric_for_best_model", "rogue1"),
+        "metric_for_best_model",
+        "rogue1",
+        "rouge1",
+        note="issue 21: a KeyError after the first evaluation",
+    ),  # fmt: skip
+    _c(
+        "metric-for-best-model-of-another-task",
+        "cli",
+        _lm("--metric_for_best_model", "bleu"),
+        "bleu",
+        "language_modeling",
+    ),  # fmt: skip
     # ---------------------------------------------------------------- command line: numbers
     _c("lr-nan", "cli", _sum("--learning_rate", "nan"), "learning_rate"),
     _c("lr-negative", "cli", _sum("--learning_rate", "-1"), "learning_rate"),

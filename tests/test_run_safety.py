@@ -327,3 +327,15 @@ def test_report_to_tensorboard_writes_event_files(tmp_path):
     events = list((out / "runs").rglob("events.out.tfevents.*"))
     assert events and events[0].stat().st_size > 0
     assert any(f.startswith("runs/") for f in read_ledger(str(out))["files"])
+
+
+def test_metric_for_best_model_names_a_reported_metric(tmp_path):
+    """Known names pass, with or without eval_; generated metrics only where the evaluation generates."""
+    for task, name in (("summarization", "eval_rouge1"), ("summarization", "rougeL"), ("translation", "chrf"),
+                       ("language_modeling", "perplexity"), ("language_modeling", "eval_token_accuracy")):  # fmt: skip
+        prepared = prepare(get_task(task), ["--output_dir", str(tmp_path / task), "--report_to", "none",
+                                            "--metric_for_best_model", name, "--synthetic_train_examples", "24"])  # fmt: skip
+        assert prepared.training_args.metric_for_best_model == name
+    with pytest.raises(ValueError, match="'bleu' is not a metric this translation evaluation reports"):
+        prepare(get_task("translation"), ["--output_dir", str(tmp_path / "x"), "--metric_for_best_model", "bleu",
+                                          "--predict_with_generate", "false"])  # fmt: skip

@@ -183,6 +183,31 @@ class Task(Generic[DataArgsT, TrainingArgsT]):
     ) -> None:
         """Last settings on the model (e.g. generation), after it is built or loaded."""
 
+    # what every evaluation of the scripts reports (without the eval_ prefix): the Trainer's own, the loss's sums
+    evaluation_metric_names: tuple[str, ...] = (
+        "loss", "nll", "perplexity", "tvd_weight_mean", "tvd_weight_floor_fraction", "gamma", "token_accuracy",
+        "entropy", "ece", "confidence", "runtime", "samples_per_second", "steps_per_second",
+    )  # fmt: skip
+    generated_metric_names: tuple[str, ...] = ()  # added when the evaluation generates
+
+    def evaluates_by_generation(self, data_args: DataArgsT, training_args: TrainingArgsT) -> bool:
+        return False
+
+    def check_metric_for_best_model(self, data_args: DataArgsT, training_args: TrainingArgsT) -> None:
+        """Refuse a ``--metric_for_best_model`` the evaluation will not report (transformers fails with a KeyError
+        only after the first evaluation)."""
+        name = training_args.metric_for_best_model
+        if not name:
+            return
+        names = set(self.evaluation_metric_names)
+        if self.evaluates_by_generation(data_args, training_args):
+            names |= {*self.generated_metric_names, "gen_len", "generation_seconds_per_example"}
+        if name.removeprefix("eval_") not in names:
+            raise ValueError(
+                f"--metric_for_best_model {name!r} is not a metric this {self.name} evaluation reports; it reports "
+                f"{', '.join(sorted(names))} (with or without the eval_ prefix)"
+            )
+
     def describe_examples(self, data_args: DataArgsT, tokenizer: PreTrainedTokenizerBase) -> dict[str, Any] | None:
         """How raw rows became training examples, for the model card and ``run_info.json`` (None: nothing to add)."""
         return None

@@ -446,6 +446,13 @@ class LanguageModelingTask(Task[LanguageModelingDataArguments, TrainingArguments
         return tokenized
 
     # --- evaluation by generation (instruction data, --predict_with_generate)
+    generated_metric_names = ("rougeL", "bleu", "chrf", "exact_match")
+
+    def evaluates_by_generation(
+        self, data_args: LanguageModelingDataArguments, training_args: TrainingArguments
+    ) -> bool:
+        return data_args.predict_with_generate
+
     def prompt_generation(
         self, data_args: LanguageModelingDataArguments, training_args: TrainingArguments
     ) -> dict[str, Any] | None:

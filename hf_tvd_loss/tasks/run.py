@@ -69,6 +69,7 @@ def prepare(task: Task[Any, Any], argv: Sequence[str] | None = None) -> Prepared
     check_common_args(data_args, model_args, training_args)  # resolves resume_from_checkpoint to a folder
     check_options_take_effect(data_args, training_args)
     task.check_args(data_args, model_args, training_args)
+    task.check_metric_for_best_model(data_args, training_args)
     if training_args.resume_from_checkpoint:  # refused here too, before data and model are loaded
         resume = training_args.resume_from_checkpoint
         check_resume_loss_settings(resume, read_checkpoint_marker(resume), tvd_args)

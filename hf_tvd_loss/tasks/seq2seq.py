@@ -354,6 +354,9 @@ class Seq2SeqTask(Task[Seq2SeqDataArgsT, Seq2SeqTrainingArguments]):
             length_penalty=data_args.length_penalty,
         )  # fmt: skip
 
+    def evaluates_by_generation(self, data_args: Seq2SeqDataArgsT, training_args: Seq2SeqTrainingArguments) -> bool:
+        return bool(training_args.predict_with_generate)
+
     def describe_examples(self, data_args: Seq2SeqDataArgsT, tokenizer: PreTrainedTokenizerBase) -> dict | None:
         if not self.decoder_only:
             return None

@@ -32,6 +32,7 @@ class SummarizationTask(Seq2SeqTask[SummarizationDataArguments]):
     data_args_class = SummarizationDataArguments
     metric_package = ("rouge_score", "ROUGE")
     headline_metrics = ("loss", "perplexity", "rouge1", "rouge2", "rougeL", "token_accuracy", "ece")
+    generated_metric_names = ("rouge1", "rouge2", "rougeL", "rougeLsum")
     # decoder-only: an instruction, the document, and the cue the summary follows
     default_prompt_template = "Summarize the following text.\n\n{source}\n\nSummary:\n"
     scratch_config_overrides = (

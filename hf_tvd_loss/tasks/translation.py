@@ -59,6 +59,7 @@ class TranslationTask(Seq2SeqTask[TranslationDataArguments]):
     data_args_class = TranslationDataArguments
     metric_package = ("sacrebleu", "BLEU")
     headline_metrics = ("loss", "perplexity", "bleu", "chrf", "token_accuracy", "ece")
+    generated_metric_names = ("bleu", "chrf")
     scratch_config_overrides = (
         "d_model=64,encoder_layers=2,decoder_layers=2,encoder_attention_heads=4,"
         "decoder_attention_heads=4,encoder_ffn_dim=128,decoder_ffn_dim=128,max_position_embeddings=256,"
