@@ -219,7 +219,7 @@ class TVDLossMixin:
         counts = [_count_targets(batch, shifts) for batch in batch_samples if isinstance(batch, Mapping)]
         if not counts or any(c is None or c.device.type != "cpu" for c in counts):
             return
-        if int(sum(int(c) for c in counts)) == 0:
+        if sum(int(c) for c in counts) == 0:
             raise ValueError(
                 f"training step {self.state.global_step + 1} has no scored target: every label of its "
                 f"{len(counts)} batch(es) is -100 (or only the first position, which a causal LM does not score), so "

@@ -703,6 +703,7 @@ def apply_reference_swap(dataset: Any, rate: float, seed: int, *, prompt_target:
     """
     import random
 
+    from ..tasks.prompting import IGNORE_INDEX, prompt_length
     from .noise import swapped_references
 
     source = swapped_references(len(dataset), rate, random.Random(f"reference-swap-{seed}"))
@@ -712,15 +713,12 @@ def apply_reference_swap(dataset: Any, rate: float, seed: int, *, prompt_target:
         other = labels[source[index]]
         if not prompt_target:
             return {"labels": other}
-        start = next(i for i, label in enumerate(example["labels"]) if label != IGNORE_INDEX)
+        start = prompt_length(example["labels"])
         target = [t for t in other if t != IGNORE_INDEX]
         ids = example["input_ids"][:start] + target
         return {"input_ids": ids, "attention_mask": [1] * len(ids), "labels": [IGNORE_INDEX] * start + target}
 
     return dataset.map(swap, with_indices=True, desc=f"reference swap {rate:g}")
-
-
-IGNORE_INDEX = -100
 
 
 def task_runner(

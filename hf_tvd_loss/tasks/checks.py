@@ -54,7 +54,8 @@ def _checkpoint_step(path: str) -> int | None:
     return step if isinstance(step, int) else None
 
 
-def _inside(path: str, folder: str) -> bool:
+def is_inside(path: str, folder: str) -> bool:
+    """Whether ``path`` is ``folder`` or below it (links resolved)."""
     path, folder = os.path.realpath(path), os.path.realpath(folder)
     return path == folder or path.startswith(folder + os.sep)
 
@@ -266,7 +267,7 @@ def check_common_args(data_args: DataArguments, model_args: ModelArguments, trai
     if resume is not None and not training_args.do_train:
         raise ValueError(f"resume_from_checkpoint={resume_value!r} needs do_train (nothing is trained otherwise)")
     # Resuming from a checkpoint inside output_dir continues the run there; one from elsewhere starts a new run.
-    resume_inside = resume is not None and _inside(resume, output_dir)
+    resume_inside = resume is not None and is_inside(resume, output_dir)
     if resume_inside and data_args.overwrite_output_dir:
         raise ValueError(
             f"overwrite_output_dir and resume_from_checkpoint={resume_value!r} contradict each other: resuming "
@@ -278,7 +279,7 @@ def check_common_args(data_args: DataArguments, model_args: ModelArguments, trai
                   "validation_file": data_args.validation_file, "test_file": data_args.test_file,
                   "resume_from_checkpoint": resume}  # fmt: skip
         for option, value in inputs.items():
-            if value and os.path.exists(value) and _inside(value, output_dir):
+            if value and os.path.exists(value) and is_inside(value, output_dir):
                 raise ValueError(
                     f"--overwrite_output_dir would remove the earlier run in {output_dir}, but {option} {value} is "
                     "read from inside it; choose another --output_dir"

@@ -33,6 +33,7 @@ __all__ = [
     "calibration_from_sums",
     "check_metric_package",
     "load_metric",
+    "reference_features",
     "rouge_scores",
 ]
 
@@ -69,6 +70,19 @@ def load_metric(name: str) -> evaluate.EvaluationModule:
     if name not in METRIC_MODULES:
         raise ValueError(f"unknown metric {name!r}; expected one of {sorted(METRIC_MODULES)}")
     return evaluate.load(METRIC_MODULES[name], keep_in_memory=True)
+
+
+def reference_features() -> list[Any]:
+    """The input formats of the shipped metric modules, as the Hub's: a prediction with one reference text, or
+    with a list of them."""
+    import datasets
+
+    return [
+        datasets.Features(
+            {"predictions": datasets.Value("string"), "references": datasets.Sequence(datasets.Value("string"))}
+        ),
+        datasets.Features({"predictions": datasets.Value("string"), "references": datasets.Value("string")}),
+    ]
 
 
 def _reference_lists(references: list[Any]) -> list[list[str]]:

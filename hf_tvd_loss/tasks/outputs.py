@@ -26,6 +26,8 @@ import time
 from collections.abc import Iterable, Iterator
 from typing import Any
 
+from ..checkpoints import write_json_atomically
+
 __all__ = ["LEDGER", "LOCK", "OutputFolder", "ledger_callback", "overwrite_problem", "read_ledger"]
 
 LEDGER = "run_outputs.json"
@@ -234,8 +236,6 @@ class OutputFolder:
             "files": sorted(self._files | {LEDGER}),
             "open": sorted(self._open),
         }
-        from ..checkpoints import write_json_atomically
-
         write_json_atomically(os.path.join(self.path, LEDGER), payload, indent=1)
 
     def discard(self) -> None:

@@ -29,7 +29,7 @@ from ..args import TVDArguments
 from ..checkpoints import check_resume_loss_settings, read_checkpoint_marker, write_json_atomically
 from .arguments import DataArguments, ModelArguments
 from .base import ChosenDefaults, Task
-from .checks import check_common_args, check_options_take_effect
+from .checks import check_common_args, check_options_take_effect, is_inside
 from .data import load_raw_splits
 from .modeling import auto_model_class, build_model_from_config, max_positions, resolve_config, train_tokenizer
 from .outputs import OutputFolder, ledger_callback
@@ -183,7 +183,7 @@ def build(prepared: Prepared) -> Built:
         folder = OutputFolder.claim(
             training_args.output_dir,
             overwrite=prepared.data_args.overwrite_output_dir,
-            resume=bool(resume) and _inside_folder(resume, training_args.output_dir),
+            resume=bool(resume) and is_inside(resume, training_args.output_dir),
         )
     try:
         return _build(prepared, folder, start)
@@ -191,11 +191,6 @@ def build(prepared: Prepared) -> Built:
         if folder is not None:
             folder.discard()
         raise
-
-
-def _inside_folder(path: str, folder: str) -> bool:
-    path, folder = os.path.realpath(path), os.path.realpath(folder)
-    return path == folder or path.startswith(folder + os.sep)
 
 
 def _build(prepared: Prepared, folder: OutputFolder | None, start: float) -> Built:

@@ -8,10 +8,9 @@
     bleu.compute(predictions=["..."], references=["..."])    # {"bleu": ..., "chrf": ...}
 """
 
-import datasets
 import evaluate
 
-from hf_tvd_loss.tasks.metrics import bleu_scores
+from hf_tvd_loss.tasks.metrics import bleu_scores, reference_features
 
 _DESCRIPTION = "Corpus BLEU and chrF (sacrebleu defaults: 13a tokenisation, case-sensitive), 0-100."
 _KWARGS = "predictions: list of generated texts; references: one reference text per prediction, or a list of them."
@@ -24,15 +23,7 @@ class HfTvdBleu(evaluate.Metric):
             description=_DESCRIPTION,
             citation="Post, A Call for Clarity in Reporting BLEU Scores, WMT 2018.",
             inputs_description=_KWARGS,
-            features=[  # one reference per prediction, or a list of them (the Hub modules' formats)
-                datasets.Features(
-                    {
-                        "predictions": datasets.Value("string"),
-                        "references": datasets.Sequence(datasets.Value("string")),
-                    }
-                ),
-                datasets.Features({"predictions": datasets.Value("string"), "references": datasets.Value("string")}),
-            ],  # fmt: skip
+            features=reference_features(),  # one reference per prediction, or a list (the Hub formats)
         )
 
     def _compute(self, predictions, references):

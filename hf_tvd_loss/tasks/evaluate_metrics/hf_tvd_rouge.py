@@ -8,10 +8,9 @@
     rouge.compute(predictions=["..."], references=["..."])   # {"rouge1": ..., "rouge2": ..., ...} in [0, 1], as the Hub module
 """
 
-import datasets
 import evaluate
 
-from hf_tvd_loss.tasks.metrics import rouge_scores
+from hf_tvd_loss.tasks.metrics import reference_features, rouge_scores
 
 _DESCRIPTION = "Mean ROUGE-1/2/L/Lsum F-measures in [0, 1], Porter stemmer, sentences split at '. ' for ROUGE-Lsum."
 _KWARGS = "predictions: list of generated texts; references: one reference text per prediction, or a list of them."
@@ -24,15 +23,7 @@ class HfTvdRouge(evaluate.Metric):
             description=_DESCRIPTION,
             citation="Lin, ROUGE: A Package for Automatic Evaluation of Summaries, 2004.",
             inputs_description=_KWARGS,
-            features=[  # one reference per prediction, or a list of them (the Hub modules' formats)
-                datasets.Features(
-                    {
-                        "predictions": datasets.Value("string"),
-                        "references": datasets.Sequence(datasets.Value("string")),
-                    }
-                ),
-                datasets.Features({"predictions": datasets.Value("string"), "references": datasets.Value("string")}),
-            ],  # fmt: skip
+            features=reference_features(),  # one reference per prediction, or a list (the Hub formats)
         )
 
     def _compute(self, predictions, references):
