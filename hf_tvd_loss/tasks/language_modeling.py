@@ -34,14 +34,14 @@ from .generation import configure_prompt_generation, generation_metrics, write_g
 from .metrics import check_metric_package, load_metric
 from .prompting import (
     IGNORE_INDEX,
+    Encoded,
     PaddingCollator,
     encode_prompt_completion,
     has_chat_template,
-    labels_for,
     messages_for_template,
-    record_dropped,
     render_chat,
     render_prompt_completion,
+    tokenize_examples,
     tokenize_instruction,
     uses_chat_template,
 )
@@ -54,8 +54,6 @@ __all__ = [
     "data_format",
     "tokenize_instruction",
 ]
-
-_CUT = "_no_completion_within_block"  # a temporary column of instruction preprocessing
 
 
 @dataclass
@@ -354,7 +352,7 @@ class LanguageModelingTask(Task[LanguageModelingDataArguments, TrainingArguments
         split: str,
         form: str,
         conversational: bool,
-    ) -> tuple[Callable[[dict[str, Any]], tuple[list[int], list[bool]] | None], bool]:
+    ) -> tuple[Callable[[dict[str, Any]], Encoded | None], bool]:
         """The function that turns one raw row into token ids and the scored mask (None: a row check_rows counted
         as dropped), and whether it uses the chat template; format problems are refused here, before tokenising."""
         chat_data = form == "messages" or conversational
@@ -373,7 +371,7 @@ class LanguageModelingTask(Task[LanguageModelingDataArguments, TrainingArguments
         chat = chat_data or uses_chat_template(tokenizer, data_args.prompt_completion_format,
                                                "prompt_completion_format")  # fmt: skip
 
-        def encode(row: dict[str, Any]) -> tuple[list[int], list[bool]] | None:
+        def encode(row: dict[str, Any]) -> Encoded | None:
             if not chat_data:  # prompt/completion texts
                 prompt, completion = row[data_args.prompt_column], row[data_args.completion_column]
                 if not (isinstance(prompt, str) and isinstance(completion, str) and completion.strip()):
@@ -409,41 +407,20 @@ class LanguageModelingTask(Task[LanguageModelingDataArguments, TrainingArguments
         encode, chat = self._instruction_encoder(tokenizer, data_args, split, form, conversational)
         block, only = data_args.block_size, data_args.completion_only_loss
 
-        def tokenize(batch: dict[str, list[Any]]) -> dict[str, list[Any]]:
-            # Rows encode() skips (null or empty chats, no assistant turn) were counted by data.check_rows;
-            # examples whose completion lies beyond block_size are kept here, marked, and counted below.
-            out: dict[str, list[Any]] = {"input_ids": [], "attention_mask": [], "labels": [], _CUT: []}
+        def encode_batch(batch: dict[str, list[Any]]) -> Iterator[Encoded | None]:
+            # Rows encode() skips (null or empty chats, no assistant turn) were counted by data.check_rows.
             for index in range(len(next(iter(batch.values())))):
-                encoded = encode({key: values[index] for key, values in batch.items()})
-                if encoded is None:
-                    continue
-                ids, scored = encoded[0][:block], encoded[1][:block]
-                labels = labels_for(ids, scored, only)
-                out["input_ids"].append(ids)
-                out["attention_mask"].append([1] * len(ids))
-                out["labels"].append(labels)
-                out[_CUT].append(
-                    all(label == IGNORE_INDEX for label in labels[1:])
-                )  # nothing to score after the shift
-            return out
+                yield encode({key: values[index] for key, values in batch.items()})
 
-        tokenized = dataset.map(
-            tokenize, batched=True, remove_columns=dataset.column_names, num_proc=data_args.preprocessing_num_workers,
+        return tokenize_examples(
+            dataset, encode_batch, split=split, max_length=block, completion_only=only,
+            unfit=lambda labels: all(label == IGNORE_INDEX for label in labels[1:]),  # nothing scored after the shift
+            reason=f"no completion token within block_size={block}",
+            remedy="raise block_size or check the completion/assistant columns", dropped=dropped,
+            max_dropped_fraction=data_args.max_dropped_fraction, num_proc=data_args.preprocessing_num_workers,
             desc=f"tokenising {split} ({form}{', conversational' if conversational else ''}"
             f"{', chat template' if chat else ''})",
         )  # fmt: skip
-        record_dropped(
-            dropped, split, f"no completion token within block_size={block}",
-            sum(tokenized[_CUT]) if len(tokenized) else 0, len(tokenized), data_args.max_dropped_fraction,
-            "raise block_size",
-        )  # fmt: skip
-        tokenized = tokenized.filter(lambda cut_off: not cut_off, input_columns=_CUT).remove_columns(_CUT)
-        if len(tokenized) == 0:
-            raise ValueError(
-                f"the {split} split has no example with a completion token left within block_size={block}: raise "
-                "block_size or check the completion/assistant columns"
-            )
-        return tokenized
 
     # --- evaluation by generation (instruction data, --predict_with_generate)
     generated_metric_names = ("rougeL", "bleu", "chrf", "exact_match")

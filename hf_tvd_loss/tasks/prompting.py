@@ -18,7 +18,7 @@ examples dropped while tokenising, judged against ``--max_dropped_fraction`` wit
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Literal
 
 import torch
@@ -26,6 +26,7 @@ import torch
 from .data import without_nulls
 
 if TYPE_CHECKING:
+    from datasets import Dataset
     from transformers import PreTrainedTokenizerBase
 
 __all__ = [
@@ -40,6 +41,7 @@ __all__ = [
     "record_dropped",
     "render_chat",
     "render_prompt_completion",
+    "tokenize_examples",
     "tokenize_instruction",
     "truncate_text",
     "uses_chat_template",
@@ -185,6 +187,58 @@ def prompt_length(labels: list[int]) -> int:
     while start > 0 and labels[start - 1] != IGNORE_INDEX:
         start -= 1
     return start
+
+
+Encoded = tuple[list[int], list[bool]]  # token ids and, per token, whether it is scored
+_UNFIT = "_tvd_unfit"  # a temporary column: the example cannot be trained on within the length limit
+
+
+def tokenize_examples(
+    dataset: Dataset,
+    encode_batch: Callable[[dict[str, list[Any]]], Iterable[Encoded | None]],
+    *,
+    split: str,
+    unfit: Callable[[list[int]], bool],
+    reason: str,
+    remedy: str,
+    dropped: dict[str, Any] | None,
+    max_dropped_fraction: float,
+    max_length: int | None = None,
+    completion_only: bool = True,
+    num_proc: int | None = None,
+    desc: str = "",
+) -> Dataset:
+    """The one tokenisation of prompt → target examples, shared by the summarization and translation scripts on a
+    decoder-only model and the language-modelling script's instruction data.
+
+    ``encode_batch`` turns a batch of raw rows into one :data:`Encoded` per row (None: a row ``data.check_rows``
+    already counted as dropped). Each is cut to ``max_length`` tokens (None: never cut), labelled (:func:`labels_for`
+    with ``completion_only``) and judged by ``unfit(labels)``: the examples that cannot be trained on within the limit
+    are counted with :func:`record_dropped` (``reason``, ``remedy``) and dropped; none left is refused.
+    """
+
+    def tokenize(batch: dict[str, list[Any]]) -> dict[str, list[Any]]:
+        out: dict[str, list[Any]] = {"input_ids": [], "attention_mask": [], "labels": [], _UNFIT: []}
+        for encoded in encode_batch(batch):
+            if encoded is None:
+                continue
+            ids, scored = encoded if max_length is None else (encoded[0][:max_length], encoded[1][:max_length])
+            labels = labels_for(ids, scored, completion_only)
+            out["input_ids"].append(ids)
+            out["attention_mask"].append([1] * len(ids))
+            out["labels"].append(labels)
+            out[_UNFIT].append(unfit(labels))
+        return out
+
+    tokenized = dataset.map(
+        tokenize, batched=True, remove_columns=dataset.column_names, num_proc=num_proc, desc=desc or None
+    )
+    count = sum(tokenized[_UNFIT]) if len(tokenized) else 0
+    record_dropped(dropped, split, reason, count, len(tokenized), max_dropped_fraction, remedy)
+    tokenized = tokenized.filter(lambda no: not no, input_columns=_UNFIT).remove_columns(_UNFIT)
+    if len(tokenized) == 0:
+        raise ValueError(f"the {split} split: every example has {reason}, none is left to train on: {remedy}")
+    return tokenized
 
 
 def truncate_text(tokenizer: PreTrainedTokenizerBase, text: str, max_tokens: int) -> str:

@@ -24,11 +24,12 @@ from .base import MetricsFunction, Task
 from .generation import configure_prompt_generation, generation_metrics, write_generated_predictions
 from .metrics import check_metric_package
 from .prompting import (
+    IGNORE_INDEX,
+    Encoded,
     PaddingCollator,
     PromptFormat,
     encode_prompt_completion,
-    labels_for,
-    record_dropped,
+    tokenize_examples,
     truncate_text,
     uses_chat_template,
 )
@@ -75,8 +76,6 @@ class Seq2SeqDataArguments(DataArguments):
 
 Seq2SeqDataArgsT = TypeVar("Seq2SeqDataArgsT", bound=Seq2SeqDataArguments)
 
-
-_TOO_LONG = "_target_too_long"  # a temporary column of decoder-only preprocessing
 
 # Tiny sizes of a decoder-only model built from scratch without --config_overrides (as the encoder-decoder default):
 # the model types a user most likely names; any other keeps its own sizes.
@@ -274,38 +273,23 @@ class Seq2SeqTask(Task[Seq2SeqDataArgsT, Seq2SeqTrainingArguments]):
         template, values = self.prompt_template(data_args), self.prompt_values(data_args)
         limit = data_args.max_target_length
 
-        def tokenize(batch: dict[str, list[Any]]) -> dict[str, list[Any]]:
-            sources, targets = self.pairs(batch, data_args)
-            out: dict[str, list[Any]] = {"input_ids": [], "attention_mask": [], "labels": [], _TOO_LONG: []}
-            for source, target in zip(sources, targets, strict=True):
+        def encode_batch(batch: dict[str, list[Any]]) -> Iterator[Encoded | None]:
+            for source, target in zip(*self.pairs(batch, data_args), strict=True):
                 if not (isinstance(source, str) and source.strip() and isinstance(target, str) and target.strip()):
-                    continue  # counted by data.check_rows
+                    yield None  # counted by data.check_rows
+                    continue
                 source = truncate_text(tokenizer, data_args.source_prefix + source, data_args.max_source_length)
                 prompt = template.format(source=source, **values)
-                ids, scored = encode_prompt_completion(tokenizer, prompt.strip() if chat else prompt, target,
-                                                       chat=chat)  # fmt: skip
-                out["input_ids"].append(ids)
-                out["attention_mask"].append([1] * len(ids))
-                out["labels"].append(labels_for(ids, scored))
-                out[_TOO_LONG].append(sum(scored) > limit)
-            return out
+                yield encode_prompt_completion(tokenizer, prompt.strip() if chat else prompt, target, chat=chat)
 
-        tokenized = dataset.map(
-            tokenize, batched=True, remove_columns=dataset.column_names, num_proc=data_args.preprocessing_num_workers,
+        return tokenize_examples(
+            dataset, encode_batch, split=split,
+            unfit=lambda labels: sum(label != IGNORE_INDEX for label in labels) > limit,
+            reason=f"a target longer than max_target_length={limit} tokens (with its end)",
+            remedy="raise max_target_length", dropped=dropped, max_dropped_fraction=data_args.max_dropped_fraction,
+            num_proc=data_args.preprocessing_num_workers,
             desc=f"tokenising {split} (prompt → target{', chat template' if chat else ''})",
         )  # fmt: skip
-        record_dropped(
-            dropped, split, f"a target longer than max_target_length={limit} tokens",
-            sum(tokenized[_TOO_LONG]) if len(tokenized) else 0, len(tokenized), data_args.max_dropped_fraction,
-            "raise max_target_length",
-        )  # fmt: skip
-        tokenized = tokenized.filter(lambda long: not long, input_columns=_TOO_LONG).remove_columns(_TOO_LONG)
-        if len(tokenized) == 0:
-            raise ValueError(
-                f"the {split} split has no example whose target fits max_target_length={limit} tokens (with its "
-                "end-of-sequence token): raise max_target_length"
-            )
-        return tokenized
 
     def data_collator(self, tokenizer: PreTrainedTokenizerBase, model: PreTrainedModel) -> DataCollator:
         if self.decoder_only:
