@@ -3,6 +3,13 @@
 :class:`WithLossWeights` wraps any data collator so that a ``loss_weights`` dataset column reaches the loss: one float
 per example, or one per label token (a list as long as that example's ``labels``). The TVD trainers keep the column
 through ``remove_unused_columns``; the loss multiplies each token's loss by its weight and keeps the denominator.
+
+Only a loss that takes ``batch["loss_weights"]`` out of the batch applies them: the TVD trainers do (they register
+themselves as the collator's ``loss_reader``), and so does your own loop that passes them as ``token_scale`` to
+:func:`hf_tvd_loss.token_weighted_cross_entropy` (``WithLossWeights(collator, own_loss=True)``). Anywhere else, e.g.
+the stock ``Trainer`` with ``compute_loss_func=TVDLoss(...)`` (which never sees the batch; the model's forward takes
+the weights as an unknown keyword and ignores them, or the stock Trainer removes the column first), the collator
+refuses its first batch instead of letting the weights be dropped.
 """
 
 from __future__ import annotations
@@ -24,16 +31,34 @@ class WithLossWeights:
         collator: the data collator to wrap (it never sees ``loss_weights``).
         padding_side: where ``collator`` pads ``labels`` (``"right"``/``"left"``); by default its tokenizer's
             ``padding_side``, else right.
+        own_loss: your own training loop applies ``batch["loss_weights"]`` (as ``token_scale``); without it the
+            collator works only inside a TVD trainer, which sets ``loss_reader`` to its class name.
     """
 
-    def __init__(self, collator: Callable[[list[dict[str, Any]]], Mapping[str, Any]], padding_side: str | None = None):
+    def __init__(
+        self,
+        collator: Callable[[list[dict[str, Any]]], Mapping[str, Any]],
+        padding_side: str | None = None,
+        *,
+        own_loss: bool = False,
+    ):
         self.collator = collator
+        # Who takes loss_weights out of the batch and applies them: a TVD trainer (its class name), your own loss.
+        self.loss_reader: str | None = "your own loss" if own_loss else None
         tokenizer = getattr(collator, "tokenizer", None) or getattr(collator, "processing_class", None)
         self.padding_side = padding_side or getattr(tokenizer, "padding_side", None) or "right"
         if self.padding_side not in ("right", "left"):
             raise ValueError(f"padding_side must be 'right' or 'left', got {self.padding_side!r}")
 
     def __call__(self, features: Sequence[Mapping[str, Any]]) -> Mapping[str, Any]:
+        if self.loss_reader is None:
+            raise ValueError(
+                "WithLossWeights is collating for a loss that would not apply the weights: only the TVD trainers "
+                "(TVDTrainer, TVDSeq2SeqTrainer, TVDSFTTrainer) take loss_weights out of the batch. The stock "
+                "Trainer with compute_loss_func=TVDLoss(...) passes them to the model's forward, which ignores them "
+                "(or removes the column first, remove_unused_columns): use a TVD trainer, or pass own_loss=True "
+                "if your own loop gives batch['loss_weights'] to token_weighted_cross_entropy(token_scale=...)"
+            )
         rows = [dict(f) for f in features]
         if not any("loss_weights" in row for row in rows):
             return self.collator(rows)

@@ -169,6 +169,7 @@ class TVDLossMixin:
         kwargs["callbacks"] = [*callbacks, self.nonfinite_guard]
         super().__init__(*args, **kwargs)
         self._tvd_check_engine()
+        self._tvd_bind_loss_weights()
         # Keep the stock token counting and the model's own loss path off: this class counts the scored
         # tokens itself (get_batch_samples) with the rule that matches its loss.
         self.model_accepts_loss_kwargs = False
@@ -466,11 +467,20 @@ class TVDLossMixin:
         self._tvd_sequences = dict.fromkeys(_MODES)
         return super().train(*args, **kwargs)
 
+    def _tvd_bind_loss_weights(self) -> None:
+        """Tell a :class:`~hf_tvd_loss.WithLossWeights` collator that this trainer applies its weights (it refuses
+        to collate for any other loss)."""
+        from .collators import WithLossWeights
+
+        if isinstance(self.data_collator, WithLossWeights):
+            self.data_collator.loss_reader = type(self).__name__
+
     def _tvd_refuse_dropped_loss_weights(self) -> None:
         """A ``loss_weights`` column that the data collator would not put into the batch (e.g. TRL's or the stock
         padding collator) is refused before training: its weights would be dropped without a word (issue 22)."""
         from .collators import WithLossWeights
 
+        self._tvd_bind_loss_weights()  # the collator may have been replaced since __init__
         columns = getattr(self.train_dataset, "column_names", None) or []
         if "loss_weights" in columns and not isinstance(self.data_collator, WithLossWeights):
             raise ValueError(

@@ -207,3 +207,37 @@ def test_a_loss_weights_column_without_with_loss_weights_is_refused(tmp_path):
                          data_collator=collator("llama"), tvd_args=TVDArguments(gamma=0.5))  # fmt: skip
     with pytest.raises(ValueError, match="WithLossWeights"):
         trainer.train()
+
+
+@pytest.mark.parametrize("remove_unused_columns", [True, False])
+def test_with_loss_weights_refuses_the_stock_trainer_with_tvd_loss(tmp_path, remove_unused_columns):
+    """Issue 22: the stock Trainer with compute_loss_func=TVDLoss never hands the weights to the loss (they go to the
+    model's forward, which ignores them, or the column is removed first): refused at the first batch."""
+    from transformers import Trainer
+
+    from hf_tvd_loss import TVDLoss
+
+    args = TrainingArguments(output_dir=str(tmp_path), report_to="none", use_cpu=True, max_steps=1,
+                             remove_unused_columns=remove_unused_columns, save_strategy="no")  # fmt: skip
+    model = tiny_model("llama")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    trainer = Trainer(model=model, args=args, train_dataset=_weighted_dataset(8, False),
+                      data_collator=WithLossWeights(collator("llama")),
+                      compute_loss_func=TVDLoss(TVDArguments(gamma=0.5)))  # fmt: skip
+    with pytest.raises(ValueError, match="only the TVD trainers .* take loss_weights out of the batch"):
+        trainer.train()
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # no step was taken
+
+
+def test_with_loss_weights_for_your_own_loss(tmp_path):
+    """own_loss=True: the batch carries the weights, and token_weighted_cross_entropy(token_scale=...) applies them."""
+    rows = list(_weighted_dataset(4, True))
+    batch = WithLossWeights(collator("llama"), own_loss=True)(rows)
+    assert batch["loss_weights"].shape == batch["labels"].shape
+    with pytest.raises(ValueError, match="own_loss=True"):
+        WithLossWeights(collator("llama"))(rows)
+    logits = torch.randn(*batch["labels"].shape, VOCAB)
+    rule = gamma_terms(0.5, 0.0)
+    weighted, _ = token_weighted_cross_entropy(logits, batch["labels"], rule, token_scale=batch["loss_weights"])
+    plain, _ = token_weighted_cross_entropy(logits, batch["labels"], rule)
+    assert not torch.allclose(weighted, plain)
