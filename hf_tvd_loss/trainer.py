@@ -489,6 +489,18 @@ class TVDLossMixin:
                 "ignored: wrap it, data_collator=hf_tvd_loss.WithLossWeights(collator), or remove the column"
             )
 
+    def create_model_card(self, *args: Any, tags: str | list[str] | None = None, **kwargs: Any) -> None:
+        """The stock (or TRL's) model card, plus the loss: the ``hf_tvd_loss``/``tailr`` tags, the loss settings as
+        ``hf_tvd_loss:`` metadata and a loss section (γ, b, ε, the γ schedule) in the text. ``push_to_hub`` calls
+        this, so a pushed model says which loss made it."""
+        from .card import CARD_TAGS, add_loss_to_model_card, card_path
+
+        tags = [tags] if isinstance(tags, str) else list(tags or [])
+        tags += [tag for tag in CARD_TAGS if tag not in tags]
+        super().create_model_card(*args, tags=tags, **kwargs)
+        if self.is_world_process_zero() and os.path.isfile(card_path(self.args.output_dir)):
+            add_loss_to_model_card(card_path(self.args.output_dir), self.tvd_args)
+
     def checkpoint_metadata(self) -> dict[str, Any]:
         return {"tvd_args": dict(self.tvd_args.__dict__)}
 

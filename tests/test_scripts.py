@@ -51,6 +51,10 @@ def _check_outputs(out, task, expected_metrics, gamma):
     with open(os.path.join(out, "README.md"), encoding="utf-8") as f:
         card = f.read()
     assert f"| γ (gamma) | {gamma} |" in card and "b (min_weight)" in card and "ε (label_smoothing)" in card
+    from huggingface_hub import ModelCard  # the front matter is the Hub's: tags and the loss settings as metadata
+
+    meta = ModelCard.load(os.path.join(out, "README.md")).data
+    assert {"hf_tvd_loss", "tailr", task} <= set(meta.tags) and meta.hf_tvd_loss["gamma"] == gamma
     info = _read(os.path.join(out, "run_info.json"))
     assert info["task"] == task and info["world_size"] == 1
     return metrics

@@ -176,3 +176,17 @@ def test_two_processes_equal_one(tmp_path):
     )  # fmt: skip
     two = [float(x) for x in out.read_text().split()]
     _close(two, single, 1e-5)
+
+
+def test_model_card_records_the_loss(tmp_path):
+    """Issue 22.5 on TRL's card (its own create_model_card signature): TRL's tags kept, the loss added."""
+    from huggingface_hub import ModelCard
+
+    config = trl.SFTConfig(output_dir=str(tmp_path), report_to="none", use_cpu=True, max_steps=1)
+    trainer = TVDSFTTrainer(model=make_model(), args=config, train_dataset=dataset("prompt_completion"),
+                            processing_class=make_tokenizer(), tvd_args=TVDArguments(gamma=0.8))  # fmt: skip
+    trainer.create_model_card(model_name="tiny")
+    card = ModelCard.load(os.path.join(str(tmp_path), "README.md"))
+    assert {"sft", "trl", "hf_tvd_loss", "tailr"} <= set(card.data.tags)
+    assert card.data.hf_tvd_loss["gamma"] == 0.8 and card.data.hf_tvd_loss["min_weight"] == 0.2
+    assert "| γ (gamma) | 0.8 |" in card.text

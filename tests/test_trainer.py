@@ -410,3 +410,27 @@ def test_a_bare_tvd_trainer_trains_a_model_built_from_a_config(tmp_path):
         loss.backward()
         norms[name] = float(torch.nn.utils.get_total_norm([p.grad for p in trainer.model.parameters()]))
     assert norms["tvd"] == pytest.approx(norms["stock"], rel=1e-3) and norms["stock"] > 0.1
+
+
+def test_create_model_card_records_the_loss(tmp_path):
+    """Issue 22.5: the library's card (create_model_card, which push_to_hub calls) says which loss made the model,
+    in its text and in its metadata; a second call replaces the section instead of adding one."""
+    from huggingface_hub import ModelCard
+
+    args = TrainingArguments(output_dir=str(tmp_path), report_to="none", use_cpu=True, max_steps=1)
+    tvd = TVDArguments(gamma=0.8, min_weight=0.2, label_smoothing=0.1, gamma_schedule="linear", gamma_start=0.0,
+                       gamma_schedule_steps=10)  # fmt: skip
+    trainer = TVDTrainer(model=tiny_model("llama"), args=args, train_dataset=tiny_dataset("llama", n=4),
+                         data_collator=collator("llama"), tvd_args=tvd)  # fmt: skip
+    trainer.create_model_card(model_name="tiny", tags=["mine"])
+    trainer.create_model_card(model_name="tiny")
+    card = ModelCard.load(os.path.join(str(tmp_path), "README.md"))
+    assert {"mine", "hf_tvd_loss", "tailr"} <= set(card.data.tags)
+    assert card.data.hf_tvd_loss == {
+        "loss_type": "gamma_ce", "label_smoothing": 0.1, "normalization": "token", "gamma": 0.8, "min_weight": 0.2,
+        "gamma_schedule": "linear", "gamma_start": 0.0, "gamma_schedule_ratio": 1.0, "gamma_schedule_steps": 10,
+    }  # fmt: skip
+    assert card.text.count("## Loss (hf_tvd_loss)") == 1
+    assert "| γ (gamma) | 0.8 |" in card.text and "| ε (label_smoothing) | 0.1 |" in card.text
+    assert "linear from 0.0 to 0.8 (steps 10 of training)" in card.text
+    assert card.text.index("## Loss (hf_tvd_loss)") < card.text.index("## Training procedure")

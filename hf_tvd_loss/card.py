@@ -1,0 +1,98 @@
+"""The loss settings in a model card: one text and one metadata record, for the trainers' ``create_model_card`` (and
+so ``push_to_hub``) and for the scripts' own card.
+
+A model trained with γ-CE is not a cross-entropy model with another number: whoever loads it from the Hub should
+see which loss made it, with γ, b, ε and the γ schedule, in the card's text and in its YAML metadata
+(``hf_tvd_loss:`` beside the standard ``tags``), where a search or a script can read them.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .args import TVDArguments
+
+__all__ = ["CARD_TAGS", "add_loss_to_model_card", "loss_metadata", "loss_name", "loss_section"]
+
+CARD_TAGS = ("hf_tvd_loss", "tailr")
+_SECTION = "## Loss (hf_tvd_loss)"
+
+
+def loss_name(tvd: TVDArguments) -> str:
+    """The loss in words: γ-CE, the cross-entropy baseline (γ = 0 throughout) or the focal baseline."""
+    if tvd.loss_type == "focal":
+        return f"token-level focal loss (baseline; focal_gamma={tvd.focal_gamma}, focal_alpha={tvd.focal_alpha})"
+    if tvd.gamma == 0 and tvd.gamma_schedule == "constant":
+        return "cross-entropy (γ = 0: the MLE baseline)"
+    return "token-level γ-cross-entropy (TaiLr)"
+
+
+def schedule_text(tvd: TVDArguments) -> str:
+    if tvd.gamma_schedule == "constant":
+        return "constant"
+    length = f"steps {tvd.gamma_schedule_steps}" if tvd.gamma_schedule_steps else f"ratio {tvd.gamma_schedule_ratio}"
+    return f"{tvd.gamma_schedule} from {tvd.gamma_start} to {tvd.gamma} ({length} of training)"
+
+
+def loss_metadata(tvd: TVDArguments) -> dict[str, Any]:
+    """The settings that define the objective (not how it is computed: ``loss_impl``, backends, logging)."""
+    meta: dict[str, Any] = {"loss_type": tvd.loss_type, "label_smoothing": tvd.label_smoothing,
+                            "normalization": tvd.normalization}  # fmt: skip
+    if tvd.loss_type == "focal":
+        meta.update(focal_gamma=tvd.focal_gamma, focal_alpha=tvd.focal_alpha)
+    else:
+        meta.update(gamma=tvd.gamma, min_weight=tvd.min_weight, gamma_schedule=tvd.gamma_schedule)
+        if tvd.gamma_schedule != "constant":
+            meta.update(gamma_start=tvd.gamma_start, gamma_schedule_ratio=tvd.gamma_schedule_ratio,
+                        gamma_schedule_steps=tvd.gamma_schedule_steps)  # fmt: skip
+    return meta
+
+
+def loss_section(tvd: TVDArguments) -> list[str]:
+    """The card's loss section: what the loss is, the formula, and a table of its settings."""
+    focal = tvd.loss_type == "focal"
+    return [
+        _SECTION,
+        "",
+        f"Trained with {loss_name(tvd)}. Token-level γ-cross-entropy is from TaiLr (Ji et al., *Tailoring Language "
+        "Generation Models under Total Variation Distance*, ICLR 2023), as implemented by `hf_tvd_loss`: per target "
+        "token with probability p, `loss = (1-ε)·w·(-log p) + (ε/V)·Σ_v(-log p_v)` with "
+        "`w = clamp(p / (γ + (1-γ)p), b, 1)` (no gradient through w); γ = 0 is cross-entropy."
+        + (" This model used the focal-loss baseline instead (γ and b unused)." if focal else ""),
+        "",
+        "| setting | value |",
+        "|---|---|",
+        f"| γ (gamma) | {tvd.gamma} |",
+        f"| b (min_weight) | {tvd.min_weight} |",
+        f"| ε (label_smoothing) | {tvd.label_smoothing} |",
+        f"| γ schedule | {schedule_text(tvd)} |",
+        f"| normalization | {tvd.normalization} |",
+        *([f"| focal_gamma, focal_alpha | {tvd.focal_gamma}, {tvd.focal_alpha} |"] if focal else []),
+        "",
+    ]
+
+
+def add_loss_to_model_card(path: str, tvd: TVDArguments) -> None:
+    """Add the loss to the model card at ``path`` (the stock Trainer's or TRL's): the tags, the ``hf_tvd_loss``
+    metadata and the loss section, placed before the card's training section (or at its end). Idempotent."""
+    from huggingface_hub import ModelCard
+
+    card = ModelCard.load(path)
+    tags = list(card.data.tags or [])
+    card.data.tags = tags + [tag for tag in CARD_TAGS if tag not in tags]
+    card.data.hf_tvd_loss = loss_metadata(tvd)
+    text = card.text
+    if _SECTION in text:  # written before: replace it
+        start = text.index(_SECTION)
+        end = text.find("\n## ", start + len(_SECTION))
+        text = text[:start] + (text[end + 1 :] if end >= 0 else "")
+    section = "\n".join(loss_section(tvd)) + "\n"
+    at = next((text.index(h) for h in ("## Training procedure", "## Training details") if h in text), -1)
+    card.text = text[:at] + section + text[at:] if at >= 0 else text.rstrip("\n") + "\n\n" + section
+    card.save(path)
+
+
+def card_path(output_dir: str) -> str:
+    return os.path.join(output_dir, "README.md")
