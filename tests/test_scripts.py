@@ -178,13 +178,15 @@ def test_bad_input_from_the_command_line(tmp_path):
 
 @pytest.mark.slow
 def test_two_cpu_processes(tmp_path):
-    """`accelerate launch --multi_gpu --num_processes 2` with --use_cpu: the run reports world size 2."""
+    """`accelerate launch --config_file configs/accelerate/cpu_2proc.yaml` alone (issue 22.7: it used to need
+    --use_cpu true as well): the run reports world size 2."""
     out = tmp_path / "ddp"
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-               os.path.join(SCRIPTS, "train_language_model.py"), "--use_cpu", "true", "--output_dir", str(out),
+    config = os.path.join(os.path.dirname(SCRIPTS), "configs", "accelerate", "cpu_2proc.yaml")
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", config,
+               os.path.join(SCRIPTS, "train_language_model.py"), "--output_dir", str(out),
                *QUICK, "--block_size", "32"]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = {key: value for key, value in os.environ.items() if key != "ACCELERATE_USE_CPU"}
+    env["OMP_NUM_THREADS"] = "1"
     result = subprocess.run(command, capture_output=True, text=True, timeout=240, cwd=tmp_path, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     assert _read(out / "run_info.json")["world_size"] == 2

@@ -6,11 +6,11 @@ from __future__ import annotations
 import bz2
 import json
 import math
+import os
 import sqlite3
 
 import corpora
 import pytest
-import torch
 
 from hf_tvd_loss.tasks import get_task, run_task
 from hf_tvd_loss.tasks.metrics import bleu_scores, rouge_scores
@@ -217,10 +217,32 @@ def test_unwritable_output_dir(tmp_path):
         prepare(get_task("language_modeling"), _args(tmp_path)[2:] + ["--output_dir", str(blocker)])
 
 
-def test_several_cpu_processes_need_use_cpu(tmp_path, monkeypatch):
+def test_several_processes_without_a_gpu_run_on_the_cpu(monkeypatch):
+    """Issue 22.7: several processes and no GPU: the processes form one CPU group (ACCELERATE_USE_CPU), instead of
+    each training alone; with a GPU nothing is changed; an explicit ACCELERATE_USE_CPU is left as given."""
+    from hf_tvd_loss.tasks import run
+
     monkeypatch.setenv("WORLD_SIZE", "2")
-    monkeypatch.delenv("ACCELERATE_USE_CPU", raising=False)
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setenv("ACCELERATE_USE_CPU", "placeholder")  # so that monkeypatch restores the variable's absence
+    monkeypatch.delenv("ACCELERATE_USE_CPU")
+    monkeypatch.setattr(run, "has_accelerator", lambda: True)
+    run._cpu_processes_on_cpu()
+    assert "ACCELERATE_USE_CPU" not in os.environ
+    monkeypatch.setattr(run, "has_accelerator", lambda: False)
+    run._cpu_processes_on_cpu()
+    assert os.environ["ACCELERATE_USE_CPU"] == "true"
+    monkeypatch.setenv("ACCELERATE_USE_CPU", "0")
+    run._cpu_processes_on_cpu()
+    assert os.environ["ACCELERATE_USE_CPU"] == "0"
+
+
+def test_several_cpu_processes_without_use_cpu_are_refused_by_the_check(tmp_path, monkeypatch):
+    """The check itself (ACCELERATE_USE_CPU=0 given on purpose, no GPU): refused, not each process alone."""
+    from hf_tvd_loss.tasks import checks
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("ACCELERATE_USE_CPU", "0")
+    monkeypatch.setattr(checks, "has_accelerator", lambda: False)
     _refused("language_modeling", _args(tmp_path), "pass --use_cpu true", tmp_path)
 
 

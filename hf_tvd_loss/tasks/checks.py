@@ -205,6 +205,12 @@ def _check_positive(name: str, value: int | None) -> None:
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
 
 
+def has_accelerator() -> bool:
+    """Whether torch sees a GPU (CUDA or another accelerator backend)."""
+    accelerator = getattr(torch, "accelerator", None)
+    return bool(accelerator.is_available()) if accelerator is not None else torch.cuda.is_available()
+
+
 def check_common_args(data_args: DataArguments, model_args: ModelArguments, training_args: TrainingArguments) -> None:
     """The checks every task shares, before anything is loaded; ``ValueError`` names the option."""
     for name in ("max_train_samples", "max_eval_samples", "max_predict_samples", "synthetic_train_examples",
@@ -251,7 +257,7 @@ def check_common_args(data_args: DataArguments, model_args: ModelArguments, trai
     if model_args.model_name_or_path is None and model_args.config_name is None and not model_args.model_type:
         raise ValueError("set model_name_or_path (pretrained), config_name or model_type (built from scratch)")
     use_cpu = training_args.use_cpu or os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes")
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available() and not use_cpu:
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not has_accelerator() and not use_cpu:
         raise ValueError(
             "launched with several processes but no GPU: pass --use_cpu true (or set ACCELERATE_USE_CPU=1), "
             "otherwise every process would silently train alone (see configs/accelerate/cpu_2proc.yaml)"

@@ -29,7 +29,7 @@ from ..args import TVDArguments
 from ..checkpoints import check_resume_loss_settings, read_checkpoint_marker, write_json_atomically
 from .arguments import DataArguments, ModelArguments
 from .base import ChosenDefaults, Task
-from .checks import check_common_args, check_options_take_effect, is_inside
+from .checks import check_common_args, check_options_take_effect, has_accelerator, is_inside
 from .data import load_raw_splits
 from .modeling import auto_model_class, build_model_from_config, max_positions, resolve_config, train_tokenizer
 from .outputs import OutputFolder, ledger_callback
@@ -62,9 +62,25 @@ class Prepared:
     defaults: ChosenDefaults = dataclasses.field(default_factory=ChosenDefaults)  # from scratch or fine-tuning
 
 
+def _cpu_processes_on_cpu() -> None:
+    """Several processes launched on a machine without an accelerator run as one CPU process group (gloo).
+
+    transformers would otherwise let each process train alone, silently (world size 1 each): the launcher's
+    ``use_cpu: true`` (``configs/accelerate/cpu_2proc.yaml``) does not reach the Trainer, nor does anything else
+    in the environment accelerate sets. With no GPU the CPU is the only way to run the processes asked for, so this is
+    what was asked, not a fallback; it is said in the log and recorded (``run_info.json``: world size, device).
+    """
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or "ACCELERATE_USE_CPU" in os.environ:
+        return
+    if not has_accelerator():
+        os.environ["ACCELERATE_USE_CPU"] = "true"
+        logger.info("%s processes and no GPU: training on the CPU, one process group (gloo)", os.environ["WORLD_SIZE"])
+
+
 def prepare(task: Task[Any, Any], argv: Sequence[str] | None = None) -> Prepared:
     """Parse and check everything, load data and (pretrained) model. Raises ``ValueError`` naming the problem."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    _cpu_processes_on_cpu()
     (model_args, data_args, tvd_args, training_args), defaults = task.parse_args(argv)
     check_common_args(data_args, model_args, training_args)  # resolves resume_from_checkpoint to a folder
     check_options_take_effect(data_args, training_args)
