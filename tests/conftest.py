@@ -36,15 +36,12 @@ def sharded_gradient_runs(request, tmp_path_factory):
     ``grads``: OUT/grads.json) and tests/test_zero3.py (zero3_worker: OUT/zero3.json), each part only when a collected
     test reads it; the processes and their imports (torch, transformers, DeepSpeed) are then paid once. A failing
     launch errors the tests of both files (the assertion shows the launch's output)."""
-    import importlib.util
-
-    from test_fsdp import HERE, torchrun
+    from test_fsdp import HERE, deepspeed_python, torchrun
 
     wanted = {name for item in request.session.items for name in getattr(item, "fixturenames", ())}
     modes = [mode for mode, fixture in (("grads", "fsdp_results"), ("zero3", "zero3_results")) if fixture in wanted]
-    if "zero3" in modes and importlib.util.find_spec("deepspeed") is None:
-        modes.remove("zero3")
+    python = deepspeed_python() if "zero3" in modes else None  # .venv-deepspeed: .venv plus DeepSpeed
     out = tmp_path_factory.mktemp("sharded")
     if modes:
-        torchrun([os.path.join(HERE, "fsdp_worker.py"), "+".join(modes), str(out)], port=29612)
+        torchrun([os.path.join(HERE, "fsdp_worker.py"), "+".join(modes), str(out)], port=29612, python=python)
     return out

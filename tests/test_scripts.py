@@ -190,6 +190,8 @@ def test_two_cpu_processes(tmp_path):
     result = subprocess.run(command, capture_output=True, text=True, timeout=240, cwd=tmp_path, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     assert _read(out / "run_info.json")["world_size"] == 2
+    # Issue 22.7: DeepSpeed lives in .venv-deepspeed, so a run in the main environment is free of its accelerator line
+    assert "Setting accelerator to CPU" not in result.stdout + result.stderr
     assert "done in" in result.stdout and "on 2 process(es)" in result.stdout
     metrics = _read(out / "all_results.json")
     assert "eval_ece" in metrics and "eval_perplexity" in metrics

@@ -158,7 +158,6 @@ def zero3_results(sharded_gradient_runs):
 @pytest.mark.slow
 def test_deepspeed_zero3_on_cpu_matches_unsharded(zero3_results):
     """DeepSpeed's real ZeRO-3 (2 CPU processes, gloo, DS_ACCELERATOR=cpu): tests/zero3_worker.py."""
-    pytest.importorskip("deepspeed")
     results = zero3_results
     from zero3_worker import CONFIGS
 
@@ -177,7 +176,6 @@ def test_trainer_under_zero3_trains_saves_and_resumes_like_one_process(tmp_path)
     """TVDTrainer.train() under ``accelerate launch --config_file configs/accelerate/deepspeed_zero3.yaml`` on 2 CPU
     processes (DS_ACCELERATOR=cpu), chunked, checkpoints and a resume: the 1-process loss curve, the same final
     parameters. (TrainingArguments(deepspeed={ZeRO-3 dict}) under torchrun works the same: fsdp_worker ``zero3``.)"""
-    pytest.importorskip("deepspeed")
     from test_fsdp import check_trainer_run
 
     check_trainer_run(tmp_path, "zero3-accelerate-config", "DeepSpeedEngine", port=29618)
