@@ -12,10 +12,16 @@ from typing import TYPE_CHECKING, Any
 from .args import TVDArguments, gamma_at_step
 from .ops import (
     GammaCEStats,
+    TokenWeightRule,
+    focal_terms,
     gamma_cross_entropy,
     gamma_cross_entropy_with_stats,
+    gamma_terms,
     linear_gamma_cross_entropy,
     linear_gamma_cross_entropy_with_stats,
+    linear_token_weighted_cross_entropy,
+    probability_power_rule,
+    token_weighted_cross_entropy,
     tvd_weight,
 )
 
@@ -44,11 +50,17 @@ __all__ = [
     "TVDSeq2SeqTrainer",
     "TVDSFTTrainer",
     "TVDTrainer",
+    "TokenWeightRule",
+    "focal_terms",
     "gamma_at_step",
     "gamma_cross_entropy",
     "gamma_cross_entropy_with_stats",
+    "gamma_terms",
     "linear_gamma_cross_entropy",
     "linear_gamma_cross_entropy_with_stats",
+    "linear_token_weighted_cross_entropy",
+    "probability_power_rule",
+    "token_weighted_cross_entropy",
     "tvd_weight",
     "WithLossWeights",
 ]

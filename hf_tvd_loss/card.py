@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .args import TVDArguments
+    from .ops.common import TokenWeightRule
 
 __all__ = ["CARD_TAGS", "add_loss_to_model_card", "loss_metadata", "loss_name", "loss_section"]
 
@@ -36,11 +37,14 @@ def schedule_text(tvd: TVDArguments) -> str:
     return f"{tvd.gamma_schedule} from {tvd.gamma_start} to {tvd.gamma} ({length} of training)"
 
 
-def loss_metadata(tvd: TVDArguments) -> dict[str, Any]:
-    """The settings that define the objective (not how it is computed: ``loss_impl``, backends, logging)."""
+def loss_metadata(tvd: TVDArguments, rule: TokenWeightRule | None = None) -> dict[str, Any]:
+    """The settings that define the objective (not how it is computed: ``loss_impl``, backends, logging); with a
+    custom weight ``rule``, its name instead of the γ / focal settings it replaces."""
     meta: dict[str, Any] = {"loss_type": tvd.loss_type, "label_smoothing": tvd.label_smoothing,
                             "normalization": tvd.normalization}  # fmt: skip
-    if tvd.loss_type == "focal":
+    if rule is not None:
+        meta.update(loss_type="custom_weight_rule", weight_rule=rule.name or "custom")
+    elif tvd.loss_type == "focal":
         meta.update(focal_gamma=tvd.focal_gamma, focal_alpha=tvd.focal_alpha)
     else:
         meta.update(gamma=tvd.gamma, min_weight=tvd.min_weight, gamma_schedule=tvd.gamma_schedule)
@@ -50,9 +54,20 @@ def loss_metadata(tvd: TVDArguments) -> dict[str, Any]:
     return meta
 
 
-def loss_section(tvd: TVDArguments) -> list[str]:
+def loss_section(tvd: TVDArguments, rule: TokenWeightRule | None = None) -> list[str]:
     """The card's loss section: what the loss is, the formula, and a table of its settings."""
     focal = tvd.loss_type == "focal"
+    if rule is not None:
+        return [
+            _SECTION, "",
+            f"Trained with a token-weighted cross-entropy whose per-token weight rule is `{rule.name or 'custom'}` "
+            "(`hf_tvd_loss.TokenWeightRule`): per target token with probability p, "
+            "`loss = (1-ε)·w(p)·(-log p) + (ε/V)·Σ_v(-log p_v)`.", "",
+            "| setting | value |", "|---|---|",
+            f"| weight rule | {rule.name or 'custom'} |",
+            f"| ε (label_smoothing) | {tvd.label_smoothing} |",
+            f"| normalization | {tvd.normalization} |", "",
+        ]  # fmt: skip
     return [
         _SECTION,
         "",
@@ -74,7 +89,7 @@ def loss_section(tvd: TVDArguments) -> list[str]:
     ]
 
 
-def add_loss_to_model_card(path: str, tvd: TVDArguments) -> None:
+def add_loss_to_model_card(path: str, tvd: TVDArguments, rule: TokenWeightRule | None = None) -> None:
     """Add the loss to the model card at ``path`` (the stock Trainer's or TRL's): the tags, the ``hf_tvd_loss``
     metadata and the loss section, placed before the card's training section (or at its end). Idempotent."""
     from huggingface_hub import ModelCard
@@ -82,13 +97,13 @@ def add_loss_to_model_card(path: str, tvd: TVDArguments) -> None:
     card = ModelCard.load(path)
     tags = list(card.data.tags or [])
     card.data.tags = tags + [tag for tag in CARD_TAGS if tag not in tags]
-    card.data.hf_tvd_loss = loss_metadata(tvd)
+    card.data.hf_tvd_loss = loss_metadata(tvd, rule)
     text = card.text
     if _SECTION in text:  # written before: replace it
         start = text.index(_SECTION)
         end = text.find("\n## ", start + len(_SECTION))
         text = text[:start] + (text[end + 1 :] if end >= 0 else "")
-    section = "\n".join(loss_section(tvd)) + "\n"
+    section = "\n".join(loss_section(tvd, rule)) + "\n"
     at = next((text.index(h) for h in ("## Training procedure", "## Training details") if h in text), -1)
     card.text = text[:at] + section + text[at:] if at >= 0 else text.rstrip("\n") + "\n\n" + section
     card.save(path)

@@ -85,6 +85,31 @@ def select_token_terms(tvd_args: TVDArguments) -> Callable[[float], TokenWeightR
     return lambda gamma: gamma_terms(float(gamma), min_weight)
 
 
+# The TVDArguments fields that choose the per-token weight rule; a custom weight_rule replaces them.
+_RULE_FIELDS = ("loss_type", "gamma", "min_weight", "gamma_schedule", "gamma_start", "gamma_schedule_ratio",
+                "gamma_schedule_steps", "focal_gamma", "focal_alpha")  # fmt: skip
+
+
+def check_weight_rule(weight_rule: Any, tvd_args: TVDArguments) -> None:
+    """A custom ``weight_rule`` must be a :class:`~hf_tvd_loss.TokenWeightRule`, and the ``tvd_args`` fields it
+    replaces (γ, b, loss_type, the schedule, the focal options) must be left at their defaults: set, they would not
+    be applied. ``label_smoothing``, ``normalization``, ``loss_impl`` and the rest still apply."""
+    if weight_rule is None:
+        return
+    if not isinstance(weight_rule, TokenWeightRule):
+        raise ValueError(
+            f"weight_rule must be a TokenWeightRule, got {type(weight_rule).__name__}: build one with "
+            "TokenWeightRule.from_weight(lambda log_p: ...) or hf_tvd_loss.probability_power_rule(alpha)"
+        )
+    defaults = TVDArguments()
+    unapplied = [f"{n}={getattr(tvd_args, n)!r}" for n in _RULE_FIELDS if getattr(tvd_args, n) != getattr(defaults, n)]
+    if unapplied:
+        raise ValueError(
+            f"weight_rule replaces the loss that tvd_args chooses, so {', '.join(unapplied)} would not be applied: "
+            "leave them at their defaults (label_smoothing, normalization and loss_impl still apply)"
+        )
+
+
 def _count_targets(batch: Mapping[str, Any], shifts_labels: bool, normalization: str = "token") -> torch.Tensor | None:
     """The loss's denominator for one batch: tokens it scores (labels ≠ -100, after the causal shift), or, with
     ``normalization="sequence"``, sequences with at least one scored token.
@@ -145,11 +170,18 @@ class TVDLossMixin:
     # tvd_args.extra_metrics is off (the task trainers' calibration); they come from the loss's own chunked pass.
     tvd_eval_extra_metrics = False
 
-    def __init__(self, *args: Any, tvd_args: TVDArguments | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        tvd_args: TVDArguments | None = None,
+        weight_rule: TokenWeightRule | None = None,
+        **kwargs: Any,
+    ) -> None:
         if tvd_args is None:
             tvd_args = TVDArguments()
         if not isinstance(tvd_args, TVDArguments):
             raise ValueError(f"tvd_args must be a TVDArguments instance, got {type(tvd_args).__name__}")
+        check_weight_rule(weight_rule, tvd_args)
         if kwargs.get("compute_loss_func") is not None:
             raise ValueError(
                 "compute_loss_func cannot be combined with a TVD trainer, whose compute_loss is the γ-CE loss; "
@@ -163,7 +195,8 @@ class TVDLossMixin:
                 "with the γ-CE term as in the official TaiLr criterion)"
             )
         self.tvd_args = tvd_args
-        self._tvd_terms = select_token_terms(tvd_args)
+        self.tvd_weight_rule = weight_rule
+        self._tvd_terms = select_token_terms(tvd_args) if weight_rule is None else (lambda gamma: weight_rule)
         self.nonfinite_guard = NonFiniteGuard(tvd_args.nonfinite_policy)
         callbacks = list(kwargs.pop("callbacks", None) or [])
         kwargs["callbacks"] = [*callbacks, self.nonfinite_guard]
@@ -427,7 +460,7 @@ class TVDLossMixin:
             if float(total) > 0:  # Σ objective / sequences, as the training loss is normalised
                 metrics[f"{prefix}loss"] = objective / float(total)
         gamma = self._tvd_last_gamma if mode == "train" and self._tvd_last_gamma is not None else None
-        if self.tvd_args.loss_type == "gamma_ce":
+        if self.tvd_args.loss_type == "gamma_ce" and self.tvd_weight_rule is None:  # no γ in a custom rule
             metrics[f"{prefix}gamma"] = gamma if gamma is not None else self.current_gamma()
         return metrics
 
@@ -499,10 +532,13 @@ class TVDLossMixin:
         tags += [tag for tag in CARD_TAGS if tag not in tags]
         super().create_model_card(*args, tags=tags, **kwargs)
         if self.is_world_process_zero() and os.path.isfile(card_path(self.args.output_dir)):
-            add_loss_to_model_card(card_path(self.args.output_dir), self.tvd_args)
+            add_loss_to_model_card(card_path(self.args.output_dir), self.tvd_args, self.tvd_weight_rule)
 
     def checkpoint_metadata(self) -> dict[str, Any]:
-        return {"tvd_args": dict(self.tvd_args.__dict__)}
+        metadata: dict[str, Any] = {"tvd_args": dict(self.tvd_args.__dict__)}
+        if self.tvd_weight_rule is not None:
+            metadata["weight_rule"] = self.tvd_weight_rule.name or "custom"
+        return metadata
 
     def check_resume_metadata(self, checkpoint: str, metadata: dict[str, Any]) -> None:
         check_resume_loss_settings(checkpoint, metadata, self.tvd_args)
@@ -561,10 +597,17 @@ class TVDLoss:
     ``loss_type`` is None, it includes the unshifted first label).
     """
 
-    def __init__(self, tvd_args: TVDArguments | None = None, *, shift_labels: bool = True) -> None:
+    def __init__(
+        self,
+        tvd_args: TVDArguments | None = None,
+        *,
+        shift_labels: bool = True,
+        weight_rule: TokenWeightRule | None = None,
+    ) -> None:
         tvd_args = tvd_args if tvd_args is not None else TVDArguments()
         if not isinstance(tvd_args, TVDArguments):
             raise ValueError(f"tvd_args must be a TVDArguments instance, got {type(tvd_args).__name__}")
+        check_weight_rule(weight_rule, tvd_args)
         if tvd_args.gamma_schedule != "constant":
             raise ValueError(
                 "TVDLoss (compute_loss_func) has no access to the training step, so "
@@ -572,7 +615,7 @@ class TVDLoss:
             )
         self.tvd_args = tvd_args
         self.shift_labels = shift_labels
-        self._terms = select_token_terms(tvd_args)(tvd_args.gamma)
+        self._terms = weight_rule if weight_rule is not None else select_token_terms(tvd_args)(tvd_args.gamma)
 
     def __call__(
         self, outputs: Any, labels: torch.Tensor, num_items_in_batch: torch.Tensor | int | None = None

@@ -197,3 +197,23 @@ def test_kernels_are_opt_in():
     from hf_tvd_loss import TVDArguments
 
     assert TVDArguments(loss_impl="chunked").chunked_backend == "torch"
+
+
+@pytest.mark.parametrize("backend", ["cce", "liger"])
+def test_custom_weight_rule_on_the_kernel_backends(kernels_on_cpu, fake_liger, backend):
+    """Issue 22.9: a custom rule (p^0.5) runs on the kernel backends as on impl="torch": the kernel gives the per-token
+    NLL and the rule runs on it in torch (values and gradients)."""
+    from hf_tvd_loss import linear_token_weighted_cross_entropy, probability_power_rule
+
+    hidden, weight, _, labels = _inputs(3)
+    rule = probability_power_rule(0.5)
+    results = {}
+    for impl in ("torch", backend):
+        h, w = hidden.clone().requires_grad_(), weight.clone().requires_grad_()
+        loss, _ = linear_token_weighted_cross_entropy(h, w, labels, rule, impl=impl)
+        results[impl] = (loss, torch.autograd.grad(loss, (h, w)))
+    torch.testing.assert_close(results[backend][0], results["torch"][0], rtol=1e-5, atol=1e-6)
+    for g, e in zip(results[backend][1], results["torch"][1]):
+        torch.testing.assert_close(g, e, rtol=1e-4, atol=1e-6)
+    if backend == "liger":
+        assert fake_liger, "the liger backend was not called"

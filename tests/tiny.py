@@ -101,6 +101,7 @@ def train_tiny(
     extra_args: dict | None = None,
     model=None,
     callbacks: list | None = None,
+    weight_rule=None,
 ) -> tuple[list[dict], dict[str, torch.Tensor], object]:
     """Train a tiny model; returns (log_history, final state_dict on CPU, trainer)."""
     from transformers import Seq2SeqTrainingArguments, Trainer, TrainingArguments
@@ -140,7 +141,8 @@ def train_tiny(
         trainer = Trainer(**kwargs)
     else:
         trainer_cls = TVDSeq2SeqTrainer if seq2seq else TVDTrainer
-        trainer = trainer_cls(**kwargs, tvd_args=TVDArguments(**(tvd or {})))
+        rule = {} if weight_rule is None else {"weight_rule": weight_rule}
+        trainer = trainer_cls(**kwargs, tvd_args=TVDArguments(**(tvd or {})), **rule)
     trainer.train()
     state = {k: v.detach().cpu().clone() for k, v in trainer.model.state_dict().items()}
     return trainer.state.log_history, state, trainer

@@ -40,6 +40,7 @@ __all__ = [
     "per_token_values",
     "prepare_targets",
     "prepare_token_scale",
+    "probability_power_rule",
     "probs_to_logit_grad_",
     "reduce_token_losses",
     "rows_per_chunk",
@@ -202,15 +203,63 @@ class TokenWeightRule:
     * ``floor``: the least weight the rule gives (γ-CE's ``min_weight`` b), or None when it has none. When it is
       > 0 the losses count the scored tokens held at the floor (:attr:`GammaCEStats.floor_count`).
 
-    Calling a rule calls its ``terms`` (so a rule stands wherever a bare :data:`TokenTerms` function did). Built by :func:`gamma_terms` and :func:`focal_terms`; taken by
-    :func:`~.logits.token_weighted_cross_entropy` and :func:`~.linear.linear_token_weighted_cross_entropy`.
+    * ``name``: how logs, checkpoints and the model card name the rule (None: "custom").
+
+    Calling a rule calls its ``terms`` (so a rule stands wherever a bare :data:`TokenTerms` function did). Built by
+    :func:`gamma_terms`, :func:`focal_terms`, :func:`probability_power_rule`, or from your own weight function with
+    :meth:`from_weight`; taken by :func:`~.logits.token_weighted_cross_entropy`,
+    :func:`~.linear.linear_token_weighted_cross_entropy` (every backend: the kernels give the per-token NLL, the rule
+    runs in torch on it), ``TVDTrainer(weight_rule=...)`` and ``TVDLoss(weight_rule=...)``.
     """
 
     terms: TokenTerms
     floor: float | None = None
+    name: str | None = None
 
     def __call__(self, log_p: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.terms(log_p)
+
+    @classmethod
+    def from_weight(
+        cls, weight: Callable[[torch.Tensor], torch.Tensor], *, floor: float | None = None, name: str | None = None
+    ) -> TokenWeightRule:
+        """A rule whose weight ``weight(log_p)`` multiplies each token's NLL and is held constant in the gradient
+        (a stop-gradient, as TaiLr's and DFT's weights are): ``a = c = weight(log_p)``.
+
+        ``weight`` maps the scored tokens' log-probabilities (float32 or float64, ``[N]``, no autograd) to weights of
+        the same shape, elementwise: it may be called on all tokens or a chunk at a time, so it must not look at
+        other tokens. Weights should be finite and ≥ 0 (not checked per call, which would synchronise the device on
+        every chunk: a NaN or inf weight makes the loss non-finite, which the trainers' non-finite guard stops).
+        ``floor``: the least weight it gives, if it has one, to count the tokens held there
+        (``tvd_weight_floor_fraction``).
+        """
+        if not callable(weight):
+            raise ValueError(f"weight must be a function of the log-probabilities, got {type(weight).__name__}")
+        if floor is not None:
+            check_number("floor", floor, low=0.0)
+
+        def terms(log_p: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            with torch.no_grad():
+                value = weight(log_p)
+                if not torch.is_tensor(value) or value.shape != log_p.shape:
+                    shape = tuple(value.shape) if torch.is_tensor(value) else type(value).__name__
+                    raise ValueError(
+                        f"the weight rule {name or 'custom'!r} returned {shape} for log-probabilities of shape "
+                        f"{tuple(log_p.shape)}: it must return one weight per token (elementwise)"
+                    )
+                value = value.to(log_p.dtype)
+            return value, value
+
+        return cls(terms, floor=floor, name=name)
+
+
+def probability_power_rule(alpha: float) -> TokenWeightRule:
+    """The probability-power family ``w = p^α`` (stop-gradient): α = 0 is cross-entropy, α = 1 is DFT (Wu et al.,
+    *On the Generalization of SFT*, 2025: ``-sg(p)·log p``), values between interpolate; a worked example of
+    :meth:`TokenWeightRule.from_weight` (``p^α = exp(α·log p)``)."""
+    check_number("alpha", alpha, low=0.0)
+    alpha = float(alpha)
+    return TokenWeightRule.from_weight(lambda log_p: (alpha * log_p).exp(), name=f"probability_power(alpha={alpha:g})")
 
 
 def as_token_weight_rule(rule: TokenWeightRule | TokenTerms) -> TokenWeightRule:
