@@ -85,6 +85,9 @@ KERNEL_VARIANTS = {
     "linear_gamma_ce_cce": "cce",
     "linear_cross_entropy_liger": "liger",
     "linear_gamma_ce_liger": "liger",
+    # PyTorch's own chunked torch.nn.functional.linear_cross_entropy (torch >= 2.13): CPU and CUDA
+    "linear_cross_entropy_torch_lce": "torch_linear_ce",
+    "linear_gamma_ce_torch_lce": "torch_linear_ce",
 }
 TRAIN_VARIANTS = ("train_step_stock_trainer", "train_step_tvd_trainer", "train_step_tvd_trainer_chunked")
 # with --train-metrics: the two TVDTrainer steps again with TVDArguments(extra_metrics=True)
@@ -198,6 +201,17 @@ def _loss_fn(name: str, s: Settings, inputs: dict[str, torch.Tensor]) -> Callabl
         "linear_gamma_ce_cce": lambda: linear_gamma_cross_entropy(hidden, weight, labels, impl="cce", **gce),
         "linear_cross_entropy_liger": lambda: _liger_cross_entropy(hidden, weight, labels, s.label_smoothing),
         "linear_gamma_ce_liger": lambda: linear_gamma_cross_entropy(hidden, weight, labels, impl="liger", **gce),
+        "linear_cross_entropy_torch_lce": lambda: F.linear_cross_entropy(
+            hidden,
+            weight,
+            labels,
+            ignore_index=IGNORE_INDEX,
+            label_smoothing=s.label_smoothing,
+            options=torch.nn.LinearCrossEntropyOptions(),
+        ).float(),  # fmt: skip
+        "linear_gamma_ce_torch_lce": lambda: linear_gamma_cross_entropy(
+            hidden, weight, labels, impl="torch_linear_ce", **gce
+        ),
     }[name]
 
 
@@ -220,6 +234,8 @@ def _liger_cross_entropy(hidden, weight, labels, label_smoothing):
 def kernel_variant_problem(name: str, device: str) -> str | None:
     """Why kernel variant ``name`` cannot run on ``device`` here (None if it can)."""
     backend = KERNEL_VARIANTS[name]
+    if backend == kernels.TORCH_LINEAR_CE:  # PyTorch's own: wherever torch runs
+        return kernels.kernel_problem(backend)
     if not device.startswith(kernels.kernel_settings().devices):
         return f"it needs --device cuda (the {backend} kernels are CUDA kernels)"
     return kernels.kernel_problem(backend)
@@ -231,7 +247,12 @@ def _reference_settings(name: str, s: Settings) -> dict[str, float]:
         return dict(gamma=1.0, min_weight=0.0, label_smoothing=0.0)
     if name == "linear_cross_entropy_cce":  # no label smoothing in cut-cross-entropy
         return dict(gamma=0.0, min_weight=0.0, label_smoothing=0.0)
-    if name in ("cross_entropy", "linear_cross_entropy", "linear_cross_entropy_liger"):
+    if name in (
+        "cross_entropy",
+        "linear_cross_entropy",
+        "linear_cross_entropy_liger",
+        "linear_cross_entropy_torch_lce",
+    ):
         return dict(gamma=0.0, min_weight=0.0, label_smoothing=s.label_smoothing)
     return dict(gamma=s.gamma, min_weight=s.min_weight, label_smoothing=s.label_smoothing)
 
@@ -686,7 +707,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--chunked-backend",
-        choices=("torch", "cce", "liger", "auto"),
+        choices=("torch", "cce", "liger", "torch_linear_ce", "auto"),
         default="torch",
         help="chunked_backend of the loss_impl='chunked' training step",
     )

@@ -21,7 +21,8 @@ TAG="${TAG:-gpu_${NAME}}"
 
 # 1. The loss head at the targets' shape: Llama-3 vocabulary, 16384 tokens, d = 4096, bf16. No label smoothing,
 #    so that cut-cross-entropy's cross-entropy (which has none) computes the same loss as the baselines.
-#    Default variants: every logits and hidden-state variant, plus the cce / liger ones that can run here.
+#    Default variants: every logits and hidden-state variant, plus the cce / liger ones that can run here and
+#    PyTorch's own linear_cross_entropy (linear_*_torch_lce).
 #    --jobs 1: one memory-measuring subprocess at a time (at this shape one variant can need ~40 GB).
 "$PY" -m benchmarks.bench --device cuda --dtype bfloat16 --tokens 16384 --vocab 128256 --hidden 4096 \
     --label-smoothing 0 --repeats 10 --no-train-step --jobs 1 \
@@ -38,4 +39,10 @@ TAG="${TAG:-gpu_${NAME}}"
 "$PY" -m benchmarks.bench --device cuda --dtype bfloat16 --tokens 16384 --vocab 128256 --hidden 4096 \
     --variants "" --train-batch 8 --train-seq-len 2048 --train-steps 8 \
     --results "$RESULTS" --run "${TAG}_train_n16384_v128256_bf16"
+# 4. PyTorch's own torch.nn.functional.linear_cross_entropy as the chunked backend (issue 22.8): its loss-head rows
+#    are in run 1 (linear_*_torch_lce); here the training step with chunked_backend torch_linear_ce, to decide
+#    whether chunked_backend="auto" should pick it on CUDA (on CPU it is about 4x slower than "torch").
+"$PY" -m benchmarks.bench --device cuda --dtype bfloat16 --tokens 16384 --vocab 128256 --hidden 4096 \
+    --variants "" --train-batch 8 --train-seq-len 2048 --train-steps 8 --chunked-backend torch_linear_ce \
+    --results "$RESULTS" --run "${TAG}_train_n16384_v128256_bf16_torch_lce"
 echo "rows appended to $RESULTS (runs ${TAG}_*)"

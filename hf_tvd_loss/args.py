@@ -130,9 +130,10 @@ class TVDArguments:
         metadata={
             "help": "Kernel for loss_impl='chunked': 'torch' (pure PyTorch, CPU and GPU; the default), 'cce' "
             "(cut-cross-entropy, approximate gradients through its filtering) or 'liger' (liger-kernel), CUDA "
-            "only; 'auto' picks liger-kernel on CUDA when installed and applicable, else 'torch' (cut-cross-entropy "
-            "only by name: fp16/bf16 backward only, approximate gradients). The CUDA kernels are opt-in: see "
-            "BENCHMARKS.md for what was executed and measured where.",
+            "only; 'torch_linear_ce' (PyTorch's own chunked torch.nn.functional.linear_cross_entropy, torch >= "
+            "2.13, CPU and GPU, no soft-capping; about 4x slower than 'torch' on CPU); 'auto' picks liger-kernel on "
+            "CUDA when installed and applicable, else 'torch' (cut-cross-entropy and torch_linear_ce only by name). "
+            "The kernels are opt-in: see BENCHMARKS.md for what was executed and measured where.",
             "choices": list(_BACKENDS),
         },
     )

@@ -217,3 +217,64 @@ def test_custom_weight_rule_on_the_kernel_backends(kernels_on_cpu, fake_liger, b
         torch.testing.assert_close(g, e, rtol=1e-4, atol=1e-6)
     if backend == "liger":
         assert fake_liger, "the liger backend was not called"
+
+
+# --- PyTorch's own torch.nn.functional.linear_cross_entropy (torch >= 2.13) as chunked_backend="torch_linear_ce"
+# (issue 22.8): runs on CPU, so judged here directly against impl="torch" and the float64 reference.
+@pytest.mark.parametrize("case", _CASES[:2] + _CASES[3:], ids=lambda c: f"g{c['gamma']}-ls{c['label_smoothing']}")
+@pytest.mark.parametrize("bias", [False, True])
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_torch_linear_ce_backend_matches_torch(case, bias, reduction, recwarn):
+    assert kernels.kernel_problem("torch_linear_ce") is None
+    hidden, weight, b, labels = _inputs(7, bias=bias)
+    expected, expected_stats, expected_grads = _loss_and_grads("torch", hidden, weight, b, labels, reduction, **case)
+    got, stats, grads = _loss_and_grads("torch_linear_ce", hidden, weight, b, labels, reduction, **case)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(stats.nll_sum, expected_stats.nll_sum, rtol=1e-5, atol=1e-5)
+    assert int(stats.num_tokens) == int(expected_stats.num_tokens)  # ignore_index: the same tokens scored
+    for g, e in zip(grads, expected_grads):
+        torch.testing.assert_close(g, e, rtol=1e-4, atol=1e-6)
+    # its chunked path ran (torch warns when a call falls through to its reference implementation)
+    assert not [w for w in recwarn if "linear_cross_entropy" in str(w.message)]
+
+
+def test_torch_linear_ce_bf16_against_the_float64_reference():
+    """bf16: both backends against the float64 reference of the same bf16 inputs; errors of the same order."""
+    from hf_tvd_loss.ops.reference import gamma_cross_entropy_reference
+
+    g = torch.Generator().manual_seed(3)
+    hidden = torch.randn(64, 32, generator=g).bfloat16()
+    weight = (torch.randn(211, 32, generator=g) * 0.3).bfloat16()
+    labels = torch.randint(0, 211, (64,), generator=g)
+    labels[::9] = -100
+    options = dict(gamma=0.1, min_weight=0.2, label_smoothing=0.1)
+    ref = gamma_cross_entropy_reference(hidden.double() @ weight.double().T, labels, **options)
+    errors = {}
+    for impl in ("torch", "torch_linear_ce"):
+        loss = linear_gamma_cross_entropy(hidden, weight, labels, impl=impl, **options)
+        errors[impl] = abs(float(loss) - float(ref)) / float(ref)
+    assert errors["torch_linear_ce"] < 1e-2 and errors["torch"] < 1e-2, errors
+
+
+def test_torch_linear_ce_refusals_and_auto():
+    hidden, weight, _, labels = _inputs(1)
+    with pytest.raises(ValueError, match="torch_linear_ce.*no final_logit_softcapping"):
+        linear_gamma_cross_entropy(hidden, weight, labels, gamma=0.1, impl="torch_linear_ce",
+                                   final_logit_softcapping=2.0)  # fmt: skip
+    # auto never picks it: about 4x slower than impl="torch" on CPU (BENCHMARKS.md), not measured on a GPU here
+    assert kernels.select_impl("auto", hidden, None, None, 0.0) == "torch"
+
+
+def test_trainer_with_torch_linear_ce_backend_trains_like_torch(tmp_path, monkeypatch):
+    from test_trainer import TVD, assert_same_training
+    from tiny import train_tiny
+
+    used = []
+    real = kernels._kernel_nll
+    monkeypatch.setattr(kernels, "_kernel_nll", lambda name, *a: used.append(name) or real(name, *a))
+    torch_run = train_tiny("llama", str(tmp_path / "a"), per_device_batch=8, grad_accum=2,
+                           tvd={**TVD, "loss_impl": "chunked", "chunked_backend": "torch"})  # fmt: skip
+    ours = train_tiny("llama", str(tmp_path / "b"), per_device_batch=8, grad_accum=2,
+                      tvd={**TVD, "loss_impl": "chunked", "chunked_backend": "torch_linear_ce"})  # fmt: skip
+    assert used and set(used) == {"torch_linear_ce"}
+    assert_same_training(ours, torch_run, loss_rtol=1e-5)

@@ -37,7 +37,7 @@ __all__ = [
     "set_kernel_settings",
 ]
 
-Impl = Literal["auto", "torch", "cce", "liger"]
+Impl = Literal["auto", "torch", "cce", "liger", "torch_linear_ce"]
 IMPLS: tuple[str, ...] = get_args(Impl)
 # cut-cross-entropy's implementations of ``linear_cross_entropy`` that impl="cce" may call
 CceImpl = Literal["cce", "torch_compile"]
@@ -90,6 +90,22 @@ def set_kernel_settings(settings: KernelSettings) -> KernelSettings:
     return previous
 
 
+# PyTorch's own chunked linear + cross-entropy (torch >= 2.13): runs wherever torch runs, no third-party package.
+TORCH_LINEAR_CE = "torch_linear_ce"
+
+
+def _torch_linear_ce_problem() -> str | None:
+    import torch.nn.functional as F
+
+    if not (hasattr(F, "linear_cross_entropy") and hasattr(torch.nn, "LinearCrossEntropyOptions")):
+        return f"torch {torch.__version__} has no torch.nn.functional.linear_cross_entropy (it came with torch 2.13)"
+    params = set(inspect.signature(F.linear_cross_entropy).parameters)
+    missing = {"linear_bias", "reduction", "ignore_index", "options"} - params
+    if missing:
+        return f"torch {torch.__version__}'s linear_cross_entropy has no argument(s) {sorted(missing)}"
+    return None
+
+
 @functools.cache
 def kernel_problem(name: str) -> str | None:
     """Why backend ``name`` cannot be used at all in this environment (None if it can).
@@ -99,6 +115,8 @@ def kernel_problem(name: str) -> str | None:
     before the logits gradient is summed into ``grad_weight`` (releases without that give wrong gradients for
     per-token weights, which is exactly what γ-CE needs).
     """
+    if name == TORCH_LINEAR_CE:
+        return _torch_linear_ce_problem()
     module, dist = _PACKAGES[name]
     if importlib.util.find_spec(module) is None:
         return f"the package {dist} is not installed"
@@ -187,10 +205,12 @@ def select_impl(
     candidates = _AUTO_ORDER if impl == "auto" else (impl,)
     for name in candidates:
         reason = None
-        if hidden.device.type not in _settings.devices:
+        if name != TORCH_LINEAR_CE and hidden.device.type not in _settings.devices:  # Triton kernels: CUDA
             reason = f"it needs CUDA tensors (hidden is on {hidden.device})"
         else:
             reason = kernel_problem(name)
+        if reason is None and name == TORCH_LINEAR_CE and softcap is not None:
+            reason = "torch.nn.functional.linear_cross_entropy has no final_logit_softcapping"
         if reason is None and label_smoothing > 0 and softcap is not None:
             # Σ_v logit_v comes from the linear identity h · Σ_v W_v + Σ_v b_v, which softcapping breaks.
             reason = "label smoothing together with final_logit_softcapping is only implemented in impl='torch'"
@@ -211,6 +231,14 @@ def _kernel_nll(name, hidden, weight, bias, targets, mask, softcap, ignore_index
     kwargs = {"ignore_index": ignore_index, "softcap": softcap, "reduction": "none"}
     if bias is not None:  # select_impl has checked that the backend takes it
         kwargs["bias"] = bias
+    if name == TORCH_LINEAR_CE:
+        import torch.nn.functional as F
+
+        # options=LinearCrossEntropyOptions(): its chunked path (no [N, V] logits); None would be its reference path.
+        return F.linear_cross_entropy(
+            hidden, weight, kernel_targets, linear_bias=bias, reduction="none", ignore_index=ignore_index,
+            options=torch.nn.LinearCrossEntropyOptions(),
+        ).float()  # fmt: skip
     if name == "cce":
         from cut_cross_entropy import linear_cross_entropy
 
