@@ -39,7 +39,9 @@ __all__ = [
     "OutputHead",
     "check_gathered",
     "decoder_input_ids_from_labels",
+    "LabelLayout",
     "is_encoder_decoder",
+    "label_layout",
     "logits_of",
     "loss_in_output_head",
     "model_class_name",
@@ -107,6 +109,45 @@ def decoder_input_ids_from_labels(model: nn.Module, labels: torch.Tensor) -> tor
     shifted[..., 1:] = labels[..., :-1]
     shifted[..., 0] = start
     return shifted.masked_fill_(shifted == IGNORE_INDEX, pad)
+
+
+@dataclass(frozen=True)
+class LabelLayout:
+    """How a model's labels line up with its outputs: the one place that decides it.
+
+    A causal LM's position t predicts ``labels[t+1]`` (the loss shifts, and the first label of a row is never
+    scored); an encoder-decoder's decoder position t predicts ``labels[t]``, and its decoder inputs are the labels
+    shifted right (built here when the batch has none). A batch's own ``shift_labels`` (padding-free collators) are
+    already aligned with the positions: they are the targets, unshifted, whatever the model.
+    """
+
+    encoder_decoder: bool
+
+    @property
+    def shifts(self) -> bool:
+        """Whether ``labels`` are shifted inside the loss (causal LMs)."""
+        return not self.encoder_decoder
+
+    def targets(self, labels: torch.Tensor | None, shift_labels: torch.Tensor | None) -> tuple[torch.Tensor, bool]:
+        """The loss's targets and whether it shifts them."""
+        if shift_labels is not None:
+            return shift_labels, False
+        assert labels is not None
+        return labels, self.shifts
+
+    def model_inputs(self, model: nn.Module, inputs: dict[str, Any], labels: torch.Tensor | None) -> dict[str, Any]:
+        """``inputs`` with an encoder-decoder's ``decoder_input_ids`` built from ``labels`` when it has none."""
+        if (
+            self.encoder_decoder
+            and labels is not None
+            and not ({"decoder_input_ids", "decoder_inputs_embeds"} & set(inputs))
+        ):
+            inputs = {**inputs, "decoder_input_ids": decoder_input_ids_from_labels(model, labels)}
+        return inputs
+
+
+def label_layout(model: nn.Module) -> LabelLayout:
+    return LabelLayout(encoder_decoder=is_encoder_decoder(model))
 
 
 def logits_of(outputs: Any, model: nn.Module) -> torch.Tensor:
@@ -210,7 +251,7 @@ def resolve_output_head(model: nn.Module) -> OutputHead:
         bias_after=bias_after if torch.is_tensor(bias_after) else None,
         logit_scale=float(scale) if isinstance(scale, (int, float)) and not isinstance(scale, bool) else 1.0,
         final_logit_softcapping=float(softcap) if softcap else None,
-        shift_labels=not bool(getattr(config, "is_encoder_decoder", False)),
+        shift_labels=label_layout(model).shifts,
         model_class=name,
     )
 

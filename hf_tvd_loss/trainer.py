@@ -40,8 +40,7 @@ from .checkpoints import CheckpointSafetyMixin, check_resume_loss_settings, last
 from .heads import (
     IGNORE_INDEX,
     OutputHead,
-    decoder_input_ids_from_labels,
-    is_encoder_decoder,
+    label_layout,
     logits_of,
     loss_in_output_head,
     resolve_output_head,
@@ -249,7 +248,7 @@ class TVDLossMixin:
         """A training step in which no label is scored (all -100) would train on loss 0 without a word: refuse it.
         Counted on the batches as the data loader gave them (on the CPU, no device sync); one process only, since
         with several a shard without targets is fine while another process has some."""
-        shifts = not is_encoder_decoder(self.model)
+        shifts = label_layout(self.model).shifts
         counts = [_count_targets(batch, shifts) for batch in batch_samples if isinstance(batch, Mapping)]
         if not counts or any(c is None or c.device.type != "cpu" for c in counts):
             return
@@ -261,7 +260,7 @@ class TVDLossMixin:
             )
 
     def _tvd_count_tokens(self, batch_samples: list, device: torch.device) -> torch.Tensor | None:
-        shifts = not is_encoder_decoder(self.model)
+        shifts = label_layout(self.model).shifts
         norm = self.tvd_args.normalization
         counts = [_count_targets(batch, shifts, norm) for batch in batch_samples if isinstance(batch, Mapping)]
         if not counts or any(c is None for c in counts):
@@ -290,18 +289,9 @@ class TVDLossMixin:
         labels = inputs.pop("labels", None)
         shift_labels = inputs.pop("shift_labels", None)
         loss_weights = inputs.pop("loss_weights", None)
-        encoder_decoder = is_encoder_decoder(model)
-        if (
-            encoder_decoder
-            and labels is not None
-            and "decoder_input_ids" not in inputs
-            and "decoder_inputs_embeds" not in inputs
-        ):
-            inputs["decoder_input_ids"] = decoder_input_ids_from_labels(model, labels)
-        if shift_labels is not None:  # padding-free collators provide the shifted targets themselves
-            targets, shift = shift_labels, False
-        else:
-            targets, shift = labels, not encoder_decoder
+        layout = label_layout(model)
+        inputs = layout.model_inputs(model, inputs, labels)
+        targets, shift = layout.targets(labels, shift_labels)
 
         gamma = self.current_gamma()
         terms = self._tvd_terms(gamma)
@@ -586,6 +576,13 @@ class _ReturnsLoss:
         return getattr(self._model, name)
 
 
+def _is_seq2seq_output(outputs: Any) -> bool:
+    """Whether ``outputs`` is an encoder-decoder's (transformers' Seq2Seq*Output, or any output with encoder states)."""
+    if type(outputs).__name__.startswith("Seq2Seq"):
+        return True
+    return isinstance(outputs, Mapping) and outputs.get("encoder_last_hidden_state") is not None
+
+
 class TVDLoss:
     """γ-CE as a ``compute_loss_func`` for the stock ``Trainer``: ``Trainer(..., compute_loss_func=TVDLoss(args))``.
 
@@ -622,6 +619,12 @@ class TVDLoss:
     ) -> torch.Tensor:
         if labels is None:
             raise ValueError("TVDLoss needs labels; the batch has none")
+        if self.shift_labels and _is_seq2seq_output(outputs):
+            raise ValueError(
+                f"TVDLoss(shift_labels=True) got an encoder-decoder's output ({type(outputs).__name__}): its "
+                "decoder position t predicts labels[t], so the causal shift would score every logit against the "
+                "next label; use TVDLoss(..., shift_labels=False) for encoder-decoders"
+            )
         logits = outputs.get("logits") if isinstance(outputs, Mapping) else outputs[0]
         return token_weighted_cross_entropy(
             logits,

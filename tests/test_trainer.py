@@ -73,6 +73,19 @@ def test_tvd_loss_as_compute_loss_func(tmp_path):
     assert a == pytest.approx(b, rel=1e-5)
 
 
+def test_tvd_loss_refuses_the_causal_shift_on_an_encoder_decoder_output():
+    """Issue 21: TVDLoss() (shift_labels=True) on a T5's Seq2SeqLMOutput would score each logit against the next
+    label without a word; the output says it is an encoder-decoder's, so it is refused; shift_labels=False works."""
+    model = tiny_model("t5")
+    batch = collator("t5")(list(tiny_dataset("t5", n=2)))
+    outputs = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                    decoder_input_ids=model.prepare_decoder_input_ids_from_labels(labels=batch["labels"]))  # fmt: skip
+    with pytest.raises(ValueError, match=r"encoder-decoder's output \(Seq2SeqLMOutput\).*shift_labels=False"):
+        TVDLoss()(outputs, batch["labels"])
+    loss = TVDLoss(shift_labels=False)(outputs, batch["labels"])
+    assert torch.isfinite(loss)
+
+
 def test_logged_metrics_and_exact_eval_loss(tmp_path):
     history, _, trainer = train_tiny("llama", str(tmp_path), per_device_batch=4, grad_accum=2, tvd=TVD)
     rows = [row for row in history if "loss" in row]
