@@ -629,6 +629,36 @@ CASES: list[Case] = [
         "bleu",
         "language_modeling",
     ),  # fmt: skip
+    _c(
+        "epochs-beside-max-steps",
+        "cli",
+        _sum("--num_train_epochs", "2", "--max_steps", "5"),
+        "the command line sets both num_train_epochs and max_steps=5",
+        note="issue 21: max_steps silently replaced the epochs",
+    ),  # fmt: skip
+    _c(
+        "epochs-on-the-command-line-under-a-config-max-steps",
+        "yaml",
+        _yaml("summarization", "max_steps: 5\n", "--num_train_epochs", "2"),
+        "--num_train_epochs on the command line",
+        "max_steps=5",
+        "--config",
+    ),  # fmt: skip
+    _c(
+        "epochs-and-max-steps-in-one-config",
+        "yaml",
+        _yaml("summarization", "max_steps: 5\nnum_train_epochs: 2\n"),
+        "--config",
+        "sets both num_train_epochs and max_steps=5",
+    ),  # fmt: skip
+    _c(
+        "optim-needs-a-missing-package",
+        "cli",
+        _sum("--optim", "adamw_bnb_8bit"),
+        "--optim adamw_bnb_8bit",
+        "bitsandbytes",
+        note="issue 21: an ImportError once training started",
+    ),  # fmt: skip
     # ---------------------------------------------------------------- command line: numbers
     _c("lr-nan", "cli", _sum("--learning_rate", "nan"), "learning_rate"),
     _c("lr-negative", "cli", _sum("--learning_rate", "-1"), "learning_rate"),

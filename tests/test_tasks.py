@@ -294,3 +294,14 @@ def test_pretrained_tokenizer_without_pad_token(tmp_path):
     tokenizer.save_pretrained(tmp_path / "tok2")
     argv = _args(tmp_path, "--train_file", train, "--tokenizer_name", str(tmp_path / "tok2"))
     _refused("language_modeling", argv, "has neither a pad nor an eos token", tmp_path)
+
+
+def test_a_command_line_max_steps_over_a_config_epochs_is_an_override(tmp_path):
+    """Layer-aware (issue 21): --max_steps on the command line over a config file's num_train_epochs is a shorter
+    run, not a conflict (the README's 'any option can be overridden')."""
+    config = tmp_path / "c.yaml"
+    config.write_text("num_train_epochs: 5\n")
+    (_, _, _, training_args), _ = get_task("summarization").parse_args(
+        ["--output_dir", str(tmp_path / "out"), "--config", str(config), "--max_steps", "3"]
+    )
+    assert training_args.max_steps == 3

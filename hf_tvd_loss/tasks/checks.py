@@ -109,6 +109,26 @@ REPORTING_PACKAGES = {
 }  # fmt: skip
 
 
+def optimizer_packages(optim: str) -> list[tuple[str, str]]:
+    """The (module, pip name) pairs transformers' ``--optim`` ``optim`` imports when training starts."""
+    needs = []
+    prefixes = (("galore", "galore_torch", "galore-torch"), ("lomo", "lomo_optim", "lomo-optim"),
+                ("adalomo", "lomo_optim", "lomo-optim"), ("grokadamw", "grokadamw", "grokadamw"),
+                ("schedule_free", "schedulefree", "schedulefree"), ("apollo", "apollo_torch", "apollo-torch"),
+                ("stable_adamw", "optimi", "torch-optimi"), ("adamw_anyprecision", "torchdistx", "torchdistx"),
+                ("adamw_torch_xla", "torch_xla", "torch_xla"), ("adamw_torch_npu", "torch_npu", "torch_npu"),
+                ("adamw_torch_4bit", "torchao", "torchao"), ("adamw_torch_8bit", "torchao", "torchao"))  # fmt: skip
+    needs += [(module, dist) for prefix, module, dist in prefixes if optim.startswith(prefix)]
+    bitsandbytes = (
+        optim.startswith(("paged_", "ademamix", "lion"))
+        or "bnb" in optim
+        or (("8bit" in optim or "32bit" in optim) and not optim.startswith("adamw_torch_"))
+    )
+    if bitsandbytes:
+        needs.append(("bitsandbytes", "bitsandbytes"))
+    return needs
+
+
 def check_options_take_effect(data_args: DataArguments, training_args: TrainingArguments) -> None:
     """Refuse options that this run would not apply, or that transformers would reject only once training started:
     each would otherwise be silently ignored (or fail after the data and model work)."""
@@ -133,6 +153,11 @@ def check_options_take_effect(data_args: DataArguments, training_args: TrainingA
         if packages and not any(importlib.util.find_spec(p) is not None for p in packages):
             raise ValueError(f"--report_to {name} needs the {packages[0]} package, which is not installed: "
                              f"pip install {packages[0]}, or pass --report_to none")  # fmt: skip
+    optim = str(getattr(training_args.optim, "value", training_args.optim))
+    missing = [dist for module, dist in optimizer_packages(optim) if importlib.util.find_spec(module) is None]
+    if missing:
+        raise ValueError(f"--optim {optim} needs the {' and '.join(missing)} package(s), which are not installed: "
+                         f"pip install {' '.join(missing)}, or use --optim adamw_torch")  # fmt: skip
     if training_args.push_to_hub and os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
         raise ValueError("--push_to_hub needs the Hugging Face Hub, but HF_HUB_OFFLINE is set: the upload would fail "
                          "after training; remove --push_to_hub or unset HF_HUB_OFFLINE")  # fmt: skip

@@ -273,6 +273,43 @@ class YamlArgumentParser(HfArgumentParser):
                 )
             seen[action.dest] = option
 
+    def _given_on_command_line(self, args: Sequence[str]) -> set[str]:
+        dests = set()
+        for arg in args:
+            if arg == "--":
+                break
+            action = self._option_string_actions.get(arg.split("=", 1)[0]) if arg.startswith("--") else None
+            if action is not None:
+                dests.add(action.dest)
+        return dests
+
+    def _refuse_epochs_under_max_steps(
+        self, namespace: argparse.Namespace, config: Mapping[str, Any], config_path: str | None, args: Sequence[str]
+    ) -> None:
+        """``max_steps > 0`` replaces ``num_train_epochs`` without a word. Layer-aware: a command-line
+        ``--max_steps`` over a config file's ``num_train_epochs`` is an override (a shorter run) and fine; both in
+        one place, or ``--num_train_epochs`` on the command line under a config file's ``max_steps``, would leave
+        the epochs unapplied, and are refused."""
+        if not (hasattr(namespace, "max_steps") and getattr(namespace, "max_steps", -1) > 0):
+            return
+        cli = self._given_on_command_line(args)
+        places = {"the command line": cli, f"--config {config_path}": set(config)}
+        epochs_at = [place for place, keys in places.items() if "num_train_epochs" in keys]
+        steps_at = [place for place, keys in places.items() if "max_steps" in keys]
+        problem = None
+        for place in epochs_at:
+            if place in steps_at:
+                problem = f"{place} sets both num_train_epochs and max_steps={namespace.max_steps}"
+            elif place == "the command line":
+                problem = (
+                    f"--num_train_epochs on the command line is under max_steps={namespace.max_steps} of {steps_at[0]}"
+                )
+        if problem:
+            raise ValueError(
+                f"{problem}, and max_steps > 0 replaces num_train_epochs, which would not apply: give one of them "
+                "(--max_steps -1 trains by epochs)"
+            )
+
     def parse_args_and_config(self, args: Sequence[str] | None = None) -> tuple[Any, ...]:
         """Parse ``args`` (default ``sys.argv[1:]``) after applying ``--config``; returns the dataclasses."""
         import sys
@@ -285,9 +322,12 @@ class YamlArgumentParser(HfArgumentParser):
         if len(given) > 1:
             raise ValueError("--config is given more than once: which file is meant? Merge them into one")
         self._refuse_repeated_options(args)
+        config: dict[str, Any] = {}
         if known.config is not None:
-            self.apply_config(load_yaml_config(known.config), source=f"--config {known.config}")
+            config = load_yaml_config(known.config)
+            self.apply_config(config, source=f"--config {known.config}")
         namespace, _ = self.parse_known_args(args)
+        self._refuse_epochs_under_max_steps(namespace, config, known.config, args)
         # TrainingArguments replaces eval_steps=0 by logging_steps without a word: refuse it while it is visible.
         if getattr(namespace, "eval_steps", None) == 0:
             raise ValueError("eval_steps must be > 0 (leave it unset to evaluate every logging_steps), got 0")
