@@ -41,7 +41,7 @@ TAG="${TAG:-gpu_${NAME}}"
     --results "$RESULTS" --run "${TAG}_train_n16384_v128256_bf16"
 # 4. PyTorch's own torch.nn.functional.linear_cross_entropy as the chunked backend (issue 22.8): its loss-head rows
 #    are in run 1 (linear_*_torch_lce); here the training step with chunked_backend torch_linear_ce, to decide
-#    whether chunked_backend="auto" should pick it on CUDA (on CPU it is about 4x slower than "torch").
+#    whether chunked_backend="auto" should pick it on CUDA (on CPU it takes 2.7x the time of "torch").
 "$PY" -m benchmarks.bench --device cuda --dtype bfloat16 --tokens 16384 --vocab 128256 --hidden 4096 \
     --variants "" --train-batch 8 --train-seq-len 2048 --train-steps 8 --chunked-backend torch_linear_ce \
     --results "$RESULTS" --run "${TAG}_train_n16384_v128256_bf16_torch_lce"

@@ -261,7 +261,7 @@ def test_torch_linear_ce_refusals_and_auto():
     with pytest.raises(ValueError, match="torch_linear_ce.*no final_logit_softcapping"):
         linear_gamma_cross_entropy(hidden, weight, labels, gamma=0.1, impl="torch_linear_ce",
                                    final_logit_softcapping=2.0)  # fmt: skip
-    # auto never picks it: about 4x slower than impl="torch" on CPU (BENCHMARKS.md), not measured on a GPU here
+    # auto never picks it: 2.7x the time of impl="torch" on CPU (BENCHMARKS.md), not measured on a GPU here
     assert kernels.select_impl("auto", hidden, None, None, 0.0) == "torch"
 
 
