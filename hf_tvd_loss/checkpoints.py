@@ -128,6 +128,13 @@ def checkpoint_problem(path: str) -> str | None:
     if not checkpoint_is_complete(path):
         return f"not completely written (no {CHECKPOINT_COMPLETE_MARKER} and no readable trainer_state.json)"
     names = set(os.listdir(path))
+    try:  # Trainer reads it only once the data and model work is done
+        with open(os.path.join(path, "trainer_state.json"), encoding="utf-8") as f:
+            json.load(f)
+    except FileNotFoundError:
+        return "trainer_state.json is missing, so the step, the logs and the best checkpoint cannot be restored"
+    except (OSError, ValueError) as exc:
+        return f"trainer_state.json is truncated or not JSON ({type(exc).__name__}: {exc})"
     if not (
         names & {"optimizer.pt", "optimizer.bin"} or any(n.startswith(("optimizer_", "global_step")) for n in names)
     ):

@@ -319,6 +319,36 @@ def _resume_without_scheduler(tmp: Path) -> Any:
     return "language_modeling", ["--output_dir", _out(tmp), *QUICK_LM, "--resume_from_checkpoint", "latest"]
 
 
+def _resume_truncated_trainer_state(tmp: Path) -> Any:
+    """Marked complete, but trainer_state.json cut short (a disk filled up): Trainer reads it only after the data
+    and model work (issue 21: found late)."""
+    _checkpoint(tmp / "out", 200)
+    _checkpoint(tmp / "out", 300)
+    state = tmp / "out" / "checkpoint-300" / "trainer_state.json"
+    state.write_text(state.read_text()[:10])
+    return "language_modeling", ["--output_dir", _out(tmp), *QUICK_LM, "--resume_from_checkpoint", "latest"]
+
+
+def _resume_another_model(tmp: Path) -> Any:
+    """A checkpoint whose config.json describes other sizes than this run's model (issue 21: a size-mismatch
+    error once the weights were loaded, after the data and tokenizer work)."""
+    _checkpoint(tmp / "out", 200)
+    (tmp / "out" / "checkpoint-200" / "config.json").write_text(
+        json.dumps(
+            {
+                "model_type": "llama",
+                "hidden_size": 999,
+                "num_hidden_layers": 7,
+                "num_layers": 7,
+                "n_layer": 7,
+                "n_embd": 999,
+                "d_model": 999,
+            }
+        )  # fmt: skip
+    )
+    return "language_modeling", ["--output_dir", _out(tmp), *QUICK_LM, "--resume_from_checkpoint", "latest"]
+
+
 def _resume_truncated(tmp: Path) -> Any:
     _checkpoint(tmp / "out", 200)
     _checkpoint(tmp / "out", 300, truncated=True)
@@ -926,6 +956,22 @@ CASES: list[Case] = [
         "save_only_model",
     ),  # fmt: skip
     _c("resume-without-scheduler", "output", _resume_without_scheduler, "checkpoint-200", "scheduler.pt"),
+    _c(
+        "resume-checkpoint-of-another-model",
+        "output",
+        _resume_another_model,
+        "checkpoint-200",
+        "was saved from another model",
+        "(checkpoint) vs",
+    ),  # fmt: skip
+    _c(
+        "resume-truncated-trainer-state",
+        "output",
+        _resume_truncated_trainer_state,
+        "checkpoint-300",
+        "trainer_state.json",
+        "checkpoint-200",
+    ),  # fmt: skip
     _c("resume-and-overwrite", "output", _resume_and_overwrite, "overwrite_output_dir", "resume_from_checkpoint"),
     _c(
         "resume-elsewhere-into-earlier-run",

@@ -62,6 +62,36 @@ class Prepared:
     defaults: ChosenDefaults = dataclasses.field(default_factory=ChosenDefaults)  # from scratch or fine-tuning
 
 
+# Config fields that set parameter shapes (vocab_size aside: a tokenizer trained on the data sets it later).
+_ARCHITECTURE_FIELDS = (
+    "model_type", "hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
+    "intermediate_size", "head_dim", "n_embd", "n_layer", "n_head", "n_inner", "d_model", "d_ff", "d_kv",
+    "num_layers", "num_decoder_layers", "num_heads", "encoder_layers", "decoder_layers", "encoder_ffn_dim",
+    "decoder_ffn_dim", "encoder_attention_heads", "decoder_attention_heads", "tie_word_embeddings",
+)  # fmt: skip
+
+
+def _check_checkpoint_architecture(checkpoint: str, config: Any) -> None:
+    """A checkpoint saved from a model of other sizes than the one this run builds is refused now, naming the
+    differences, instead of failing to load its weights after the data and tokenizer work."""
+    import json
+
+    path = os.path.join(checkpoint, "config.json")
+    if not os.path.isfile(path):
+        return  # weights-only checkpoints (engine shards): the Trainer's own load will say
+    with open(path, encoding="utf-8") as f:
+        saved = json.load(f)
+    ours = config.to_dict()
+    differ = [f"{k} {saved[k]!r} (checkpoint) vs {ours[k]!r} (this run)" for k in _ARCHITECTURE_FIELDS
+              if k in saved and k in ours and saved[k] != ours[k]]  # fmt: skip
+    if differ:
+        raise ValueError(
+            f"resume_from_checkpoint {checkpoint} was saved from another model: {'; '.join(differ)}. Give the "
+            "same model options (model_type, config_name, config_overrides, model_name_or_path) as the run that "
+            "saved it"
+        )
+
+
 def _cpu_processes_on_cpu() -> None:
     """Several processes launched on a machine without an accelerator run as one CPU process group (gloo).
 
@@ -94,6 +124,8 @@ def prepare(task: Task[Any, Any], argv: Sequence[str] | None = None) -> Prepared
     raw = load_raw_splits(task, data_args, training_args, model_args.cache_dir, dropped)
     config, config_overrides, task = resolve_config(task, model_args)  # the task set up for this kind of model
     task.check_model_kind(data_args)
+    if training_args.resume_from_checkpoint:
+        _check_checkpoint_architecture(training_args.resume_from_checkpoint, config)
     model_args = dataclasses.replace(model_args, config_overrides=config_overrides)
     tokenizer, model = None, None
     tokenizer_name = model_args.tokenizer_name or model_args.model_name_or_path
