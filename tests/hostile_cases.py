@@ -682,6 +682,28 @@ CASES: list[Case] = [
         "sets both num_train_epochs and max_steps=5",
     ),  # fmt: skip
     _c(
+        "config-overrides-key-twice",
+        "cli",
+        _lm("--config_overrides", "n_layer=2,n_embd=32,n_layer=4"),
+        "config_overrides",
+        "n_layer given more than once",
+        note="issue 21: duplicate key=value lists let the last value win silently",
+    ),  # fmt: skip
+    _c(
+        "json-option-key-twice",
+        "cli",
+        _sum("--lr_scheduler_kwargs", '{"power": 1.0, "power": 2.0}', "--lr_scheduler_type", "polynomial"),
+        "--lr_scheduler_kwargs",
+        "'power' given more than once",
+    ),  # fmt: skip
+    _c(
+        "optim-args-key-twice",
+        "cli",
+        _sum("--optim_args", "betas=0.9,eps=1e-8,eps=1e-6"),
+        "--optim_args",
+        "eps given more than once",
+    ),  # fmt: skip
+    _c(
         "optim-needs-a-missing-package",
         "cli",
         _sum("--optim", "adamw_bnb_8bit"),

@@ -19,6 +19,11 @@ from transformers import HfArgumentParser
 __all__ = ["YamlArgumentParser", "load_yaml_config"]
 
 
+# TrainingArguments options that take a JSON object on the command line (or a path, left to transformers).
+_JSON_OPTIONS = ("lr_scheduler_kwargs", "gradient_checkpointing_kwargs", "accelerator_config", "fsdp_config",
+                 "deepspeed")  # fmt: skip
+
+
 def _strict_yaml_loader() -> type:
     """``yaml.SafeLoader`` that refuses a key given twice in one mapping (PyYAML silently keeps the last one)."""
     import yaml
@@ -273,6 +278,35 @@ class YamlArgumentParser(HfArgumentParser):
                 )
             seen[action.dest] = option
 
+    def _refuse_repeated_keys(self, namespace: argparse.Namespace) -> None:
+        """Options that hold a JSON object (``--lr_scheduler_kwargs '{"a": 1, "a": 2}'``) or a ``k=v,k=v`` list
+        (``--optim_args``): transformers parses them with the last repeated key silently winning. Refuse."""
+        import json
+
+        for dest in _JSON_OPTIONS:
+            value = getattr(namespace, dest, None)
+            if isinstance(value, str) and value.lstrip().startswith("{"):
+
+                def pairs(items: list[tuple[str, Any]], dest: str = dest) -> dict[str, Any]:
+                    keys = [k for k, _ in items]
+                    repeated = sorted({k for k in keys if keys.count(k) > 1})
+                    if repeated:
+                        raise ValueError(f"--{dest}: key(s) {', '.join(map(repr, repeated))} given more than once; "
+                                         "the last would silently win. Give each key once")  # fmt: skip
+                    return dict(items)
+
+                try:
+                    json.loads(value, object_pairs_hook=pairs)
+                except json.JSONDecodeError as err:
+                    raise ValueError(f"--{dest}: not a JSON object ({err})") from None
+        optim_args = getattr(namespace, "optim_args", None)
+        if isinstance(optim_args, str):
+            keys = [part.split("=", 1)[0].strip() for part in optim_args.split(",") if part.strip()]
+            repeated = sorted({k for k in keys if keys.count(k) > 1})
+            if repeated:
+                raise ValueError(f"--optim_args: {', '.join(repeated)} given more than once; the last would silently "
+                                 "win. Give each key once")  # fmt: skip
+
     def _given_on_command_line(self, args: Sequence[str]) -> set[str]:
         dests = set()
         for arg in args:
@@ -328,6 +362,7 @@ class YamlArgumentParser(HfArgumentParser):
             self.apply_config(config, source=f"--config {known.config}")
         namespace, _ = self.parse_known_args(args)
         self._refuse_epochs_under_max_steps(namespace, config, known.config, args)
+        self._refuse_repeated_keys(namespace)
         # TrainingArguments replaces eval_steps=0 by logging_steps without a word: refuse it while it is visible.
         if getattr(namespace, "eval_steps", None) == 0:
             raise ValueError("eval_steps must be > 0 (leave it unset to evaluate every logging_steps), got 0")

@@ -149,6 +149,12 @@ def resolve_config(
         # for pair tasks; any other model keeps its own sizes.
         overrides = task.scratch_overrides(model_args.model_type)
     if overrides:
+        keys = [part.split("=", 1)[0].strip() for part in overrides.split(",") if part.strip()]
+        repeated = sorted({key for key in keys if keys.count(key) > 1})
+        if repeated:  # update_from_string would apply each in turn, the last silently winning
+            raise ValueError(
+                f"config_overrides {overrides!r}: {', '.join(repeated)} given more than once; give each key once"
+            )
         try:
             config.update_from_string(overrides)
         except ValueError as err:
