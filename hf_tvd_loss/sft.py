@@ -12,7 +12,8 @@ Differences from ``SFTConfig`` options, refused with the reason rather than igno
 
 Logged metrics: TRL's ``num_tokens`` as before, and its ``mean_token_accuracy`` / ``entropy`` when
 ``TVDArguments.extra_metrics`` is on (it is turned on here), next to the mixin's ``nll``, ``perplexity``,
-``tvd_weight_mean`` and ``gamma``.
+``tvd_weight_mean`` and ``gamma``. One name per quantity: the mixin's token accuracy is logged under TRL's name
+only, and both values are the mixin's exact token-weighted averages (TRL's are means of per-batch means).
 """
 
 from __future__ import annotations
@@ -79,8 +80,11 @@ class TVDSFTTrainer(TVDLossMixin, CheckpointSafetyMixin, SFTTrainer):
 
 
 def _with_trl_names(logs: dict[str, float]) -> dict[str, float]:
+    """The mixin's metrics under TRL's names, one name per quantity (``mean_token_accuracy``, not also
+    ``token_accuracy``). The values are the mixin's exact token-weighted averages over the logging window and all
+    processes (TRL's own would be means of per-batch means), which is why they replace TRL's rather than sit beside."""
     for ours, theirs in _TRL_NAMES.items():
         for prefix in ("", "eval_", "test_"):
             if f"{prefix}{ours}" in logs and ours != theirs:
-                logs.setdefault(f"{prefix}{theirs}", logs[f"{prefix}{ours}"])
+                logs[f"{prefix}{theirs}"] = logs.pop(f"{prefix}{ours}")
     return logs

@@ -130,6 +130,7 @@ def test_gamma_zero_is_stock_sft(tmp_path, kind, options, impl):
     logs = run.last.state.log_history[0]
     assert {"nll", "tvd_weight_mean", "num_tokens", "mean_token_accuracy", "entropy"} <= set(logs)
     assert 0.0 <= logs["mean_token_accuracy"] <= 1.0 and logs["entropy"] > 0
+    assert "token_accuracy" not in logs  # one name per quantity: TRL's (issue 22.6)
 
 
 def test_gamma_one_is_trl_dft(tmp_path):
