@@ -59,6 +59,15 @@ class TVDSFTTrainer(TVDLossMixin, CheckpointSafetyMixin, SFTTrainer):
         if isinstance(tvd_args, TVDArguments) and not tvd_args.extra_metrics:
             tvd_args = dataclasses.replace(tvd_args, extra_metrics=True)  # TRL logs accuracy and entropy
         super().__init__(*args, tvd_args=tvd_args, **kwargs)
+        # TRL keeps its num_tokens count and its logged metrics in private attributes (TRL 1.16), which the loss
+        # here replaces: check they exist instead of failing (or logging nothing) in the first step.
+        if not (isinstance(getattr(self, "_metrics", None), dict) and hasattr(self, "_total_train_tokens")):
+            import trl
+
+            raise ImportError(
+                f"TVDSFTTrainer was written against TRL 1.16 (SFTTrainer._metrics, _total_train_tokens); TRL "
+                f"{trl.__version__} has neither: install a TRL between 1.16 and 2 (pip install 'hf_tvd_loss[trl]')"
+            )
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):  # type: ignore[override]
         result = super().compute_loss(
