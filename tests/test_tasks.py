@@ -305,3 +305,13 @@ def test_a_command_line_max_steps_over_a_config_epochs_is_an_override(tmp_path):
         ["--output_dir", str(tmp_path / "out"), "--config", str(config), "--max_steps", "3"]
     )
     assert training_args.max_steps == 3
+
+
+def test_seq2seq_without_generation_evaluates_teacher_forced(tmp_path):
+    """--predict_with_generate false on the encoder-decoder path (issue 20): the evaluation is teacher-forced (loss,
+    NLL, calibration), no text metrics, no predictions file; it used to fail after training, decoding logits as ids."""
+    metrics = run_task(get_task("summarization"), _args(tmp_path, "--max_steps", "2", "--predict_with_generate",
+                                                       "false", "--do_predict", "true", "--disable_tqdm", "true"))  # fmt: skip
+    assert {"eval_loss", "eval_nll", "eval_ece", "test_loss"} <= set(metrics)
+    assert not any(key.endswith(("rouge1", "rougeL", "gen_len")) for key in metrics)
+    assert not (tmp_path / "out" / "generated_predictions.jsonl").exists()

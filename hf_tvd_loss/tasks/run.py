@@ -299,6 +299,7 @@ def _build(prepared: Prepared, folder: OutputFolder | None, start: float) -> Bui
 
     trainer_cls = TaskSeq2SeqTrainer if task.is_seq2seq else TaskTrainer
     generation = task.prompt_generation(data_args, training_args)
+    generates = task.evaluates_by_generation(data_args, training_args)
     if getattr(task, "decoder_only", False) or generation is not None:
         trainer_cls = TaskGenerationTrainer  # prompt → target pairs on a decoder-only model, judged by generation
     trainer = trainer_cls(
@@ -308,7 +309,9 @@ def _build(prepared: Prepared, folder: OutputFolder | None, start: float) -> Bui
         eval_dataset=datasets.get("validation"),
         processing_class=tokenizer,
         data_collator=task.data_collator(tokenizer, model),
-        compute_metrics=task.compute_metrics(tokenizer, data_args),
+        # Text metrics need generated ids: without generation the evaluation is teacher-forced (loss, NLL,
+        # calibration), and the Trainer then keeps no logits (prediction_loss_only).
+        compute_metrics=task.compute_metrics(tokenizer, data_args) if generates else None,
         tvd_args=prepared.tvd_args,
     )
     if isinstance(trainer, TaskGenerationTrainer):
@@ -347,7 +350,7 @@ def train_and_evaluate(prepared: Prepared, built: Built | None = None) -> dict[s
         test_metrics = dict(output.metrics, test_samples=len(datasets["test"]))
         trainer.save_metrics("test", test_metrics)
         metrics.update(test_metrics)
-        if trainer.is_world_process_zero():
+        if trainer.is_world_process_zero() and task.evaluates_by_generation(prepared.data_args, training_args):
             predictions_file = task.write_predictions(output, tokenizer, output_dir)
     if not training_args.do_train:
         trainer.save_model()  # evaluation-only runs still leave a complete model folder (a collective call)
