@@ -237,7 +237,8 @@ def has_accelerator() -> bool:
 
 
 def check_common_args(data_args: DataArguments, model_args: ModelArguments, training_args: TrainingArguments) -> None:
-    """The checks every task shares, before anything is loaded; ``ValueError`` names the option."""
+    """The checks every task shares, before anything is loaded; ``ValueError`` names the option. In order: the
+    numbers, the data files, the combinations of options, then the output folder and the checkpoint to resume."""
     for name in ("max_train_samples", "max_eval_samples", "max_predict_samples", "synthetic_train_examples",
                  "synthetic_eval_examples", "preprocessing_num_workers"):  # fmt: skip
         _check_positive(name, getattr(data_args, name))
@@ -254,6 +255,30 @@ def check_common_args(data_args: DataArguments, model_args: ModelArguments, trai
         raise ValueError(
             f"validation_split_percentage must be in (0, 100), got {data_args.validation_split_percentage!r}"
         )
+    check_data_files(data_args)
+    if training_args.do_train and data_args.data_source() == "files" and not data_args.train_file:
+        raise ValueError("do_train needs train_file (or dataset_name); pass --do_train false to only evaluate")
+    if training_args.label_smoothing_factor:
+        raise ValueError(
+            "label_smoothing_factor must be 0: set the γ-CE loss's own --label_smoothing instead (it is combined "
+            "with the weighted term as in the official TaiLr criterion)"
+        )
+    if model_args.model_name_or_path is None and model_args.config_name is None and not model_args.model_type:
+        raise ValueError("set model_name_or_path (pretrained), config_name or model_type (built from scratch)")
+    use_cpu = training_args.use_cpu or os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes")
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not has_accelerator() and not use_cpu:
+        raise ValueError(
+            "launched with several processes but no GPU: pass --use_cpu true (or set ACCELERATE_USE_CPU=1), "
+            "otherwise every process would silently train alone (see configs/accelerate/cpu_2proc.yaml)"
+        )
+    if not (training_args.do_train or training_args.do_eval or training_args.do_predict):
+        raise ValueError("nothing to do: do_train, do_eval and do_predict are all false")
+    check_output_and_resume(data_args, model_args, training_args)
+
+
+def check_data_files(data_args: DataArguments) -> None:
+    """``train_file`` / ``validation_file`` / ``test_file``: not beside ``dataset_name``, a file (not a folder) of a
+    supported kind, present and not empty."""
     files = [f for f in (data_args.train_file, data_args.validation_file, data_args.test_file) if f]
     if data_args.dataset_name and files:
         raise ValueError("give either dataset_name (Hub) or train_file/validation_file/test_file (local), not both")
@@ -272,23 +297,14 @@ def check_common_args(data_args: DataArguments, model_args: ModelArguments, trai
             raise ValueError(f"{option}: file not found: {path}")
         if os.path.getsize(path) == 0:
             raise ValueError(f"{option} {path}: the file is empty")
-    if training_args.do_train and data_args.data_source() == "files" and not data_args.train_file:
-        raise ValueError("do_train needs train_file (or dataset_name); pass --do_train false to only evaluate")
-    if training_args.label_smoothing_factor:
-        raise ValueError(
-            "label_smoothing_factor must be 0: set the γ-CE loss's own --label_smoothing instead (it is combined "
-            "with the weighted term as in the official TaiLr criterion)"
-        )
-    if model_args.model_name_or_path is None and model_args.config_name is None and not model_args.model_type:
-        raise ValueError("set model_name_or_path (pretrained), config_name or model_type (built from scratch)")
-    use_cpu = training_args.use_cpu or os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes")
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not has_accelerator() and not use_cpu:
-        raise ValueError(
-            "launched with several processes but no GPU: pass --use_cpu true (or set ACCELERATE_USE_CPU=1), "
-            "otherwise every process would silently train alone (see configs/accelerate/cpu_2proc.yaml)"
-        )
-    if not (training_args.do_train or training_args.do_eval or training_args.do_predict):
-        raise ValueError("nothing to do: do_train, do_eval and do_predict are all false")
+
+
+def check_output_and_resume(
+    data_args: DataArguments, model_args: ModelArguments, training_args: TrainingArguments
+) -> None:
+    """``output_dir`` can be written and holds nothing this run would overwrite (unless resumed or overwritten, and
+    then only what an earlier run recorded); ``resume_from_checkpoint`` resolved to a usable checkpoint folder (set
+    on ``training_args``), with steps left to train."""
     from ..checkpoints import resolve_resume_checkpoint
 
     check_output_dir(training_args.output_dir, overwrite=True)  # only whether it can be written; emptiness below
