@@ -495,6 +495,74 @@ def _trainer(model_kind: str = "lm", tvd: Any = None, resume: Any = None, **trai
     return build
 
 
+def _api(call: Callable[[], Any]) -> Callable[[Path], Any]:
+    """A Python-API case: ``call`` raises (or returns a result the judge checks)."""
+    return lambda tmp: call
+
+
+def _rule_not_a_rule() -> Any:
+    from transformers import TrainingArguments
+
+    from hf_tvd_loss import TVDTrainer
+
+    args = TrainingArguments(output_dir="unused", report_to="none", use_cpu=True)
+    return TVDTrainer(model=_tiny_gpt2(), args=args, weight_rule=lambda log_p: (log_p, log_p))
+
+
+def _rule_beside_gamma() -> Any:
+    from hf_tvd_loss import TVDArguments, TVDLoss, probability_power_rule
+
+    return TVDLoss(TVDArguments(gamma=0.5, gamma_schedule="linear"), weight_rule=probability_power_rule(0.5))
+
+
+def _rule_not_elementwise() -> Any:
+    import torch
+
+    from hf_tvd_loss import TokenWeightRule, token_weighted_cross_entropy
+
+    rule = TokenWeightRule.from_weight(lambda log_p: log_p.exp().sum(), name="summed")
+    return token_weighted_cross_entropy(torch.randn(4, 6), torch.randint(0, 6, (4,)), rule)
+
+
+def _rule_alpha_negative() -> Any:
+    from hf_tvd_loss import probability_power_rule
+
+    return probability_power_rule(-0.5)
+
+
+def _tvd_loss_on_seq2seq_output() -> Any:
+    import torch
+    from transformers.modeling_outputs import Seq2SeqLMOutput
+
+    from hf_tvd_loss import TVDLoss
+
+    logits = torch.randn(2, 5, 11)
+    out = Seq2SeqLMOutput(logits=logits, encoder_last_hidden_state=torch.randn(2, 7, 4))
+    return TVDLoss()(out, torch.randint(0, 11, (2, 5)))
+
+
+def _torch_linear_ce_with_softcap() -> Any:
+    import torch
+
+    from hf_tvd_loss import linear_gamma_cross_entropy
+
+    return linear_gamma_cross_entropy(torch.randn(6, 4), torch.randn(9, 4), torch.randint(0, 9, (6,)), gamma=0.1,
+                                      impl="torch_linear_ce", final_logit_softcapping=30.0)  # fmt: skip
+
+
+def _loss_weights_under_the_stock_trainer() -> Any:
+    from hf_tvd_loss import WithLossWeights
+
+    collate = WithLossWeights(lambda rows: {"labels": [r["labels"] for r in rows]})
+    return collate([{"labels": [1, 2], "loss_weights": 0.5}])
+
+
+def _tiny_gpt2() -> Any:
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    return GPT2LMHeadModel(GPT2Config(vocab_size=32, n_embd=16, n_layer=1, n_head=2, n_positions=16))
+
+
 def _trainer_resume_truncated(tmp: Path) -> Any:
     """TVDTrainer.train(resume_from_checkpoint=True) with a truncated checkpoint marked complete."""
     _checkpoint(tmp / "out", 2)
@@ -1057,6 +1125,40 @@ CASES: list[Case] = [
         "gamma_schedule_steps",
     ),  # fmt: skip
     _c("trainer-resume-truncated", "api", _trainer_resume_truncated, "checkpoint-3", "checkpoint-2"),
+    _c("weight-rule-not-a-rule", "api", _api(_rule_not_a_rule), "weight_rule must be a TokenWeightRule"),
+    _c(
+        "weight-rule-beside-gamma",
+        "api",
+        _api(_rule_beside_gamma),
+        "gamma=0.5",
+        "gamma_schedule='linear'",
+        "would not be applied",
+    ),  # fmt: skip
+    _c("weight-rule-not-elementwise", "api", _api(_rule_not_elementwise), "'summed'", "one weight per token"),
+    _c("weight-rule-alpha-negative", "api", _api(_rule_alpha_negative), "alpha"),
+    _c(
+        "tvd-loss-causal-shift-on-seq2seq-output",
+        "api",
+        _api(_tvd_loss_on_seq2seq_output),
+        "Seq2SeqLMOutput",
+        "shift_labels=False",
+        note="issue 21: every logit scored against the next label",
+    ),  # fmt: skip
+    _c(
+        "torch-linear-ce-with-softcap",
+        "api",
+        _api(_torch_linear_ce_with_softcap),
+        "torch_linear_ce",
+        "final_logit_softcapping",
+    ),  # fmt: skip
+    _c(
+        "loss-weights-for-a-loss-that-ignores-them",
+        "api",
+        _api(_loss_weights_under_the_stock_trainer),
+        "only the TVD trainers",
+        "own_loss=True",
+        note="issue 22: the stock Trainer dropped the weights silently",
+    ),  # fmt: skip
     _c("trainer-headless-model", "api", _trainer("headless"), "GPT2Model", "head"),
     _c("trainer-label-smoothing-factor", "api", _trainer(label_smoothing_factor=0.1), "label_smoothing_factor"),
     _c("trainer-tvd-args-dict", "api", _trainer(tvd={"gamma": 0.1}), "tvd_args"),
