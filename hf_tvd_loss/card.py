@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     from .args import TVDArguments
     from .ops.common import TokenWeightRule
 
-__all__ = ["CARD_TAGS", "add_loss_to_model_card", "loss_metadata", "loss_name", "loss_section"]
+__all__ = ["CARD_TAGS", "add_loss_to_model_card", "card_path", "loss_metadata", "loss_name", "loss_section"]
 
 CARD_TAGS = ("hf_tvd_loss", "tailr")
 _SECTION = "## Loss (hf_tvd_loss)"

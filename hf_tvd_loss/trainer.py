@@ -75,8 +75,13 @@ _BASE_SUMS = 5
 _EXTRA_SUMS = 2 + 3 * CALIBRATION_BINS
 
 
-def select_token_terms(tvd_args: TVDArguments) -> Callable[[float], TokenWeightRule]:
-    """The loss chosen by ``tvd_args.loss_type``, once: a function of the current γ giving its per-token weight rule."""
+def select_token_terms(
+    tvd_args: TVDArguments, weight_rule: TokenWeightRule | None = None
+) -> Callable[[float], TokenWeightRule]:
+    """The loss chosen by ``tvd_args.loss_type``, once: a function of the current γ giving its per-token weight rule
+    (a custom ``weight_rule``, checked by :func:`check_weight_rule`, whatever γ)."""
+    if weight_rule is not None:
+        return lambda gamma: weight_rule
     if tvd_args.loss_type == "focal":
         terms = focal_terms(float(tvd_args.focal_gamma), float(tvd_args.focal_alpha))
         return lambda gamma: terms
@@ -195,7 +200,7 @@ class TVDLossMixin:
             )
         self.tvd_args = tvd_args
         self.tvd_weight_rule = weight_rule
-        self._tvd_terms = select_token_terms(tvd_args) if weight_rule is None else (lambda gamma: weight_rule)
+        self._tvd_terms = select_token_terms(tvd_args, weight_rule)
         self.nonfinite_guard = NonFiniteGuard(tvd_args.nonfinite_policy)
         callbacks = list(kwargs.pop("callbacks", None) or [])
         kwargs["callbacks"] = [*callbacks, self.nonfinite_guard]
@@ -612,7 +617,7 @@ class TVDLoss:
             )
         self.tvd_args = tvd_args
         self.shift_labels = shift_labels
-        self._terms = weight_rule if weight_rule is not None else select_token_terms(tvd_args)(tvd_args.gamma)
+        self._terms = select_token_terms(tvd_args, weight_rule)(tvd_args.gamma)
 
     def __call__(
         self, outputs: Any, labels: torch.Tensor, num_items_in_batch: torch.Tensor | int | None = None

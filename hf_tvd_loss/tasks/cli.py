@@ -11,17 +11,27 @@ from __future__ import annotations
 
 import argparse
 import os
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from typing import Any
 
 from transformers import HfArgumentParser
 
-__all__ = ["YamlArgumentParser", "load_yaml_config"]
+__all__ = ["YamlArgumentParser", "key_value_keys", "load_yaml_config", "repeated_keys"]
 
 
 # TrainingArguments options that take a JSON object on the command line (or a path, left to transformers).
 _JSON_OPTIONS = ("lr_scheduler_kwargs", "gradient_checkpointing_kwargs", "accelerator_config", "fsdp_config",
                  "deepspeed")  # fmt: skip
+
+
+def repeated_keys(keys: Sequence[str]) -> list[str]:
+    """The keys that occur more than once in ``keys``, sorted (where a later one would silently win)."""
+    return sorted({key for key in keys if keys.count(key) > 1})
+
+
+def key_value_keys(text: str) -> list[str]:
+    """The keys of a ``k=v,k=v`` list (``--config_overrides``, ``--optim_args``), in order."""
+    return [part.split("=", 1)[0].strip() for part in text.split(",") if part.strip()]
 
 
 def _strict_yaml_loader() -> type:
@@ -262,13 +272,9 @@ class YamlArgumentParser(HfArgumentParser):
         """argparse keeps the last of repeated options; a long command line edited by hand (or built by a script
         appending overrides) then runs with a value its author may not have meant. Refuse instead, naming both."""
         seen: dict[str, str] = {}
-        for arg in args:
-            if arg == "--":
-                break
-            action = self._option_string_actions.get(arg.split("=", 1)[0]) if arg.startswith("--") else None
-            if action is None or action.dest in (argparse.SUPPRESS, "help", "config"):
+        for option, action in self._options_in(args):
+            if action.dest in (argparse.SUPPRESS, "help", "config"):
                 continue
-            option = arg.split("=", 1)[0]
             if action.dest in seen:
                 first = seen[action.dest]
                 also = f" (and {option})" if option != first else ""
@@ -288,8 +294,7 @@ class YamlArgumentParser(HfArgumentParser):
             if isinstance(value, str) and value.lstrip().startswith("{"):
 
                 def pairs(items: list[tuple[str, Any]], dest: str = dest) -> dict[str, Any]:
-                    keys = [k for k, _ in items]
-                    repeated = sorted({k for k in keys if keys.count(k) > 1})
+                    repeated = repeated_keys([k for k, _ in items])
                     if repeated:
                         raise ValueError(f"--{dest}: key(s) {', '.join(map(repr, repeated))} given more than once; "
                                          "the last would silently win. Give each key once")  # fmt: skip
@@ -301,21 +306,20 @@ class YamlArgumentParser(HfArgumentParser):
                     raise ValueError(f"--{dest}: not a JSON object ({err})") from None
         optim_args = getattr(namespace, "optim_args", None)
         if isinstance(optim_args, str):
-            keys = [part.split("=", 1)[0].strip() for part in optim_args.split(",") if part.strip()]
-            repeated = sorted({k for k in keys if keys.count(k) > 1})
+            repeated = repeated_keys(key_value_keys(optim_args))
             if repeated:
                 raise ValueError(f"--optim_args: {', '.join(repeated)} given more than once; the last would silently "
                                  "win. Give each key once")  # fmt: skip
 
-    def _given_on_command_line(self, args: Sequence[str]) -> set[str]:
-        dests = set()
+    def _options_in(self, args: Sequence[str]) -> Iterator[tuple[str, argparse.Action]]:
+        """``(option string, action)`` of each option token of ``args`` (``--lr`` or ``--lr=1e-3``), up to ``--``."""
         for arg in args:
             if arg == "--":
                 break
-            action = self._option_string_actions.get(arg.split("=", 1)[0]) if arg.startswith("--") else None
+            option = arg.split("=", 1)[0]
+            action = self._option_string_actions.get(option) if arg.startswith("--") else None
             if action is not None:
-                dests.add(action.dest)
-        return dests
+                yield option, action
 
     def _refuse_epochs_under_max_steps(
         self, namespace: argparse.Namespace, config: Mapping[str, Any], config_path: str | None, args: Sequence[str]
@@ -324,9 +328,9 @@ class YamlArgumentParser(HfArgumentParser):
         ``--max_steps`` over a config file's ``num_train_epochs`` is an override (a shorter run) and fine; both in
         one place, or ``--num_train_epochs`` on the command line under a config file's ``max_steps``, would leave
         the epochs unapplied, and are refused."""
-        if not (hasattr(namespace, "max_steps") and getattr(namespace, "max_steps", -1) > 0):
+        if getattr(namespace, "max_steps", -1) <= 0:
             return
-        cli = self._given_on_command_line(args)
+        cli = {action.dest for _, action in self._options_in(args)}
         places = {"the command line": cli, f"--config {config_path}": set(config)}
         epochs_at = [place for place, keys in places.items() if "num_train_epochs" in keys]
         steps_at = [place for place, keys in places.items() if "max_steps" in keys]

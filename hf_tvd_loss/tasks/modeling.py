@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
+from .cli import key_value_keys, repeated_keys
+
 if TYPE_CHECKING:
     from transformers import PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
 
@@ -149,8 +151,7 @@ def resolve_config(
         # for pair tasks; any other model keeps its own sizes.
         overrides = task.scratch_overrides(model_args.model_type)
     if overrides:
-        keys = [part.split("=", 1)[0].strip() for part in overrides.split(",") if part.strip()]
-        repeated = sorted({key for key in keys if keys.count(key) > 1})
+        repeated = repeated_keys(key_value_keys(overrides))
         if repeated:  # update_from_string would apply each in turn, the last silently winning
             raise ValueError(
                 f"config_overrides {overrides!r}: {', '.join(repeated)} given more than once; give each key once"

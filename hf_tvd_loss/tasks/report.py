@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from ..card import CARD_TAGS, loss_metadata, loss_name, loss_section
+from ..card import CARD_TAGS, card_path, loss_metadata, loss_name, loss_section
 
 if TYPE_CHECKING:
     from transformers import Trainer, TrainingArguments
@@ -168,7 +168,7 @@ def write_model_card(
         "```",
         "",
     ]
-    path = os.path.join(args.output_dir, "README.md")
+    path = card_path(args.output_dir)
     with open(path, "w", encoding="utf-8") as f:
         f.write("\n".join(lines))
     return path
