@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import argparse
 import os
-from collections.abc import Collection, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from typing import Any
 
 from transformers import HfArgumentParser
@@ -120,6 +120,10 @@ def convert_config_value(name: str, value: Any, annotation: Any) -> Any:
     ambiguous: a float for an integer (``2.7``), a list for a number, ``yes``/``no``/``on``/``off`` (booleans
     in YAML) for a text option, a number for a boolean, ``null`` for an option that cannot be unset. Strings that
     spell a value of the option's type exactly are converted (PyYAML reads ``1e-4`` as a string).
+
+    Why here and not in ``HfArgumentParser``: its ``parse_dict`` / ``parse_yaml_file`` hand YAML values to the
+    dataclass unchecked (a ``2.7`` for an integer option stays a float, ``yes`` for a text option becomes True),
+    while the command line goes through argparse's typed options; this gives a YAML file the command line's rules.
     """
     import enum
     import types
@@ -140,56 +144,79 @@ def convert_config_value(name: str, value: Any, annotation: Any) -> Any:
             raise ValueError(f"{name}: expected a text or a list of texts, got {value!r} ({type(value).__name__})")
         return value  # unions of other kinds (dict | str, ...): passed on to the dataclass
     kind = members[0]
-    shown = f"{value!r} ({type(value).__name__})"
     if typing.get_origin(kind) is typing.Literal or (isinstance(kind, type) and issubclass(kind, enum.Enum)):
         choices = list(typing.get_args(kind)) if typing.get_origin(kind) is typing.Literal else [m.value for m in kind]
         if value not in choices and str(value) not in [str(c) for c in choices]:
             raise ValueError(f"{name}: {value!r} is not one of {choices}")
         return value
-    if kind is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.strip().lower() in _BOOL_WORDS:
-            return _BOOL_WORDS[value.strip().lower()]
-        raise ValueError(f"{name}: expected true or false, got {shown}")
-    if kind is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if isinstance(value, str):
-            try:
-                return int(value.strip())
-            except ValueError:
-                pass
-        raise ValueError(f"{name}: expected an integer, got {shown}")
-    if kind is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value.strip())
-            except ValueError:
-                pass
-        raise ValueError(f"{name}: expected a number, got {shown}")
-    if kind is str:
-        if isinstance(value, str):
-            return value
-        hint = (
-            " (YAML reads unquoted yes/no/on/off/true/false as booleans: quote the text)"
-            if isinstance(value, bool)
-            else " (quote it if you mean the text)"
-            if isinstance(value, (int, float))
-            else ""
+    convert = _CONVERTERS.get("list" if typing.get_origin(kind) is list else kind)
+    if convert is None:
+        return value
+    converted, expected = convert(value)
+    if converted is _WRONG:
+        raise ValueError(
+            f"{name}: expected {expected}, got {value!r} ({type(value).__name__}){_text_hint(kind, value)}"
         )
-        raise ValueError(f"{name}: expected a text, got {shown}{hint}")
-    if typing.get_origin(kind) is list:
-        if isinstance(value, list) and all(
-            isinstance(v, (str, int, float)) and not isinstance(v, bool) for v in value
-        ):
-            return value
+    return converted
+
+
+_WRONG = object()  # what a converter returns for a value of the wrong kind
+
+
+def _to_bool(value: Any) -> tuple[Any, str]:
+    if isinstance(value, bool):
+        return value, ""
+    if isinstance(value, str) and value.strip().lower() in _BOOL_WORDS:
+        return _BOOL_WORDS[value.strip().lower()], ""
+    return _WRONG, "true or false"
+
+
+def _to_number(kind: type, expected: str) -> Callable[[Any], tuple[Any, str]]:
+    def convert(value: Any) -> tuple[Any, str]:
+        if isinstance(value, bool):
+            return _WRONG, expected
+        if isinstance(value, int) or (kind is float and isinstance(value, float)):
+            return kind(value), ""
         if isinstance(value, str):
-            return [value]
-        raise ValueError(f"{name}: expected a list, got {shown}")
-    return value
+            try:
+                return kind(value.strip()), ""
+            except ValueError:
+                pass
+        return _WRONG, expected
+
+    return convert
+
+
+def _to_str(value: Any) -> tuple[Any, str]:
+    return (value, "") if isinstance(value, str) else (_WRONG, "a text")
+
+
+def _to_list(value: Any) -> tuple[Any, str]:
+    if isinstance(value, list) and all(isinstance(v, (str, int, float)) and not isinstance(v, bool) for v in value):
+        return value, ""
+    if isinstance(value, str):
+        return [value], ""
+    return _WRONG, "a list"
+
+
+def _text_hint(kind: Any, value: Any) -> str:
+    """For a text option given a YAML boolean or number: how to write the text."""
+    if kind is not str:
+        return ""
+    if isinstance(value, bool):
+        return " (YAML reads unquoted yes/no/on/off/true/false as booleans: quote the text)"
+    if isinstance(value, (int, float)):
+        return " (quote it if you mean the text)"
+    return ""
+
+
+_CONVERTERS: dict[Any, Callable[[Any], tuple[Any, str]]] = {
+    bool: _to_bool,
+    int: _to_number(int, "an integer"),
+    float: _to_number(float, "a number"),
+    str: _to_str,
+    "list": _to_list,
+}
 
 
 class YamlArgumentParser(HfArgumentParser):

@@ -248,75 +248,86 @@ def check_rows(
     tools = bool(chats) and TOOLS_COLUMN in dataset.column_names  # rendered with chat messages only
     if tools and TOOLS_COLUMN not in columns:
         columns.append(TOOLS_COLUMN)
-    dropped: set[int] = set()
+    where = f"the {split} data ({origin})"
     reasons: dict[str, list[int]] = {}
     index = 0
     for batch in dataset.select_columns(columns).iter(batch_size=10_000):
         size = len(batch[columns[0]])
         for offset in range(size):
             row = index + offset + 1
-            for column, key, option in fields:
-                value = batch[column][offset]
-                label = f"column {column!r}" if key is None else f"the {key!r} entry of column {column!r}"
-                if key is not None and value is not None:
-                    if not isinstance(value, dict):
-                        raise ValueError(
-                            f"the {split} data ({origin}): row {row}: column {column!r} holds "
-                            f"{_json_kind(value)} where {{language: text}} dicts are expected"
-                        )
-                    value = value.get(key)
-                if value is None:
-                    reason = f"{label} (--{option}) is null or missing"
-                elif not isinstance(value, str):
-                    raise ValueError(
-                        f"the {split} data ({origin}): row {row}: {label} (--{option}) holds {_json_kind(value)}, "
-                        "not a text"
-                    )
-                elif task.drops_empty_texts and not value.strip():
-                    reason = f"{label} (--{option}) is empty"
-                else:
-                    continue
-                reasons.setdefault(reason, []).append(row)
-                dropped.add(row)
+            found = [_text_problem(task, batch[column][offset], column, key, option, f"{where}: row {row}")
+                     for column, key, option in fields]  # fmt: skip
             if tools:
                 try:
                     parse_tools(batch[TOOLS_COLUMN][offset])
                 except ValueError as error:
-                    raise ValueError(
-                        f"the {split} data ({origin}): row {row}: column {TOOLS_COLUMN!r} {error}"
-                    ) from None
-            for column, option, needs_assistant in chats:
-                value = batch[column][offset]
-                if value is None or (isinstance(value, list) and not value):
-                    reason = f"column {column!r} (--{option}) is null or empty"
-                elif not (isinstance(value, list) and all(is_chat_message(m) for m in value)):
-                    raise ValueError(
-                        f"the {split} data ({origin}): row {row}: column {column!r} (--{option}) holds "
-                        f"{str(value)[:80]!r} where a list of {{'role': text, 'content': text}} messages (or "
-                        "assistant turns with 'tool_calls' and content null) is expected"
-                    )
-                elif needs_assistant and not any(m["role"] == "assistant" for m in value):
-                    reason = f"column {column!r} (--{option}) has no assistant turn"
-                else:
-                    continue
-                reasons.setdefault(reason, []).append(row)
-                dropped.add(row)
+                    raise ValueError(f"{where}: row {row}: column {TOOLS_COLUMN!r} {error}") from None
+            found += [_chat_problem(batch[column][offset], column, option, needs_assistant, f"{where}: row {row}")
+                      for column, option, needs_assistant in chats]  # fmt: skip
+            for reason in found:
+                if reason is not None:
+                    reasons.setdefault(reason, []).append(row)
         index += size
+    return _drop_report(reasons, len(dataset), where, data_args.max_dropped_fraction)
+
+
+def _text_problem(
+    task: Task[Any, Any], value: Any, column: str, key: str | None, option: str, where: str
+) -> str | None:
+    """Why the task would drop this text field (null, missing, empty), or None; a value of the wrong kind is an
+    error."""
+    label = f"column {column!r}" if key is None else f"the {key!r} entry of column {column!r}"
+    if key is not None and value is not None:
+        if not isinstance(value, dict):
+            raise ValueError(
+                f"{where}: column {column!r} holds {_json_kind(value)} where {{language: text}} dicts are expected"
+            )
+        value = value.get(key)
+    if value is None:
+        return f"{label} (--{option}) is null or missing"
+    if not isinstance(value, str):
+        raise ValueError(f"{where}: {label} (--{option}) holds {_json_kind(value)}, not a text")
+    if task.drops_empty_texts and not value.strip():
+        return f"{label} (--{option}) is empty"
+    return None
+
+
+def _chat_problem(value: Any, column: str, option: str, needs_assistant: bool, where: str) -> str | None:
+    """Why the task would drop this chat-messages field (null, empty, no assistant turn), or None; a value that
+    is not a list of messages is an error."""
+    if value is None or (isinstance(value, list) and not value):
+        return f"column {column!r} (--{option}) is null or empty"
+    if not (isinstance(value, list) and all(is_chat_message(m) for m in value)):
+        raise ValueError(
+            f"{where}: column {column!r} (--{option}) holds {str(value)[:80]!r} where a list of "
+            "{'role': text, 'content': text} messages (or assistant turns with 'tool_calls' and content null) is "
+            "expected"
+        )
+    if needs_assistant and not any(m["role"] == "assistant" for m in value):
+        return f"column {column!r} (--{option}) has no assistant turn"
+    return None
+
+
+def _drop_report(reasons: dict[str, list[int]], total: int, where: str, max_fraction: float) -> dict[str, Any] | None:
+    """The report of the rows to drop, or None; refuses a split with no usable row or above ``max_fraction``."""
+    dropped = {row for rows in reasons.values() for row in rows}
     if not dropped:
         return None
-    total = len(dataset)
     detail = "; ".join(f"{reason} in {len(rows)} ({_row_list(rows, len(rows))})" for reason, rows in reasons.items())
     fraction = len(dropped) / total
     summary = f"{len(dropped)} of {total} rows ({100 * fraction:.1f}%)"
     if len(dropped) == total:
-        raise ValueError(f"the {split} data ({origin}) has no usable row: {detail}")
-    if fraction > data_args.max_dropped_fraction:
+        raise ValueError(f"{where} has no usable row: {detail}")
+    if fraction > max_fraction:
         raise ValueError(
-            f"the {split} data ({origin}): {summary} would be dropped, more than max_dropped_fraction="
-            f"{data_args.max_dropped_fraction:g}: {detail}. Fix the data, or pass --max_dropped_fraction to accept"
+            f"{where}: {summary} would be dropped, more than max_dropped_fraction="
+            f"{max_fraction:g}: {detail}. Fix the data, or pass --max_dropped_fraction to accept"
         )
-    logger.warning("the %s data (%s): dropping %s: %s", split, origin, summary, detail)
+    logger.warning("%s: dropping %s: %s", where, summary, detail)
     return {"dropped": len(dropped), "rows": total, "reasons": {r: len(v) for r, v in reasons.items()}}
+
+
+_FILE_OPTIONS = ("train_file", "validation_file", "test_file")
 
 
 def load_raw_splits(
@@ -336,69 +347,24 @@ def load_raw_splits(
         "test": training_args.do_predict,
     }
     source = data_args.data_source()
-    splits: dict[str, Dataset] = {}
-    origin: dict[str, str] = {}
-    if source == "synthetic":
-        sizes = {"train": data_args.synthetic_train_examples, "validation": data_args.synthetic_eval_examples,
-                 "test": data_args.synthetic_eval_examples}  # fmt: skip
-        for index, split in enumerate(SPLITS):
-            if needed[split]:
-                # A different seed per split: the three splits are disjoint samples of the same generator.
-                rows = task.synthetic_rows(split, sizes[split], seed=training_args.seed + 1000 * index)
-                splits[split], origin[split] = Dataset.from_list(rows), f"synthetic {task.name} corpus"
-    elif source == "files":
-        for split, option in zip(SPLITS, ("train_file", "validation_file", "test_file"), strict=True):
-            path = getattr(data_args, option)
-            if path and needed[split]:
-                splits[split], origin[split] = _load_file(path, option, split, cache_dir), f"{option} {path}"
-    else:
-        from datasets import load_dataset
-
-        try:
-            hub = load_dataset(data_args.dataset_name, data_args.dataset_config_name, cache_dir=cache_dir)
-        except Exception as err:  # offline, unknown name or config: many exception types
-            raise ValueError(
-                f"dataset_name {data_args.dataset_name!r} (config {data_args.dataset_config_name!r}) could not be "
-                f"loaded: {type(err).__name__}: {err}"
-            ) from err
-        for split in SPLITS:
-            if split in hub and needed[split]:
-                splits[split], origin[split] = hub[split], f"dataset {data_args.dataset_name} split {split}"
-        if "validation" not in hub and "valid" in hub and needed["validation"]:
-            splits["validation"], origin["validation"] = hub["valid"], f"dataset {data_args.dataset_name} split valid"
-
+    splits, origin = _read_splits(task, data_args, training_args.seed, needed, cache_dir)
     if needed["train"] and "train" not in splits:
         raise ValueError(f"do_train is set but the data ({source}) has no train split")
     for split in SPLITS:
         if split in splits and len(splits[split]) == 0:
             raise ValueError(f"the {split} split ({origin[split]}) is empty")
-    paths = {split: getattr(data_args, option) for split, option in
-             zip(SPLITS, ("train_file", "validation_file", "test_file"), strict=True)} if source == "files" else {}  # fmt: skip
+    paths = {split: getattr(data_args, option) for split, option in zip(SPLITS, _FILE_OPTIONS, strict=True)}
     for split, dataset in splits.items():
         try:
             task.check_columns(dataset, split, origin[split], data_args)
         except ValueError as err:
-            problem = diagnose_file(paths[split]) if paths.get(split) else None
+            problem = diagnose_file(paths[split]) if source == "files" and paths.get(split) else None
             raise ValueError(f"{err}: {problem}" if problem else str(err)) from None
         report = check_rows(task, dataset, split, origin[split], data_args)
         if report is not None and dropped is not None:
             dropped[split] = {"origin": origin[split], **report}
     if needed["validation"] and "validation" not in splits:
-        if "train" not in splits:
-            raise ValueError("evaluation needs validation_file (or a train split to hold some out)")
-        rows = len(splits["train"])
-        held = math.ceil(rows * data_args.validation_split_percentage / 100)  # as datasets' train_test_split
-        if held < 1 or rows - held < 1:
-            raise ValueError(
-                f"validation_split_percentage={data_args.validation_split_percentage} of {rows} training "
-                f"row{'s' if rows != 1 else ''} ({origin['train']}) leaves {'no validation' if held < 1 else 'no training'} row: give a "
-                "validation_file, or change validation_split_percentage"
-            )
-        held_out = splits["train"].train_test_split(
-            test_size=data_args.validation_split_percentage / 100, seed=training_args.seed
-        )
-        splits["train"], splits["validation"] = held_out["train"], held_out["test"]
-        origin["validation"] = f"{data_args.validation_split_percentage}% of {origin['train']}"
+        _hold_out_validation(splits, origin, data_args.validation_split_percentage, training_args.seed)
     if needed["test"] and "test" not in splits:
         if "validation" not in splits:
             raise ValueError("do_predict needs test_file or validation_file")
@@ -413,6 +379,63 @@ def load_raw_splits(
         if len(splits[split]) == 0:
             raise ValueError(f"the {split} split ({origin[split]}) is empty")
     return DatasetDict(splits)
+
+
+def _read_splits(
+    task: Task[Any, Any], data_args: DataArguments, seed: int, needed: dict[str, bool], cache_dir: str | None
+) -> tuple[dict[str, Dataset], dict[str, str]]:
+    """The needed splits as the source gives them (synthetic, files or a Hub dataset), and where each came from."""
+    source = data_args.data_source()
+    splits: dict[str, Dataset] = {}
+    origin: dict[str, str] = {}
+    if source == "synthetic":
+        sizes = {"train": data_args.synthetic_train_examples, "validation": data_args.synthetic_eval_examples,
+                 "test": data_args.synthetic_eval_examples}  # fmt: skip
+        for index, split in enumerate(SPLITS):
+            if needed[split]:
+                # A different seed per split: the three splits are disjoint samples of the same generator.
+                rows = task.synthetic_rows(split, sizes[split], seed=seed + 1000 * index)
+                splits[split], origin[split] = Dataset.from_list(rows), f"synthetic {task.name} corpus"
+        return splits, origin
+    if source == "files":
+        for split, option in zip(SPLITS, _FILE_OPTIONS, strict=True):
+            path = getattr(data_args, option)
+            if path and needed[split]:
+                splits[split], origin[split] = _load_file(path, option, split, cache_dir), f"{option} {path}"
+        return splits, origin
+    from datasets import load_dataset
+
+    name = data_args.dataset_name
+    try:
+        hub = load_dataset(name, data_args.dataset_config_name, cache_dir=cache_dir)
+    except Exception as err:  # offline, unknown name or config: many exception types
+        raise ValueError(
+            f"dataset_name {name!r} (config {data_args.dataset_config_name!r}) could not be "
+            f"loaded: {type(err).__name__}: {err}"
+        ) from err
+    for split in SPLITS:
+        if split in hub and needed[split]:
+            splits[split], origin[split] = hub[split], f"dataset {name} split {split}"
+    if "validation" not in hub and "valid" in hub and needed["validation"]:
+        splits["validation"], origin["validation"] = hub["valid"], f"dataset {name} split valid"
+    return splits, origin
+
+
+def _hold_out_validation(splits: dict[str, Dataset], origin: dict[str, str], percentage: float, seed: int) -> None:
+    """Split ``validation_split_percentage`` % of the train split off as the validation split (in place)."""
+    if "train" not in splits:
+        raise ValueError("evaluation needs validation_file (or a train split to hold some out)")
+    rows = len(splits["train"])
+    held = math.ceil(rows * percentage / 100)  # as datasets' train_test_split
+    if held < 1 or rows - held < 1:
+        raise ValueError(
+            f"validation_split_percentage={percentage} of {rows} training "
+            f"row{'s' if rows != 1 else ''} ({origin['train']}) leaves {'no validation' if held < 1 else 'no training'} row: give a "
+            "validation_file, or change validation_split_percentage"
+        )
+    held_out = splits["train"].train_test_split(test_size=percentage / 100, seed=seed)
+    splits["train"], splits["validation"] = held_out["train"], held_out["test"]
+    origin["validation"] = f"{percentage}% of {origin['train']}"
 
 
 def check_columns_present(dataset: Dataset, split: str, origin: str, columns: dict[str, str]) -> None:

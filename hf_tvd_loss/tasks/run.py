@@ -210,6 +210,7 @@ class Built:
     datasets: dict[str, Dataset]
     output_folder: OutputFolder | None
     start: float
+    generates: bool  # evaluation and prediction by generation (text metrics, a predictions file)
 
     @property
     def created_output_dir(self) -> bool:
@@ -318,7 +319,7 @@ def _build(prepared: Prepared, folder: OutputFolder | None, start: float) -> Bui
         trainer.prompt_generation = generation
     if folder is not None:
         trainer.add_callback(ledger_callback(folder))
-    return Built(trainer, tokenizer, datasets, folder, start)
+    return Built(trainer, tokenizer, datasets, folder, start, generates)
 
 
 def train_and_evaluate(prepared: Prepared, built: Built | None = None) -> dict[str, Any]:
@@ -350,7 +351,7 @@ def train_and_evaluate(prepared: Prepared, built: Built | None = None) -> dict[s
         test_metrics = dict(output.metrics, test_samples=len(datasets["test"]))
         trainer.save_metrics("test", test_metrics)
         metrics.update(test_metrics)
-        if trainer.is_world_process_zero() and task.evaluates_by_generation(prepared.data_args, training_args):
+        if trainer.is_world_process_zero() and built.generates:
             predictions_file = task.write_predictions(output, tokenizer, output_dir)
     if not training_args.do_train:
         trainer.save_model()  # evaluation-only runs still leave a complete model folder (a collective call)
