@@ -245,24 +245,37 @@ class TVDLossMixin:
         batch_samples, num_items_in_batch = super().get_batch_samples(epoch_iterator, num_batches, device)
         if num_items_in_batch is None:
             num_items_in_batch = self._tvd_count_tokens(batch_samples, device)
-        if self.args.world_size == 1 and batch_samples:
-            self._tvd_refuse_unscored_step(batch_samples)
+        if batch_samples:
+            self._tvd_refuse_unscored_step(batch_samples, num_items_in_batch)
         return batch_samples, num_items_in_batch
 
-    def _tvd_refuse_unscored_step(self, batch_samples: list) -> None:
+    def _tvd_refuse_unscored_step(self, batch_samples: list, num_items_in_batch: Any) -> None:
         """A training step in which no label is scored (all -100) would train on loss 0 without a word: refuse it.
-        Counted on the batches as the data loader gave them (on the CPU, no device sync); one process only, since
-        with several a shard without targets is fine while another process has some."""
+
+        Counted on the batches as the data loader gave them (on the CPU: no device sync). With several processes a
+        shard without targets is fine while another has some, so a process whose shard is empty then reads the
+        step's global count, which the Trainer has already gathered (``average_tokens_across_devices``): a device
+        sync in that rare step only, no collective of its own. When the global count is 0, every shard is empty,
+        so every process takes this branch and refuses at the same step. Without ``average_tokens_across_devices``
+        the count is per process and nothing global is known: the several-process check is then not made."""
         shifts = label_layout(self.model).shifts
         counts = [_count_targets(batch, shifts) for batch in batch_samples if isinstance(batch, Mapping)]
         if not counts or any(c is None or c.device.type != "cpu" for c in counts):
             return
-        if sum(int(c) for c in counts) == 0:
-            raise ValueError(
-                f"training step {self.state.global_step + 1} has no scored target: every label of its "
-                f"{len(counts)} batch(es) is -100 (or only the first position, which a causal LM does not score), so "
-                "it would train on a loss of 0; check the labels (the prompt mask, truncation) or drop such examples"
-            )
+        if sum(int(c) for c in counts) > 0:
+            return
+        if self.args.world_size > 1:
+            if not (self.args.average_tokens_across_devices and num_items_in_batch is not None):
+                return
+            if float(torch.as_tensor(num_items_in_batch).sum()) > 0:
+                return
+        processes = f" on all {self.args.world_size} processes" if self.args.world_size > 1 else ""
+        raise ValueError(
+            f"training step {self.state.global_step + 1} has no scored target: every label of its "
+            f"{len(counts)} batch(es){processes} is -100 (or only the first position, which a causal LM does not "
+            "score), so it would train on a loss of 0; check the labels (the prompt mask, truncation) or drop such "
+            "examples"
+        )
 
     def _tvd_count_tokens(self, batch_samples: list, device: torch.device) -> torch.Tensor | None:
         shifts = label_layout(self.model).shifts
@@ -376,6 +389,9 @@ class TVDLossMixin:
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None, **kwargs):  # type: ignore[override]
         # The chunked path has no logits to return as predictions: use it only when the loss is all that is needed.
+        # A flag, set for the length of this call, because Trainer.prediction_step calls
+        # compute_loss(model, inputs, return_outputs=True) whatever prediction_loss_only is and gives it no other
+        # channel; the alternative, re-implementing prediction_step, would fork the Trainer's evaluation loop.
         self._tvd_needs_logits = not prediction_loss_only
         try:
             return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys=ignore_keys, **kwargs)

@@ -14,6 +14,7 @@ from test_trainer import TVD, assert_same_training
 from tiny import train_tiny
 
 FAMILIES = ["llama", "t5", "bart", "llama:chunked", "bart:chunked"]
+UNSCORED = ["unscored-all", "unscored-one-shard"]  # run last: the first raises on both processes
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
@@ -26,12 +27,27 @@ def two_process_runs(tmp_path_factory):
     cmd = [
         accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
         "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29531",
-        os.path.join(HERE, "ddp_worker.py"), str(out), ",".join(FAMILIES), json.dumps(TVD),
+        os.path.join(HERE, "ddp_worker.py"), str(out), ",".join(FAMILIES + UNSCORED), json.dumps(TVD),
     ]  # fmt: skip
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     return out
+
+
+@pytest.mark.slow
+def test_unscored_step_refused_across_processes(two_process_runs):
+    """A step with no scored label on any process is refused on every process at the same step; one whose
+    targets are all on the other process trains (its empty shard adds 0 to the global sum)."""
+    for rank in (0, 1):
+        with open(two_process_runs / f"unscored-all-rank{rank}.json") as f:
+            refused = json.load(f)
+        assert "training step 1 has no scored target" in refused.get("error", ""), refused
+        assert "on all 2 processes" in refused["error"]
+        with open(two_process_runs / f"unscored-one-shard-rank{rank}.json") as f:
+            trained = json.load(f)
+        assert "error" not in trained, trained
+        assert trained["steps"] == 2 and all(loss > 0 for loss in trained["loss"]), trained
 
 
 @pytest.mark.slow

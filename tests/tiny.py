@@ -102,6 +102,7 @@ def train_tiny(
     model=None,
     callbacks: list | None = None,
     weight_rule=None,
+    dataset=None,
 ) -> tuple[list[dict], dict[str, torch.Tensor], object]:
     """Train a tiny model; returns (log_history, final state_dict on CPU, trainer)."""
     from transformers import Seq2SeqTrainingArguments, Trainer, TrainingArguments
@@ -134,7 +135,7 @@ def train_tiny(
     args = args_cls(**settings)
     model = model if model is not None else tiny_model(family)
     kwargs = dict(
-        model=model, args=args, train_dataset=tiny_dataset(family, n=n), data_collator=collator(family),
+        model=model, args=args, train_dataset=tiny_dataset(family, n=n) if dataset is None else dataset, data_collator=collator(family),
         callbacks=callbacks,
     )  # fmt: skip
     if stock:
