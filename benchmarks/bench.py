@@ -27,6 +27,8 @@ Loss-on-hidden-states variants (input: hidden ``[N, d]`` and lm_head weight ``[V
 * ``linear_gamma_ce_fused_recompute``: the same loss through its ``reduction="none"`` path, which recomputes the
   logits chunk by chunk in backward instead (summed and divided by the token count outside): the alternative
   design, measured to justify the choice.
+* ``linear_entropy_rule_fused``: a custom ``TokenWeightRule`` that reads each position's entropy
+  (``uses_entropy=True``: w = 1 where H > 1, else p), through the same fused path: the entropy's cost.
 
 Kernel variants (same group and baseline; CUDA only, where the package is installed, and then part of the default
 list): ``linear_cross_entropy_cce`` (cut-cross-entropy's own ``linear_cross_entropy``: plain cross-entropy, no
@@ -67,7 +69,13 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from hf_tvd_loss.ops import gamma_cross_entropy, kernels, linear_gamma_cross_entropy
+from hf_tvd_loss.ops import (
+    TokenWeightRule,
+    gamma_cross_entropy,
+    kernels,
+    linear_gamma_cross_entropy,
+    linear_token_weighted_cross_entropy,
+)
 from hf_tvd_loss.ops.reference import gamma_cross_entropy_reference
 
 from . import results
@@ -78,6 +86,8 @@ HIDDEN_VARIANTS = (
     "linear_gamma_ce_materialised",
     "linear_gamma_ce_fused",
     "linear_gamma_ce_fused_recompute",
+    # a custom TokenWeightRule that reads each position's entropy (issue 22.9): its cost over the γ-CE fused row
+    "linear_entropy_rule_fused",
 )
 # variant -> the backend it needs (CUDA kernels of optional packages)
 KERNEL_VARIANTS = {
@@ -197,6 +207,9 @@ def _loss_fn(name: str, s: Settings, inputs: dict[str, torch.Tensor]) -> Callabl
             linear_gamma_cross_entropy(hidden, weight, labels, chunk_size=s.chunk_size, reduction="none", **gce).sum()
             / (labels != IGNORE_INDEX).sum().clamp(min=1)
         ),
+        "linear_entropy_rule_fused": lambda: linear_token_weighted_cross_entropy(
+            hidden, weight, labels, ENTROPY_GATE, chunk_size=s.chunk_size, label_smoothing=s.label_smoothing
+        )[0],
         "linear_cross_entropy_cce": lambda: _cce_cross_entropy(hidden, weight, labels),
         "linear_gamma_ce_cce": lambda: linear_gamma_cross_entropy(hidden, weight, labels, impl="cce", **gce),
         "linear_cross_entropy_liger": lambda: _liger_cross_entropy(hidden, weight, labels, s.label_smoothing),
@@ -209,6 +222,12 @@ def _loss_fn(name: str, s: Settings, inputs: dict[str, torch.Tensor]) -> Callabl
             hidden, weight, labels, impl="torch_linear_ce", **gce
         ),
     }[name]
+
+
+# an elementwise rule of the token's probability and its position's entropy (the entropy is what costs)
+ENTROPY_GATE = TokenWeightRule.from_weight(
+    lambda log_p, entropy: torch.where(entropy > 1.0, 1.0, log_p.exp()), uses_entropy=True, name="entropy_gate"
+)
 
 
 def _cce_cross_entropy(hidden, weight, labels):
@@ -272,11 +291,26 @@ def _references(inputs: dict[str, torch.Tensor], names, s: Settings, group: str)
             else:
                 logits = F.linear(inputs["hidden"][block].double(), weight)
             for n in names:
+                if n == "linear_entropy_rule_fused":
+                    sums[n] += _entropy_gate_reference_sum(logits, labels[block], s.label_smoothing)
+                    continue
                 settings = _reference_settings(n, s)
                 sums[n] += float(gamma_cross_entropy_reference(logits, labels[block], reduction="sum", **settings))
             del logits
     count = max(int((labels != IGNORE_INDEX).sum()), 1)
     return {n: total / count for n, total in sums.items()}
+
+
+def _entropy_gate_reference_sum(logits: torch.Tensor, labels: torch.Tensor, eps: float) -> float:
+    """Σ over scored tokens of ENTROPY_GATE's loss on float64 logits, from the formula:
+    (1-ε)·w·(-log p_y) + (ε/V)·Σ_v(-log p_v), w = 1 where H > 1 else p_y, H = -Σ_v p_v log p_v."""
+    log_probs = torch.log_softmax(logits, dim=-1)
+    mask = labels != IGNORE_INDEX
+    log_p = log_probs.gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    entropy = -(log_probs.exp() * log_probs).sum(-1)
+    weight = torch.where(entropy > 1.0, 1.0, log_p.exp())
+    per_token = (1 - eps) * weight * (-log_p) - eps * log_probs.mean(-1)
+    return float(per_token[mask].sum())
 
 
 def _step(fn: Callable[[], torch.Tensor], leaves: list[torch.Tensor]) -> float:

@@ -130,3 +130,80 @@ def test_tvd_loss_and_model_card_with_a_rule(tmp_path):
     card = ModelCard.load(os.path.join(str(tmp_path), "README.md"))
     assert card.data.hf_tvd_loss["weight_rule"] == "probability_power(alpha=0.5)"
     assert "| weight rule | probability_power(alpha=0.5) |" in card.text
+
+
+# --- a rule that also reads each position's predictive entropy (issue 22.9: "and its entropy")
+def entropy_weight(log_p, entropy):
+    """A smooth entropy-and-probability weight, so a wrong entropy (or one per wrong row) changes the loss."""
+    return log_p.exp().sqrt() * (1.0 + entropy).reciprocal() + 0.1
+
+
+def entropy_reference(logits, labels, label_smoothing=0.0, reduction="mean"):
+    """float64 from the formula: (1-ε)·sg(w(log p_y, H))·(-log p_y) + (ε/V)·Σ_v(-log p_v), H = -Σ_v p_v log p_v."""
+    log_probs = F.log_softmax(logits.double(), dim=-1)
+    mask = labels != -100
+    log_p = log_probs.gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    entropy = -(log_probs.exp() * log_probs).sum(-1)
+    weight = entropy_weight(log_p.detach(), entropy.detach())
+    per_token = (1 - label_smoothing) * weight * (-log_p) + label_smoothing * (-log_probs.mean(-1))
+    per_token = per_token * mask
+    return per_token if reduction == "none" else per_token.sum() / mask.sum()
+
+
+ENTROPY_RULE = TokenWeightRule.from_weight(entropy_weight, uses_entropy=True, name="entropy_example")
+
+
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_entropy_rule_equals_the_reference_on_every_path(reduction):
+    """The logits path, the torch chunked backend (fused "mean" and recomputing "none" forms) and PyTorch's own
+    linear_cross_entropy kernel backend (entropy from the extra pass) against the float64 reference."""
+    torch.manual_seed(3)
+    n, d, vocab = 29, 16, 47
+    hidden = torch.randn(n, d, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(vocab, d, dtype=torch.float64, requires_grad=True)
+    labels = torch.randint(0, vocab, (n,))
+    labels[::4] = -100
+    upstream = torch.rand(n, dtype=torch.float64) if reduction == "none" else None
+
+    def grads_of(loss):
+        loss = loss.double()
+        total = loss.sum() if upstream is None else (loss * upstream).sum()
+        return loss.detach(), torch.autograd.grad(total, (hidden, weight))
+
+    want, want_grads = grads_of(entropy_reference(hidden @ weight.T, labels, 0.1, reduction))
+    runs = {
+        "logits": token_weighted_cross_entropy(
+            hidden @ weight.T, labels, ENTROPY_RULE, label_smoothing=0.1, reduction=reduction
+        )[0],  # fmt: skip
+        "chunked": linear_token_weighted_cross_entropy(
+            hidden, weight, labels, ENTROPY_RULE, label_smoothing=0.1, chunk_size=8, reduction=reduction
+        )[0],  # fmt: skip
+    }
+    if hasattr(F, "linear_cross_entropy"):
+        runs["torch_linear_ce"] = linear_token_weighted_cross_entropy(
+            hidden.float(), weight.float(), labels, ENTROPY_RULE, label_smoothing=0.1, reduction=reduction,
+            impl="torch_linear_ce",
+        )[0]  # fmt: skip
+    for name, loss in runs.items():
+        got, got_grads = grads_of(loss)
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6, msg=name)
+        for g, w in zip(got_grads, want_grads):
+            torch.testing.assert_close(g.double(), w, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_entropy_rule_in_the_trainer_chunked_equals_logits_and_accumulation(tmp_path):
+    logits = train_tiny("llama", str(tmp_path / "l"), per_device_batch=16, grad_accum=1, weight_rule=ENTROPY_RULE)
+    chunked = train_tiny("llama", str(tmp_path / "c"), per_device_batch=4, grad_accum=4, weight_rule=ENTROPY_RULE,
+                         tvd=dict(loss_impl="chunked"))  # fmt: skip
+    assert_same_training(chunked, logits)
+    plain = train_tiny("llama", str(tmp_path / "p"), per_device_batch=16, grad_accum=1,
+                       weight_rule=probability_power_rule(0.5))  # fmt: skip
+    assert train_losses(logits[0]) != train_losses(plain[0])
+    assert logits[2].checkpoint_metadata()["weight_rule"] == "entropy_example"
+
+
+def test_a_weight_function_that_cannot_take_its_arguments_is_refused_when_the_rule_is_made():
+    with pytest.raises(ValueError, match=r"'one_arg' takes \(log_p\) but is called as weight\(log_p, entropy\)"):
+        TokenWeightRule.from_weight(lambda log_p: log_p.exp(), uses_entropy=True, name="one_arg")
+    with pytest.raises(ValueError, match="called as weight\\(log_p\\) .*needs uses_entropy=True"):
+        TokenWeightRule.from_weight(entropy_weight)

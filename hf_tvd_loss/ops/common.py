@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal, get_args
+from typing import Any, Literal, get_args
 
 import torch
 import torch.nn.functional as F
@@ -187,7 +187,9 @@ def tvd_weight(log_p: torch.Tensor, gamma: float, min_weight: float = 0.0) -> to
 
 TokenTerms = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 """``terms(log_p [N]) -> (a [N], c [N])``: ``a`` multiplies the NLL in the loss value, ``c = -d(a·nll)/d log p``
-is the factor of the NLL's gradient (``c = a`` when ``a`` is held constant, as TaiLr's weight is)."""
+is the factor of the NLL's gradient (``c = a`` when ``a`` is held constant, as TaiLr's weight is). The terms of a
+rule with ``uses_entropy`` are called ``terms(log_p, entropy)``, ``entropy`` ``[N]`` fp32 being each position's
+predictive entropy in nats."""
 
 
 @dataclass(frozen=True)
@@ -204,6 +206,12 @@ class TokenWeightRule:
       > 0 the losses count the scored tokens held at the floor (:attr:`GammaCEStats.floor_count`).
 
     * ``name``: how logs, checkpoints and the model card name the rule (None: "custom").
+    * ``uses_entropy``: the rule also reads each position's predictive entropy ``H = -Σ_v p_v log p_v`` (nats,
+      fp32 ``[N]``, of the model's distribution, before label smoothing), and ``terms`` is called
+      ``terms(log_p, entropy)``. Every path gives it: the logits path and the torch chunked backend from the pass
+      they already make over each chunk (one more ``[chunk, V]`` fp32 buffer and multiply-add), the kernel
+      backends (cut-cross-entropy, liger, torch_linear_ce: their kernels return only the NLL) from one extra
+      gradient-free chunked pass, the one ``extra_metrics`` makes (about one more ``N·d·V`` matmul).
 
     Calling a rule calls its ``terms`` (so a rule stands wherever a bare :data:`TokenTerms` function did). Built by
     :func:`gamma_terms`, :func:`focal_terms`, :func:`probability_power_rule`, or from your own weight function with
@@ -215,13 +223,19 @@ class TokenWeightRule:
     terms: TokenTerms
     floor: float | None = None
     name: str | None = None
+    uses_entropy: bool = False
 
-    def __call__(self, log_p: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.terms(log_p)
+    def __call__(self, log_p: torch.Tensor, entropy: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.terms(log_p) if not self.uses_entropy else self.terms(log_p, entropy)
 
     @classmethod
     def from_weight(
-        cls, weight: Callable[[torch.Tensor], torch.Tensor], *, floor: float | None = None, name: str | None = None
+        cls,
+        weight: Callable[..., torch.Tensor],
+        *,
+        floor: float | None = None,
+        name: str | None = None,
+        uses_entropy: bool = False,
     ) -> TokenWeightRule:
         """A rule whose weight ``weight(log_p)`` multiplies each token's NLL and is held constant in the gradient
         (a stop-gradient, as TaiLr's and DFT's weights are): ``a = c = weight(log_p)``.
@@ -231,16 +245,23 @@ class TokenWeightRule:
         other tokens. Weights should be finite and ≥ 0 (not checked per call, which would synchronise the device on
         every chunk: a NaN or inf weight makes the loss non-finite, which the trainers' non-finite guard stops).
         ``floor``: the least weight it gives, if it has one, to count the tokens held there
-        (``tvd_weight_floor_fraction``).
+        (``tvd_weight_floor_fraction``). ``uses_entropy=True``: ``weight(log_p, entropy)`` also receives each
+        position's predictive entropy (nats, same shape; see the class docstring for what it costs per path), e.g.
+        an entropy gate that trains only on the positions where the model is uncertain::
+
+            TokenWeightRule.from_weight(lambda log_p, entropy: (entropy > 1.0).to(log_p.dtype), uses_entropy=True)
         """
         if not callable(weight):
             raise ValueError(f"weight must be a function of the log-probabilities, got {type(weight).__name__}")
         if floor is not None:
             check_number("floor", floor, low=0.0)
+        _check_weight_arity(weight, uses_entropy, name)
 
-        def terms(log_p: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        def terms(log_p: torch.Tensor, entropy: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+            if uses_entropy and (entropy is None or entropy.shape != log_p.shape):
+                raise RuntimeError("an entropy rule was called without one entropy per token (a loss path bug)")
             with torch.no_grad():
-                value = weight(log_p)
+                value = weight(log_p, entropy.to(log_p.dtype)) if uses_entropy else weight(log_p)
                 if not torch.is_tensor(value) or value.shape != log_p.shape:
                     shape = tuple(value.shape) if torch.is_tensor(value) else type(value).__name__
                     raise ValueError(
@@ -250,7 +271,26 @@ class TokenWeightRule:
                 value = value.to(log_p.dtype)
             return value, value
 
-        return cls(terms, floor=floor, name=name)
+        return cls(terms, floor=floor, name=name, uses_entropy=bool(uses_entropy))
+
+
+def _check_weight_arity(weight: Callable[..., Any], uses_entropy: bool, name: str | None) -> None:
+    """Refuse a weight function that cannot be called as the rule will call it (when its signature is known)."""
+    import inspect
+
+    try:
+        signature = inspect.signature(weight)
+    except (TypeError, ValueError):  # some builtins have none: called as they are
+        return
+    call = "weight(log_p, entropy)" if uses_entropy else "weight(log_p)"
+    try:
+        signature.bind(*((None, None) if uses_entropy else (None,)))
+    except TypeError:
+        hint = "" if uses_entropy else " (a function of the entropy too needs uses_entropy=True)"
+        raise ValueError(
+            f"the weight rule {name or 'custom'!r} takes {signature} but is called as {call} "
+            f"(uses_entropy={bool(uses_entropy)}){hint}"
+        ) from None
 
 
 def probability_power_rule(alpha: float) -> TokenWeightRule:
@@ -390,8 +430,10 @@ def per_token_values(
     vocab_size: int,
     terms: TokenTerms,
     label_smoothing: float,
+    entropy: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per-token ``(loss, nll, a, c)`` (fp32 ``[N]``, 0 where ``mask`` is False) from fp32 ``[N]`` row statistics.
+    """Per-token ``(loss, nll, a, c)`` (fp32 ``[N]``, 0 where ``mask`` is False) from fp32 ``[N]`` row statistics;
+    ``entropy`` (``[N]``) only for a rule that reads it (``terms(log_p, entropy)``).
 
     ``target_logit`` is ``logit_y``, ``lse`` is ``logsumexp_v logit_v``, ``logit_sum`` is ``Σ_v logit_v`` (only
     needed when ``label_smoothing > 0``: Σ_v -log p_v = V · lse - Σ_v logit_v); ``(a, c) = terms(log p)``.
@@ -401,7 +443,7 @@ def per_token_values(
     """
     log_p = target_logit - lse
     nll = (-log_p).masked_fill(~mask, 0.0)
-    weight, grad_factor = terms(log_p)
+    weight, grad_factor = terms(log_p) if entropy is None else terms(log_p, entropy)
     weight = weight.masked_fill(~mask, 0.0)
     grad_factor = grad_factor.masked_fill(~mask, 0.0)
     weighted = weight * nll

@@ -260,12 +260,14 @@ def kernel_per_token(
     eps: float,
     softcap: float | None,
     ignore_index: int,
+    entropy: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(per_token, nll, weight)`` ``[N]`` from a kernel's per-token NLL, with the loss's ``terms`` in torch."""
+    """``(per_token, nll, weight)`` ``[N]`` from a kernel's per-token NLL, with the loss's ``terms`` in torch
+    (``entropy`` ``[N]`` only for a rule that reads it)."""
     vocab_size = weight.shape[0]
     nll = _kernel_nll(name, hidden, weight, bias, targets, mask, softcap, ignore_index).masked_fill(~mask, 0.0)
     nll_value = nll.detach()
-    token_weight, grad_factor = terms(-nll_value)
+    token_weight, grad_factor = terms(-nll_value) if entropy is None else terms(-nll_value, entropy)
     token_weight = token_weight.masked_fill(~mask, 0.0)
     grad_factor = grad_factor.masked_fill(~mask, 0.0)
     # value a · nll, gradient c · ∇nll (c = a for γ-CE, whose weight is held constant)

@@ -141,7 +141,7 @@ def linear_token_weighted_cross_entropy(
         flat_hidden = hidden.reshape(-1, hidden_size)
         flat_bias = None if bias is None else bias.reshape(vocab_size)
         settings = ChunkSettings(
-            rule.terms, eps, float(logit_scale), softcap, chunk_size or rows_per_chunk(vocab_size)
+            rule.terms, eps, float(logit_scale), softcap, chunk_size or rows_per_chunk(vocab_size), rule.uses_entropy
         )
         grad_on = torch.is_grad_enabled()
         needs = (
@@ -151,7 +151,9 @@ def linear_token_weighted_cross_entropy(
         )
         backend = select_impl(impl, hidden, flat_bias, softcap, eps, vocab_size=vocab_size, needs_grad=any(needs))
         scale = prepare_token_scale(token_scale, labels, shift_labels=shift_labels, device=hidden.device)
-        prediction = PredictionStats(flat_hidden.shape[0], flat_hidden.device) if extra_metrics else None
+        # the prediction pass also gives the per-position entropy that an entropy rule reads
+        with_prediction = extra_metrics or rule.uses_entropy
+        prediction = PredictionStats(flat_hidden.shape[0], flat_hidden.device) if with_prediction else None
         if backend == "torch":
             total, per_token, nll, token_weight = torch_linear_loss(
                 flat_hidden, weight, flat_bias, targets, mask, settings,
@@ -159,14 +161,15 @@ def linear_token_weighted_cross_entropy(
             )  # fmt: skip
         else:
             total = None
+            if prediction is not None:  # the kernels return only the NLL: one gradient-free pass for the rest
+                prediction_pass(flat_hidden, weight, flat_bias, targets, settings, prediction)
             scaled = flat_hidden * settings.logit_scale if settings.logit_scale != 1.0 else flat_hidden
             per_token, nll, token_weight = kernel_per_token(
-                backend, scaled, weight, flat_bias, targets, mask, rule.terms, eps, softcap, ignore_index
-            )
+                backend, scaled, weight, flat_bias, targets, mask, rule.terms, eps, softcap, ignore_index,
+                entropy=prediction.entropy if rule.uses_entropy else None,
+            )  # fmt: skip
             if scale is not None:
                 per_token = per_token * scale
-            if prediction is not None:
-                prediction_pass(flat_hidden, weight, flat_bias, targets, settings, prediction)
         return reduce_token_losses(
             per_token,
             nll,
@@ -178,7 +181,7 @@ def linear_token_weighted_cross_entropy(
             reduction=reduction,
             total=total,
             floor=rule.floor,
-            prediction=None if prediction is None else prediction.sums(targets, mask),
+            prediction=prediction.sums(targets, mask) if extra_metrics else None,
         )
 
 

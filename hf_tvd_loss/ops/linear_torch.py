@@ -25,13 +25,15 @@ __all__ = ["ChunkSettings", "prediction_pass", "torch_linear_loss"]
 @dataclass(frozen=True)
 class ChunkSettings:
     """The non-tensor settings of one call: the per-token terms, label smoothing ε, and how the logits are made
-    (``softcap((logit_scale · hidden) @ weight.T + bias)``, ``chunk_size`` rows at a time)."""
+    (``softcap((logit_scale · hidden) @ weight.T + bias)``, ``chunk_size`` rows at a time); ``entropy``: the terms
+    read each position's entropy (``terms(log_p, entropy)``, taken from the prediction stats, which must be given)."""
 
     terms: TokenTerms
     eps: float
     logit_scale: float
     softcap: float | None
     chunk_size: int
+    entropy: bool = False
 
 
 class _ChunkLogits:
@@ -182,6 +184,7 @@ class _FusedLinearGammaCE(torch.autograd.Function):
                 vocab_size,
                 settings.terms,
                 eps,
+                prediction.entropy[rows] if settings.entropy else None,
             )
             if any(needs):
                 probs = e.div_(sumexp)
@@ -251,7 +254,14 @@ class _LinearGammaCE(torch.autograd.Function):
         eps = settings.eps
         lse, target_logit, logit_sum = _stats_pass(hidden, weight, bias, targets, settings, eps > 0, prediction)
         per_token, nll, token_weight, grad_factor = per_token_values(
-            target_logit, lse, logit_sum, mask, vocab_size, settings.terms, eps
+            target_logit,
+            lse,
+            logit_sum,
+            mask,
+            vocab_size,
+            settings.terms,
+            eps,
+            prediction.entropy if settings.entropy else None,
         )
         ctx.save_for_backward(hidden, weight, bias, targets, mask, lse, grad_factor)
         ctx.settings = settings

@@ -71,7 +71,7 @@ class _TokenWeightedCrossEntropy(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, logits, targets, mask, terms, label_smoothing, prediction):  # type: ignore[override]
+    def forward(ctx, logits, targets, mask, terms, label_smoothing, prediction, with_entropy):  # type: ignore[override]
         num_rows, vocab_size = logits.shape
         chunks = _row_chunks(num_rows, vocab_size)
         scratch = logits.new_empty((chunks[0][1] - chunks[0][0], vocab_size), dtype=torch.float32)
@@ -97,7 +97,14 @@ class _TokenWeightedCrossEntropy(torch.autograd.Function):
         del scratch, exp_scratch
         target_logit = logits.gather(1, targets.unsqueeze(1)).squeeze(1).float()
         loss, nll, weight, grad_factor = per_token_values(
-            target_logit, lse, smooth, mask, vocab_size, terms, label_smoothing
+            target_logit,
+            lse,
+            smooth,
+            mask,
+            vocab_size,
+            terms,
+            label_smoothing,
+            prediction.entropy if with_entropy else None,
         )
         ctx.save_for_backward(logits, targets, mask, lse, grad_factor)
         ctx.label_smoothing = label_smoothing
@@ -129,7 +136,7 @@ class _TokenWeightedCrossEntropy(torch.autograd.Function):
             )
             if scratch is not None:
                 grad[start:end].copy_(out)
-        return grad, None, None, None, None, None
+        return grad, None, None, None, None, None, None
 
 
 def token_weighted_cross_entropy(
@@ -164,9 +171,10 @@ def token_weighted_cross_entropy(
     )
     scale = prepare_token_scale(token_scale, labels, shift_labels=shift_labels, device=logits.device)
     flat = logits.reshape(-1, vocab_size)
-    prediction = PredictionStats(flat.shape[0], flat.device) if extra_metrics else None
+    # the prediction pass also gives the per-position entropy that an entropy rule reads
+    prediction = PredictionStats(flat.shape[0], flat.device) if extra_metrics or rule.uses_entropy else None
     per_token, nll, weight = _TokenWeightedCrossEntropy.apply(
-        flat, safe_targets, mask, rule.terms, float(label_smoothing), prediction
+        flat, safe_targets, mask, rule.terms, float(label_smoothing), prediction, rule.uses_entropy
     )
     if scale is not None:
         per_token = per_token * scale  # autograd hands each row its factor as the upstream gradient
@@ -180,7 +188,7 @@ def token_weighted_cross_entropy(
         num_items_in_batch=num_items_in_batch,
         reduction=reduction,
         floor=rule.floor,
-        prediction=None if prediction is None else prediction.sums(safe_targets, mask),
+        prediction=prediction.sums(safe_targets, mask) if extra_metrics else None,
     )
 
 
