@@ -530,6 +530,18 @@ def _rule_alpha_negative() -> Any:
     return probability_power_rule(-0.5)
 
 
+def _rule_entropy_weight_of_one_argument() -> Any:
+    from hf_tvd_loss import TokenWeightRule
+
+    return TokenWeightRule.from_weight(lambda log_p: log_p.exp(), uses_entropy=True, name="gate")
+
+
+def _rule_of_entropy_without_uses_entropy() -> Any:
+    from hf_tvd_loss import TokenWeightRule
+
+    return TokenWeightRule.from_weight(lambda log_p, entropy: (entropy > 1).float(), name="gate")
+
+
 def _tvd_loss_on_seq2seq_output() -> Any:
     import torch
     from transformers.modeling_outputs import Seq2SeqLMOutput
@@ -1136,6 +1148,21 @@ CASES: list[Case] = [
     ),  # fmt: skip
     _c("weight-rule-not-elementwise", "api", _api(_rule_not_elementwise), "'summed'", "one weight per token"),
     _c("weight-rule-alpha-negative", "api", _api(_rule_alpha_negative), "alpha"),
+    _c(
+        "weight-rule-entropy-one-argument",
+        "api",
+        _api(_rule_entropy_weight_of_one_argument),
+        "'gate'",
+        "weight(log_p, entropy)",
+        note="found at the first loss call otherwise (a TypeError from the lambda)",
+    ),
+    _c(
+        "weight-rule-entropy-not-asked",
+        "api",
+        _api(_rule_of_entropy_without_uses_entropy),
+        "'gate'",
+        "uses_entropy=True",
+    ),
     _c(
         "tvd-loss-causal-shift-on-seq2seq-output",
         "api",
