@@ -28,6 +28,7 @@ import shlex
 import sys
 import time
 from collections.abc import Sequence
+from typing import Any
 
 from hf_tvd_loss.study.compare import (
     TASK_METRICS,
@@ -102,6 +103,27 @@ def load_study_config(path: str) -> dict:
     return load_yaml_config(path, option="--study_config", allowed=STUDY_KEYS)
 
 
+def _chosen(key: str, given: list[Any] | None, config: dict[str, Any], default: list[Any]) -> list[Any]:
+    """The command line's list for ``key``, else the study config's, else ``default``; an empty list (which would
+    plan no run, or fall back to the default without a word) and a value listed twice (two runs planned into one
+    folder) are refused."""
+    value = given if given is not None else config.get(key)
+    if value is None:
+        return list(default)
+    if not isinstance(value, list) or not value:
+        raise ValueError(f"{key} must be a non-empty list (leave it out for the default {default}), got {value!r}")
+    _refuse_repeats(key, value)
+    return value
+
+
+def _refuse_repeats(key: str, values: list[Any]) -> None:
+    repeated = sorted({str(v) for v in values if values.count(v) > 1})
+    if repeated:
+        raise ValueError(
+            f"{key} lists {repeated} more than once: the same run would be planned twice, into one folder"
+        )
+
+
 def main(argv: Sequence[str] | None = None) -> str:
     argv = list(sys.argv[1:] if argv is None else argv)
     own, task_extra = (argv[: argv.index("--")], argv[argv.index("--") + 1 :]) if "--" in argv else (argv, [])
@@ -111,9 +133,10 @@ def main(argv: Sequence[str] | None = None) -> str:
         task = args.task or config.get("task", "translation")
         if task not in TASK_METRICS:
             raise ValueError(f"task must be one of {sorted(TASK_METRICS)}, got {task!r}")
-        losses = [parse_loss(name) for name in (args.losses or config.get("losses") or DEFAULT_LOSSES)]
-        seeds = args.seeds or config.get("seeds") or [0, 1, 2]
-        noise_rates = args.noise_rates if args.noise_rates is not None else config.get("noise_rates", [0.0, 0.2])
+        losses = [parse_loss(name) for name in _chosen("losses", args.losses, config, DEFAULT_LOSSES)]
+        _refuse_repeats("losses", [loss.name for loss in losses])
+        seeds = _chosen("seeds", args.seeds, config, [0, 1, 2])
+        noise_rates = _chosen("noise_rates", args.noise_rates, config, [0.0, 0.2])
         if any(not 0.0 <= r <= 1.0 for r in noise_rates):
             raise ValueError(f"noise rates must be in [0, 1], got {noise_rates}")
         names = [loss.name for loss in losses]

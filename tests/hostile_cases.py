@@ -212,6 +212,17 @@ def _non_utf8_txt() -> list[str | bytes]:
     return lines
 
 
+def _lm_empty_completions() -> list[str | bytes]:
+    rows = [{"prompt": "what is i plus one?", "completion": "" if i % 2 == 0 else "it is i+1"} for i in range(20)]
+    return list(_rows(rows))
+
+
+def _config_is_a_folder(tmp: Path) -> Any:
+    folder = tmp / "configs"
+    folder.mkdir()
+    return "summarization", ["--output_dir", _out(tmp), *QUICK, "--config", str(folder)]
+
+
 def _lm_null_texts() -> list[str | bytes]:
     return list(_rows([{"text": None if i % 5 < 3 else f"some words about the town {i} " * 5} for i in range(50)]))
 
@@ -892,6 +903,30 @@ CASES: list[Case] = [
     _c("yaml-gamma-word", "yaml", _yaml("summarization", "gamma: high\n"), "gamma"),
     _c("yaml-column-list", "yaml", _yaml("summarization", "text_column: [document]\n"), "text_column"),
     _c("yaml-syntax-error", "yaml", _yaml("summarization", "gamma: [0.1\n"), "config.yaml"),
+    _c(
+        "yaml-empty-file",
+        "yaml",
+        _yaml("summarization", ""),
+        "config.yaml",
+        "sets no option",
+        note="round 3: trained on the defaults without a word",
+    ),
+    _c(
+        "yaml-comments-only",
+        "yaml",
+        _yaml("summarization", "# gamma: 0.8\n# min_weight: 0.2\n"),
+        "config.yaml",
+        "sets no option",
+        note="round 3: trained on the defaults without a word",
+    ),
+    _c(
+        "config-is-a-folder",
+        "yaml",
+        _config_is_a_folder,
+        "configs",
+        "is a folder",
+        note="round 3: reported as 'file not found'",
+    ),
     _c("yaml-report-to-number", "yaml", _yaml("language_modeling", "report_to: 5\n"), "report_to"),
     _c("yaml-null-output-dir", "yaml", _yaml("language_modeling", "output_dir: null\n"), "output_dir", "null"),
     _c(
@@ -979,6 +1014,16 @@ CASES: list[Case] = [
         "'en'",
         "14",
     ),  # fmt: skip
+    _c(
+        "lm-empty-completions",
+        "data",
+        _data("language_modeling", "train.jsonl", _lm_empty_completions),
+        "train.jsonl",
+        "completion",
+        "is empty",
+        "10 of 20",
+        note="round 3: half the rows dropped with no count, above max_dropped_fraction",
+    ),
     _c(
         "lm-null-texts", "data", _data("language_modeling", "train.jsonl", _lm_null_texts), "train.jsonl", "text", "30"
     ),  # fmt: skip

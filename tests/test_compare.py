@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 
 import pytest
 
@@ -186,6 +187,23 @@ def test_study_config_errors(tmp_path):
     with pytest.raises(SystemExit):
         script.main(["--losses", "ce", "--noise_losses", "dft", "--report_dir", str(tmp_path / "r")])
     assert not os.path.exists(tmp_path / "r")  # refused before anything was written
+
+
+@pytest.mark.parametrize("line,message", [
+    ("seeds: []", r"seeds must be a non-empty list"),  # fell back to seeds 0, 1, 2 without a word
+    ("seeds: [0, 0]", r"seeds lists \['0'\] more than once"),  # two runs into one folder, refused mid-study
+    ("losses: [ce, ce]", r"losses lists \['ce'\] more than once"),
+    ("noise_rates: [0.0, 0.0]", r"noise_rates lists \['0.0'\] more than once"),
+])  # fmt: skip
+def test_empty_or_repeated_study_lists_are_refused_before_any_run(tmp_path, capsys, line, message):
+    script = _load_script()
+    config = tmp_path / "study.yaml"
+    config.write_text(f"task: translation\n{line}\nreport_dir: {tmp_path / 'r'}\n")
+    with pytest.raises(SystemExit) as exit_info:
+        script.main(["--study_config", str(config)])
+    assert exit_info.value.code == 2
+    assert re.search(message, capsys.readouterr().err)
+    assert not os.path.exists(tmp_path / "r")
 
 
 def test_task_options_the_study_sets_per_run_are_refused(tmp_path, capsys):

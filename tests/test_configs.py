@@ -204,3 +204,16 @@ def test_an_option_given_twice_is_refused_and_layers_merge():
     assert (tvd_args.gamma, tvd_args.min_weight, data_args.block_size) == (0.8, 0.2, 64)
     # a repeat inside one layer is kept, so that parsing refuses it
     assert parser.merge_args(["--seed", "1", "--seed", "2"], []).count("--seed") == 2
+
+
+def test_yaml_merge_keys_work_and_a_repeated_key_is_still_refused(tmp_path):
+    """`<<: *anchor` is valid YAML (PyYAML's safe_load merges it, explicit keys win); the strict loader that refuses
+    a key given twice took the merge key for a key and called the file invalid (round 3 hostile run)."""
+    from hf_tvd_loss.tasks.cli import load_yaml_config
+
+    path = tmp_path / "c.yaml"
+    path.write_text("defaults: &d {learning_rate: 0.003, max_steps: 4}\nrun:\n  <<: *d\n  max_steps: 2\n")
+    assert load_yaml_config(str(path))["run"] == {"learning_rate": 0.003, "max_steps": 2}
+    path.write_text("learning_rate: 0.1\nlearning_rate: 0.2\n")
+    with pytest.raises(ValueError, match="duplicate key 'learning_rate'"):
+        load_yaml_config(str(path))

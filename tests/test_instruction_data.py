@@ -304,7 +304,7 @@ def test_unusable_chat_rows_are_counted_and_refused_above_the_threshold(tmp_path
     report = prepared.dropped_rows["train"]
     assert report["dropped"] == 2 and report["reasons"] == {
         "column 'messages' (--messages_column) is null or empty": 1,
-        "column 'messages' (--messages_column) has no assistant turn": 1,
+        "column 'messages' (--messages_column) has no assistant turn (roles user)": 1,
     }
     assert "row 6" in caplog.text and "row 14" in caplog.text
     assert len(build(prepared).datasets["train"]) == 12
@@ -322,7 +322,7 @@ def test_unusable_chat_rows_are_counted_and_refused_above_the_threshold(tmp_path
     assert len(build(prepared).datasets["train"]) == 12
     assert prepared.dropped_rows["train"] == {"dropped": 3, "rows": 15, "reasons": {
         "column 'messages' (--messages_column) is null or empty": 1,
-        "column 'messages' (--messages_column) has no assistant turn": 1,
+        "column 'messages' (--messages_column) has no assistant turn (roles user)": 1,
         "no completion token within block_size=128": 1,
     }}  # fmt: skip
     broken = _jsonl(tmp_path / "broken.jsonl", [*good, {"messages": [{"role": "user", "content": 5}]}])

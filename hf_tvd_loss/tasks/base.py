@@ -123,6 +123,11 @@ class Task(Generic[DataArgsT, TrainingArgsT]):
     # lines are normal and simply add nothing).
     drops_empty_texts: bool = True
 
+    def drops_text(self, option: str, value: str) -> bool:
+        """Whether preprocessing drops a row whose text field ``option`` holds ``value`` (counted up front by
+        :func:`~.data.check_rows`): by default an empty or blank text, when ``drops_empty_texts``."""
+        return self.drops_empty_texts and not value.strip()
+
     def message_fields(
         self, data_args: DataArgsT, columns: list[str], features: Mapping[str, Any] | None = None
     ) -> list[tuple[str, str, bool]]:

@@ -44,6 +44,8 @@ def _strict_yaml_loader() -> type:
     def construct_mapping(loader: Any, node: Any, deep: bool = False) -> dict[Any, Any]:
         seen: dict[Any, int] = {}
         for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *anchor`: merged by SafeLoader, explicit keys win
+                continue
             key = loader.construct_object(key_node, deep=deep)
             line = key_node.start_mark.line + 1
             if key in seen:
@@ -59,13 +61,16 @@ def _strict_yaml_loader() -> type:
 
 
 def load_yaml_config(path: str, *, option: str = "--config", allowed: Collection[str] | None = None) -> dict[str, Any]:
-    """A config file's mapping (``yaml.safe_load`` rules, a key given twice refused); an empty file is ``{}``.
+    """A config file's mapping (``yaml.safe_load`` rules, a key given twice refused); a file that sets nothing
+    (empty, or comments only) is refused: it is most likely not the file meant.
 
     Every problem is a ``ValueError`` that starts with ``option`` (the command-line option that named the file).
     With ``allowed``, a key outside it is refused here; :class:`YamlArgumentParser` checks keys against its options.
     """
     import yaml
 
+    if os.path.isdir(path):
+        raise ValueError(f"{option}: {path} is a folder, not a YAML file")
     if not os.path.isfile(path):
         raise ValueError(f"{option}: file not found: {path}")
     with open(path, "rb") as f:
@@ -81,7 +86,7 @@ def load_yaml_config(path: str, *, option: str = "--config", allowed: Collection
         detail = " ".join(str(err).split())
         raise ValueError(f"{option} {path}: not valid YAML: {detail}") from None
     if content is None:
-        return {}
+        raise ValueError(f"{option} {path}: the file sets no option (it is empty, or holds only comments)")
     if not isinstance(content, Mapping):
         raise ValueError(
             f"{option} {path}: expected a mapping of option names to values, got {type(content).__name__}"

@@ -287,7 +287,7 @@ def _text_problem(
         return f"{label} (--{option}) is null or missing"
     if not isinstance(value, str):
         raise ValueError(f"{where}: {label} (--{option}) holds {_json_kind(value)}, not a text")
-    if task.drops_empty_texts and not value.strip():
+    if task.drops_text(option, value):
         return f"{label} (--{option}) is empty"
     return None
 
@@ -304,7 +304,8 @@ def _chat_problem(value: Any, column: str, option: str, needs_assistant: bool, w
             "expected"
         )
     if needs_assistant and not any(m["role"] == "assistant" for m in value):
-        return f"column {column!r} (--{option}) has no assistant turn"
+        roles = sorted({m["role"] for m in value})
+        return f"column {column!r} (--{option}) has no assistant turn (roles {', '.join(roles)})"
     return None
 
 

@@ -256,6 +256,10 @@ class LanguageModelingTask(Task[LanguageModelingDataArguments, TrainingArguments
 
     drops_empty_texts = False  # blank lines of a .txt file are normal
 
+    def drops_text(self, option: str, value: str) -> bool:
+        # an empty completion leaves the example nothing to score: preprocessing drops it, so count it up front
+        return option == "completion_column" and not value.strip()  # as encode() skips it
+
     def message_fields(
         self, data_args: LanguageModelingDataArguments, columns: list[str], features: Mapping[str, Any] | None = None
     ) -> list[tuple[str, str, bool]]:
