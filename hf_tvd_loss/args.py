@@ -212,6 +212,17 @@ class TVDArguments:
         check_number(
             "gamma_schedule_steps", self.gamma_schedule_steps, low=1, integer=True, allow_none=True, prefix=_P
         )
+        # Options the chosen loss would not apply are refused (accepted and ignored before: round-3 hostile run).
+        unused = _GAMMA_FIELDS if self.loss_type == "focal" else _FOCAL_FIELDS
+        ignored = [f"{name}={getattr(self, name)!r}" for name in unused
+                   if getattr(self, name) != _FIELD_DEFAULTS[name]]  # fmt: skip
+        if ignored:
+            other = "gamma_ce" if self.loss_type == "focal" else "focal"
+            raise ValueError(
+                f"TVDArguments: {', '.join(ignored)} set, but loss_type={self.loss_type!r} does not use "
+                f"{'them' if len(ignored) > 1 else 'it'} (loss_type={other!r} does): remove "
+                f"{'them' if len(ignored) > 1 else 'it'}, or choose loss_type={other!r}"
+            )
         # Options the chosen schedule would not apply are refused (they were accepted and ignored: issue 22).
         if self.gamma_schedule == "constant":
             ignored = [name for name in ("gamma_start", "gamma_schedule_ratio", "gamma_schedule_steps")
@@ -264,3 +275,13 @@ def gamma_at_step(step: int, *, gamma: float, schedule: str, gamma_start: float,
 
 
 _FIELD_DEFAULTS = {f.name: f.default for f in dataclasses.fields(TVDArguments)}
+# The fields each loss type reads; the other type's fields are refused when set (TVDArguments.__post_init__).
+_GAMMA_FIELDS = (
+    "gamma",
+    "min_weight",
+    "gamma_schedule",
+    "gamma_start",
+    "gamma_schedule_ratio",
+    "gamma_schedule_steps",
+)
+_FOCAL_FIELDS = ("focal_gamma", "focal_alpha")

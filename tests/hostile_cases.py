@@ -1176,6 +1176,38 @@ CASES: list[Case] = [
     ),  # fmt: skip
     _c("args-focal-gamma-negative", "api", _tvd_args(loss_type="focal", focal_gamma=-1.0), "focal_gamma"),
     _c(
+        "args-focal-with-gamma",
+        "api",
+        _tvd_args(loss_type="focal", gamma=0.5),
+        "gamma=0.5",
+        "loss_type='focal'",
+        note="round 3: accepted, γ unused",
+    ),
+    _c(
+        "args-focal-gamma-under-gamma-ce",
+        "api",
+        _tvd_args(focal_gamma=3.0),
+        "focal_gamma=3.0",
+        "loss_type='gamma_ce'",
+        note="round 3: accepted, unused",
+    ),
+    _c(
+        "cli-focal-with-gamma",
+        "cli",
+        _sum("--loss_type", "focal", "--gamma", "0.5"),
+        "gamma=0.5",
+        "focal",
+        note="round 3: trained, the same loss as with --gamma 0.9",
+    ),
+    _c(
+        "cli-focal-gamma-under-gamma-ce",
+        "cli",
+        _sum("--focal_gamma", "3"),
+        "focal_gamma=3.0",
+        "gamma_ce",
+        note="round 3: trained, the same loss as without it",
+    ),
+    _c(
         "args-schedule-steps-0",
         "api",
         _tvd_args(gamma_schedule="linear", gamma_schedule_steps=0),

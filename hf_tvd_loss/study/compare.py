@@ -644,6 +644,18 @@ LOSS_RESET = ["--loss_type", "gamma_ce", "--gamma", "0", "--min_weight", "0", "-
               "--gamma_schedule", "constant"]  # fmt: skip
 
 
+def loss_reset(loss: LossSetting) -> list[str]:
+    """:data:`LOSS_RESET`, except for focal runs, whose γ-CE fields stay at their defaults (TVDArguments refuses
+    γ-CE options set beside loss_type='focal', which would not apply them)."""
+    if dict(loss.options).get("loss_type") != "focal":
+        return LOSS_RESET
+    from hf_tvd_loss.args import TVDArguments
+
+    defaults = TVDArguments()
+    return ["--loss_type", "focal", "--gamma", repr(defaults.gamma), "--min_weight", repr(defaults.min_weight),
+            "--label_smoothing", "0", "--gamma_schedule", "constant"]  # fmt: skip
+
+
 def run_argv(task_name: str, task_argv: Sequence[str], spec: RunSpec, run_dir: str) -> list[str]:
     """The task script's options for one run: the shared ``task_argv``, then the loss reset to cross-entropy, the
     run's loss, seed and folder, each layer replacing the options it repeats (the task parser refuses repeats)."""
@@ -652,7 +664,9 @@ def run_argv(task_name: str, task_argv: Sequence[str], spec: RunSpec, run_dir: s
     return (
         get_task(task_name)
         .build_parser()
-        .merge_args(task_argv, LOSS_RESET, spec.loss.argv(), ["--seed", str(spec.seed), "--output_dir", run_dir])
+        .merge_args(
+            task_argv, loss_reset(spec.loss), spec.loss.argv(), ["--seed", str(spec.seed), "--output_dir", run_dir]
+        )
     )
 
 
