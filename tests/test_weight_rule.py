@@ -36,14 +36,20 @@ def reference(logits, labels, alpha, label_smoothing=0.0):
     return per_token[mask].sum() / mask.sum()
 
 
-@pytest.mark.parametrize("alpha", [0.0, 0.3, 1.0, 2.0])
-def test_probability_power_equals_the_reference_on_both_paths(alpha):
-    torch.manual_seed(0)
-    n, d, vocab = 37, 16, 53
+def head_inputs(seed, n, d, vocab, ignore_every):
+    """float64 hidden ``[n, d]`` and head weight ``[vocab, d]`` (both requiring grad), labels with every
+    ``ignore_every``-th one -100."""
+    torch.manual_seed(seed)
     hidden = torch.randn(n, d, dtype=torch.float64, requires_grad=True)
     weight = torch.randn(vocab, d, dtype=torch.float64, requires_grad=True)
     labels = torch.randint(0, vocab, (n,))
-    labels[::5] = -100
+    labels[::ignore_every] = -100
+    return hidden, weight, labels
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.3, 1.0, 2.0])
+def test_probability_power_equals_the_reference_on_both_paths(alpha):
+    hidden, weight, labels = head_inputs(0, 37, 16, 53, ignore_every=5)
     rule = probability_power_rule(alpha)
 
     ref = reference(hidden @ weight.T, labels, alpha, 0.1)
@@ -157,12 +163,8 @@ ENTROPY_RULE = TokenWeightRule.from_weight(entropy_weight, uses_entropy=True, na
 def test_entropy_rule_equals_the_reference_on_every_path(reduction):
     """The logits path, the torch chunked backend (fused "mean" and recomputing "none" forms) and PyTorch's own
     linear_cross_entropy kernel backend (entropy from the extra pass) against the float64 reference."""
-    torch.manual_seed(3)
-    n, d, vocab = 29, 16, 47
-    hidden = torch.randn(n, d, dtype=torch.float64, requires_grad=True)
-    weight = torch.randn(vocab, d, dtype=torch.float64, requires_grad=True)
-    labels = torch.randint(0, vocab, (n,))
-    labels[::4] = -100
+    n = 29
+    hidden, weight, labels = head_inputs(3, n, 16, 47, ignore_every=4)
     upstream = torch.rand(n, dtype=torch.float64) if reduction == "none" else None
 
     def grads_of(loss):

@@ -226,7 +226,8 @@ class TokenWeightRule:
     uses_entropy: bool = False
 
     def __call__(self, log_p: torch.Tensor, entropy: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.terms(log_p) if not self.uses_entropy else self.terms(log_p, entropy)
+        """``(a, c)`` of these log-probabilities; ``entropy`` is passed on only to a rule that ``uses_entropy``."""
+        return self.terms(log_p, entropy) if self.uses_entropy else self.terms(log_p)
 
     @classmethod
     def from_weight(
@@ -428,22 +429,22 @@ def per_token_values(
     logit_sum: torch.Tensor | None,
     mask: torch.Tensor,
     vocab_size: int,
-    terms: TokenTerms,
+    rule: TokenWeightRule,
     label_smoothing: float,
     entropy: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per-token ``(loss, nll, a, c)`` (fp32 ``[N]``, 0 where ``mask`` is False) from fp32 ``[N]`` row statistics;
-    ``entropy`` (``[N]``) only for a rule that reads it (``terms(log_p, entropy)``).
+    ``entropy`` (``[N]``, or None where the path made no prediction pass) is read by a rule that ``uses_entropy``.
 
     ``target_logit`` is ``logit_y``, ``lse`` is ``logsumexp_v logit_v``, ``logit_sum`` is ``Σ_v logit_v`` (only
-    needed when ``label_smoothing > 0``: Σ_v -log p_v = V · lse - Σ_v logit_v); ``(a, c) = terms(log p)``.
+    needed when ``label_smoothing > 0``: Σ_v -log p_v = V · lse - Σ_v logit_v); ``(a, c) = rule(log p, entropy)``.
 
     A target with probability exactly 0 (``-inf`` logit) has an infinite NLL; its loss is ``+inf`` (as with
     ``F.cross_entropy``), not the ``0 · inf = NaN`` of the weighted product, so a caller sees a non-finite loss.
     """
     log_p = target_logit - lse
     nll = (-log_p).masked_fill(~mask, 0.0)
-    weight, grad_factor = terms(log_p) if entropy is None else terms(log_p, entropy)
+    weight, grad_factor = rule(log_p, entropy)
     weight = weight.masked_fill(~mask, 0.0)
     grad_factor = grad_factor.masked_fill(~mask, 0.0)
     weighted = weight * nll

@@ -24,7 +24,7 @@ from typing import Literal, get_args
 
 import torch
 
-from .common import TokenTerms
+from .common import TokenWeightRule
 
 __all__ = [
     "CceImpl",
@@ -256,18 +256,18 @@ def kernel_per_token(
     bias: torch.Tensor | None,
     targets: torch.Tensor,
     mask: torch.Tensor,
-    terms: TokenTerms,
+    rule: TokenWeightRule,
     eps: float,
     softcap: float | None,
     ignore_index: int,
     entropy: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(per_token, nll, weight)`` ``[N]`` from a kernel's per-token NLL, with the loss's ``terms`` in torch
-    (``entropy`` ``[N]`` only for a rule that reads it)."""
+    """``(per_token, nll, weight)`` ``[N]`` from a kernel's per-token NLL, with the loss's ``rule`` in torch
+    (``entropy`` ``[N]``, from the prediction pass when one was made, for a rule that reads it)."""
     vocab_size = weight.shape[0]
     nll = _kernel_nll(name, hidden, weight, bias, targets, mask, softcap, ignore_index).masked_fill(~mask, 0.0)
     nll_value = nll.detach()
-    token_weight, grad_factor = terms(-nll_value) if entropy is None else terms(-nll_value, entropy)
+    token_weight, grad_factor = rule(-nll_value, entropy)
     token_weight = token_weight.masked_fill(~mask, 0.0)
     grad_factor = grad_factor.masked_fill(~mask, 0.0)
     # value a · nll, gradient c · ∇nll (c = a for γ-CE, whose weight is held constant)

@@ -140,9 +140,7 @@ def linear_token_weighted_cross_entropy(
         )
         flat_hidden = hidden.reshape(-1, hidden_size)
         flat_bias = None if bias is None else bias.reshape(vocab_size)
-        settings = ChunkSettings(
-            rule.terms, eps, float(logit_scale), softcap, chunk_size or rows_per_chunk(vocab_size), rule.uses_entropy
-        )
+        settings = ChunkSettings(rule, eps, float(logit_scale), softcap, chunk_size or rows_per_chunk(vocab_size))
         grad_on = torch.is_grad_enabled()
         needs = (
             grad_on and hidden.requires_grad,
@@ -165,8 +163,8 @@ def linear_token_weighted_cross_entropy(
                 prediction_pass(flat_hidden, weight, flat_bias, targets, settings, prediction)
             scaled = flat_hidden * settings.logit_scale if settings.logit_scale != 1.0 else flat_hidden
             per_token, nll, token_weight = kernel_per_token(
-                backend, scaled, weight, flat_bias, targets, mask, rule.terms, eps, softcap, ignore_index,
-                entropy=prediction.entropy if rule.uses_entropy else None,
+                backend, scaled, weight, flat_bias, targets, mask, rule, eps, softcap, ignore_index,
+                entropy=None if prediction is None else prediction.entropy,
             )  # fmt: skip
             if scale is not None:
                 per_token = per_token * scale

@@ -17,23 +17,22 @@ from dataclasses import dataclass
 
 import torch
 
-from .common import PredictionStats, TokenTerms, logit_grad_coefficients, per_token_values, probs_to_logit_grad_
+from .common import PredictionStats, TokenWeightRule, logit_grad_coefficients, per_token_values, probs_to_logit_grad_
 
 __all__ = ["ChunkSettings", "prediction_pass", "torch_linear_loss"]
 
 
 @dataclass(frozen=True)
 class ChunkSettings:
-    """The non-tensor settings of one call: the per-token terms, label smoothing ε, and how the logits are made
-    (``softcap((logit_scale · hidden) @ weight.T + bias)``, ``chunk_size`` rows at a time); ``entropy``: the terms
-    read each position's entropy (``terms(log_p, entropy)``, taken from the prediction stats, which must be given)."""
+    """The non-tensor settings of one call: the per-token weight rule, label smoothing ε, and how the logits are made
+    (``softcap((logit_scale · hidden) @ weight.T + bias)``, ``chunk_size`` rows at a time). A rule that
+    ``uses_entropy`` reads the entropy from the prediction stats, which the caller must then give."""
 
-    terms: TokenTerms
+    rule: TokenWeightRule
     eps: float
     logit_scale: float
     softcap: float | None
     chunk_size: int
-    entropy: bool = False
 
 
 class _ChunkLogits:
@@ -182,9 +181,9 @@ class _FusedLinearGammaCE(torch.autograd.Function):
                 None if logit_sum is None else logit_sum[rows],
                 mask[rows],
                 vocab_size,
-                settings.terms,
+                settings.rule,
                 eps,
-                prediction.entropy[rows] if settings.entropy else None,
+                None if prediction is None else prediction.entropy[rows],
             )
             if any(needs):
                 probs = e.div_(sumexp)
@@ -259,9 +258,9 @@ class _LinearGammaCE(torch.autograd.Function):
             logit_sum,
             mask,
             vocab_size,
-            settings.terms,
+            settings.rule,
             eps,
-            prediction.entropy if settings.entropy else None,
+            None if prediction is None else prediction.entropy,
         )
         ctx.save_for_backward(hidden, weight, bias, targets, mask, lse, grad_factor)
         ctx.settings = settings

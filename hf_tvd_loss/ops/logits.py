@@ -63,7 +63,8 @@ class _TokenWeightedCrossEntropy(torch.autograd.Function):
     """Per-token ``(1-ε)·a(p)·(-log p) + (ε/V)·Σ_v(-log p_v)`` on ``[N, V]`` logits, for a loss that depends on
     the logits only through ``log p`` of the target (γ-CE, focal, cross-entropy).
 
-    ``terms(log_p) -> (a, c)`` (see :data:`~.common.TokenTerms`). Returns ``(loss [N], nll [N], a [N])``; only
+    ``rule(log_p, entropy) -> (a, c)`` (a :class:`~.common.TokenWeightRule`; the entropy comes from
+    ``prediction``, given when the rule reads it). Returns ``(loss [N], nll [N], a [N])``; only
     ``loss`` has a gradient.
 
     Forward keeps ``logsumexp`` per row (``[N]``); backward writes the gradient into one ``[N, V]`` buffer of the
@@ -71,7 +72,7 @@ class _TokenWeightedCrossEntropy(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, logits, targets, mask, terms, label_smoothing, prediction, with_entropy):  # type: ignore[override]
+    def forward(ctx, logits, targets, mask, rule, label_smoothing, prediction):  # type: ignore[override]
         num_rows, vocab_size = logits.shape
         chunks = _row_chunks(num_rows, vocab_size)
         scratch = logits.new_empty((chunks[0][1] - chunks[0][0], vocab_size), dtype=torch.float32)
@@ -102,9 +103,9 @@ class _TokenWeightedCrossEntropy(torch.autograd.Function):
             smooth,
             mask,
             vocab_size,
-            terms,
+            rule,
             label_smoothing,
-            prediction.entropy if with_entropy else None,
+            None if prediction is None else prediction.entropy,
         )
         ctx.save_for_backward(logits, targets, mask, lse, grad_factor)
         ctx.label_smoothing = label_smoothing
@@ -136,7 +137,7 @@ class _TokenWeightedCrossEntropy(torch.autograd.Function):
             )
             if scratch is not None:
                 grad[start:end].copy_(out)
-        return grad, None, None, None, None, None, None
+        return grad, None, None, None, None, None
 
 
 def token_weighted_cross_entropy(
@@ -174,7 +175,7 @@ def token_weighted_cross_entropy(
     # the prediction pass also gives the per-position entropy that an entropy rule reads
     prediction = PredictionStats(flat.shape[0], flat.device) if extra_metrics or rule.uses_entropy else None
     per_token, nll, weight = _TokenWeightedCrossEntropy.apply(
-        flat, safe_targets, mask, rule.terms, float(label_smoothing), prediction, rule.uses_entropy
+        flat, safe_targets, mask, rule, float(label_smoothing), prediction
     )
     if scale is not None:
         per_token = per_token * scale  # autograd hands each row its factor as the upstream gradient
