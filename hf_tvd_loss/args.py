@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal, get_args
 
@@ -214,8 +215,7 @@ class TVDArguments:
         )
         # Options the chosen loss would not apply are refused (accepted and ignored before: round-3 hostile run).
         unused = _GAMMA_FIELDS if self.loss_type == "focal" else _FOCAL_FIELDS
-        ignored = [f"{name}={getattr(self, name)!r}" for name in unused
-                   if getattr(self, name) != _FIELD_DEFAULTS[name]]  # fmt: skip
+        ignored = [f"{name}={getattr(self, name)!r}" for name in self.changed_fields(unused)]
         if ignored:
             other = "gamma_ce" if self.loss_type == "focal" else "focal"
             raise ValueError(
@@ -225,8 +225,7 @@ class TVDArguments:
             )
         # Options the chosen schedule would not apply are refused (they were accepted and ignored: issue 22).
         if self.gamma_schedule == "constant":
-            ignored = [name for name in ("gamma_start", "gamma_schedule_ratio", "gamma_schedule_steps")
-                       if getattr(self, name) != _FIELD_DEFAULTS[name]]  # fmt: skip
+            ignored = self.changed_fields(("gamma_start", "gamma_schedule_ratio", "gamma_schedule_steps"))
             if ignored:
                 raise ValueError(
                     f"TVDArguments: {', '.join(ignored)} set, but gamma_schedule is 'constant' (γ = {self.gamma} "
@@ -241,6 +240,10 @@ class TVDArguments:
                 "TVDArguments: gamma_schedule_steps and gamma_schedule_ratio both set; the steps would win and the "
                 "ratio be ignored: pass one of them"
             )
+
+    def changed_fields(self, names: Sequence[str]) -> list[str]:
+        """The fields among ``names`` set to something else than their defaults (in the order of ``names``)."""
+        return [name for name in names if getattr(self, name) != _FIELD_DEFAULTS[name]]
 
     def schedule_length(self, max_steps: int) -> int:
         """Steps over which γ moves, given the run's total optimisation steps."""

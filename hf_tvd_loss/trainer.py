@@ -105,8 +105,7 @@ def check_weight_rule(weight_rule: Any, tvd_args: TVDArguments) -> None:
             f"weight_rule must be a TokenWeightRule, got {type(weight_rule).__name__}: build one with "
             "TokenWeightRule.from_weight(lambda log_p: ...) or hf_tvd_loss.probability_power_rule(alpha)"
         )
-    defaults = TVDArguments()
-    unapplied = [f"{n}={getattr(tvd_args, n)!r}" for n in _RULE_FIELDS if getattr(tvd_args, n) != getattr(defaults, n)]
+    unapplied = [f"{n}={getattr(tvd_args, n)!r}" for n in tvd_args.changed_fields(_RULE_FIELDS)]
     if unapplied:
         raise ValueError(
             f"weight_rule replaces the loss that tvd_args chooses, so {', '.join(unapplied)} would not be applied: "

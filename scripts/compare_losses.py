@@ -40,7 +40,7 @@ from hf_tvd_loss.study.compare import (
     write_report,
 )
 from hf_tvd_loss.tasks import get_task
-from hf_tvd_loss.tasks.cli import load_yaml_config
+from hf_tvd_loss.tasks.cli import load_yaml_config, repeated_keys
 
 # the γ sweep without floor or smoothing (γ=0 is ce, γ=1 is dft), the usual alternatives, TaiLr's own translation
 # setting (γ=0.1, b=0.3, ε=0.1) and a schedule from cross-entropy to γ=0.8 with the floor
@@ -117,7 +117,7 @@ def _chosen(key: str, given: list[Any] | None, config: dict[str, Any], default: 
 
 
 def _refuse_repeats(key: str, values: list[Any]) -> None:
-    repeated = sorted({str(v) for v in values if values.count(v) > 1})
+    repeated = [str(v) for v in repeated_keys(values)]
     if repeated:
         raise ValueError(
             f"{key} lists {repeated} more than once: the same run would be planned twice, into one folder"

@@ -119,14 +119,11 @@ class Task(Generic[DataArgsT, TrainingArgsT]):
     def check_columns(self, dataset: Dataset, split: str, origin: str, data_args: DataArgsT) -> None:
         raise NotImplementedError
 
-    # Whether a row with an empty (or whitespace) text is dropped like a null one (pairs: yes; LM text: blank
-    # lines are normal and simply add nothing).
-    drops_empty_texts: bool = True
-
     def drops_text(self, option: str, value: str) -> bool:
-        """Whether preprocessing drops a row whose text field ``option`` holds ``value`` (counted up front by
-        :func:`~.data.check_rows`): by default an empty or blank text, when ``drops_empty_texts``."""
-        return self.drops_empty_texts and not value.strip()
+        """Whether preprocessing drops a row whose text field ``option`` holds ``value``, like a null one (counted up
+        front by :func:`~.data.check_rows`): by default an empty or blank text (pairs); a task overrides it where
+        empty texts are normal (language modelling: blank lines add nothing)."""
+        return not value.strip()
 
     def message_fields(
         self, data_args: DataArgsT, columns: list[str], features: Mapping[str, Any] | None = None
@@ -142,7 +139,7 @@ class Task(Generic[DataArgsT, TrainingArgsT]):
 
         ``features``: the split's ``datasets`` features by column, where the kind of a column decides the format.
 
-        Rows where one is null or absent (or empty, see ``drops_empty_texts``) are dropped by preprocessing;
+        Rows where one is null or absent (or empty, see :meth:`drops_text`) are dropped by preprocessing;
         ``data.check_rows`` counts them before anything is written and refuses too many.
         """
         return []

@@ -10,7 +10,7 @@ import torch
 
 from ..ops.common import check_number
 from .arguments import DataArguments, ModelArguments
-from .data import FILE_BUILDERS
+from .data import FILE_BUILDERS, FILE_OPTIONS
 
 if TYPE_CHECKING:
     from transformers import TrainingArguments
@@ -282,7 +282,7 @@ def check_data_files(data_args: DataArguments) -> None:
     files = [f for f in (data_args.train_file, data_args.validation_file, data_args.test_file) if f]
     if data_args.dataset_name and files:
         raise ValueError("give either dataset_name (Hub) or train_file/validation_file/test_file (local), not both")
-    for option in ("train_file", "validation_file", "test_file"):
+    for option in FILE_OPTIONS:
         path = getattr(data_args, option)
         if path is None:
             continue

@@ -24,8 +24,9 @@ _JSON_OPTIONS = ("lr_scheduler_kwargs", "gradient_checkpointing_kwargs", "accele
                  "deepspeed")  # fmt: skip
 
 
-def repeated_keys(keys: Sequence[str]) -> list[str]:
-    """The keys that occur more than once in ``keys``, sorted (where a later one would silently win)."""
+def repeated_keys(keys: Sequence[Any]) -> list[Any]:
+    """The keys (or other values) that occur more than once in ``keys``, sorted (where a later one would silently
+    win, or the same thing would be done twice)."""
     return sorted({key for key in keys if keys.count(key) > 1})
 
 

@@ -328,7 +328,7 @@ def _drop_report(reasons: dict[str, list[int]], total: int, where: str, max_frac
     return {"dropped": len(dropped), "rows": total, "reasons": {r: len(v) for r, v in reasons.items()}}
 
 
-_FILE_OPTIONS = ("train_file", "validation_file", "test_file")
+FILE_OPTIONS = ("train_file", "validation_file", "test_file")  # the data file of each split, in SPLITS order
 
 
 def load_raw_splits(
@@ -354,7 +354,7 @@ def load_raw_splits(
     for split in SPLITS:
         if split in splits and len(splits[split]) == 0:
             raise ValueError(f"the {split} split ({origin[split]}) is empty")
-    paths = {split: getattr(data_args, option) for split, option in zip(SPLITS, _FILE_OPTIONS, strict=True)}
+    paths = {split: getattr(data_args, option) for split, option in zip(SPLITS, FILE_OPTIONS, strict=True)}
     for split, dataset in splits.items():
         try:
             task.check_columns(dataset, split, origin[split], data_args)
@@ -399,7 +399,7 @@ def _read_splits(
                 splits[split], origin[split] = Dataset.from_list(rows), f"synthetic {task.name} corpus"
         return splits, origin
     if source == "files":
-        for split, option in zip(SPLITS, _FILE_OPTIONS, strict=True):
+        for split, option in zip(SPLITS, FILE_OPTIONS, strict=True):
             path = getattr(data_args, option)
             if path and needed[split]:
                 splits[split], origin[split] = _load_file(path, option, split, cache_dir), f"{option} {path}"

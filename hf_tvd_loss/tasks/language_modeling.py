@@ -254,10 +254,9 @@ class LanguageModelingTask(Task[LanguageModelingDataArguments, TrainingArguments
                     f"{{'role': ..., 'content': ...}} messages; the first row holds {str(dataset[0][column])[:80]!r}"
                 )
 
-    drops_empty_texts = False  # blank lines of a .txt file are normal
-
     def drops_text(self, option: str, value: str) -> bool:
-        # an empty completion leaves the example nothing to score: preprocessing drops it, so count it up front
+        # Blank lines of a .txt file are normal (kept). An empty completion leaves the example nothing to score:
+        # preprocessing drops it, so count it up front.
         return option == "completion_column" and not value.strip()  # as encode() skips it
 
     def message_fields(
