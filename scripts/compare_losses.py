@@ -70,6 +70,22 @@ DEFAULT_TASK_ARGS = {
     "summarization": [*_QUIET, "--generation_num_beams", "1"],
     "language_modeling": _QUIET,
 }
+DATA_OPTIONS = ("--train_file", "--validation_file", "--test_file", "--dataset_name")
+
+
+def _without(argv: list[str], options: tuple[str, ...]) -> list[str]:
+    """``argv`` less the given options and their values (``--name value`` pairs)."""
+    kept, skip = [], False
+    for item in argv:
+        if skip:
+            skip = False
+        elif item in options:
+            skip = True
+        else:
+            kept.append(item)
+    return kept
+
+
 STUDY_KEYS = {"task", "losses", "seeds", "noise_rates", "noise_losses", "report_dir", "task_args", "baselines",
               "generation_prompts", "eval_examples", "jobs", "noise_kind"}  # fmt: skip
 
@@ -152,6 +168,9 @@ def main(argv: Sequence[str] | None = None) -> str:
         if missing:
             raise ValueError(f"--noise_losses {missing} are not among --losses {names}")
         task_args = config.get("task_args", DEFAULT_TASK_ARGS[task])
+        if "task_args" not in config and any(a.split("=")[0] in DATA_OPTIONS for a in task_extra):
+            # the default study's corpus size means nothing for the user's own data (the task would refuse it)
+            task_args = _without(task_args, ("--synthetic_train_examples", "--synthetic_eval_examples"))
         if isinstance(task_args, dict):
             task_args = [item for key, value in task_args.items() for item in (f"--{key}", str(value))]
         # options after `--` override the study's (the task parser refuses an option given twice)

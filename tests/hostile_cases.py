@@ -38,10 +38,13 @@ ACCEPTED = "accepted silently"
 Verdict = str
 
 # Small, quick runs: a tiny synthetic corpus and model (the tasks' defaults), no TensorBoard, no progress bars.
-QUICK = ["--report_to", "none", "--synthetic_train_examples", "24", "--synthetic_eval_examples", "4",
-         "--disable_tqdm", "true", "--generation_num_beams", "1", "--max_source_length", "64"]  # fmt: skip
-QUICK_LM = ["--report_to", "none", "--synthetic_train_examples", "24", "--synthetic_eval_examples", "4",
-            "--disable_tqdm", "true", "--block_size", "32"]  # fmt: skip
+# The synthetic corpus's sizes go only with the synthetic corpus (beside data files the scripts refuse them).
+SYNTHETIC = ["--synthetic_train_examples", "24", "--synthetic_eval_examples", "4"]
+QUICK_FILES = ["--report_to", "none", "--disable_tqdm", "true", "--generation_num_beams", "1",
+               "--max_source_length", "64"]  # fmt: skip
+QUICK_LM_FILES = ["--report_to", "none", "--disable_tqdm", "true", "--block_size", "32"]
+QUICK = [*QUICK_FILES, *SYNTHETIC]
+QUICK_LM = [*QUICK_LM_FILES, *SYNTHETIC]
 
 
 @dataclass(frozen=True)
@@ -112,7 +115,7 @@ def _data(task: str, file_name: str, lines: Callable[[], list[str | bytes]], *ex
           option: str = "--train_file") -> Callable[[Path], Any]:  # fmt: skip
     def build(tmp: Path) -> Any:
         path = _write_lines(tmp / file_name, lines())
-        quick = QUICK_LM if task == "language_modeling" else QUICK
+        quick = QUICK_LM_FILES if task == "language_modeling" else QUICK_FILES
         return _argv(task, ["--output_dir", _out(tmp), *quick, option, path], extra)
 
     return build
@@ -230,13 +233,13 @@ def _lm_null_texts() -> list[str | bytes]:
 def _corrupt_parquet(tmp: Path) -> Any:
     path = tmp / "train.parquet"
     path.write_text("this is not a parquet file\n")
-    return "summarization", ["--output_dir", _out(tmp), *QUICK, "--train_file", str(path)]
+    return "summarization", ["--output_dir", _out(tmp), *QUICK_FILES, "--train_file", str(path)]
 
 
 def _json_object_file(tmp: Path) -> Any:
     path = tmp / "train.json"
     path.write_text(json.dumps({"version": 1, "data": "not rows"}))
-    return "summarization", ["--output_dir", _out(tmp), *QUICK, "--train_file", str(path)]
+    return "summarization", ["--output_dir", _out(tmp), *QUICK_FILES, "--train_file", str(path)]
 
 
 # ------------------------------------------------------------------------------------------ output folders
@@ -290,8 +293,8 @@ def _reuse_earlier_run(tmp: Path) -> Any:
 def _reuse_with_checkpoints(tmp: Path) -> Any:
     for step in range(100, 700, 100):
         _checkpoint(tmp / "out", step)
-    return _argv("summarization", ["--output_dir", _out(tmp), *QUICK], ("--save_steps", "100", "--max_steps", "200",
-                 "--save_total_limit", "2"))  # fmt: skip
+    return _argv("summarization", ["--output_dir", _out(tmp), *QUICK], ("--save_strategy", "steps", "--save_steps", "100",
+                 "--max_steps", "200", "--save_total_limit", "2"))  # fmt: skip
 
 
 def _unrelated_file(tmp: Path) -> Any:
@@ -300,10 +303,28 @@ def _unrelated_file(tmp: Path) -> Any:
     return "language_modeling", ["--output_dir", _out(tmp), *QUICK_LM]
 
 
+def _summ_files(*extra: str, validation: bool = False) -> Callable[[Path], Any]:
+    """Summarization on a local train file (and a different validation file), the options of ``extra`` added."""
+
+    def build(tmp: Path) -> Any:
+        files = ["--train_file", _write_lines(tmp / "train.jsonl", list(_rows(_summ_rows(20))))]
+        if validation:
+            files += ["--validation_file", _write_lines(tmp / "val.jsonl", list(_rows(_summ_rows(5))))]
+        return _argv("summarization", ["--output_dir", _out(tmp), *QUICK_FILES, *files], extra)
+
+    return build
+
+
+def _synthetic_size_in_yaml(tmp: Path) -> Any:
+    config = tmp / "study.yaml"
+    config.write_text("synthetic_eval_examples: 50\ngamma: 0.8\n")
+    return _summ_files("--config", str(config))(tmp)
+
+
 def _test_file_never_read(tmp: Path) -> Any:
     train = _write_lines(tmp / "train.jsonl", list(_rows(_summ_rows(20))))
     test = _write_lines(tmp / "test.jsonl", list(_rows(_summ_rows(5))))
-    return _argv("summarization", ["--output_dir", _out(tmp), *QUICK],
+    return _argv("summarization", ["--output_dir", _out(tmp), *QUICK_FILES],
                  ("--train_file", train, "--test_file", test, "--do_predict", "false"))  # fmt: skip
 
 
@@ -675,6 +696,55 @@ CASES: list[Case] = [
         "do_train",
     ),  # fmt: skip
     _c("test-file-never-read", "cli", _test_file_never_read, "--test_file", "do_predict"),
+    _c(
+        "synthetic-size-beside-train-file",
+        "cli",
+        _summ_files("--synthetic_train_examples", "500"),
+        "--synthetic_train_examples",
+        "files",
+        note="issue 21 leftover: the corpus size was ignored",
+    ),  # fmt: skip
+    _c(
+        "synthetic-size-in-yaml-beside-files", "yaml", _synthetic_size_in_yaml, "--synthetic_eval_examples", "--config"
+    ),  # fmt: skip
+    _c(
+        "tokenizer-vocab-beside-tokenizer-name",
+        "cli",
+        _lm("--tokenizer_name", "gpt2", "--tokenizer_vocab_size", "500"),
+        "--tokenizer_vocab_size",
+        "tokenizer_name",
+    ),  # fmt: skip
+    _c(
+        "tokenizer-type-beside-tokenizer-name",
+        "cli",
+        _tr("--tokenizer_name", "gpt2", "--tokenizer_type", "sentencepiece"),
+        "--tokenizer_type",
+        "tokenizer_name",
+    ),  # fmt: skip
+    _c(
+        "validation-percentage-beside-validation-file",
+        "cli",
+        _summ_files("--validation_split_percentage", "20", validation=True),
+        "--validation_split_percentage",
+        "validation_file",
+    ),  # fmt: skip
+    _c(
+        "validation-percentage-on-synthetic-corpus",
+        "cli",
+        _lm("--validation_split_percentage", "20"),
+        "--validation_split_percentage",
+        "synthetic",
+    ),  # fmt: skip
+    _c(
+        "validation-percentage-nothing-evaluated",
+        "cli",
+        _summ_files("--validation_split_percentage", "20", "--do_eval", "false", "--eval_strategy", "no"),
+        "--validation_split_percentage",
+        "do_eval",
+    ),  # fmt: skip
+    _c(
+        "save-total-limit-without-saving", "cli", _lm("--save_total_limit", "3"), "--save_total_limit", "save_strategy"
+    ),  # fmt: skip
     _c("report-to-wandb-not-installed", "cli", _lm("--report_to", "wandb"), "--report_to wandb", "pip install wandb"),
     _c("report-to-mlflow-not-installed", "cli", _sum("--report_to", "mlflow"), "mlflow"),
     # ---------------------------------------------------------------- decoder-only summarization / translation
@@ -1044,13 +1114,16 @@ CASES: list[Case] = [
     _c(
         "data-file-is-directory",
         "data",
-        lambda tmp: ("language_modeling", ["--output_dir", _out(tmp), *QUICK_LM, "--train_file", str(tmp)]),
+        lambda tmp: ("language_modeling", ["--output_dir", _out(tmp), *QUICK_LM_FILES, "--train_file", str(tmp)]),
         "train_file",
     ),  # fmt: skip
     _c(
         "data-file-missing",
         "data",
-        lambda tmp: ("translation", ["--output_dir", _out(tmp), *QUICK, "--train_file", str(tmp / "nope.jsonl")]),
+        lambda tmp: (
+            "translation",
+            ["--output_dir", _out(tmp), *QUICK_FILES, "--train_file", str(tmp / "nope.jsonl")],
+        ),
         "nope.jsonl",
     ),  # fmt: skip
     # ---------------------------------------------------------------- output folders and checkpoints

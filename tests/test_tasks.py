@@ -109,8 +109,13 @@ def test_corpus_converters(tmp_path):
 
 # ----------------------------------------------------------------------------------------------- bad input
 def _args(tmp_path, *extra):
-    return ["--output_dir", str(tmp_path / "out"), "--report_to", "none", "--synthetic_train_examples", "16",
-            "--synthetic_eval_examples", "4", *extra]  # fmt: skip
+    """Quick options; the synthetic corpus's sizes only when no data file is given (the scripts refuse them beside
+    one)."""
+    files = any(
+        str(a).startswith(("--train_file", "--validation_file", "--test_file", "--dataset_name")) for a in extra
+    )
+    synthetic = [] if files else ["--synthetic_train_examples", "16", "--synthetic_eval_examples", "4"]
+    return ["--output_dir", str(tmp_path / "out"), "--report_to", "none", *synthetic, *extra]
 
 
 def _jsonl(path, rows):

@@ -48,12 +48,14 @@ class ChosenDefaults:
 
     ``situation`` is :data:`FINE_TUNING` when ``--model_name_or_path`` is set, else :data:`FROM_SCRATCH`.
     ``applied`` maps each fine-tuning default the run uses to its value; ``overridden`` maps each one the user
-    set (command line or YAML) to the user's value.
+    set (command line or YAML) to the user's value. ``given`` names every option the user set, whatever its
+    value (what :func:`~hf_tvd_loss.tasks.checks.check_unapplied_options` reads).
     """
 
     situation: str = FROM_SCRATCH
     applied: dict[str, Any] = dataclass_field(default_factory=dict)
     overridden: dict[str, Any] = dataclass_field(default_factory=dict)
+    given: frozenset[str] = frozenset()
 
     def describe(self) -> str:
         if self.situation == FROM_SCRATCH:
@@ -275,16 +277,17 @@ class Task(Generic[DataArgsT, TrainingArgsT]):
         Fine-tuning defaults come in under the YAML file and the command line: the options are parsed once to
         learn whether ``--model_name_or_path`` is set (from either), then again with those defaults.
         """
-        parsed = self.build_parser().parse_args_and_config(argv)
+        parser = self.build_parser()
+        parsed = parser.parse_args_and_config(argv)
         if not parsed[0].model_name_or_path or not self.finetune_defaults:
-            return parsed, ChosenDefaults()
+            return parsed, ChosenDefaults(given=parser.given_options)
         parsed = self.build_parser(fine_tuning=True).parse_args_and_config(argv)
         values = {
             name: getattr(args, name) for args in parsed for name in self.finetune_defaults if hasattr(args, name)
         }
         applied = {k: v for k, v in self.finetune_defaults.items() if _show(values.get(k)) == _show(v)}
         overridden = {k: values.get(k) for k in self.finetune_defaults if k not in applied}
-        return parsed, ChosenDefaults(FINE_TUNING, applied, overridden)
+        return parsed, ChosenDefaults(FINE_TUNING, applied, overridden, parser.given_options)
 
 
 def _tensorboard_available() -> bool:

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
 __all__ = [
     "check_common_args",
     "check_options_take_effect",
+    "check_unapplied_options",
     "check_finite_options",
     "check_output_dir",
     "check_training_numbers",
@@ -161,6 +162,39 @@ def check_options_take_effect(data_args: DataArguments, training_args: TrainingA
     if training_args.push_to_hub and os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
         raise ValueError("--push_to_hub needs the Hugging Face Hub, but HF_HUB_OFFLINE is set: the upload would fail "
                          "after training; remove --push_to_hub or unset HF_HUB_OFFLINE")  # fmt: skip
+
+
+def check_unapplied_options(
+    data_args: DataArguments, model_args: ModelArguments, training_args: TrainingArguments, given: frozenset[str]
+) -> None:
+    """Refuse an option the user set (``given``: command line or YAML, whatever the value) that this run would not
+    apply, naming it and what makes it idle.
+
+    Options left at their defaults are never refused: only what the user asked for and would silently not get.
+    """
+
+    def idle(name: str, why: str) -> ValueError:
+        return ValueError(f"--{name} would not take effect: {why}; remove it (from the command line or --config)")
+
+    source = data_args.data_source()
+    for name in ("tokenizer_vocab_size", "tokenizer_type"):
+        if name in given and (model_args.tokenizer_name or model_args.model_name_or_path):
+            which = "tokenizer_name" if model_args.tokenizer_name else "model_name_or_path"
+            raise idle(name, f"a tokenizer is trained only when none is given, and --{which} gives one")
+    for name in ("synthetic_train_examples", "synthetic_eval_examples"):
+        if name in given and source != "synthetic":
+            raise idle(name, f"it sizes the built-in synthetic corpus, and the data come from {source}")
+    if "validation_split_percentage" in given:
+        needs_validation = training_args.do_eval or training_args.eval_strategy != "no"
+        if data_args.validation_file:
+            raise idle("validation_split_percentage", "--validation_file gives the validation split")
+        if source == "synthetic":
+            raise idle("validation_split_percentage", "the synthetic corpus has its own validation split")
+        if not needs_validation:
+            raise idle("validation_split_percentage", "nothing is evaluated (do_eval is false, eval_strategy no)")
+    save_strategy = str(getattr(training_args.save_strategy, "value", training_args.save_strategy))
+    if "save_total_limit" in given and training_args.save_total_limit is not None and save_strategy == "no":
+        raise idle("save_total_limit", "save_strategy is no, so no checkpoint is saved")
 
 
 # The numeric options of TrainingArguments / Seq2SeqTrainingArguments the scripts expose: (name, check_number

@@ -232,6 +232,7 @@ class YamlArgumentParser(HfArgumentParser):
         # `--learn 0.1` must not silently mean --learning_rate: options are spelled out
         kwargs.setdefault("allow_abbrev", False)
         super().__init__(dataclass_types, **kwargs)
+        self.given_options: frozenset[str] = frozenset()  # set by parse_args_and_config
         self.add_argument(
             "--config",
             type=str,
@@ -398,6 +399,8 @@ class YamlArgumentParser(HfArgumentParser):
             config = load_yaml_config(known.config)
             self.apply_config(config, source=f"--config {known.config}")
         namespace, _ = self.parse_known_args(args)
+        # What the user set, on the command line or in the config file (a value equal to the default included).
+        self.given_options = frozenset({action.dest for _, action in self._options_in(args)} | set(config))
         self._refuse_epochs_under_max_steps(namespace, config, known.config, args)
         self._refuse_repeated_keys(namespace)
         # TrainingArguments replaces eval_steps=0 by logging_steps without a word: refuse it while it is visible.

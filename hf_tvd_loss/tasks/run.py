@@ -29,7 +29,13 @@ from ..args import TVDArguments
 from ..checkpoints import check_resume_loss_settings, read_checkpoint_marker, write_json_atomically
 from .arguments import DataArguments, ModelArguments
 from .base import ChosenDefaults, Task
-from .checks import check_common_args, check_options_take_effect, has_accelerator, is_inside
+from .checks import (
+    check_common_args,
+    check_options_take_effect,
+    check_unapplied_options,
+    has_accelerator,
+    is_inside,
+)
 from .data import load_raw_splits
 from .modeling import auto_model_class, build_model_from_config, max_positions, resolve_config, train_tokenizer
 from .outputs import OutputFolder, ledger_callback
@@ -114,6 +120,7 @@ def prepare(task: Task[Any, Any], argv: Sequence[str] | None = None) -> Prepared
     (model_args, data_args, tvd_args, training_args), defaults = task.parse_args(argv)
     check_common_args(data_args, model_args, training_args)  # resolves resume_from_checkpoint to a folder
     check_options_take_effect(data_args, training_args)
+    check_unapplied_options(data_args, model_args, training_args, defaults.given)
     task.check_args(data_args, model_args, training_args)
     task.check_metric_for_best_model(data_args, training_args)
     if training_args.resume_from_checkpoint:  # refused here too, before data and model are loaded
