@@ -18,6 +18,12 @@ import torch
 
 assert os.environ.get("TRITON_INTERPRET") == "1", "set TRITON_INTERPRET=1 before starting this worker"
 
+from hf_tvd_loss import (  # noqa: E402
+    TokenWeightRule,
+    linear_token_weighted_cross_entropy,
+    probability_power_rule,
+    token_weighted_cross_entropy,
+)
 from hf_tvd_loss.ops import kernels, linear_gamma_cross_entropy_with_stats  # noqa: E402
 from hf_tvd_loss.ops.reference import gamma_cross_entropy_reference, prediction_metrics_reference  # noqa: E402
 
@@ -139,6 +145,56 @@ def run_case(impl: str, case: dict, seed: int, dtype: torch.dtype) -> dict:
     }
 
 
+def _entropy_weight(log_p: torch.Tensor, entropy: torch.Tensor) -> torch.Tensor:
+    """An entropy-gated weight (a rule that reads the predictive entropy): p · exp(-H)."""
+    return log_p.exp() * torch.exp(-entropy)
+
+
+# Custom weight rules (issue 22.9): the probability-power family w = p^α and one that reads the entropy, which the
+# kernel backends get from their extra gradient-free pass.
+RULES = {
+    "power0.5": probability_power_rule(0.5),
+    "entropy": TokenWeightRule.from_weight(_entropy_weight, uses_entropy=True, name="entropy_gate"),
+}
+
+
+def run_rule_case(impl: str, rule_name: str, reduction: str, seed: int, dtype: torch.dtype) -> dict:
+    """A custom weight rule through the kernel backend ``impl`` against the materialised float64 logits path."""
+    hidden, weight, _, labels, upstream = inputs(seed, dtype, False)
+    rule = RULES[rule_name]
+    kw = dict(label_smoothing=0.1, reduction=reduction)
+
+    def grads(loss: torch.Tensor, params: list[torch.Tensor]) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+        out = loss if reduction != "none" else (loss * upstream.to(loss.dtype).view_as(loss)).sum()
+        return loss.detach(), torch.autograd.grad(out, params)
+
+    params = [hidden.clone().requires_grad_(), weight.clone().requires_grad_()]
+    used = []
+    real = kernels._kernel_nll
+    kernels._kernel_nll = lambda name, *a: used.append(name) or real(name, *a)
+    try:
+        loss, _ = linear_token_weighted_cross_entropy(*params, labels, rule, impl=impl, **kw)
+        value, got = grads(loss, params)
+    finally:
+        kernels._kernel_nll = real
+    assert used == [impl], f"the {impl} kernel was not called: {used}"
+    params64 = [hidden.detach().double().requires_grad_(), weight.detach().double().requires_grad_()]
+    ref_loss, _ = token_weighted_cross_entropy(params64[0] @ params64[1].T, labels, rule, **kw)
+    ref, want = grads(ref_loss, params64)
+    torch_params = [hidden.clone().requires_grad_(), weight.clone().requires_grad_()]
+    torch_loss, _ = linear_token_weighted_cross_entropy(*torch_params, labels, rule, impl="torch", **kw)
+    _, torch_got = grads(torch_loss, torch_params)
+    return {
+        "impl": impl,
+        "dtype": str(dtype).removeprefix("torch."),
+        "rule": rule_name,
+        "reduction": reduction,
+        "loss_rel_err": rel(value, ref),
+        "grad_rel_err": max(rel(g, w) for g, w in zip(got, want)),
+        "torch_grad_rel_err": max(rel(g, w) for g, w in zip(torch_got, want)),
+    }
+
+
 def cce_softcap() -> None:
     """cut-cross-entropy's per-token NLL with soft-capping at a vocabulary that fills its blocks (256) and one that
     does not (40), called directly (our backend refuses the latter)."""
@@ -185,6 +241,10 @@ def main(which: str) -> None:
     for dtype in dtypes:
         for seed, case in enumerate(CASES[impl]):
             emit(run_case(impl, case, seed, dtype))
+        for seed, (rule_name, reduction) in enumerate(
+            (("power0.5", "mean"), ("entropy", "none"), ("entropy", "mean"))
+        ):
+            emit(run_rule_case(impl, rule_name, reduction, 10 + seed, dtype))
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """The kernel backends' real Triton kernels, executed on CPU tensors under Triton's interpreter (TRITON_INTERPRET=1,
 set in one subprocess for the whole file before triton is imported), against the float64 reference: γ-CE with weights and a floor,
 label smoothing, ignore_index, a bias, shifted labels, reductions "mean" and "none" (per-token upstream
-gradients); loss values, gradients of hidden / weight / bias, and the logged sums. Tiny shapes (the interpreter
+gradients); loss values, gradients of hidden / weight / bias, and the logged sums; and custom weight rules
+(w = p^α, an entropy gate). Tiny shapes (the interpreter
 runs each kernel program in Python). The worker is tests/kernels_interpreted_worker.py; what it found is recorded in
 BENCHMARKS.md ("Kernel backends executed") and decides what ``impl="auto"`` may pick.
 """
@@ -63,8 +64,26 @@ def _check(rows: list[dict], impl: str, dtypes: set[str]) -> None:
         assert row["grad_rel_err"] <= 3 * row["torch_grad_rel_err"] + grad_bound / 10, row
 
 
+def _loss_rows(rows: list[dict]) -> list[dict]:
+    return [row for row in rows if "rule" not in row]
+
+
+def _check_rules(rows: list[dict], impl: str, dtypes: set[str]) -> None:
+    """Custom weight rules (issue 22.9; w = p^0.5, and an entropy gate that reads the extra pass's entropy),
+    reductions mean and none, through the kernel against the materialised float64 logits path. In fp16 the inputs'
+    own rounding dominates: the gradient bound is the torch backend's error on the same fp16 inputs (×3)."""
+    rows = [row for row in rows if "rule" in row]
+    assert {(r["rule"], r["reduction"]) for r in rows} == {("power0.5", "mean"), ("entropy", "none"),
+                                                          ("entropy", "mean")}  # fmt: skip
+    assert {row["dtype"] for row in rows} == dtypes and all(row["impl"] == impl for row in rows)
+    for row in rows:
+        loss_bound, grad_bound = BOUNDS[row["dtype"]]
+        assert row["loss_rel_err"] <= loss_bound, row
+        assert row["grad_rel_err"] <= max(grad_bound, 3 * row["torch_grad_rel_err"] + grad_bound / 10), row
+
+
 def test_liger_kernels_executed_match_float64(run):
-    rows = run("liger")
+    rows = _loss_rows(run("liger"))
     assert len(rows) == 8
     assert {(r["reduction"], r["label_smoothing"] > 0, r["bias"], r["min_weight"] > 0) for r in rows} >= {
         ("mean", True, True, True), ("none", True, False, False), ("none", False, True, True)}  # fmt: skip
@@ -73,9 +92,14 @@ def test_liger_kernels_executed_match_float64(run):
 
 def test_cut_cross_entropy_kernels_executed_match_float64(run):
     """With its two libdevice calls (log1p, tanh) shimmed: fp16 only (see the worker for why)."""
-    rows = run("cce")
+    rows = _loss_rows(run("cce"))
     assert len(rows) == 3
     _check(rows, "cce", {"float16"})
+
+
+def test_custom_weight_rules_on_the_executed_kernels_match_float64(run):
+    _check_rules(run("liger"), "liger", {"float32", "float16"})
+    _check_rules(run("cce"), "cce", {"float16"})
 
 
 def test_cut_cross_entropy_failure_without_the_shim_is_the_documented_one(run):
