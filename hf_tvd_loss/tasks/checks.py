@@ -10,7 +10,7 @@ import torch
 
 from ..ops.common import check_number
 from .arguments import DataArguments, ModelArguments
-from .data import FILE_BUILDERS, FILE_OPTIONS
+from .data import FILE_BUILDERS, FILE_OPTIONS, evaluates
 
 if TYPE_CHECKING:
     from transformers import TrainingArguments
@@ -185,15 +185,17 @@ def check_unapplied_options(
         if name in given and source != "synthetic":
             raise idle(name, f"it sizes the built-in synthetic corpus, and the data come from {source}")
     if "validation_split_percentage" in given:
-        needs_validation = training_args.do_eval or training_args.eval_strategy != "no"
         if data_args.validation_file:
             raise idle("validation_split_percentage", "--validation_file gives the validation split")
         if source == "synthetic":
             raise idle("validation_split_percentage", "the synthetic corpus has its own validation split")
-        if not needs_validation:
+        if not evaluates(training_args):
             raise idle("validation_split_percentage", "nothing is evaluated (do_eval is false, eval_strategy no)")
-    save_strategy = str(getattr(training_args.save_strategy, "value", training_args.save_strategy))
-    if "save_total_limit" in given and training_args.save_total_limit is not None and save_strategy == "no":
+    if (
+        "save_total_limit" in given
+        and training_args.save_total_limit is not None
+        and training_args.save_strategy == "no"
+    ):
         raise idle("save_total_limit", "save_strategy is no, so no checkpoint is saved")
 
 

@@ -331,6 +331,11 @@ def _drop_report(reasons: dict[str, list[int]], total: int, where: str, max_frac
 FILE_OPTIONS = ("train_file", "validation_file", "test_file")  # the data file of each split, in SPLITS order
 
 
+def evaluates(training_args: Any) -> bool:
+    """Whether the run evaluates, so needs a validation split: ``do_eval`` or an evaluation strategy."""
+    return bool(training_args.do_eval or training_args.eval_strategy != "no")
+
+
 def load_raw_splits(
     task: Task[Any, Any],
     data_args: DataArguments,
@@ -344,7 +349,7 @@ def load_raw_splits(
     """
     needed = {
         "train": training_args.do_train,
-        "validation": training_args.do_eval or training_args.eval_strategy != "no",
+        "validation": evaluates(training_args),
         "test": training_args.do_predict,
     }
     source = data_args.data_source()
