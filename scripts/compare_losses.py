@@ -41,6 +41,7 @@ from hf_tvd_loss.study.compare import (
 )
 from hf_tvd_loss.tasks import get_task
 from hf_tvd_loss.tasks.cli import load_yaml_config, repeated_keys
+from hf_tvd_loss.tasks.data import FILE_OPTIONS
 
 # the γ sweep without floor or smoothing (γ=0 is ce, γ=1 is dft), the usual alternatives, TaiLr's own translation
 # setting (γ=0.1, b=0.3, ε=0.1) and a schedule from cross-entropy to γ=0.8 with the floor
@@ -70,7 +71,7 @@ DEFAULT_TASK_ARGS = {
     "summarization": [*_QUIET, "--generation_num_beams", "1"],
     "language_modeling": _QUIET,
 }
-DATA_OPTIONS = ("--train_file", "--validation_file", "--test_file", "--dataset_name")
+DATA_OPTIONS = tuple(f"--{name}" for name in (*FILE_OPTIONS, "dataset_name"))  # options that name the data
 
 
 def _without(argv: list[str], options: tuple[str, ...]) -> list[str]:

@@ -206,6 +206,26 @@ def test_empty_or_repeated_study_lists_are_refused_before_any_run(tmp_path, caps
     assert not os.path.exists(tmp_path / "r")
 
 
+def test_default_corpus_size_is_dropped_beside_the_users_data_files(tmp_path, monkeypatch):
+    """The default study sizes the synthetic corpus; options after `--` naming data files drop that size (the task
+    would refuse it beside files), and leave it in place otherwise."""
+    script = _load_script()
+    seen = []
+
+    def stop(task, task_args, **_):
+        seen.append(list(task_args))
+        raise ValueError("stopped before training")
+
+    monkeypatch.setattr(script, "task_runner", stop)
+    for extra in ([], ["--train_file", str(tmp_path / "t.csv"), "--validation_file", str(tmp_path / "v.csv")]):
+        with pytest.raises(SystemExit):
+            script.main(["--losses", "ce", "--report_dir", str(tmp_path / "r"), "--", *extra])
+    assert "--synthetic_eval_examples" in seen[0]
+    assert "--synthetic_eval_examples" not in seen[1] and "--synthetic_train_examples" not in seen[1]
+    assert seen[1][-4:] == extra
+    assert not os.path.exists(tmp_path / "r")
+
+
 def test_task_options_the_study_sets_per_run_are_refused(tmp_path, capsys):
     """A loss option, seed or folder given for all runs would be replaced by each run's own: refused, named."""
     script = _load_script()
