@@ -246,7 +246,7 @@ def check_training_numbers(training_args: TrainingArguments) -> None:
         )
     for name, strategy in (("save_steps", "save_strategy"), ("eval_steps", "eval_strategy")):
         value = getattr(training_args, name)
-        if str(getattr(getattr(training_args, strategy), "value", getattr(training_args, strategy))) == "steps":
+        if getattr(training_args, strategy) == "steps":  # a str enum, compared like eval_strategy elsewhere
             check_number(name, value, low=0.0, low_open=True, allow_none=name == "eval_steps")
 
 
