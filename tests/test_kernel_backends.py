@@ -2,7 +2,7 @@
 
 Their fused kernels are Triton kernels for CUDA, which this suite cannot run (no GPU). What it can run:
 
-* cut-cross-entropy for real, through its own ``impl="torch_compile"`` implementation (CPU), switched in
+* cut-cross-entropy for real, through its own ``impl="torch_compile"`` implementation (CPU, run eagerly), switched in
   with ``KernelSettings(cce_impl="torch_compile")`` (the ``kernels_on_cpu`` fixture of conftest.py): the same public
   function, arguments, per-token output and gradients as the kernel, so the call into the package and the γ weighting on top are checked against impl="torch";
 * liger-kernel's installed function signature and capabilities (the per-token backward of reduction="none");
