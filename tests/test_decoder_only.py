@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+from test_scripts import _script
 from test_tasks import _args, _refused
 
 from hf_tvd_loss.tasks import get_task
@@ -129,15 +130,23 @@ def test_two_processes_gather_every_prediction_once_in_dataset_order(tmp_path):
                 "--synthetic_eval_examples", "5", "--model_type", "llama", "--do_train", "false",
                 "--per_device_eval_batch_size", "2", "--generation_num_beams", "1", "--use_cpu", "true",
                 "--disable_tqdm", "true", "--max_target_length", "40"]  # fmt: skip
-        env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": root}
-        proc = subprocess.run([*launcher, script, *argv], capture_output=True, text=True, timeout=600, env=env,
-                              cwd=root)  # fmt: skip
-        assert proc.returncode == 0, proc.stderr[-4000:]
+        if launcher is None:  # one process: the script's main() in this one (no second interpreter start)
+            threads = torch.get_num_threads()
+            torch.set_num_threads(1)  # as the launched processes (OMP_NUM_THREADS=1): the same float sums
+            try:
+                _script("finetune_summarization").main(argv)
+            finally:
+                torch.set_num_threads(threads)
+        else:
+            env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": root}
+            proc = subprocess.run([*launcher, script, *argv], capture_output=True, text=True, timeout=600, env=env,
+                                  cwd=root)  # fmt: skip
+            assert proc.returncode == 0, proc.stderr[-4000:]
         info = json.loads((out / "run_info.json").read_text())
         lines = (out / "generated_predictions.jsonl").read_text().splitlines()
         return info["world_size"], [json.loads(line) for line in lines]
 
-    one = run("one", [sys.executable])
+    one = run("one", None)
     two = run("two", [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
                       "29641"])  # fmt: skip
     assert one[0] == 1 and two[0] == 2
