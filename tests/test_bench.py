@@ -4,25 +4,19 @@ from __future__ import annotations
 
 import json
 import os
+import pathlib
 import subprocess
 import sys
 
 from benchmarks.bench import HIDDEN_VARIANTS, KERNEL_VARIANTS, LOGIT_VARIANTS, TRAIN_VARIANTS
 
 
-def test_quick_benchmark_writes_all_variants(tmp_path):
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env = {**os.environ, "PYTHONPATH": root, "HF_HUB_OFFLINE": "1"}
-    out = tmp_path / "bench"
-    proc = subprocess.run(
-        [sys.executable, "-m", "benchmarks.bench", "--quick", "--out", str(out)],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=root,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+def test_quick_benchmark_writes_all_variants(quick_benchmark):
+    """``python -m benchmarks.bench --quick --jobs 1 --out FOLDER/bench``: run in the background from the end of
+    collection (tests/conftest.py ``quick_benchmark``); this test, moved to the end of the session, reads it."""
+    returncode, _, stderr, folder = quick_benchmark
+    assert returncode == 0, stderr[-3000:]
+    out = pathlib.Path(folder) / "bench"
     report = json.loads((out / "bench.json").read_text())
     markdown = (out / "bench.md").read_text()
 

