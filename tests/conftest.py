@@ -63,12 +63,13 @@ def sharded_gradient_runs(request, tmp_path_factory):
 
 
 # ------------------------------------------------------------------------------------------------ background jobs
-# Two slow, single-process preparations run in the background, one after the other, from the end of collection:
-# the quick benchmark (``python -m benchmarks.bench --quick``, ~24 s of subprocesses) and the real model's
-# conversion (scripts/prepare_model.py, ~20 s of mostly single-threaded GGUF parsing). Most of the suite runs on one core of
-# two; these fill the other. The tests that read their results are moved to the end of the session
-# (pytest_collection_modifyitems), by which time the jobs are done; a job starts only when a collected test needs it.
-# Each job writes only inside its own mkdtemp folder, removed when the session ends.
+# Two slow, single-process preparations run in the background at the lowest priority (nice 19), one after the
+# other, from the end of collection: the quick benchmark (``python -m benchmarks.bench --quick``, ~24 s of
+# subprocesses) and the real model's conversion (scripts/prepare_model.py, ~20 s of mostly single-threaded GGUF
+# parsing). Most of the suite runs on one core of two; these fill the other. The tests that read their results are
+# moved to the end of the session (pytest_collection_modifyitems), by which time the jobs are done; a job starts
+# only when a collected test needs it. Each job writes only inside its own mkdtemp folder, removed when the session
+# ends; one still running then (an interrupted run too) is killed with the processes it started.
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -111,8 +112,12 @@ class BackgroundJobs:
             "OMP_NUM_THREADS": "1",
             "PYTHONPATH": os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")]),
         }
+        # Lowest priority: the jobs take only the time the tests leave idle. At equal priority they slowed the
+        # tests that run torch on both cores (its threads wait for each other) by more than they saved.
+        nice = ["nice", "-n", "19"] if shutil.which("nice") else []
         for name, command in commands.items():
             folder = self.folders[name]
+            command = nice + command
             try:
                 with self.lock:
                     if self.stopped:
