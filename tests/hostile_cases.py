@@ -1118,6 +1118,23 @@ CASES: list[Case] = [
         "train_file",
     ),  # fmt: skip
     _c(
+        "model-folder-missing-offline",
+        "data",
+        _sum("--model_name_or_path", "models/no-such-checkpoint"),
+        "model_name_or_path",
+        "models/no-such-checkpoint",
+        "HF_HUB_OFFLINE",
+        note="new-user trial: transformers said it could not connect to huggingface.co",
+    ),  # fmt: skip
+    _c(
+        "tokenizer-folder-missing-offline",
+        "data",
+        _tr("--model_type", "marian", "--tokenizer_name", "/no/such/tokenizer"),
+        "tokenizer_name",
+        "/no/such/tokenizer",
+        "HF_HUB_OFFLINE",
+    ),  # fmt: skip
+    _c(
         "data-file-missing",
         "data",
         lambda tmp: (

@@ -320,3 +320,27 @@ def test_seq2seq_without_generation_evaluates_teacher_forced(tmp_path):
     assert {"eval_loss", "eval_nll", "eval_ece", "test_loss"} <= set(metrics)
     assert not any(key.endswith(("rouge1", "rougeL", "gen_len")) for key in metrics)
     assert not (tmp_path / "out" / "generated_predictions.jsonl").exists()
+
+
+def test_model_sources_offline_accept_local_folders_and_cached_hub_ids_only(tmp_path, monkeypatch):
+    """check_model_sources: with the Hub offline, a local folder and a Hub id in the local cache are accepted
+    (transformers reads both); a missing folder or an uncached id is refused naming the option and the value; with
+    the Hub online nothing is refused (the Hub may have the id)."""
+    from huggingface_hub import constants
+
+    from hf_tvd_loss.tasks.arguments import ModelArguments
+    from hf_tvd_loss.tasks.checks import check_model_sources
+
+    cache = tmp_path / "hub"
+    (cache / "models--someone--tiny-model").mkdir(parents=True)
+    (tmp_path / "local").mkdir()
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    check_model_sources(
+        ModelArguments(model_name_or_path=str(tmp_path / "local"), tokenizer_name="someone/tiny-model")
+    )
+    for name in ("model_name_or_path", "config_name", "tokenizer_name"):
+        with pytest.raises(ValueError, match=rf"{name} 'someone/other-model'.*HF_HUB_OFFLINE=1"):
+            check_model_sources(ModelArguments(**{name: "someone/other-model"}))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    check_model_sources(ModelArguments(model_name_or_path="someone/other-model"))

@@ -20,6 +20,7 @@ __all__ = [
     "check_options_take_effect",
     "check_unapplied_options",
     "check_finite_options",
+    "check_model_sources",
     "check_output_dir",
     "check_training_numbers",
 ]
@@ -310,6 +311,28 @@ def check_common_args(data_args: DataArguments, model_args: ModelArguments, trai
     if not (training_args.do_train or training_args.do_eval or training_args.do_predict):
         raise ValueError("nothing to do: do_train, do_eval and do_predict are all false")
     check_output_and_resume(data_args, model_args, training_args)
+
+
+def check_model_sources(model_args: ModelArguments) -> None:
+    """With the Hub offline (``HF_HUB_OFFLINE=1``), a ``model_name_or_path`` / ``config_name`` / ``tokenizer_name``
+    that is neither a local file or folder nor in the local Hub cache cannot be loaded: say so before anything
+    starts (transformers would report a failed connection to huggingface.co, which a mistyped local folder is not)."""
+    from huggingface_hub import constants
+
+    if not constants.HF_HUB_OFFLINE:
+        return
+    for name in ("model_name_or_path", "config_name", "tokenizer_name"):
+        value = getattr(model_args, name)
+        if not value or os.path.exists(os.path.expanduser(value)):
+            continue
+        cached = os.path.join(constants.HF_HUB_CACHE, "models--" + value.replace("/", "--"))
+        if os.path.isdir(cached):  # a Hub id downloaded earlier: transformers reads it from the cache
+            continue
+        raise ValueError(
+            f"{name} {value!r}: no such local file or folder, and the Hugging Face Hub is offline (HF_HUB_OFFLINE=1)"
+            f" with no cached copy of that id in {constants.HF_HUB_CACHE}; give a local checkpoint folder (e.g. "
+            "python scripts/prepare_model.py --output_dir models/smollm2-135m-instruct) or unset HF_HUB_OFFLINE"
+        )
 
 
 def check_data_files(data_args: DataArguments) -> None:

@@ -31,6 +31,7 @@ from .arguments import DataArguments, ModelArguments
 from .base import ChosenDefaults, Task
 from .checks import (
     check_common_args,
+    check_model_sources,
     check_options_take_effect,
     check_unapplied_options,
     has_accelerator,
@@ -121,6 +122,7 @@ def prepare(task: Task[Any, Any], argv: Sequence[str] | None = None) -> Prepared
     check_common_args(data_args, model_args, training_args)  # resolves resume_from_checkpoint to a folder
     check_options_take_effect(data_args, training_args)
     check_unapplied_options(data_args, model_args, training_args, defaults.given)
+    check_model_sources(model_args)  # after the options' combinations: a contradiction is named first
     task.check_args(data_args, model_args, training_args)
     task.check_metric_for_best_model(data_args, training_args)
     if training_args.resume_from_checkpoint:  # refused here too, before data and model are loaded
