@@ -252,8 +252,8 @@ class YamlArgumentParser(HfArgumentParser):
         unknown = sorted(str(key) for key in config if key not in known)
         if unknown:
             raise ValueError(
-                f"{source}: unknown option(s) {', '.join(repr(k) for k in unknown)}; run with --help for the "
-                "list of options"
+                f"{source}: unknown option(s) {', '.join(repr(k) + self._suggestion(k) for k in unknown)}; run with "
+                "--help for the list of options"
             )
         types = _field_types(self.dataclass_types)
         converted: dict[str, Any] = {}
@@ -301,6 +301,24 @@ class YamlArgumentParser(HfArgumentParser):
             replaced = {dest for dest, _ in groups if dest is not None}
             merged = [(dest, toks) for dest, toks in merged if dest not in replaced] + groups
         return [token for _, toks in merged for token in toks]
+
+    def _suggestion(self, name: str) -> str:
+        """`` (did you mean --x?)`` for the option closest to ``name`` (with or without its dashes), or ``""``."""
+        import difflib
+
+        options = sorted(option for option in self._option_string_actions if option.startswith("--"))
+        close = difflib.get_close_matches("--" + name.lstrip("-"), options, n=1, cutoff=0.75)
+        return f" (did you mean {close[0]}?)" if close else ""
+
+    def _refuse_unknown_options(self, remaining: Sequence[str]) -> None:
+        """An option no dataclass has: named with the closest known one (HfArgumentParser lists the leftovers)."""
+        unknown = [token.split("=", 1)[0] for token in remaining if token.startswith("--") and token != "--"]
+        if unknown:
+            raise ValueError(
+                "unknown option(s) "
+                + ", ".join(f"{option}{self._suggestion(option)}" for option in unknown)
+                + "; run with --help for the list of options"
+            )
 
     def _refuse_repeated_options(self, args: Sequence[str]) -> None:
         """argparse keeps the last of repeated options; a long command line edited by hand (or built by a script
@@ -398,7 +416,8 @@ class YamlArgumentParser(HfArgumentParser):
         if known.config is not None:
             config = load_yaml_config(known.config)
             self.apply_config(config, source=f"--config {known.config}")
-        namespace, _ = self.parse_known_args(args)
+        namespace, remaining = self.parse_known_args(args)
+        self._refuse_unknown_options(remaining)
         # What the user set, on the command line or in the config file (a value equal to the default included).
         self.given_options = frozenset({action.dest for _, action in self._options_in(args)} | set(config))
         self._refuse_epochs_under_max_steps(namespace, config, known.config, args)
