@@ -56,7 +56,7 @@ def _check_outputs(out, task, expected_metrics, gamma):
     meta = ModelCard.load(os.path.join(out, "README.md")).data
     assert {"hf_tvd_loss", "tailr", task} <= set(meta.tags) and meta.hf_tvd_loss["gamma"] == gamma
     info = _read(os.path.join(out, "run_info.json"))
-    assert info["task"] == task and info["world_size"] == 1
+    assert info["task"] == task and info["world_size"] == 1 and info["mixed_precision"] == "no"
     return metrics
 
 
@@ -72,6 +72,7 @@ def test_summarization_default(tmp_path, capsys):
     assert len(rows) == 8 and set(rows[0]) == {"prediction", "reference"}
     printed = capsys.readouterr().out
     assert "[hf_tvd_loss] summarization: done" in printed and os.path.join(out, "all_results.json") in printed
+    assert "on 1 process(es), cpu, float32" in printed
     assert os.path.isdir(os.path.join(out, "tokenizer")), "the trained tokenizer is saved with the model"
 
     # The saved folder is a pretrained model for the next run (local path; its tokenizer is reused, none trained).
@@ -100,6 +101,17 @@ def test_language_model_default(tmp_path):
     _script("train_language_model").main([*QUICK, "--output_dir", out, "--block_size", "32"])
     metrics = _check_outputs(out, "language_modeling", (), gamma=1e-7)
     assert metrics["eval_perplexity"] == pytest.approx(2.718281828 ** metrics["eval_nll"], rel=1e-6)
+
+
+def test_precision_of_an_accelerate_config_is_recorded(tmp_path, capsys, monkeypatch):
+    """`accelerate launch --config_file configs/accelerate/single_gpu.yaml` on a CPU machine sets
+    ACCELERATE_MIXED_PRECISION=bf16 with --bf16 false: the accelerator trains under bf16 autocast all the same
+    (new-user trial: the run did not say which precision it used). run_info.json and the summary say it."""
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")
+    out = tmp_path / "lm"
+    _script("train_language_model").main([*QUICK, "--output_dir", str(out), "--block_size", "32"])
+    assert _read(out / "run_info.json")["mixed_precision"] == "bf16"
+    assert "on 1 process(es), cpu, bf16 mixed precision" in capsys.readouterr().out
 
 
 def test_translation_from_local_flat_csv_files(tmp_path):

@@ -72,7 +72,13 @@ def print_summary(
     if tensorboard:
         rows.append(("TensorBoard logs", tensorboard))
     width = max(len(name) for name, _ in rows + results + settings)
-    print(f"\n[hf_tvd_loss] {task_name}: done in {seconds:.1f} s on {training_args.world_size} process(es)")
+    # the precision the accelerator trained in (an accelerate config's mixed_precision applies on a CPU too)
+    precision = getattr(getattr(trainer, "accelerator", None), "mixed_precision", "no")
+    precision = "float32" if precision == "no" else f"{precision} mixed precision"
+    print(
+        f"\n[hf_tvd_loss] {task_name}: done in {seconds:.1f} s on {training_args.world_size} process(es), "
+        f"{training_args.device.type}, {precision}"
+    )
     for name, value in results + settings + rows:
         print(f"  {name:<{width}}  {value}")
     sys.stdout.flush()

@@ -372,6 +372,8 @@ def train_and_evaluate(prepared: Prepared, built: Built | None = None) -> dict[s
             "task": task.name,
             "world_size": training_args.world_size,
             "device": str(training_args.device),
+            # "no", "bf16" or "fp16": what the accelerator trained in (from --bf16/--fp16 or an accelerate config)
+            "mixed_precision": str(trainer.accelerator.mixed_precision),
             "seconds": round(time.time() - start, 1),
             "argv": prepared.argv,
             "data": prepared.data_args.data_source(),
