@@ -346,5 +346,14 @@ def test_model_sources_offline_accept_local_folders_and_cached_hub_ids_only(tmp_
     for name in ("model_name_or_path", "config_name", "tokenizer_name"):
         with pytest.raises(ValueError, match=rf"{name} 'someone/other-model'.*HF_HUB_OFFLINE=1"):
             check_model_sources(ModelArguments(**{name: "someone/other-model"}))
+    # --cache_dir: the cache transformers reads instead of the default one
+    (tmp_path / "own_cache" / "models--someone--other-model").mkdir(parents=True)
+    check_model_sources(
+        ModelArguments(model_name_or_path="someone/other-model", cache_dir=str(tmp_path / "own_cache"))
+    )
+    with pytest.raises(ValueError, match="someone/tiny-model.*own_cache"):
+        check_model_sources(
+            ModelArguments(model_name_or_path="someone/tiny-model", cache_dir=str(tmp_path / "own_cache"))
+        )
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     check_model_sources(ModelArguments(model_name_or_path="someone/other-model"))

@@ -318,19 +318,24 @@ def check_model_sources(model_args: ModelArguments) -> None:
     that is neither a local file or folder nor in the local Hub cache cannot be loaded: say so before anything
     starts (transformers would report a failed connection to huggingface.co, which a mistyped local folder is not)."""
     from huggingface_hub import constants
+    from huggingface_hub.file_download import repo_folder_name
 
     if not constants.HF_HUB_OFFLINE:
         return
+    cache = model_args.cache_dir or constants.HF_HUB_CACHE  # --cache_dir is where transformers looks, when given
     for name in ("model_name_or_path", "config_name", "tokenizer_name"):
         value = getattr(model_args, name)
         if not value or os.path.exists(os.path.expanduser(value)):
             continue
-        cached = os.path.join(constants.HF_HUB_CACHE, "models--" + value.replace("/", "--"))
-        if os.path.isdir(cached):  # a Hub id downloaded earlier: transformers reads it from the cache
-            continue
+        try:
+            folder = repo_folder_name(repo_id=value, repo_type="model")
+        except ValueError:  # HFValidationError: not the shape of a Hub id, so never in the cache
+            folder = None
+        if folder is not None and os.path.isdir(os.path.join(cache, folder)):
+            continue  # a Hub id downloaded earlier: transformers reads it from the cache
         raise ValueError(
             f"{name} {value!r}: no such local file or folder, and the Hugging Face Hub is offline (HF_HUB_OFFLINE=1)"
-            f" with no cached copy of that id in {constants.HF_HUB_CACHE}; give a local checkpoint folder (e.g. "
+            f" with no cached copy of that id in {cache}; give a local checkpoint folder (e.g. "
             "python scripts/prepare_model.py --output_dir models/smollm2-135m-instruct) or unset HF_HUB_OFFLINE"
         )
 

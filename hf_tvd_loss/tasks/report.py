@@ -73,7 +73,7 @@ def print_summary(
         rows.append(("TensorBoard logs", tensorboard))
     width = max(len(name) for name, _ in rows + results + settings)
     # the precision the accelerator trained in (an accelerate config's mixed_precision applies on a CPU too)
-    precision = getattr(getattr(trainer, "accelerator", None), "mixed_precision", "no")
+    precision = trainer.accelerator.mixed_precision
     precision = "float32" if precision == "no" else f"{precision} mixed precision"
     print(
         f"\n[hf_tvd_loss] {task_name}: done in {seconds:.1f} s on {training_args.world_size} process(es), "
