@@ -19,7 +19,7 @@ __all__ = ["GammaSchedule", "LossType", "NonFinitePolicy", "TVDArguments", "gamm
 # Each option set is written once, as a Literal; the tuples the checks and the parser's choices use derive from it.
 GammaSchedule = Literal["constant", "linear", "cosine"]
 _SCHEDULES: tuple[str, ...] = get_args(GammaSchedule)
-LossType = Literal["gamma_ce", "focal"]
+LossType = Literal["gamma_ce", "focal", "gce"]
 _LOSS_TYPES: tuple[str, ...] = get_args(LossType)
 NonFinitePolicy = Literal["error", "skip", "ignore"]
 _NONFINITE: tuple[str, ...] = get_args(NonFinitePolicy)
@@ -40,14 +40,17 @@ class TVDArguments:
     translation γ=0.1, b=0.3, ε=0.1; summarization γ=0.8, b=0.2, ε=0.1.
 
     Baselines, with the same normalisation and logging: cross-entropy is ``gamma=0`` (b=0), label smoothing
-    ``gamma=0, label_smoothing=ε``, DFT ``gamma=1``, focal loss ``loss_type="focal"`` with ``focal_gamma``.
+    ``gamma=0, label_smoothing=ε``, DFT ``gamma=1``, focal loss ``loss_type="focal"`` with ``focal_gamma``,
+    generalized cross-entropy (the robust loss of the noisy-label literature) ``loss_type="gce"`` with ``gce_q``.
     """
 
     loss_type: LossType = field(
         default="gamma_ce",
         metadata={
-            "help": "'gamma_ce' (TaiLr γ-CE; gamma=0 is cross-entropy, gamma=1 is DFT) or 'focal' (token-level "
-            "focal loss baseline, see focal_gamma/focal_alpha).",
+            "help": "'gamma_ce' (TaiLr γ-CE; gamma=0 is cross-entropy, gamma=1 is DFT), 'focal' (token-level "
+            "focal loss baseline, see focal_gamma/focal_alpha) or 'gce' (generalized cross-entropy (1-p^q)/q, "
+            "Zhang & Sabuncu 2018, the robust-loss baseline for noisy labels; see gce_q). Each type's options "
+            "are refused beside another type.",
             "choices": list(_LOSS_TYPES),
         },
     )
@@ -114,6 +117,14 @@ class TVDArguments:
         },
     )
 
+    gce_q: float = field(
+        default=0.7,
+        metadata={
+            "help": "Exponent q in (0, 1] of loss_type='gce': loss = (1 - p^q)/q, gradient p^q·∇(-log p) (q → 0 "
+            "tends to cross-entropy, q = 1 is 1 - p with DFT's gradient). Default 0.7, the paper's choice."
+        },
+    )
+
     loss_impl: LossImpl = field(
         default="logits",
         metadata={
@@ -173,7 +184,7 @@ class TVDArguments:
         default=False,
         metadata={
             "help": "Resuming from a checkpoint written with other loss settings (loss_type, gamma, min_weight, "
-            "label_smoothing, the gamma schedule, focal options, normalization) is refused before training, naming "
+            "label_smoothing, the gamma schedule, focal options, gce_q, normalization) is refused before training, naming "
             "what differs: the resumed run would otherwise optimise another objective than the one it started "
             "with. Set this to continue deliberately with the new settings (e.g. cross-entropy first, then γ-CE). "
             "loss_impl, chunked_backend, extra_metrics and nonfinite_policy may always change."
@@ -204,6 +215,7 @@ class TVDArguments:
         validate_focal_hyperparameters(
             self.focal_gamma, self.focal_alpha, self.label_smoothing, prefix="TVDArguments."
         )
+        check_number("gce_q", self.gce_q, low=0.0, low_open=True, high=1.0, prefix=_P)
         if self.gamma_schedule not in _SCHEDULES:
             raise ValueError(
                 f"TVDArguments.gamma_schedule must be one of {list(_SCHEDULES)}, got {self.gamma_schedule!r}"
@@ -214,15 +226,7 @@ class TVDArguments:
             "gamma_schedule_steps", self.gamma_schedule_steps, low=1, integer=True, allow_none=True, prefix=_P
         )
         # Options the chosen loss would not apply are refused (accepted and ignored before: round-3 hostile run).
-        unused = _GAMMA_FIELDS if self.loss_type == "focal" else _FOCAL_FIELDS
-        ignored = [f"{name}={getattr(self, name)!r}" for name in self.changed_fields(unused)]
-        if ignored:
-            other = "gamma_ce" if self.loss_type == "focal" else "focal"
-            raise ValueError(
-                f"TVDArguments: {', '.join(ignored)} set, but loss_type={self.loss_type!r} does not use "
-                f"{'them' if len(ignored) > 1 else 'it'} (loss_type={other!r} does): remove "
-                f"{'them' if len(ignored) > 1 else 'it'}, or choose loss_type={other!r}"
-            )
+        self._refuse_other_loss_types_fields()
         # Options the chosen schedule would not apply are refused (they were accepted and ignored: issue 22).
         if self.gamma_schedule == "constant":
             ignored = self.changed_fields(("gamma_start", "gamma_schedule_ratio", "gamma_schedule_steps"))
@@ -240,6 +244,28 @@ class TVDArguments:
                 "TVDArguments: gamma_schedule_steps and gamma_schedule_ratio both set; the steps would win and the "
                 "ratio be ignored: pass one of them"
             )
+
+    def _refuse_other_loss_types_fields(self) -> None:
+        """``ValueError`` naming the fields of the other loss types (:data:`LOSS_TYPE_FIELDS`) set beside this one."""
+        owners = {
+            other: names
+            for other, fields in LOSS_TYPE_FIELDS.items()
+            if other != self.loss_type and (names := self.changed_fields(fields))
+        }
+        if not owners:
+            return
+        ignored = [f"{name}={getattr(self, name)!r}" for names in owners.values() for name in names]
+        pronoun = "them" if len(ignored) > 1 else "it"
+        if len(owners) == 1:
+            (other,) = owners
+            users, fix = f"loss_type={other!r} does", f"remove {pronoun}, or choose loss_type={other!r}"
+        else:
+            users = "; ".join(f"{', '.join(names)}: loss_type={other!r}" for other, names in owners.items())
+            fix = f"remove {pronoun}"
+        raise ValueError(
+            f"TVDArguments: {', '.join(ignored)} set, but loss_type={self.loss_type!r} does not use {pronoun} "
+            f"({users}): {fix}"
+        )
 
     def changed_fields(self, names: Sequence[str]) -> list[str]:
         """The fields among ``names`` set to something else than their defaults (in the order of ``names``)."""
@@ -288,3 +314,6 @@ _GAMMA_FIELDS = (
     "gamma_schedule_steps",
 )
 _FOCAL_FIELDS = ("focal_gamma", "focal_alpha")
+_GCE_FIELDS = ("gce_q",)
+# The fields only one loss type reads, by loss type (every LossType has an entry, possibly empty).
+LOSS_TYPE_FIELDS: dict[str, tuple[str, ...]] = {"gamma_ce": _GAMMA_FIELDS, "focal": _FOCAL_FIELDS, "gce": _GCE_FIELDS}

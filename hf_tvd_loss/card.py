@@ -22,9 +22,11 @@ _SECTION = "## Loss (hf_tvd_loss)"
 
 
 def loss_name(tvd: TVDArguments) -> str:
-    """The loss in words: γ-CE, the cross-entropy baseline (γ = 0 throughout) or the focal baseline."""
+    """The loss in words: γ-CE, the cross-entropy baseline (γ = 0 throughout), the focal or the GCE baseline."""
     if tvd.loss_type == "focal":
         return f"token-level focal loss (baseline; focal_gamma={tvd.focal_gamma}, focal_alpha={tvd.focal_alpha})"
+    if tvd.loss_type == "gce":
+        return f"generalized cross-entropy (baseline, Zhang & Sabuncu 2018; gce_q={tvd.gce_q})"
     if tvd.gamma == 0 and tvd.gamma_schedule == "constant":
         return "cross-entropy (γ = 0: the MLE baseline)"
     return "token-level γ-cross-entropy (TaiLr)"
@@ -46,6 +48,8 @@ def loss_metadata(tvd: TVDArguments, rule: TokenWeightRule | None = None) -> dic
         meta.update(loss_type="custom_weight_rule", weight_rule=rule.name or "custom")
     elif tvd.loss_type == "focal":
         meta.update(focal_gamma=tvd.focal_gamma, focal_alpha=tvd.focal_alpha)
+    elif tvd.loss_type == "gce":
+        meta.update(gce_q=tvd.gce_q)
     else:
         meta.update(gamma=tvd.gamma, min_weight=tvd.min_weight, gamma_schedule=tvd.gamma_schedule)
         if tvd.gamma_schedule != "constant":
@@ -56,7 +60,7 @@ def loss_metadata(tvd: TVDArguments, rule: TokenWeightRule | None = None) -> dic
 
 def loss_section(tvd: TVDArguments, rule: TokenWeightRule | None = None) -> list[str]:
     """The card's loss section: what the loss is, the formula, and a table of its settings."""
-    focal = tvd.loss_type == "focal"
+    focal, gce = tvd.loss_type == "focal", tvd.loss_type == "gce"
     if rule is not None:
         return [
             _SECTION, "",
@@ -75,7 +79,13 @@ def loss_section(tvd: TVDArguments, rule: TokenWeightRule | None = None) -> list
         "Generation Models under Total Variation Distance*, ICLR 2023), as implemented by `hf_tvd_loss`: per target "
         "token with probability p, `loss = (1-ε)·w·(-log p) + (ε/V)·Σ_v(-log p_v)` with "
         "`w = clamp(p / (γ + (1-γ)p), b, 1)` (no gradient through w); γ = 0 is cross-entropy."
-        + (" This model used the focal-loss baseline instead (γ and b unused)." if focal else ""),
+        + (" This model used the focal-loss baseline instead (γ and b unused)." if focal else "")
+        + (
+            " This model used generalized cross-entropy instead (γ and b unused): "
+            "`loss = (1-ε)·(1 - p^q)/q + (ε/V)·Σ_v(-log p_v)`."
+            if gce
+            else ""
+        ),
         "",
         "| setting | value |",
         "|---|---|",
@@ -85,6 +95,7 @@ def loss_section(tvd: TVDArguments, rule: TokenWeightRule | None = None) -> list
         f"| γ schedule | {schedule_text(tvd)} |",
         f"| normalization | {tvd.normalization} |",
         *([f"| focal_gamma, focal_alpha | {tvd.focal_gamma}, {tvd.focal_alpha} |"] if focal else []),
+        *([f"| q (gce_q) | {tvd.gce_q} |"] if gce else []),
         "",
     ]
 

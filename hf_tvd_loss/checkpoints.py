@@ -337,7 +337,8 @@ class CheckpointSafetyMixin:
 
 # TVDArguments fields that define the objective (the others choose how it is computed or logged).
 _LOSS_DEFINING = ("loss_type", "gamma", "min_weight", "label_smoothing", "gamma_schedule", "gamma_start",
-                  "gamma_schedule_ratio", "gamma_schedule_steps", "focal_gamma", "focal_alpha", "normalization")  # fmt: skip
+                  "gamma_schedule_ratio", "gamma_schedule_steps", "focal_gamma", "focal_alpha", "gce_q",
+                  "normalization")  # fmt: skip
 
 
 def _setting(value: Any) -> Any:

@@ -85,13 +85,18 @@ def select_token_terms(
     if tvd_args.loss_type == "focal":
         terms = focal_terms(float(tvd_args.focal_gamma), float(tvd_args.focal_alpha))
         return lambda gamma: terms
+    if tvd_args.loss_type == "gce":
+        from .ops.common import gce_terms
+
+        terms = gce_terms(float(tvd_args.gce_q))
+        return lambda gamma: terms
     min_weight = float(tvd_args.min_weight)
     return lambda gamma: gamma_terms(float(gamma), min_weight)
 
 
 # The TVDArguments fields that choose the per-token weight rule; a custom weight_rule replaces them.
 _RULE_FIELDS = ("loss_type", "gamma", "min_weight", "gamma_schedule", "gamma_start", "gamma_schedule_ratio",
-                "gamma_schedule_steps", "focal_gamma", "focal_alpha")  # fmt: skip
+                "gamma_schedule_steps", "focal_gamma", "focal_alpha", "gce_q")  # fmt: skip
 
 
 def check_weight_rule(weight_rule: Any, tvd_args: TVDArguments) -> None:

@@ -3,8 +3,8 @@
 Everything here is pure PyTorch and works on flat ``[N]`` per-token tensors or ``[n, V]`` chunks of logits:
 
 * option checks (:func:`check_number` and the two hyperparameter validators built on it);
-* the per-token weight rule of each loss (:class:`TokenWeightRule`, built by :func:`gamma_terms` and
-  :func:`focal_terms`), selected once by the caller;
+* the per-token weight rule of each loss (:class:`TokenWeightRule`, built by :func:`gamma_terms`,
+  :func:`focal_terms` and :func:`gce_terms`), selected once by the caller;
 * target preparation (flattening, the causal shift, range checks) and the reductions;
 * the closed-form gradient of a token-weighted cross-entropy with respect to a chunk of logits.
 
@@ -36,6 +36,7 @@ __all__ = [
     "check_reduction",
     "focal_terms",
     "gamma_terms",
+    "gce_terms",
     "logit_grad_coefficients",
     "per_token_values",
     "prepare_targets",
@@ -329,6 +330,29 @@ def focal_terms(focusing: float, alpha: float) -> TokenWeightRule:
         return factor, grad_factor
 
     return TokenWeightRule(terms)
+
+
+def gce_terms(q: float) -> TokenWeightRule:
+    """Generalized cross-entropy (Zhang & Sabuncu, 2018): ``(1 - p^q) / q`` per token, q in (0, 1]; q → 0 tends to
+    cross-entropy, q = 1 is ``1 - p`` (MAE up to a constant factor). No floor.
+
+    Its gradient is ``p^q · ∇(-log p)``: the NLL's gradient weighted by ``sg(p^q)``, so ``c = p^q`` (at q = 1 the
+    gradient of γ-CE at γ = 1, i.e. DFT). The loss value is GCE's own, not the surrogate ``sg(p^q)·(-log p)``:
+    ``a = (1 - p^q) / (q · (-log p))``, the mean of ``p^(q·t)`` over t in [0, 1], which lies in [p^q, 1] and is 1
+    at p = 1; it is what the stats' ``weight_sum`` sums. A target of probability exactly 0 (``-inf`` logit) gets
+    the loss ``+inf`` like every loss here (:func:`per_token_values`), not GCE's bounded ``1/q``.
+    """
+    check_number("q", q, low=0.0, low_open=True, high=1.0)
+    q = float(q)
+
+    def terms(log_p: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = -q * log_p.clamp(max=0.0)  # q · NLL ≥ 0 (log p may round a hair above 0)
+        grad_factor = torch.exp(-x)  # p^q
+        # (1 - p^q) / (q · NLL) = -expm1(-x) / x, without cancellation near p = 1; its limit 1 at x = 0
+        ratio = torch.where(x > 0, -torch.expm1(-x) / x.clamp(min=torch.finfo(x.dtype).tiny), torch.ones_like(x))
+        return ratio, grad_factor
+
+    return TokenWeightRule(terms, name=f"gce(q={q:g})")
 
 
 # Equal-width bins of top-1 probability over [0, 1] for the calibration sums (ECE etc.).

@@ -100,6 +100,30 @@ def focal_cross_entropy_reference(
     return (per_token * mask).sum() / mask.sum().clamp(min=1)
 
 
+def gce_cross_entropy_reference(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    q: float,
+    label_smoothing: float = 0.0,
+    ignore_index: int = -100,
+    shift_labels: bool = False,
+) -> torch.Tensor:
+    """Mean generalized cross-entropy ``(1-ε)·(1 - p^q)/q + (ε/V)·Σ_v(-log p_v)`` in float64, the closed form
+    itself (its autograd gradient is GCE's: ``p^q · ∇(-log p)`` for the first term)."""
+    logits = logits.double()
+    labels = labels.long()
+    if shift_labels:
+        logits, labels = logits[..., :-1, :], labels[..., 1:]
+    log_probs = F.log_softmax(logits, dim=-1)
+    mask = labels != ignore_index
+    log_p = log_probs.gather(-1, labels.masked_fill(~mask, 0).unsqueeze(-1)).squeeze(-1)
+    gce = (1.0 - torch.exp(q * log_p)) / q
+    smooth = -log_probs.sum(dim=-1) / logits.shape[-1]
+    per_token = (1.0 - label_smoothing) * gce + label_smoothing * smooth
+    return (per_token * mask).sum() / mask.sum().clamp(min=1)
+
+
 def prediction_metrics_reference(
     logits: torch.Tensor,
     labels: torch.Tensor,

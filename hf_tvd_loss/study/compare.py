@@ -29,7 +29,7 @@ class LossSetting:
 
     name: str
     options: tuple[tuple[str, Any], ...]
-    family: str  # ce | ls | focal | gamma (pure γ-CE) | tailr (γ-CE with b or ε) | dft | schedule
+    family: str  # ce | ls | focal | gce | gamma (pure γ-CE) | tailr (γ-CE with b or ε) | dft | schedule
     gamma: float | None = None  # the (final) γ for γ-CE settings
 
     def argv(self) -> list[str]:
@@ -42,8 +42,9 @@ class LossSetting:
 def parse_loss(spec: str) -> LossSetting:
     """Parse a loss name.
 
-    ``ce``; ``ls`` or ``ls0.1`` (label smoothing ε); ``focal`` or ``focal2`` (focusing f); ``gamma0.8`` (γ-CE with
-    b = 0); ``gamma0.1b0.3`` (with floor b), ``gamma0.1b0.3ls0.1`` (and label smoothing, TaiLr's translation
+    ``ce``; ``ls`` or ``ls0.1`` (label smoothing ε); ``focal`` or ``focal2`` (focusing f); ``gce`` or ``gce0.7``
+    (generalized cross-entropy with exponent q; bare ``gce`` keeps ``TVDArguments``' default q); ``gamma0.8``
+    (γ-CE with b = 0); ``gamma0.1b0.3`` (with floor b), ``gamma0.1b0.3ls0.1`` (and label smoothing, TaiLr's translation
     setting); ``dft`` (γ = 1); ``sched0.8`` / ``sched0.8b0.3`` (γ linear from 0 to 0.8 over the first half of
     training). Any name may end with ``,key=value,...`` extra ``TVDArguments`` options.
     Pure γ-CE settings (b = 0, no smoothing, no extras) form the ``gamma`` family plotted against γ.
@@ -63,6 +64,9 @@ def parse_loss(spec: str) -> LossSetting:
     if m := re.fullmatch(rf"focal{_FLOAT}?", head):
         f = float(m.group(1) or 2.0)
         return LossSetting(spec, (("loss_type", "focal"), ("focal_gamma", f), *extra), "focal")
+    if m := re.fullmatch(rf"gce{_FLOAT}?", head):
+        q = (("gce_q", float(m.group(1))),) if m.group(1) else ()
+        return LossSetting(spec, (("loss_type", "gce"), *q, *extra), "gce")
     if head == "dft":
         return LossSetting(spec, (("gamma", 1.0), *extra), "dft", 1.0)
     if m := re.fullmatch(rf"gamma{_FLOAT}(?:b{_FLOAT})?(?:ls{_FLOAT})?", head):
@@ -76,7 +80,7 @@ def parse_loss(spec: str) -> LossSetting:
                    ("gamma_schedule_ratio", 0.5))  # fmt: skip
         return LossSetting(spec, (*options, *extra), "schedule", gamma)
     raise ValueError(
-        f"unknown loss {spec!r}: expected ce, ls[ε], focal[f], dft, gamma<γ>[b<b>][ls<ε>] or sched<γ>[b<b>] "
+        f"unknown loss {spec!r}: expected ce, ls[ε], focal[f], gce[q], dft, gamma<γ>[b<b>][ls<ε>] or sched<γ>[b<b>] "
         "(optionally followed by ,key=value TVDArguments options)"
     )
 
@@ -645,14 +649,15 @@ LOSS_RESET = ["--loss_type", "gamma_ce", "--gamma", "0", "--min_weight", "0", "-
 
 
 def loss_reset(loss: LossSetting) -> list[str]:
-    """:data:`LOSS_RESET`, except for focal runs, whose γ-CE fields stay at their defaults (TVDArguments refuses
-    γ-CE options set beside loss_type='focal', which would not apply them)."""
-    if dict(loss.options).get("loss_type") != "focal":
+    """:data:`LOSS_RESET`, except for the runs of another loss type (focal, GCE), whose γ-CE fields stay at their
+    defaults (TVDArguments refuses γ-CE options set beside another loss_type, which would not apply them)."""
+    loss_type = dict(loss.options).get("loss_type", "gamma_ce")
+    if loss_type == "gamma_ce":
         return LOSS_RESET
     from hf_tvd_loss.args import TVDArguments
 
     defaults = TVDArguments()
-    return ["--loss_type", "focal", "--gamma", repr(defaults.gamma), "--min_weight", repr(defaults.min_weight),
+    return ["--loss_type", loss_type, "--gamma", repr(defaults.gamma), "--min_weight", repr(defaults.min_weight),
             "--label_smoothing", "0", "--gamma_schedule", "constant"]  # fmt: skip
 
 
