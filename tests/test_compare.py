@@ -216,7 +216,7 @@ def test_default_corpus_size_is_dropped_beside_the_users_data_files(tmp_path, mo
         seen.append(list(task_args))
         raise ValueError("stopped before training")
 
-    monkeypatch.setattr(script, "task_runner", stop)
+    monkeypatch.setattr("hf_tvd_loss.study.command.task_runner", stop)  # the script is a front end
     for extra in ([], ["--train_file", str(tmp_path / "t.csv"), "--validation_file", str(tmp_path / "v.csv")]):
         with pytest.raises(SystemExit):
             script.main(["--losses", "ce", "--report_dir", str(tmp_path / "r"), "--", *extra])
