@@ -227,7 +227,7 @@ class TVDArguments:
         )
         # Options the chosen loss would not apply are refused (accepted and ignored before: round-3 hostile run).
         self._refuse_other_loss_types_fields()
-        # Options the chosen schedule would not apply are refused (they were accepted and ignored: issue 22).
+        # Options the chosen schedule would not apply are refused (they were once accepted and ignored).
         if self.gamma_schedule == "constant":
             ignored = self.changed_fields(("gamma_start", "gamma_schedule_ratio", "gamma_schedule_steps"))
             if ignored:

@@ -26,10 +26,11 @@ back silently.
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -40,11 +41,14 @@ __all__ = [
     "check_gathered",
     "decoder_input_ids_from_labels",
     "LabelLayout",
+    "check_trainable_model",
+    "has_lm_head",
     "is_encoder_decoder",
     "label_layout",
     "logits_of",
     "loss_in_output_head",
     "model_class_name",
+    "output_layout",
     "resolve_output_head",
     "unwrap_model",
     "verify_output_head",
@@ -111,26 +115,49 @@ def decoder_input_ids_from_labels(model: nn.Module, labels: torch.Tensor) -> tor
     return shifted.masked_fill_(shifted == IGNORE_INDEX, pad)
 
 
+LayoutKind = Literal["causal", "encoder_decoder", "classification"]
+
+
 @dataclass(frozen=True)
 class LabelLayout:
     """How a model's labels line up with its outputs: the one place that decides it.
 
-    A causal LM's position t predicts ``labels[t+1]`` (the loss shifts, and the first label of a row is never
-    scored); an encoder-decoder's decoder position t predicts ``labels[t]``, and its decoder inputs are the labels
-    shifted right (built here when the batch has none). A batch's own ``shift_labels`` (padding-free collators) are
-    already aligned with the positions: they are the targets, unshifted, whatever the model.
+    * ``causal``: a causal LM's position t predicts ``labels[t+1]`` (the loss shifts, and the first label of a row is
+      never scored).
+    * ``encoder_decoder``: a decoder position t predicts ``labels[t]``, and the decoder inputs are the labels shifted
+      right (built here when the batch has none).
+    * ``classification``: the model's ``logits`` score classes for labels of the same leading shape, no shift:
+      sequence classification and multiple choice (``[B, C]`` for ``[B]``), token classification (``[B, T, C]`` for
+      ``[B, T]``), image and audio classification. Any model without a language-modelling head whose forward takes
+      ``labels`` is one (``BartForSequenceClassification`` too, although its config is an encoder-decoder's).
+
+    A batch's own ``shift_labels`` (padding-free collators) are already aligned with the positions: they are the
+    targets, unshifted, whatever the model.
     """
 
-    encoder_decoder: bool
+    kind: LayoutKind
+
+    @property
+    def encoder_decoder(self) -> bool:
+        return self.kind == "encoder_decoder"
+
+    @property
+    def classification(self) -> bool:
+        return self.kind == "classification"
 
     @property
     def shifts(self) -> bool:
         """Whether ``labels`` are shifted inside the loss (causal LMs)."""
-        return not self.encoder_decoder
+        return self.kind == "causal"
 
     def targets(self, labels: torch.Tensor | None, shift_labels: torch.Tensor | None) -> tuple[torch.Tensor, bool]:
         """The loss's targets and whether it shifts them."""
         if shift_labels is not None:
+            if self.classification:
+                raise ValueError(
+                    "the batch has shift_labels (a padding-free language-modelling collator), but the model is a "
+                    "classifier, whose labels are not shifted: collate its batches with `labels` only"
+                )
             return shift_labels, False
         assert labels is not None
         return labels, self.shifts
@@ -146,8 +173,75 @@ class LabelLayout:
         return inputs
 
 
+def output_layout(outputs: Any) -> LabelLayout | None:
+    """The layout a model's outputs reveal, for losses that see the outputs and not the model
+    (``Trainer(compute_loss_func=...)``): transformers' encoder-decoder outputs (``Seq2Seq*Output``, or any with
+    encoder states), causal-LM outputs (``*CausalLM*Output*``) and classifier outputs (``*ClassifierOutput*``,
+    ``MultipleChoiceModelOutput``). None for any other output (a tuple, a dict of a custom model)."""
+    name = type(outputs).__name__
+    if name.startswith("Seq2Seq") or (
+        isinstance(outputs, Mapping) and outputs.get("encoder_last_hidden_state") is not None
+    ):
+        return LabelLayout("encoder_decoder")
+    if "CausalLM" in name:
+        return LabelLayout("causal")
+    if "Classifier" in name or "MultipleChoice" in name:
+        return LabelLayout("classification")
+    return None
+
+
+def has_lm_head(model: nn.Module) -> bool:
+    """Whether the (unwrapped) model has a language-modelling head (an output embedding, or an ``lm_head``)."""
+    base = unwrap_model(model)
+    getter = getattr(base, "get_output_embeddings", None)
+    head = getter() if callable(getter) else None
+    return head is not None or isinstance(getattr(base, "lm_head", None), nn.Module)
+
+
+def _forward_takes_labels(model: nn.Module) -> bool:
+    """Whether the model class's forward takes ``labels`` (the class's: an instance may have its forward wrapped)."""
+    try:
+        return "labels" in inspect.signature(type(model).forward).parameters
+    except (TypeError, ValueError):  # a forward without a signature: a wrapper; let the batch decide
+        return True
+
+
 def label_layout(model: nn.Module) -> LabelLayout:
-    return LabelLayout(encoder_decoder=is_encoder_decoder(model))
+    base = unwrap_model(model)
+    if not has_lm_head(base) and _forward_takes_labels(base):
+        return LabelLayout("classification")
+    return LabelLayout("encoder_decoder" if is_encoder_decoder(base) else "causal")
+
+
+def check_trainable_model(model: nn.Module) -> None:
+    """``ValueError`` naming the reason when a model cannot be trained with γ-CE: no language-modelling head and no
+    classification ``logits`` (a bare backbone such as ``GPT2Model``), or a classifier whose head is not a softmax
+    over classes (regression, multi-label)."""
+    base = unwrap_model(model)
+    name = model_class_name(base)
+    if has_lm_head(base):
+        return
+    if not _forward_takes_labels(base):
+        raise ValueError(
+            f"{name} has neither a language-modelling head (get_output_embeddings() is None) nor a classification "
+            "head (its forward takes no labels), so it returns no logits to train with γ-CE; load it with "
+            "AutoModelForCausalLM, AutoModelForSeq2SeqLM or an AutoModelFor...Classification class"
+        )
+    config = getattr(base, "config", None)
+    problem = getattr(config, "problem_type", None)
+    num_labels = getattr(config, "num_labels", None)
+    if problem == "regression" or (problem is None and num_labels == 1):
+        raise ValueError(
+            f"{name} is a regression model (problem_type={problem!r}, num_labels={num_labels}): γ-CE is a loss over "
+            "the classes of a softmax, and a single regression output has none; train it with the stock Trainer, "
+            "or give it num_labels >= 2 classes"
+        )
+    if problem == "multi_label_classification":
+        raise ValueError(
+            f"{name} is a multi-label classifier (problem_type='multi_label_classification', one sigmoid per "
+            "label): γ-CE weights the probability of the one true class of a softmax, which such a model does not "
+            "have; train it with the stock Trainer, or as single-label (problem_type='single_label_classification')"
+        )
 
 
 def logits_of(outputs: Any, model: nn.Module) -> torch.Tensor:

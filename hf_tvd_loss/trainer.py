@@ -525,7 +525,7 @@ class TVDLossMixin:
 
     def _tvd_refuse_dropped_loss_weights(self) -> None:
         """A ``loss_weights`` column that the data collator would not put into the batch (e.g. TRL's or the stock
-        padding collator) is refused before training: its weights would be dropped without a word (issue 22)."""
+        padding collator) is refused before training: its weights would be dropped without a word."""
         from .collators import WithLossWeights
 
         self._tvd_bind_loss_weights()  # the collator may have been replaced since __init__

@@ -582,7 +582,7 @@ def _tvd_loss_on_seq2seq_output() -> Any:
 
     logits = torch.randn(2, 5, 11)
     out = Seq2SeqLMOutput(logits=logits, encoder_last_hidden_state=torch.randn(2, 7, 4))
-    return TVDLoss()(out, torch.randint(0, 11, (2, 5)))
+    return TVDLoss(shift_labels=True)(out, torch.randint(0, 11, (2, 5)))
 
 
 def _torch_linear_ce_with_softcap() -> Any:

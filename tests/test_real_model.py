@@ -15,6 +15,7 @@ import pretrained
 import pytest
 import torch
 import torch.nn.functional as F
+from datasets import Dataset
 from test_scripts import _script
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -139,6 +140,46 @@ def test_chunked_equals_logits_and_float64_on_the_real_model(smollm2, tmp_path):
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
     expected = gamma_cross_entropy_reference(logits, batch["labels"], shift_labels=True, **tvd)
     assert abs(a_loss.item() - expected.item()) <= 1e-6 * expected.item()
+
+
+def test_gamma_ce_trains_the_real_model_with_a_classification_head(smollm2, tmp_path):
+    """SmolLM2 with a sequence-classification head (last-token pooling, a pad token set): γ = 0 equals the model's own
+    loss and gradients; γ-CE at 0.5 trains it (the loss falls on the batch it sees)."""
+    from transformers import AutoModelForSequenceClassification
+
+    tokenizer = AutoTokenizer.from_pretrained(smollm2)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    torch.manual_seed(0)
+    model = AutoModelForSequenceClassification.from_pretrained(
+        smollm2, num_labels=4, pad_token_id=tokenizer.pad_token_id
+    )
+    model.train()
+    enc = tokenizer(TEXT, return_tensors="pt", padding=True)
+    batch = {
+        "input_ids": enc["input_ids"],
+        "attention_mask": enc["attention_mask"],
+        "labels": torch.tensor([0, 1, 2, 3]),
+    }
+    own_loss, own_grads = _loss_and_grads(lambda: model(**batch).loss, model)
+    trainer = _trainer(model, tmp_path / "a", gamma=0.0)
+    ours_loss, ours_grads = _loss_and_grads(lambda: trainer.compute_loss(model, dict(batch)), model)
+    assert ours_loss.item() == pytest.approx(own_loss.item(), rel=1e-6)
+    assert _worst_grad_error(ours_grads, own_grads) <= 1e-5
+
+    model.eval()  # dropout off: compare the loss before and after a few steps on the same batch
+    trainer = _trainer(model, tmp_path / "b", gamma=0.5)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    losses = []
+    for _ in range(3):
+        loss = trainer.compute_loss(model, dict(batch))
+        losses.append(loss.item())
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert losses[-1] < losses[0], losses
+    metrics = trainer.evaluate(Dataset.from_dict({k: v.tolist() for k, v in batch.items()}))
+    assert {"eval_accuracy", "eval_nll", "eval_ece"} <= set(metrics)
 
 
 def test_language_model_script_fine_tunes_the_real_model(smollm2, tmp_path):

@@ -74,16 +74,19 @@ def test_tvd_loss_as_compute_loss_func(tmp_path):
 
 
 def test_tvd_loss_refuses_the_causal_shift_on_an_encoder_decoder_output():
-    """Issue 21: TVDLoss() (shift_labels=True) on a T5's Seq2SeqLMOutput would score each logit against the next
-    label without a word; the output says it is an encoder-decoder's, so it is refused; shift_labels=False works."""
+    """Issue 21: TVDLoss(shift_labels=True) on a T5's Seq2SeqLMOutput would score each logit against the next
+    label without a word; the output says it is an encoder-decoder's, so it is refused; shift_labels=False works,
+    and so does the default, which reads the layout from the outputs."""
     model = tiny_model("t5")
     batch = collator("t5")(list(tiny_dataset("t5", n=2)))
     outputs = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                     decoder_input_ids=model.prepare_decoder_input_ids_from_labels(labels=batch["labels"]))  # fmt: skip
     with pytest.raises(ValueError, match=r"encoder-decoder's output \(Seq2SeqLMOutput\).*shift_labels=False"):
-        TVDLoss()(outputs, batch["labels"])
+        TVDLoss(shift_labels=True)(outputs, batch["labels"])
     loss = TVDLoss(shift_labels=False)(outputs, batch["labels"])
-    assert torch.isfinite(loss)
+    assert torch.isfinite(loss) and TVDLoss()(outputs, batch["labels"]).item() == loss.item()
+    with pytest.raises(ValueError, match=r"cannot tell from a tuple whether labels are shifted"):
+        TVDLoss()(tuple(outputs.values()), batch["labels"])
 
 
 def test_logged_metrics_and_exact_eval_loss(tmp_path):
@@ -230,7 +233,7 @@ def test_refuses_batches_without_labels_and_models_without_lm_head(tmp_path):
     with pytest.raises(ValueError, match="need `labels`"):
         trainer.compute_loss(trainer.model, batch)
     headless = LlamaModel(tiny_model("llama").config)
-    with pytest.raises(ValueError, match="LlamaModel has no language-modelling head"):  # refused when built
+    with pytest.raises(ValueError, match="LlamaModel has neither a language-modelling head"):  # refused when built
         TVDTrainer(
             model=headless, args=TrainingArguments(output_dir=str(tmp_path), report_to="none", use_cpu=True),
             tvd_args=TVDArguments(),
@@ -363,7 +366,7 @@ def test_model_without_lm_head_is_refused_at_construction(tmp_path):
 
     kwargs = _trainer_kwargs(tmp_path)
     kwargs["model"] = GPT2Model(tiny_model("gpt2").config)
-    with pytest.raises(ValueError, match="GPT2Model has no language-modelling head"):
+    with pytest.raises(ValueError, match="GPT2Model has neither a language-modelling head"):
         TVDTrainer(**kwargs, tvd_args=TVDArguments())
 
 

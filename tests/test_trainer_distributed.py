@@ -13,7 +13,7 @@ import torch
 from test_trainer import TVD, assert_same_training
 from tiny import train_tiny
 
-FAMILIES = ["llama", "t5", "bart", "llama:chunked", "bart:chunked"]
+FAMILIES = ["llama", "t5", "bart", "llama:chunked", "bart:chunked", "bert_tok", "llama_cls"]
 UNSCORED = ["unscored-all", "unscored-one-shard"]  # run last: the first raises on both processes
 HERE = os.path.dirname(os.path.abspath(__file__))
 

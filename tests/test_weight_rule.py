@@ -127,7 +127,7 @@ def test_tvd_loss_and_model_card_with_a_rule(tmp_path):
     torch.manual_seed(2)
     logits, labels = torch.randn(2, 6, 11), torch.randint(0, 11, (2, 6))
     out = {"logits": logits}
-    loss = TVDLoss(weight_rule=probability_power_rule(0.5))(out, labels)
+    loss = TVDLoss(weight_rule=probability_power_rule(0.5), shift_labels=True)(out, labels)
     want = reference(logits[:, :-1], labels[:, 1:], 0.5)
     torch.testing.assert_close(loss.double(), want, rtol=1e-5, atol=1e-6)
     args = TrainingArguments(output_dir=str(tmp_path), report_to="none", use_cpu=True)

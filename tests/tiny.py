@@ -8,17 +8,25 @@ from datasets import Dataset
 
 VOCAB = 64
 PAD = 0
+NUM_CLASSES = 5
+# Classifiers: a sequence classifier (BERT-style, and Llama-style with last-token pooling) and a token classifier.
+CLASSIFIERS = ("bert_cls", "llama_cls", "bert_tok")
 
 
 def tiny_model(family: str, seed: int = 0) -> torch.nn.Module:
-    """A tiny randomly initialised model of ``family`` in {llama, gpt2, t5, bart}, dropout off."""
+    """A tiny randomly initialised model of ``family`` in {llama, gpt2, t5, bart} or :data:`CLASSIFIERS`, dropout
+    off."""
     from transformers import (
         BartConfig,
         BartForConditionalGeneration,
+        BertConfig,
+        BertForSequenceClassification,
+        BertForTokenClassification,
         GPT2Config,
         GPT2LMHeadModel,
         LlamaConfig,
         LlamaForCausalLM,
+        LlamaForSequenceClassification,
         T5Config,
         T5ForConditionalGeneration,
     )
@@ -50,6 +58,20 @@ def tiny_model(family: str, seed: int = 0) -> torch.nn.Module:
             eos_token_id=2, decoder_start_token_id=2, forced_eos_token_id=None,
         )  # fmt: skip
         return BartForConditionalGeneration(config)
+    if family in ("bert_cls", "bert_tok"):
+        config = BertConfig(
+            vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+            max_position_embeddings=64, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+            classifier_dropout=0.0, num_labels=NUM_CLASSES, pad_token_id=PAD,
+        )  # fmt: skip
+        return (BertForSequenceClassification if family == "bert_cls" else BertForTokenClassification)(config)
+    if family == "llama_cls":
+        config = LlamaConfig(
+            vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+            num_key_value_heads=2, max_position_embeddings=64, pad_token_id=PAD, bos_token_id=1, eos_token_id=2,
+            num_labels=NUM_CLASSES,
+        )  # fmt: skip
+        return LlamaForSequenceClassification(config)
     raise ValueError(f"unknown family {family!r}")
 
 
@@ -64,7 +86,14 @@ def tiny_dataset(family: str, n: int = 32, seed: int = 0) -> Dataset:
     for _ in range(n):
         length = int(torch.randint(4, 17, (1,), generator=g))
         ids = torch.randint(3, VOCAB, (length,), generator=g).tolist()
-        if is_seq2seq(family):
+        if family in CLASSIFIERS:
+            if family == "bert_tok":  # a tag per token, some positions not scored
+                tags = torch.randint(0, NUM_CLASSES, (length,), generator=g).tolist()
+                label = [-100 if i % 5 == 0 else t for i, t in enumerate(tags)]
+            else:  # a class per example, a function of the text so that it can be learnt
+                label = sum(ids) % NUM_CLASSES
+            rows.append({"input_ids": ids, "attention_mask": [1] * length, "labels": label})
+        elif is_seq2seq(family):
             target_len = int(torch.randint(2, 12, (1,), generator=g))
             target = torch.randint(3, VOCAB, (target_len,), generator=g).tolist()
             rows.append({"input_ids": ids, "attention_mask": [1] * length, "labels": target + [2]})
@@ -80,6 +109,9 @@ def collator(family: str):
     def collate(features: list[dict]) -> dict[str, torch.Tensor]:
         batch: dict[str, torch.Tensor] = {}
         for key, pad in (("input_ids", PAD), ("attention_mask", 0), ("labels", -100)):
+            if not isinstance(features[0][key], list):  # a sequence classifier's label, one per example
+                batch[key] = torch.tensor([f[key] for f in features])
+                continue
             longest = max(len(f[key]) for f in features)
             batch[key] = torch.tensor([f[key] + [pad] * (longest - len(f[key])) for f in features])
         return batch

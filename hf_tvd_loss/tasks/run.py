@@ -191,7 +191,7 @@ def prepare(task: Task[Any, Any], argv: Sequence[str] | None = None) -> Prepared
 
 def _checkpoint_tokenizer(checkpoint: str) -> PreTrainedTokenizerBase:
     """The tokenizer a resumed run must use: the one saved with its checkpoint. A tokenizer trained again on the
-    data would give other token ids under the checkpoint's weights (issue 21: 60 of 64 ids moved when the training
+    data would give other token ids under the checkpoint's weights (measured: 60 of 64 ids moved when the training
     data had changed), so a checkpoint without one is refused."""
     from transformers import AutoTokenizer
 
