@@ -39,7 +39,7 @@ def test_value_and_gradient_equal_the_closed_form_on_both_paths(q, eps):
     hidden, weight, labels = _head()
     ref = gce_cross_entropy_reference(hidden @ weight.T, labels, q=q, label_smoothing=eps)
     ref_grads = torch.autograd.grad(ref, (hidden, weight))  # autograd of (1 - p^q)/q itself
-    for path, loss, stats, grads in _both_paths(hidden, weight, labels, gce_terms(q), label_smoothing=eps):
+    for path, loss, _, grads in _both_paths(hidden, weight, labels, gce_terms(q), label_smoothing=eps):
         torch.testing.assert_close(loss.double(), ref, rtol=1e-6, atol=1e-7, msg=path)  # the loss runs in fp32
         for got, want in zip(grads, ref_grads):
             torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-7, msg=path)
@@ -79,7 +79,7 @@ def test_q_one_has_the_gradient_of_dft_and_small_q_tends_to_cross_entropy():
     hidden, weight, labels = _head(1)
     gce = _both_paths(hidden, weight, labels, gce_terms(1.0))
     dft = _both_paths(hidden, weight, labels, gamma_terms(1.0, 0.0))  # γ = 1, b = 0: DFT, weight sg(p)
-    for (path, loss, _, grads), (_, dft_loss, _, dft_grads) in zip(gce, dft):
+    for (path, loss, _, grads), (_, _, _, dft_grads) in zip(gce, dft):
         for got, want in zip(grads, dft_grads):
             torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-7, msg=path)
         logits = (hidden @ weight.T).detach()

@@ -412,10 +412,15 @@ NOISE_DESCRIPTIONS = {
     "tokens": "Label noise replaces that fraction of training target tokens with random ones",
     "swap": "Label noise gives that fraction of training examples the reference of another training example (a "
     "summary of another document, a translation of another sentence)",
+    "symmetric": "Label noise flips that fraction of training class labels to a uniformly drawn other class",
+    "asymmetric": "Label noise flips that fraction of the training class labels of each mapped class to its fixed "
+    "confusion class (by default class c to c+1 mod C)",
 }
 NOISE_AXES = {
     "tokens": "label-noise rate (fraction of training target tokens replaced)",
     "swap": "label-noise rate (fraction of training examples given another example's reference)",
+    "symmetric": "label-noise rate (fraction of training labels flipped to another class)",
+    "asymmetric": "label-noise rate (fraction of mapped training labels flipped to their confusion class)",
 }
 
 
@@ -696,6 +701,10 @@ TASK_METRICS = {
 }
 
 
+# The tasks whose targets are generated token sequences: token noise (tokens, swap), never class-label noise.
+_GENERATION_TASKS = ("translation", "summarization", "language_modeling")
+
+
 def apply_label_noise(dataset: Any, rate: float, vocab_size: int, protected: frozenset[int], seed: int) -> Any:
     """The training set with ``rate`` of its scored target tokens replaced (:func:`~hf_tvd_loss.study.noise.noisy_labels`).
 
@@ -711,6 +720,64 @@ def apply_label_noise(dataset: Any, rate: float, vocab_size: int, protected: fro
         return {"labels": noisy_labels(example["labels"], rate, vocab_size, rng, protected=protected)}
 
     return dataset.map(corrupt, with_indices=True, desc=f"label noise {rate:g}")
+
+
+def apply_class_noise(
+    dataset: Any,
+    kind: str,
+    rate: float,
+    num_classes: int,
+    seed: int,
+    label_column: str = "label",
+    *,
+    flip_map: dict[int, int] | None = None,
+) -> Any:
+    """The training set of a classification task with ``rate`` of its class labels flipped: ``kind`` ``symmetric``
+    (:func:`~hf_tvd_loss.study.noise.symmetric_class_noise`, a uniformly drawn other class) or ``asymmetric``
+    (:func:`~hf_tvd_loss.study.noise.asymmetric_class_noise` with ``flip_map``, by default
+    :func:`~hf_tvd_loss.study.noise.next_class_flip_map`: class c to c+1 mod C).
+
+    The noisy label replaces ``label_column`` (what the model trains on); ``clean_label`` keeps the original and
+    ``label_flipped`` (bool) says whether it was flipped, per example, for the study's records. Each example draws
+    from its own random stream ``(seed, index)``, so the noise does not depend on the order of processing, and the
+    two kinds flip the same examples at the same seed and rate when every class is mapped.
+    """
+    import random
+
+    from .noise import CLASS_NOISE_KINDS, asymmetric_class_noise, next_class_flip_map, symmetric_class_noise
+
+    if kind not in CLASS_NOISE_KINDS:
+        raise ValueError(f"kind must be one of {', '.join(CLASS_NOISE_KINDS)}, got {kind!r}")
+    if flip_map is not None and kind != "asymmetric":
+        raise ValueError(f"flip_map is used by kind 'asymmetric' only, got kind {kind!r}")
+    columns = list(getattr(dataset, "column_names", None) or [])
+    if label_column not in columns:
+        raise ValueError(f"label_column {label_column!r} is not a column of the dataset (columns: {columns})")
+    taken = [name for name in ("clean_label", "label_flipped") if name in columns]
+    if taken:
+        raise ValueError(f"the dataset already has {', '.join(taken)}: class noise was applied to it before")
+    mapping = (next_class_flip_map(num_classes) if flip_map is None else flip_map) if kind == "asymmetric" else None
+
+    def noise(labels: list[int], rng: random.Random) -> tuple[list[int], list[bool]]:
+        if mapping is not None:
+            return asymmetric_class_noise(labels, rate, mapping, rng, num_classes=num_classes)
+        return symmetric_class_noise(labels, rate, num_classes, rng)
+
+    noise([], random.Random(0))  # the arguments are checked once, before any example
+
+    def corrupt(example: dict[str, Any], index: int) -> dict[str, Any]:
+        label = example[label_column]
+        (noisy,), (flipped,) = noise([label], random.Random(f"class-noise-{seed}-{index}"))
+        return {label_column: noisy, "clean_label": label, "label_flipped": flipped}
+
+    features = None
+    if getattr(dataset, "features", None) is not None:  # keep the label's feature (a ClassLabel's names) on both
+        from datasets import Value
+
+        features = dataset.features.copy()
+        features["clean_label"] = features[label_column]
+        features["label_flipped"] = Value("bool")
+    return dataset.map(corrupt, with_indices=True, features=features, desc=f"{kind} class noise {rate:g}")
 
 
 def apply_reference_swap(dataset: Any, rate: float, seed: int, *, prompt_target: bool) -> Any:
@@ -764,11 +831,14 @@ def task_runner(
     """
     from hf_tvd_loss.tasks import get_task
 
-    from .noise import NOISE_KINDS
+    from .noise import CLASS_NOISE_KINDS, NOISE_KINDS
 
     get_task(task_name)  # an unknown task fails here, not in a worker
     if noise_kind not in NOISE_KINDS:
         raise ValueError(f"noise_kind must be one of {', '.join(NOISE_KINDS)}, got {noise_kind!r}")
+    if noise_kind in CLASS_NOISE_KINDS and task_name in _GENERATION_TASKS:
+        raise ValueError(f"noise_kind {noise_kind} flips class labels: it applies to classification tasks, not to "
+                         f"{task_name} (use noise_kind tokens or swap)")  # fmt: skip
     if noise_kind == "swap" and task_name == "language_modeling":
         raise ValueError("noise_kind swap exchanges references between examples: it applies to summarization and "
                          "translation, not to language modelling (use noise_kind tokens)")  # fmt: skip
