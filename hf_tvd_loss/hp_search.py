@@ -225,6 +225,12 @@ class HyperparameterSearchMixin:
         else:  # Ray and W&B hand the trial's values as a dict
             params = {k: v for k, v in dict(trial).items() if k != "wandb"}
         training, tvd = split_search_params(params, self.args)  # type: ignore[attr-defined]
+        if training.get("label_smoothing_factor"):  # refused in __init__ too: the γ-CE loss would not apply it
+            raise ValueError(
+                "hyperparameter search: TrainingArguments.label_smoothing_factor is not applied by a TVD trainer, "
+                "whose loss takes TVDArguments.label_smoothing (combined with the γ-CE term as in TaiLr): tune "
+                "label_smoothing instead"
+            )
         base = getattr(self, "_tvd_search_base", None) or self.tvd_args  # type: ignore[attr-defined]
         tvd_args = trial_tvd_args(base, tvd, self.tvd_weight_rule)  # type: ignore[attr-defined]
         self._tvd_use_args(tvd_args)  # type: ignore[attr-defined]

@@ -176,6 +176,7 @@ def test_metric_for_best_model_sets_objective_and_direction(tmp_path, monkeypatc
         ({"min_weight": -0.1}, r"TVDArguments\.min_weight"),
         ({"gamma_start": 0.5}, r"gamma_start.*gamma_schedule is 'constant'"),
         ({"loss_impl": "chunked"}, r"TVDArguments\.loss_impl chooses how the loss is computed"),
+        ({"label_smoothing_factor": 0.1}, r"label_smoothing_factor is not applied by a TVD trainer"),
     ],
 )
 def test_bad_space_refused_before_training(tmp_path, monkeypatch, space, message):
