@@ -40,13 +40,17 @@ from .checkpoints import CheckpointSafetyMixin, check_resume_loss_settings, last
 from .heads import (
     IGNORE_INDEX,
     OutputHead,
+    check_trainable_model,
     label_layout,
     logits_of,
     loss_in_output_head,
+    model_class_name,
+    output_layout,
     resolve_output_head,
     unwrap_model,
     verify_output_head,
 )
+from .hp_search import HyperparameterSearchMixin
 from .ops.common import (
     CALIBRATION_BINS,
     GammaCEStats,
@@ -136,7 +140,8 @@ def _count_targets(batch: Mapping[str, Any], shifts_labels: bool, normalization:
         return None
     if normalization == "token":
         return scored.sum()
-    scored = scored.reshape(-1, scored.shape[-1]) if scored.dim() > 1 else scored.reshape(1, -1)
+    # [B, T] labels: a row is a sequence; [B] labels (a classifier's, one per example): each is its own
+    scored = scored.reshape(-1, scored.shape[-1]) if scored.dim() > 1 else scored.reshape(-1, 1)
     position_ids = batch.get("position_ids")
     if torch.is_tensor(position_ids) and position_ids.shape == batch.get("labels", scored).shape:
         starts = position_ids.reshape(scored.shape).eq(0)
@@ -148,16 +153,17 @@ def _count_targets(batch: Mapping[str, Any], shifts_labels: bool, normalization:
     return scored.any(dim=-1).sum()
 
 
-def _refuse_model_without_lm_head(model: nn.Module | None) -> None:
-    """A model without an output embedding (e.g. ``GPT2Model``) has no logits to train: say so at construction."""
+def check_model_for_loss(model: nn.Module | None, tvd_args: TVDArguments) -> None:
+    """Refuse, before any work, a model γ-CE cannot train (:func:`~hf_tvd_loss.heads.check_trainable_model`) and
+    ``loss_impl="chunked"`` on a classifier."""
     if model is None:  # model_init: checked when the model exists
         return
-    base = unwrap_model(model)
-    getter = getattr(base, "get_output_embeddings", None)
-    if callable(getter) and getter() is None and not isinstance(getattr(base, "lm_head", None), nn.Module):
+    check_trainable_model(model)
+    if tvd_args.loss_impl == "chunked" and label_layout(model).classification:
         raise ValueError(
-            f"{type(base).__name__} has no language-modelling head (get_output_embeddings() is None), so it returns "
-            "no logits to train with γ-CE; load it with AutoModelForCausalLM or AutoModelForSeq2SeqLM"
+            f"loss_impl='chunked' cannot be used with {model_class_name(unwrap_model(model))}: it is a classifier, "
+            "whose logits over a few classes are small; the chunked loss saves the memory of [tokens, vocabulary] "
+            "logits of a language-modelling head and has nothing to save here. Use loss_impl='logits'"
         )
 
 
@@ -175,8 +181,9 @@ class TVDLossMixin:
     # compute_loss returns Σ / (token count of the whole accumulation step), so Trainer must not divide again.
     loss_is_scaled_for_ga = True
     # Compute the extra metrics (accuracy, entropy, calibration) in every evaluation even when
-    # tvd_args.extra_metrics is off (the task trainers' calibration); they come from the loss's own chunked pass.
-    tvd_eval_extra_metrics = False
+    # tvd_args.extra_metrics (which adds them to training) is off; they come from the loss's own pass over the logits
+    # (a chunk at a time), so their cost is in evaluation only (measured in BENCHMARKS.md). Set False to skip them.
+    tvd_eval_extra_metrics = True
 
     def __init__(
         self,
@@ -214,7 +221,7 @@ class TVDLossMixin:
         # Keep the stock token counting and the model's own loss path off: this class counts the scored
         # tokens itself (get_batch_samples) with the rule that matches its loss.
         self.model_accepts_loss_kwargs = False
-        _refuse_model_without_lm_head(self.model)
+        check_model_for_loss(self.model, tvd_args)
         self._tvd_sums: dict[str, torch.Tensor | None] = dict.fromkeys(_MODES)
         self._tvd_sequences: dict[str, torch.Tensor | None] = dict.fromkeys(_MODES)
         self.tvd_calibration_sums: dict[str, torch.Tensor] = {}
@@ -235,6 +242,14 @@ class TVDLossMixin:
                 "trains with DistributedDataParallel instead, each process holding the whole model. Drop the FSDP "
                 "settings on CPU, or see docs/DISTRIBUTED.md"
             )
+
+    def _tvd_use_args(self, tvd_args: TVDArguments) -> None:
+        """Train with ``tvd_args`` from now on (a hyperparameter-search trial, :mod:`hf_tvd_loss.hp_search`): the
+        loss state ``__init__`` derives from them is rebuilt (the non-finite policy is not a search field)."""
+        check_weight_rule(self.tvd_weight_rule, tvd_args)
+        self.tvd_args = tvd_args
+        self._tvd_terms = select_token_terms(tvd_args, self.tvd_weight_rule)
+        self._tvd_last_gamma = None
 
     # ---------------------------------------------------------------- γ
     def current_gamma(self) -> float:
@@ -461,7 +476,10 @@ class TVDLossMixin:
             calibration = sums[_BASE_SUMS + 2 :].reshape(3, CALIBRATION_BINS).detach().cpu()
             self.tvd_calibration_sums[mode] = calibration
             if count > 0:
-                metrics[f"{prefix}token_accuracy"] = correct / count
+                # a classifier's accuracy is per example (or per token of a token classifier): transformers'
+                # classification examples call it `accuracy`; a language model's is per predicted token
+                accuracy = "accuracy" if label_layout(self.model).classification else "token_accuracy"
+                metrics[f"{prefix}{accuracy}"] = correct / count
                 metrics[f"{prefix}entropy"] = entropy / count
                 calibration_metrics = calibration_from_sums(calibration)
                 for name in ("ece", "confidence"):
@@ -505,6 +523,7 @@ class TVDLossMixin:
         return output
 
     def train(self, *args: Any, **kwargs: Any):  # type: ignore[no-untyped-def]
+        check_model_for_loss(self.model, self.tvd_args)
         if self.tvd_args.loss_impl == "chunked":  # refuse an unusable head before any work (checked again on data)
             try:
                 resolve_output_head(self.model)
@@ -559,11 +578,11 @@ class TVDLossMixin:
         check_resume_loss_settings(checkpoint, metadata, self.tvd_args)
 
 
-class TVDTrainer(TVDLossMixin, CheckpointSafetyMixin, Trainer):
+class TVDTrainer(TVDLossMixin, HyperparameterSearchMixin, CheckpointSafetyMixin, Trainer):
     """``transformers.Trainer`` whose loss is token-level γ-CE. Extra argument: ``tvd_args=TVDArguments(...)``."""
 
 
-class TVDSeq2SeqTrainer(TVDLossMixin, CheckpointSafetyMixin, Seq2SeqTrainer):
+class TVDSeq2SeqTrainer(TVDLossMixin, HyperparameterSearchMixin, CheckpointSafetyMixin, Seq2SeqTrainer):
     """``transformers.Seq2SeqTrainer`` whose loss is token-level γ-CE. Extra argument: ``tvd_args``.
 
     With ``predict_with_generate=True`` the stock class computes its evaluation loss with ``model(**inputs)``
@@ -601,29 +620,24 @@ class _ReturnsLoss:
         return getattr(self._model, name)
 
 
-def _is_seq2seq_output(outputs: Any) -> bool:
-    """Whether ``outputs`` is an encoder-decoder's (transformers' Seq2Seq*Output, or any output with encoder states)."""
-    if type(outputs).__name__.startswith("Seq2Seq"):
-        return True
-    return isinstance(outputs, Mapping) and outputs.get("encoder_last_hidden_state") is not None
-
-
 class TVDLoss:
     """γ-CE as a ``compute_loss_func`` for the stock ``Trainer``: ``Trainer(..., compute_loss_func=TVDLoss(args))``.
 
     The stock Trainer pops ``labels`` before calling the model and passes ``num_items_in_batch``; this returns
-    ``Σ token losses / num_items_in_batch``. Use ``shift_labels=True`` (default) for causal LMs and ``False``
-    for encoder-decoders (whose collator must then provide ``decoder_input_ids``, e.g.
-    ``DataCollatorForSeq2Seq(model=...)``, since the model no longer sees the labels). γ schedules need the
-    trainer's step: use :class:`TVDTrainer` for those. Token counting is the stock Trainer's (for GPT-2, whose
-    ``loss_type`` is None, it includes the unshifted first label).
+    ``Σ token losses / num_items_in_batch``. How labels line up is read from the model's outputs
+    (:func:`~hf_tvd_loss.heads.output_layout`): a causal LM's are shifted, an encoder-decoder's and a classifier's
+    are not (an encoder-decoder's collator must then provide ``decoder_input_ids``, e.g.
+    ``DataCollatorForSeq2Seq(model=...)``, since the model no longer sees the labels). ``shift_labels=True`` /
+    ``False`` says it for outputs of another kind (a custom model's tuple or dict), and is refused where the outputs
+    say otherwise. γ schedules need the trainer's step: use :class:`TVDTrainer` for those. Token counting is the
+    stock Trainer's (for GPT-2, whose ``loss_type`` is None, it includes the unshifted first label).
     """
 
     def __init__(
         self,
         tvd_args: TVDArguments | None = None,
         *,
-        shift_labels: bool = True,
+        shift_labels: bool | None = None,
         weight_rule: TokenWeightRule | None = None,
     ) -> None:
         tvd_args = tvd_args if tvd_args is not None else TVDArguments()
@@ -635,21 +649,41 @@ class TVDLoss:
                 "TVDLoss (compute_loss_func) has no access to the training step, so "
                 f"TVDArguments.gamma_schedule must be 'constant', got {tvd_args.gamma_schedule!r}; use TVDTrainer"
             )
+        if shift_labels not in (None, True, False):
+            raise ValueError(
+                f"TVDLoss: shift_labels must be None (read from the outputs), True or False, got {shift_labels!r}"
+            )
         self.tvd_args = tvd_args
         self.shift_labels = shift_labels
         self._terms = select_token_terms(tvd_args, weight_rule)(tvd_args.gamma)
+
+    def _shifts(self, outputs: Any) -> bool:
+        layout = output_layout(outputs)
+        if layout is None:
+            if self.shift_labels is None:
+                raise ValueError(
+                    f"TVDLoss cannot tell from a {type(outputs).__name__} whether labels are shifted: pass "
+                    "shift_labels=True for a causal LM (position t predicts labels[t+1]), False for an "
+                    "encoder-decoder or a classifier"
+                )
+            return self.shift_labels
+        if self.shift_labels is not None and self.shift_labels != layout.shifts:
+            kind = {"causal": "a causal LM's", "encoder_decoder": "an encoder-decoder's",
+                    "classification": "a classifier's"}[layout.kind]  # fmt: skip
+            why = ("each position t predicts labels[t+1]" if layout.shifts else
+                   "its logits line up with the labels position by position")  # fmt: skip
+            raise ValueError(
+                f"TVDLoss(shift_labels={self.shift_labels}) got {kind} output ({type(outputs).__name__}): {why}; "
+                f"use TVDLoss(..., shift_labels={layout.shifts}), or leave shift_labels unset (read from the outputs)"
+            )
+        return layout.shifts
 
     def __call__(
         self, outputs: Any, labels: torch.Tensor, num_items_in_batch: torch.Tensor | int | None = None
     ) -> torch.Tensor:
         if labels is None:
             raise ValueError("TVDLoss needs labels; the batch has none")
-        if self.shift_labels and _is_seq2seq_output(outputs):
-            raise ValueError(
-                f"TVDLoss(shift_labels=True) got an encoder-decoder's output ({type(outputs).__name__}): its "
-                "decoder position t predicts labels[t], so the causal shift would score every logit against the "
-                "next label; use TVDLoss(..., shift_labels=False) for encoder-decoders"
-            )
+        shift = self._shifts(outputs)
         logits = outputs.get("logits") if isinstance(outputs, Mapping) else outputs[0]
         return token_weighted_cross_entropy(
             logits,
@@ -657,6 +691,6 @@ class TVDLoss:
             self._terms,
             label_smoothing=self.tvd_args.label_smoothing,
             ignore_index=IGNORE_INDEX,
-            shift_labels=self.shift_labels,
+            shift_labels=shift,
             num_items_in_batch=num_items_in_batch,
         )[0]
