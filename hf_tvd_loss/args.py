@@ -11,10 +11,19 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal, get_args
 
-from .ops.common import check_number, validate_focal_hyperparameters, validate_loss_hyperparameters
+from .ops.common import check_number, validate_loss_hyperparameters
 from .ops.kernels import Impl
 
-__all__ = ["GammaSchedule", "LossType", "NonFinitePolicy", "TVDArguments", "gamma_at_step"]
+__all__ = [
+    "EFFECTIVE_DEFAULTS",
+    "LOSS_TYPE_FIELDS",
+    "GammaSchedule",
+    "LossType",
+    "NonFinitePolicy",
+    "TVDArguments",
+    "applied_loss_fields",
+    "gamma_at_step",
+]
 
 # Each option set is written once, as a Literal; the tuples the checks and the parser's choices use derive from it.
 GammaSchedule = Literal["constant", "linear", "cosine"]
@@ -90,38 +99,54 @@ class TVDArguments:
             "choices": list(_SCHEDULES),
         },
     )
-    gamma_start: float = field(
-        default=0.0,
-        metadata={"help": "γ at step 0 for the 'linear' and 'cosine' schedules (0 = start as cross-entropy)."},
-    )
-    gamma_schedule_ratio: float = field(
-        default=1.0,
+    # The options below apply under one loss type or schedule only. Their default None means "not given": given
+    # where they do not apply, they are refused (a value equal to the effective default included); not given where
+    # they apply, __post_init__ sets the effective default (EFFECTIVE_DEFAULTS); where they do not apply they stay
+    # None, so the recorded settings show what the loss used.
+    gamma_start: float | None = field(
+        default=None,
         metadata={
-            "help": "Fraction in (0, 1] of the total optimisation steps over which γ moves from gamma_start to "
-            "γ. Ignored when gamma_schedule_steps is set."
+            "help": "γ at step 0 of the 'linear' and 'cosine' schedules (refused with 'constant'). Not given: 0.0 "
+            "(start as cross-entropy)."
+        },
+    )
+    gamma_schedule_ratio: float | None = field(
+        default=None,
+        metadata={
+            "help": "Fraction in (0, 1] of the total optimisation steps over which γ moves from gamma_start to γ "
+            "(refused with 'constant' and beside gamma_schedule_steps). Not given: 1.0 unless gamma_schedule_steps "
+            "is set."
         },
     )
     gamma_schedule_steps: int | None = field(
         default=None,
-        metadata={"help": "Number of optimisation steps over which γ moves from gamma_start to γ (overrides ratio)."},
-    )
-
-    focal_gamma: float = field(
-        default=2.0,
-        metadata={"help": "Focusing parameter f ≥ 0 of loss_type='focal': loss = -α(1-p)^f log p (0 = CE)."},
-    )
-    focal_alpha: float = field(
-        default=1.0,
         metadata={
-            "help": "Scale α > 0 of loss_type='focal' (a scalar: per-class α makes no sense over a vocabulary)."
+            "help": "Number of optimisation steps over which γ moves from gamma_start to γ, instead of "
+            "gamma_schedule_ratio (refused with 'constant')."
         },
     )
 
-    gce_q: float = field(
-        default=0.7,
+    focal_gamma: float | None = field(
+        default=None,
+        metadata={
+            "help": "Focusing parameter f ≥ 0 of loss_type='focal': loss = -α(1-p)^f log p (0 = CE); refused with "
+            "another loss_type. Not given: 2.0."
+        },
+    )
+    focal_alpha: float | None = field(
+        default=None,
+        metadata={
+            "help": "Scale α > 0 of loss_type='focal' (a scalar: per-class α makes no sense over a vocabulary); "
+            "refused with another loss_type. Not given: 1.0."
+        },
+    )
+
+    gce_q: float | None = field(
+        default=None,
         metadata={
             "help": "Exponent q in (0, 1] of loss_type='gce': loss = (1 - p^q)/q, gradient p^q·∇(-log p) (q → 0 "
-            "tends to cross-entropy, q = 1 is 1 - p with DFT's gradient). Default 0.7, the paper's choice."
+            "tends to cross-entropy, q = 1 is 1 - p with DFT's gradient); refused with another loss_type. Not "
+            "given: 0.7, the paper's choice."
         },
     )
 
@@ -212,16 +237,16 @@ class TVDArguments:
         if self.loss_type not in _LOSS_TYPES:
             raise ValueError(f"TVDArguments.loss_type must be one of {list(_LOSS_TYPES)}, got {self.loss_type!r}")
         validate_loss_hyperparameters(self.gamma, self.min_weight, self.label_smoothing, prefix="TVDArguments.")
-        validate_focal_hyperparameters(
-            self.focal_gamma, self.focal_alpha, self.label_smoothing, prefix="TVDArguments."
-        )
-        check_number("gce_q", self.gce_q, low=0.0, low_open=True, high=1.0, prefix=_P)
+        check_number("focal_gamma", self.focal_gamma, low=0.0, allow_none=True, prefix=_P)
+        check_number("focal_alpha", self.focal_alpha, low=0.0, low_open=True, allow_none=True, prefix=_P)
+        check_number("gce_q", self.gce_q, low=0.0, low_open=True, high=1.0, allow_none=True, prefix=_P)
         if self.gamma_schedule not in _SCHEDULES:
             raise ValueError(
                 f"TVDArguments.gamma_schedule must be one of {list(_SCHEDULES)}, got {self.gamma_schedule!r}"
             )
-        validate_loss_hyperparameters(self.gamma_start, prefix="TVDArguments.gamma_start: ")
-        check_number("gamma_schedule_ratio", self.gamma_schedule_ratio, low=0.0, low_open=True, high=1.0, prefix=_P)
+        check_number("gamma_start", self.gamma_start, low=0.0, high=1.0, allow_none=True, prefix=_P)
+        ratio = self.gamma_schedule_ratio
+        check_number("gamma_schedule_ratio", ratio, low=0.0, low_open=True, high=1.0, allow_none=True, prefix=_P)
         check_number(
             "gamma_schedule_steps", self.gamma_schedule_steps, low=1, integer=True, allow_none=True, prefix=_P
         )
@@ -229,21 +254,26 @@ class TVDArguments:
         self._refuse_other_loss_types_fields()
         # Options the chosen schedule would not apply are refused (they were once accepted and ignored).
         if self.gamma_schedule == "constant":
-            ignored = self.changed_fields(("gamma_start", "gamma_schedule_ratio", "gamma_schedule_steps"))
+            ignored = self.changed_fields(_SCHEDULE_FIELDS)
             if ignored:
                 raise ValueError(
                     f"TVDArguments: {', '.join(ignored)} set, but gamma_schedule is 'constant' (γ = {self.gamma} "
                     "from the first step), which does not use them: pass gamma_schedule='linear' or 'cosine', or "
                     "remove them"
                 )
-        elif (
-            self.gamma_schedule_steps is not None
-            and self.gamma_schedule_ratio != _FIELD_DEFAULTS["gamma_schedule_ratio"]
-        ):
+        elif self.gamma_schedule_steps is not None and self.gamma_schedule_ratio is not None:
             raise ValueError(
                 "TVDArguments: gamma_schedule_steps and gamma_schedule_ratio both set; the steps would win and the "
                 "ratio be ignored: pass one of them"
             )
+        # What applies and was not given takes its effective default; what does not apply stays None.
+        for name in self.applied_fields():
+            if getattr(self, name) is None and name in EFFECTIVE_DEFAULTS:
+                setattr(self, name, EFFECTIVE_DEFAULTS[name])
+
+    def applied_fields(self) -> tuple[str, ...]:
+        """The fields of :data:`LOSS_TYPE_FIELDS` that this loss type and γ schedule use (the others are None)."""
+        return applied_loss_fields(self.loss_type, self.gamma_schedule, self.gamma_schedule_steps)
 
     def _refuse_other_loss_types_fields(self) -> None:
         """``ValueError`` naming the fields of the other loss types (:data:`LOSS_TYPE_FIELDS`) set beside this one."""
@@ -268,17 +298,21 @@ class TVDArguments:
         )
 
     def changed_fields(self, names: Sequence[str]) -> list[str]:
-        """The fields among ``names`` set to something else than their defaults (in the order of ``names``)."""
+        """The fields among ``names`` set to something else than their defaults (in the order of ``names``): for
+        the fields whose default is None (not given), every given value, the effective default included."""
         return [name for name in names if getattr(self, name) != _FIELD_DEFAULTS[name]]
 
     def schedule_length(self, max_steps: int) -> int:
         """Steps over which γ moves, given the run's total optimisation steps."""
         if self.gamma_schedule_steps is not None:
             return self.gamma_schedule_steps
-        return max(1, math.ceil(self.gamma_schedule_ratio * max(max_steps, 1)))
+        ratio = self.gamma_schedule_ratio if self.gamma_schedule_ratio is not None else 1.0  # constant: unused
+        return max(1, math.ceil(ratio * max(max_steps, 1)))
 
     def gamma_at(self, step: int, max_steps: int) -> float:
         """γ at a global optimisation step (see :func:`gamma_at_step`)."""
+        if self.gamma_schedule == "constant":
+            return self.gamma
         return gamma_at_step(
             step,
             gamma=self.gamma,
@@ -317,3 +351,24 @@ _FOCAL_FIELDS = ("focal_gamma", "focal_alpha")
 _GCE_FIELDS = ("gce_q",)
 # The fields only one loss type reads, by loss type (every LossType has an entry, possibly empty).
 LOSS_TYPE_FIELDS: dict[str, tuple[str, ...]] = {"gamma_ce": _GAMMA_FIELDS, "focal": _FOCAL_FIELDS, "gce": _GCE_FIELDS}
+# The value a field whose default is None takes where it applies and was not given (documented in its help).
+EFFECTIVE_DEFAULTS: dict[str, float] = {
+    "gamma_start": 0.0,
+    "gamma_schedule_ratio": 1.0,
+    "focal_gamma": 2.0,
+    "focal_alpha": 1.0,
+    "gce_q": 0.7,
+}
+_SCHEDULE_FIELDS = ("gamma_start", "gamma_schedule_ratio", "gamma_schedule_steps")
+
+
+def applied_loss_fields(loss_type: str, gamma_schedule: str, gamma_schedule_steps: int | None) -> tuple[str, ...]:
+    """The fields of :data:`LOSS_TYPE_FIELDS` that a loss type and γ schedule use: the loss type's own, without the
+    schedule's options under a constant schedule, and without ``gamma_schedule_ratio`` when the steps are given.
+    (Also reads the settings a checkpoint recorded: :func:`~hf_tvd_loss.checkpoints.check_resume_loss_settings`.)"""
+    fields = LOSS_TYPE_FIELDS.get(loss_type, ())
+    if gamma_schedule == "constant":
+        return tuple(name for name in fields if name not in _SCHEDULE_FIELDS)
+    if gamma_schedule_steps is not None:
+        return tuple(name for name in fields if name != "gamma_schedule_ratio")
+    return fields

@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING, Any
 from torch import nn
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
+from .args import LOSS_TYPE_FIELDS, applied_loss_fields
+
 if TYPE_CHECKING:
     from .args import TVDArguments
 
@@ -356,10 +358,22 @@ def check_resume_loss_settings(checkpoint: str, metadata: dict[str, Any], tvd_ar
     saved = metadata.get("tvd_args")
     if not isinstance(saved, dict) or tvd_args.allow_loss_change_on_resume:
         return
+    # A field of one loss type or schedule counts where either run applies it: one applied by neither holds a value
+    # nobody used (older checkpoints recorded every field's default; newer ones record None there).
+    scoped = {name for names in LOSS_TYPE_FIELDS.values() for name in names}
+    applied = set(tvd_args.applied_fields()) | set(
+        applied_loss_fields(
+            _setting(saved.get("loss_type", "gamma_ce")),
+            _setting(saved.get("gamma_schedule", "constant")),
+            saved.get("gamma_schedule_steps"),
+        )
+    )
     changed = [
         f"{name} {saved[name]!r} -> {getattr(tvd_args, name)!r}"
         for name in _LOSS_DEFINING
-        if name in saved and _setting(saved[name]) != _setting(getattr(tvd_args, name))
+        if name in saved
+        and (name in applied or name not in scoped)
+        and _setting(saved[name]) != _setting(getattr(tvd_args, name))
     ]
     if changed:
         raise ValueError(
