@@ -444,7 +444,7 @@ def test_create_model_card_records_the_loss(tmp_path):
     assert {"mine", "hf_tvd_loss", "tailr"} <= set(card.data.tags)
     assert card.data.hf_tvd_loss == {
         "loss_type": "gamma_ce", "label_smoothing": 0.1, "normalization": "token", "gamma": 0.8, "min_weight": 0.2,
-        "gamma_schedule": "linear", "gamma_start": 0.0, "gamma_schedule_ratio": 1.0, "gamma_schedule_steps": 10,
+        "gamma_schedule": "linear", "gamma_start": 0.0, "gamma_schedule_ratio": None, "gamma_schedule_steps": 10,
     }  # fmt: skip
     assert card.text.count("## Loss (hf_tvd_loss)") == 1
     assert "| γ (gamma) | 0.8 |" in card.text and "| ε (label_smoothing) | 0.1 |" in card.text

@@ -10,7 +10,8 @@
 * ``trainers.py`` — the TVD trainers plus token-level calibration in every evaluation
 * ``report.py`` — the model card and the closing summary
 * ``seq2seq.py`` — what summarization and translation share (pairs, generation, predictions file)
-* ``summarization.py`` / ``translation.py`` / ``language_modeling.py`` — columns, defaults, metrics per task
+* ``summarization.py`` / ``translation.py`` / ``language_modeling.py`` / ``classification.py`` — columns, defaults,
+  metrics per task
 * ``synthetic.py`` — the corpora generated in code that the offline defaults train on
 * ``metrics.py`` — ROUGE (rouge_score), BLEU/chrF (sacrebleu; both from the ``scripts`` extra), token-level
   calibration
@@ -31,6 +32,7 @@ TASKS = {
     "summarization": ("summarization", "SummarizationTask"),
     "translation": ("translation", "TranslationTask"),
     "language_modeling": ("language_modeling", "LanguageModelingTask"),
+    "classification": ("classification", "ClassificationTask"),
 }
 
 if TYPE_CHECKING:

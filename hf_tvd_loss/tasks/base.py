@@ -89,6 +89,9 @@ class Task(Generic[DataArgsT, TrainingArgsT]):
     finetune_defaults: dict[str, Any] = {}
     # Metric names (without the eval_/test_ prefix) the closing summary prints, when present.
     headline_metrics: tuple[str, ...] = ("loss", "perplexity", "token_accuracy", "ece")
+    # Whether evaluation scores the model's predictions (compute_metrics on the logits) and --do_predict writes them,
+    # without generating: a classifier's are its logits over a few classes.
+    scores_predictions: bool = False
 
     # --- hooks
     def for_config(self, config: Any, origin: str = "") -> Task[DataArgsT, TrainingArgsT]:
@@ -103,6 +106,10 @@ class Task(Generic[DataArgsT, TrainingArgsT]):
                 f"that {auto.__name__} can load"
             )
         return self
+
+    def configure_config(self, config: Any, raw: Mapping[str, Dataset], data_args: DataArgsT) -> None:
+        """Settings the data decides on the model's config before the model is built or loaded (a classifier's
+        classes); refuse data that cannot fit (raise ``ValueError``). Writes nothing."""
 
     def check_model_kind(self, data_args: DataArgsT) -> None:
         """Refuse the options the kind of model :meth:`for_config` chose would not apply (raise ``ValueError``)."""

@@ -40,7 +40,7 @@ RUN_OUTPUT_FILES = (
     "vocab.json", "merges.txt", "spiece.model", "sentencepiece.bpe.model", "source.spm", "target.spm",
     "added_tokens.json", "chat_template.jinja", "training_args.bin", "trainer_state.json", "all_results.json",
     "train_results.json", "eval_results.json", "test_results.json", "run_info.json", "README.md",
-    "generated_predictions.jsonl", "adapter_config.json", "adapter_model.safetensors", LEDGER,
+    "generated_predictions.jsonl", "predictions.jsonl", "adapter_config.json", "adapter_model.safetensors", LEDGER,
 )  # fmt: skip
 RUN_OUTPUT_FOLDERS = ("tokenizer", "runs")
 _RUN_PATTERNS = (re.compile(r"checkpoint-\d+"), re.compile(r"model-\d+-of-\d+\.safetensors"),

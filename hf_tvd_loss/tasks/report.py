@@ -91,6 +91,17 @@ def _format_metric(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
+def _examples_line(examples: dict[str, Any]) -> str:
+    """How raw rows became examples (:meth:`~.base.Task.describe_examples`), as one line of the card."""
+    if "prompt_template" in examples:  # prompt → target on a decoder-only model
+        return (
+            f"- Examples: {examples['kind']}; {examples['format']}; prompt template {examples['prompt_template']!r}; "
+            f"source cut to {examples['max_source_length']} tokens, targets up to {examples['max_target_length']}"
+        )
+    details = "; ".join(f"{key.replace('_', ' ')}: {value}" for key, value in examples.items() if key != "kind")
+    return f"- Examples: {examples['kind']}" + (f"; {details}" if details else "")
+
+
 def write_model_card(
     metrics: dict[str, Any],
     *,
@@ -147,14 +158,7 @@ def write_model_card(
             else ""
         ),  # fmt: skip
         f"- Data: {data_line}",
-        *(
-            [
-                f"- Examples: {examples['kind']}; {examples['format']}; prompt template {examples['prompt_template']!r}; "
-                f"source cut to {examples['max_source_length']} tokens, targets up to {examples['max_target_length']}"
-            ]
-            if examples
-            else []
-        ),
+        *([_examples_line(examples)] if examples else []),
         f"- Training: {args.num_train_epochs:g} epoch(s)"
         + (f", max_steps {args.max_steps}" if args.max_steps and args.max_steps > 0 else "")
         + f", learning rate {args.learning_rate:g} ({scheduler}), {args.per_device_train_batch_size} "

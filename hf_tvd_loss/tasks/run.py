@@ -133,6 +133,7 @@ def prepare(task: Task[Any, Any], argv: Sequence[str] | None = None) -> Prepared
     raw = load_raw_splits(task, data_args, training_args, model_args.cache_dir, dropped)
     config, config_overrides, task = resolve_config(task, model_args)  # the task set up for this kind of model
     task.check_model_kind(data_args)
+    task.configure_config(config, raw, data_args)
     if training_args.resume_from_checkpoint:
         _check_checkpoint_architecture(training_args.resume_from_checkpoint, config)
     model_args = dataclasses.replace(model_args, config_overrides=config_overrides)
@@ -320,8 +321,9 @@ def _build(prepared: Prepared, folder: OutputFolder | None, start: float) -> Bui
         processing_class=tokenizer,
         data_collator=task.data_collator(tokenizer, model),
         # Text metrics need generated ids: without generation the evaluation is teacher-forced (loss, NLL,
-        # calibration), and the Trainer then keeps no logits (prediction_loss_only).
-        compute_metrics=task.compute_metrics(tokenizer, data_args) if generates else None,
+        # calibration), and the Trainer then keeps no logits (prediction_loss_only). A classifier's metrics read its
+        # logits (a few classes per example).
+        compute_metrics=task.compute_metrics(tokenizer, data_args) if generates or task.scores_predictions else None,
         tvd_args=prepared.tvd_args,
     )
     if isinstance(trainer, TaskGenerationTrainer):
@@ -360,7 +362,7 @@ def train_and_evaluate(prepared: Prepared, built: Built | None = None) -> dict[s
         test_metrics = dict(output.metrics, test_samples=len(datasets["test"]))
         trainer.save_metrics("test", test_metrics)
         metrics.update(test_metrics)
-        if trainer.is_world_process_zero() and built.generates:
+        if trainer.is_world_process_zero() and (built.generates or task.scores_predictions):
             predictions_file = task.write_predictions(output, tokenizer, output_dir)
     if not training_args.do_train:
         trainer.save_model()  # evaluation-only runs still leave a complete model folder (a collective call)

@@ -10,13 +10,20 @@ trained from scratch for a minute on two CPU cores learns enough of them for the
   for word through a fixed lexicon, with the verb moved to the end (as German subordinate clauses do) and
   a gendered article, so a model must learn a lexicon, agreement and reordering.
 * :func:`language_modeling_corpus` — paragraphs of the same news-like sentences.
+* :func:`classification_corpus` — news-like reports labelled with their topic (transport, schools, trade,
+  farming): the topic follows from what the report is about, never from a fixed word position, and a report may
+  mention a second topic in passing, so a model must read it. One report in five is about something that belongs
+  to two topics (a fish hall: trade or farming); a later sentence names the topic in most of those, not in all,
+  so even a perfect reader errs on about one report in twenty-five (the corpus has an irreducible error, and
+  a model's confidence can be judged against it).
 """
 
 from __future__ import annotations
 
 import random
 
-__all__ = ["language_modeling_corpus", "summarization_corpus", "translation_corpus"]
+__all__ = ["CLASSIFICATION_TOPICS", "classification_corpus", "language_modeling_corpus", "summarization_corpus",
+           "translation_corpus"]  # fmt: skip
 
 _PEOPLE = ["Alda Verin", "Bo Castell", "Cira Lund", "Dovan Pell", "Esko Marr", "Fia Tolde", "Garo Wend",
            "Hanne Ost", "Ivo Rask", "Jora Fenn", "Kell Amsel", "Lio Brandt"]  # fmt: skip
@@ -124,3 +131,66 @@ def translation_corpus(num_examples: int, seed: int = 0) -> list[dict[str, dict[
             english, source = f"{english} {_CONNECTIVE[0]} {sub_en}", f"{source} , {_CONNECTIVE[1]} {sub_src}"
         rows.append({"translation": {"de": f"{source[0].upper()}{source[1:]} .", "en": f"{english.capitalize()}."}})
     return rows
+
+
+# Topic → things a report on that topic is about (long form, as the lead sentence says it).
+CLASSIFICATION_TOPICS: dict[str, list[str]] = {
+    "transport": ["a plan for a new bridge", "a second ferry line", "a night bus service", "repairs to the rail line",
+                  "a wider harbour road"],
+    "schools": ["the school lunch program", "a larger public library", "evening classes for adults",
+                "a new roof for the village school", "more teachers for the first grades"],
+    "trade": ["the winter market", "higher fees for parking", "longer opening hours for shops",
+              "a tax on imported cloth", "a new hall for the fish traders"],
+    "farming": ["a road to the northern farms", "new rules for fishing boats", "a grain store by the river",
+                "help for farms after the flood", "a fence against the wild boar"],
+}  # fmt: skip
+# Things that belong to two topics: the label is one of them, and a cue sentence names it (or does not).
+_SHARED_THINGS = [("a new hall for the fish market", ("farming", "trade")),
+                  ("a bus line to the school", ("schools", "transport")),
+                  ("a cart road to the grain market", ("farming", "trade")),
+                  ("a ferry for pupils of the islands", ("schools", "transport")),
+                  ("a toll on the market bridge", ("trade", "transport")),
+                  ("a farm school for the young", ("farming", "schools"))]  # fmt: skip
+_TOPIC_CUES = {
+    "transport": "The {body} said the main worry was getting people from place to place.",
+    "schools": "The {body} said the main worry was the children and their lessons.",
+    "trade": "The {body} said the main worry was what sellers and buyers pay.",
+    "farming": "The {body} said the main worry was the crops and the boats.",
+}
+_SHARED_FRACTION, _CUE_RATE = 0.2, 0.6
+_TOPIC_AFTERTHOUGHTS = {
+    "transport": "Traffic on the coast road was slow all week.",
+    "schools": "Pupils in {place} will sit their exams next month.",
+    "trade": "Prices at the harbour stalls rose again in spring.",
+    "farming": "The harvest in the valley was late this year.",
+}
+
+
+def _report(rng: random.Random) -> tuple[str, str]:
+    cue = None
+    if rng.random() < _SHARED_FRACTION:
+        thing, topics = rng.choice(_SHARED_THINGS)
+        topic = rng.choice(topics)
+        cue = _TOPIC_CUES[topic] if rng.random() < _CUE_RATE else None
+    else:
+        topic = rng.choice(sorted(CLASSIFICATION_TOPICS))
+        thing = rng.choice(CLASSIFICATION_TOPICS[topic])
+    person, place, body, day = rng.choice(_PEOPLE), rng.choice(_PLACES), rng.choice(_BODIES), rng.choice(_DAYS)
+    past, _ = rng.choice(_ACTIONS)
+    sentences = [f"The {body} of {place} {past} {thing} on {day}, {person} said."]
+    fillers = rng.sample(_FILLERS, rng.randint(1, 3))
+    sentences += [f.format(n=rng.randint(2, 12), place=place, person=rng.choice(_PEOPLE), body=body,
+                           day=rng.choice(_DAYS)) for f in fillers]  # fmt: skip
+    if cue is not None:
+        sentences.insert(rng.randint(1, len(sentences)), cue.format(body=body))
+    if rng.random() < 0.3:  # another topic in passing, before or after the main one
+        other = rng.choice([t for t in sorted(_TOPIC_AFTERTHOUGHTS) if t != topic])
+        sentences.insert(rng.choice([0, len(sentences)]), _TOPIC_AFTERTHOUGHTS[other].format(place=place))
+    return " ".join(sentences), topic
+
+
+def classification_corpus(num_examples: int, seed: int = 0) -> list[dict[str, str]]:
+    """``num_examples`` rows ``{"sentence": report, "label": topic}`` (4 topics, string labels), the same for the
+    same seed."""
+    rng = random.Random(seed)
+    return [dict(zip(("sentence", "label"), _report(rng), strict=True)) for _ in range(num_examples)]
