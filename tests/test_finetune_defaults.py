@@ -68,8 +68,12 @@ def test_pretrained_gets_finetuning_defaults(tmp_path, task_name, kind, lr, sche
 
 
 def test_from_scratch_keeps_the_task_defaults(tmp_path):
-    for task_name, lr in (("language_modeling", 2e-3), ("translation", 3e-3), ("summarization", 1e-3),
-                          ("classification", 1e-3)):
+    for task_name, lr in (
+        ("language_modeling", 2e-3),
+        ("translation", 3e-3),
+        ("summarization", 1e-3),
+        ("classification", 1e-3),
+    ):
         task = get_task(task_name)
         prepared = prepare(task, _base(tmp_path))
         assert prepared.training_args.learning_rate == lr == task.defaults["learning_rate"]
