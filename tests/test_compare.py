@@ -288,3 +288,54 @@ def test_compare_losses_end_to_end(tmp_path):
     mtime = os.path.getmtime(report_dir / "runs" / "ce__seed0__noise0" / "result.json")
     script.main(argv)  # finished runs are reused, not redone
     assert os.path.getmtime(report_dir / "runs" / "ce__seed0__noise0" / "result.json") == mtime
+
+
+def test_classification_study_judges_the_clean_test_split(tmp_path, capsys):
+    """A tiny classification study: symmetric noise on the training labels only, seeded and recorded per example;
+    metrics on the clean test split before and after temperature scaling, memorisation of the flipped labels,
+    paired intervals over test examples; a noisy validation split on request."""
+    from hf_tvd_loss.study.command import main
+    from hf_tvd_loss.study.stats import metric_from_examples
+
+    report_dir = tmp_path / "report"
+    tiny = ["--", "--synthetic_train_examples", "64", "--synthetic_eval_examples", "16", "--num_train_epochs", "2",
+            "--per_device_train_batch_size", "16", "--logging_steps", "1"]  # fmt: skip
+    argv = ["--task", "classification", "--losses", "ce", "gce0.7", "--seeds", "0", "--noise_rates", "0", "0.5",
+            "--report_dir", str(report_dir), "--jobs", "1", "--noisy_validation", *tiny]  # fmt: skip
+    text = open(main(argv), encoding="utf-8").read()
+    assert "| gce0.7 | 0.5 | 1 |" in text and "clean-test accuracy" in text and "ECE (T-scaled)" in text
+    assert "the validation split is noisy (the same noise), the test split clean" in text
+    with open(report_dir / "results.json") as f:
+        results = {(r["loss"], r["noise"]): r["metrics"] for r in json.load(f)}
+    assert set(results) == {("ce", 0.0), ("gce0.7", 0.0), ("ce", 0.5), ("gce0.7", 0.5)}
+    for (loss, noise), metrics in results.items():
+        assert {"test_accuracy", "test_macro_f1", "test_nll", "test_ece", "test_nll_ts", "test_ece_ts",
+                "temperature", "train_noisy_accuracy"} <= set(metrics)  # fmt: skip
+        assert ("train_flipped_memorised" in metrics) == (noise > 0)
+    with open(report_dir / "runs" / "ce__seed0__noise0.5" / "result.json") as f:
+        run = json.load(f)
+    assert {len(rows) for rows in run["per_example"].values()} == {16}  # one row per clean test example
+    for metric in ("test_accuracy", "test_nll", "test_ece", "test_macro_f1", "test_ece_ts"):
+        assert metric_from_examples(metric, run["per_example"]) == pytest.approx(
+            results[("ce", 0.5)][metric], abs=1e-6
+        )
+    # the test split is clean: the runs with and without noise were evaluated on the same labels
+    with open(report_dir / "runs" / "ce__seed0__noise0" / "predictions.jsonl") as f:
+        clean = [json.loads(line)["label"] for line in f]
+    with open(report_dir / "runs" / "ce__seed0__noise0.5" / "predictions.jsonl") as f:
+        assert [json.loads(line)["label"] for line in f] == clean
+    assert "Δ clean-test accuracy" in text.split("## Differences from `ce`")[1]
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--task", "classification", "--noise_kind", "tokens"], "noise_kind tokens corrupts target tokens"),
+    (["--task", "translation", "--noisy_validation"], "noisy_validation applies the class-label noise"),
+    (["--task", "summarization", "--noise_kind", "symmetric"], "flips class labels"),
+])  # fmt: skip
+def test_classification_noise_options_are_refused_where_they_do_not_apply(tmp_path, capsys, argv, message):
+    from hf_tvd_loss.study.command import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main([*argv, "--losses", "ce", "--seeds", "0", "--report_dir", str(tmp_path / "r")])
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "r" / "runs").exists()

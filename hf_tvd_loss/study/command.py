@@ -44,6 +44,7 @@ from .compare import (
     task_runner,
     write_report,
 )
+from .noise import NOISE_KINDS
 
 # the γ sweep without floor or smoothing (γ=0 is ce, γ=1 is dft), the usual alternatives, TaiLr's own translation
 # setting (γ=0.1, b=0.3, ε=0.1) and a schedule from cross-entropy to γ=0.8 with the floor
@@ -72,7 +73,13 @@ DEFAULT_TASK_ARGS = {
     ],  # fmt: skip
     "summarization": [*_QUIET, "--generation_num_beams", "1"],
     "language_modeling": _QUIET,
+    # judged on the clean test split (do_predict on); trained long enough for cross-entropy to fit noisy labels
+    "classification": ["--report_to", "none", "--disable_tqdm", "true", "--num_train_epochs", "8"],
 }
+# Classification: the noisy-label literature's baselines (label smoothing, focal, GCE q=0.7) beside γ-CE across γ
+# and TaiLr's floor b=0.2 at one γ; every loss also under noise.
+DEFAULT_CLASSIFICATION_LOSSES = ["ce", "ls0.1", "focal2", "gce0.7", "gamma0.1", "gamma0.5", "gamma0.8",
+                                 "gamma0.5b0.2", "dft"]  # fmt: skip
 DATA_OPTIONS = tuple(f"--{name}" for name in (*FILE_OPTIONS, "dataset_name"))  # options that name the data
 
 
@@ -90,7 +97,7 @@ def _without(argv: list[str], options: tuple[str, ...]) -> list[str]:
 
 
 STUDY_KEYS = {"task", "losses", "seeds", "noise_rates", "noise_losses", "report_dir", "task_args", "baselines",
-              "generation_prompts", "eval_examples", "jobs", "noise_kind"}  # fmt: skip
+              "generation_prompts", "eval_examples", "jobs", "noise_kind", "noisy_validation"}  # fmt: skip
 
 
 PROG = "hf-tvd-loss compare"
@@ -106,10 +113,15 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     parser.add_argument("--seeds", nargs="+", type=int, default=None, help="Seeds (default: 0 1 2).")
     parser.add_argument("--noise_rates", nargs="+", type=float, default=None,
                         help="Label-noise rates; 0 is always run (default: 0 0.2).")  # fmt: skip
-    parser.add_argument("--noise_kind", choices=["tokens", "swap"], default=None,
+    parser.add_argument("--noise_kind", choices=list(NOISE_KINDS), default=None,
                         help="What label noise corrupts: tokens (that fraction of training target tokens replaced at "
-                        "random; default) or swap (that fraction of training examples given another example's "
-                        "reference: summarization and translation).")  # fmt: skip
+                        "random; the generation tasks' default) or swap (that fraction of training examples given "
+                        "another example's reference: summarization and translation); for classification, "
+                        "symmetric (that fraction of training labels flipped to a uniformly drawn other class; its "
+                        "default) or asymmetric (flipped to a fixed confusion class, c to c+1 mod C).")  # fmt: skip
+    parser.add_argument("--noisy_validation", action="store_true", default=None,
+                        help="Classification: apply the label noise to the validation split too (default: clean). "
+                        "The test split is always clean.")  # fmt: skip
     parser.add_argument("--noise_losses", nargs="+", default=None,
                         help=f"Losses also run with label noise (default: {' '.join(DEFAULT_NOISE_LOSSES)}; 'all').")  # fmt: skip
     parser.add_argument("--report_dir", default=None, help="Report folder (default: reports/compare_<task>).")
@@ -159,10 +171,12 @@ def main(argv: Sequence[str] | None = None, prog: str = PROG) -> str:
         task = args.task or config.get("task", "translation")
         if task not in TASK_METRICS:
             raise ValueError(f"task must be one of {sorted(TASK_METRICS)}, got {task!r}")
-        losses = [parse_loss(name) for name in _chosen("losses", args.losses, config, DEFAULT_LOSSES)]
+        default_losses = DEFAULT_CLASSIFICATION_LOSSES if task == "classification" else DEFAULT_LOSSES
+        losses = [parse_loss(name) for name in _chosen("losses", args.losses, config, default_losses)]
         _refuse_repeats("losses", [loss.name for loss in losses])
         seeds = _chosen("seeds", args.seeds, config, [0, 1, 2])
-        noise_rates = _chosen("noise_rates", args.noise_rates, config, [0.0, 0.2])
+        noise_rates = _chosen("noise_rates", args.noise_rates, config,
+                              [0.0, 0.2, 0.4] if task == "classification" else [0.0, 0.2])  # fmt: skip
         if any(not 0.0 <= r <= 1.0 for r in noise_rates):
             raise ValueError(f"noise rates must be in [0, 1], got {noise_rates}")
         names = [loss.name for loss in losses]
@@ -170,6 +184,8 @@ def main(argv: Sequence[str] | None = None, prog: str = PROG) -> str:
         if not args.noise_losses and args.losses and isinstance(noise_losses, list):
             # a config's noise losses, narrowed to the losses chosen on the command line
             noise_losses = [name for name in noise_losses if name in args.losses] or args.losses
+        if noise_losses is None and task == "classification":  # noise is what the classification study is about
+            noise_losses = names
         if noise_losses is None:  # not chosen: the default ones that are being compared
             noise_losses = [name for name in DEFAULT_NOISE_LOSSES if name in names] or names
         if noise_losses in ("all", ["all"]):
@@ -190,7 +206,8 @@ def main(argv: Sequence[str] | None = None, prog: str = PROG) -> str:
         jobs = args.jobs or int(config.get("jobs", 2 if (os.cpu_count() or 1) >= 2 else 1))
         if jobs < 1:
             raise ValueError(f"--jobs must be at least 1, got {jobs}")
-        noise_kind = args.noise_kind or config.get("noise_kind", "tokens")
+        noise_kind = args.noise_kind or config.get("noise_kind", "symmetric" if task == "classification" else "tokens")
+        noisy_validation = bool(args.noisy_validation or config.get("noisy_validation", False))
         report_dir = args.report_dir or config.get("report_dir") or os.path.join("reports", f"compare_{task}")
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
@@ -204,7 +221,7 @@ def main(argv: Sequence[str] | None = None, prog: str = PROG) -> str:
         eval_examples = config.get("eval_examples")
         runner = task_runner(task, task_args, generation_prompts=int(config.get("generation_prompts", 64)),
                              eval_examples=None if eval_examples is None else int(eval_examples),
-                             noise_kind=noise_kind)  # fmt: skip
+                             noise_kind=noise_kind, noisy_validation=noisy_validation)  # fmt: skip
         results = run_study(runs, report_dir, runner, jobs=jobs)
     except ValueError as err:  # bad task options are refused by the first run, before it trains
         print(f"error: {err}", file=sys.stderr)
@@ -213,6 +230,6 @@ def main(argv: Sequence[str] | None = None, prog: str = PROG) -> str:
     command = shlex.join([*shlex.split(prog), *argv])
     path = write_report(results, report_dir, task_metric=metric, task_metric_label=label, higher_is_better=higher,
                         command=command, title=f"Loss comparison: {task}", baselines=baselines,
-                        noise_kind=noise_kind)  # fmt: skip
+                        noise_kind=noise_kind, noisy_validation=noisy_validation)  # fmt: skip
     print(f"[compare_losses] done in {time.time() - start:.0f} s; report: {path}")
     return path

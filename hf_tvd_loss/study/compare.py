@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..ops.common import CALIBRATION_BINS
 from .stats import Comparison, Interval, paired_comparisons
 
 __all__ = ["LossSetting", "RunSpec", "TaskRunner", "parse_loss", "plan_runs", "run_study", "write_report"]
@@ -242,7 +243,9 @@ SECONDARY_METRICS = [
     "eval_rouge2",
 ]  # reported (and compared) beside the task metric when the runs have them
 # metrics compared with the baseline: (higher is better, digits)
-INTERVAL_METRICS = {"eval_bleu": (True, 2), "eval_chrf": (True, 2), "eval_rougeL": (True, 2), "eval_rouge1": (True, 2),
+INTERVAL_METRICS = {"test_accuracy": (True, 4), "test_macro_f1": (True, 4), "test_nll": (False, 4),
+                    "test_ece": (False, 4), "test_nll_ts": (False, 4), "test_ece_ts": (False, 4),
+                    "eval_bleu": (True, 2), "eval_chrf": (True, 2), "eval_rougeL": (True, 2), "eval_rouge1": (True, 2),
                     "eval_rouge2": (True, 2), "eval_nll": (False, 3),
                     "eval_perplexity": (False, 2), "eval_ece": (False, 4), "eval_token_accuracy": (True, 4),
                     "eval_gen_distinct_1": (True, 4), "eval_gen_distinct_2": (True, 4), "eval_gen_distinct_4": (True, 4),
@@ -435,6 +438,7 @@ def write_report(
     title: str,
     baselines: Sequence[str] = ("ce",),
     noise_kind: str = "tokens",
+    noisy_validation: bool = False,
 ) -> str:
     """Write ``report.md``, ``results.json`` and PNG plots into ``report_dir``; returns the report's path.
 
@@ -448,15 +452,11 @@ def write_report(
 
     # a second task metric where the runs have it (translation: chrF beside BLEU)
     secondary = [c for c in SECONDARY_METRICS if c != task_metric and any(c in r.metrics for r in results)]
-    columns = [
-        task_metric,
-        *secondary,
-        "eval_nll",
-        "eval_perplexity",
-        "eval_ece",
-        "eval_confidence",
-        "eval_token_accuracy",
-    ]
+    classification = task_metric == TASK_METRICS["classification"][0]
+    evaluation = CLASSIFICATION_COLUMNS if classification else [
+        "eval_nll", "eval_perplexity", "eval_ece", "eval_confidence", "eval_token_accuracy"]  # fmt: skip
+    columns = [task_metric, *secondary, *(c for c in evaluation if any(c in r.metrics for r in results))]
+    ece_column = "test_ece" if classification else "eval_ece"
     columns = list(dict.fromkeys(columns))  # language modelling's task metric is the perplexity column itself
     generation_columns = [c for c in GENERATION_COLUMNS if any(c in r.metrics for r in results)]
     labels = {
@@ -469,7 +469,9 @@ def write_report(
         "eval_ece": "ECE",
         "eval_confidence": "mean confidence",
         "eval_token_accuracy": "token accuracy",
+        **CLASSIFICATION_LABELS,
     }
+    labels[task_metric] = task_metric_label
     rows = aggregate(results, columns + generation_columns)
     labels.update(GENERATION_LABELS)
     os.makedirs(report_dir, exist_ok=True)
@@ -526,7 +528,7 @@ def write_report(
             mean_conf = [c / k if k else 0.0 for c, k in zip(conf, count, strict=True)]
             ax.bar(centers, acc, width=1.0 / n, edgecolor="black", alpha=0.7, label="accuracy")
             ax.plot(mean_conf, acc, "o", markersize=3, color="red", label="(confidence, accuracy)")
-        ece = next((row["eval_ece"][0] for row in rows if row["loss"] == loss and row["noise"] == 0.0), float("nan"))
+        ece = next((row[ece_column][0] for row in rows if row["loss"] == loss and row["noise"] == 0.0), float("nan"))
         ax.set_title(f"{loss}  ECE {ece:.3f}", fontsize=9)
         ax.set_xlim(0, 1)
         ax.set_ylim(0, 1)
@@ -547,9 +549,11 @@ def write_report(
         positions = list(range(len(gamma_rows)))
         ticks = [f"{row['spec'].loss.gamma:g}" for row in gamma_rows]
         reference_rows = [
-            row for row in rows if row["noise"] == 0.0 and row["spec"].loss.family in ("ls", "focal", "schedule")
+            row
+            for row in rows
+            if row["noise"] == 0.0 and row["spec"].loss.family in ("ls", "focal", "gce", "schedule")
         ]
-        for ax, column in zip(axes, (task_metric, "eval_ece"), strict=True):
+        for ax, column in zip(axes, (task_metric, ece_column), strict=True):
             ax.errorbar(positions, [row[column][0] for row in gamma_rows], yerr=[row[column][1] for row in gamma_rows],
                         marker="o", capsize=3, color="C0", label="γ-CE, b=0 (γ=0: CE, γ=1: DFT); bars: ±1 std")  # fmt: skip
             for k, row in enumerate(gamma_rows):
@@ -599,10 +603,21 @@ def write_report(
         f"Command: `{command}`",
         "",
         f"Mean ± standard deviation over seeds. {task_metric_label} is {'higher' if higher_is_better else 'lower'} "
-        "= better; NLL/perplexity and calibration are measured with teacher forcing on the reference tokens of the "
-        "evaluation set (ECE over 10 equal-width confidence bins of the top-1 probability). "
-        + NOISE_DESCRIPTIONS[noise_kind]
-        + "; evaluation data are clean.",
+        "= better; "
+        + (
+            "every metric is measured on the clean test split (ECE over 15 equal-width bins of the top-1 "
+            "probability); T-scaled: after temperature scaling fitted on the validation split; train acc. (noisy "
+            "labels): the final model's agreement with the labels it trained on; flipped memorised: the fraction of "
+            "flipped training examples it predicts as their noisy label. "
+            + NOISE_DESCRIPTIONS[noise_kind]
+            + f"; the validation split is {'noisy (the same noise)' if noisy_validation else 'clean'}, the test "
+            "split clean."
+            if classification
+            else "NLL/perplexity and calibration are measured with teacher forcing on the reference tokens of the "
+            f"evaluation set (ECE over {CALIBRATION_BINS} equal-width confidence bins of the top-1 probability). "
+            + NOISE_DESCRIPTIONS[noise_kind]
+            + "; evaluation data are clean."
+        ),
         "",
         markdown_table(rows, columns, labels),
         "",
@@ -698,7 +713,16 @@ TASK_METRICS = {
     "translation": ("eval_bleu", "BLEU", True),
     "summarization": ("eval_rougeL", "ROUGE-L", True),
     "language_modeling": ("eval_perplexity", "perplexity", False),
+    # judged on the clean test split (the validation split may be noisy: --noisy_validation)
+    "classification": ("test_accuracy", "clean-test accuracy", True),
 }
+# The report's columns of a classification study (hf_tvd_loss.study.classification), after the task metric.
+CLASSIFICATION_COLUMNS = ["test_macro_f1", "test_nll", "test_ece", "test_confidence", "test_nll_ts", "test_ece_ts",
+                          "train_noisy_accuracy", "train_flipped_memorised"]  # fmt: skip
+CLASSIFICATION_LABELS = {"test_macro_f1": "macro-F1", "test_nll": "NLL", "test_ece": "ECE",
+                         "test_confidence": "mean confidence", "test_nll_ts": "NLL (T-scaled)",
+                         "test_ece_ts": "ECE (T-scaled)", "train_noisy_accuracy": "train acc. (noisy labels)",
+                         "train_flipped_memorised": "flipped memorised"}  # fmt: skip
 
 
 # The tasks whose targets are generated token sequences: token noise (tokens, swap), never class-label noise.
@@ -815,6 +839,7 @@ def task_runner(
     generation_prompts: int = 64,
     eval_examples: int | None = None,
     noise_kind: str = "tokens",
+    noisy_validation: bool = False,
 ) -> Runner:
     """A :data:`Runner` that trains ``task_name`` in this process through the task layer.
 
@@ -839,10 +864,17 @@ def task_runner(
     if noise_kind in CLASS_NOISE_KINDS and task_name in _GENERATION_TASKS:
         raise ValueError(f"noise_kind {noise_kind} flips class labels: it applies to classification tasks, not to "
                          f"{task_name} (use noise_kind tokens or swap)")  # fmt: skip
+    if noise_kind not in CLASS_NOISE_KINDS and task_name not in _GENERATION_TASKS:
+        raise ValueError(f"noise_kind {noise_kind} corrupts target tokens: the {task_name} task's noise flips class "
+                         f"labels (use noise_kind {' or '.join(CLASS_NOISE_KINDS)})")  # fmt: skip
+    if noisy_validation and noise_kind not in CLASS_NOISE_KINDS:
+        raise ValueError("noisy_validation applies the class-label noise to the validation split too: it needs "
+                         f"noise_kind {' or '.join(CLASS_NOISE_KINDS)}")  # fmt: skip
     if noise_kind == "swap" and task_name == "language_modeling":
         raise ValueError("noise_kind swap exchanges references between examples: it applies to summarization and "
                          "translation, not to language modelling (use noise_kind tokens)")  # fmt: skip
-    return TaskRunner(task_name, list(task_argv), keep_models, generation_prompts, eval_examples, noise_kind)
+    return TaskRunner(task_name, list(task_argv), keep_models, generation_prompts, eval_examples, noise_kind,
+                      noisy_validation)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -853,6 +885,7 @@ class TaskRunner:
     generation_prompts: int = 64
     eval_examples: int | None = None
     noise_kind: str = "tokens"
+    noisy_validation: bool = False
 
     def __call__(self, spec: RunSpec, run_dir: str) -> dict[str, Any]:
         import glob
@@ -870,7 +903,18 @@ class TaskRunner:
             shutil.rmtree(run_dir)
         prepared = prepare(task, run_argv(task_name, task_argv, spec, run_dir))
         built = build(prepared)
-        if spec.noise > 0 and self.noise_kind == "swap":
+        from .noise import CLASS_NOISE_KINDS
+
+        if spec.noise > 0 and self.noise_kind in CLASS_NOISE_KINDS:
+            classes = len(prepared.config.id2label)
+            built.trainer.train_dataset = apply_class_noise(
+                built.trainer.train_dataset, self.noise_kind, spec.noise, classes, spec.seed, label_column="labels"
+            )
+            if self.noisy_validation and "validation" in built.datasets:  # its own stream: not the train indices'
+                noisy = apply_class_noise(built.datasets["validation"], self.noise_kind, spec.noise, classes,
+                                          spec.seed + 1_000_003, label_column="labels")  # fmt: skip
+                built.datasets["validation"] = built.trainer.eval_dataset = noisy
+        elif spec.noise > 0 and self.noise_kind == "swap":
             built.trainer.train_dataset = apply_reference_swap(
                 built.trainer.train_dataset,
                 spec.noise,
@@ -890,6 +934,16 @@ class TaskRunner:
         metrics = train_and_evaluate(prepared, built)
         sums = getattr(built.trainer, "last_calibration_sums", None)
         samples = None
+        per_example = recorder.record()
+        bins = None if sums is None else sums.tolist()
+        if task_name == "classification":  # judged on the clean test split, with temperature scaling
+            from .classification import classification_evaluation
+
+            extra, per_example = classification_evaluation(built.trainer, built.datasets, built.trainer.train_dataset)
+            metrics.update(extra)
+            total = [sum(column) for column in zip(*per_example["test_calibration"], strict=True)]
+            size = len(total) // 3  # the reliability diagram's bins: count, Σ confidence, Σ correct
+            bins = [total[:size], total[size : 2 * size], total[2 * size :]]
         if task_name == "language_modeling" and generation_prompts > 0 and "validation" in built.datasets:
             from .generation_metrics import lm_generation_report
 
@@ -906,7 +960,7 @@ class TaskRunner:
         return {
             "metrics": {k: v for k, v in metrics.items() if isinstance(v, (int, float))},
             "history": built.trainer.state.log_history,
-            "calibration_bins": None if sums is None else sums.tolist(),
-            "per_example": recorder.record(),
+            "calibration_bins": bins,
+            "per_example": per_example,
             "samples": samples,
         }

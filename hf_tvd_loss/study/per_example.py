@@ -27,6 +27,8 @@ def per_example_token_stats(
 ) -> tuple[list[list[float]], list[list[float]]]:
     """Per row of the batch: ``[Σ NLL, count]`` and flattened ``[3 × num_bins]`` calibration sums."""
     with torch.no_grad():
+        if labels.dim() == 1:  # a classifier's: one label per example, its logits [B, C]
+            logits, labels = logits.unsqueeze(1), labels.unsqueeze(1)
         if shift:
             logits, labels = logits[:, :-1], labels[:, 1:]
         batch = labels.shape[0]
@@ -75,8 +77,9 @@ class ExampleRecorder:
             loss, outputs = compute_loss(model, inputs, True, num_items_in_batch)
             logits = outputs.get("logits") if isinstance(outputs, dict) else outputs[0]
             if logits is not None:
-                config = trainer.accelerator.unwrap_model(model).config
-                shift = not bool(getattr(config, "is_encoder_decoder", False))
+                from ..heads import label_layout
+
+                shift = label_layout(model).shifts
                 nll, calibration = per_example_token_stats(
                     logits, inputs["labels"], shift=shift, num_bins=recorder.num_bins
                 )

@@ -187,6 +187,17 @@ def _calibration(which: str) -> Callable[[Sequence[float]], float]:
     return metric
 
 
+def _ratio(total: Sequence[float]) -> float:  # rows [value, 1]
+    return total[0] / total[1] if total[1] else float("nan")
+
+
+def _macro_f1(total: Sequence[float]) -> float:  # rows [tp per class..., fp per class..., fn per class...]
+    classes = len(total) // 3
+    tp, fp, fn = total[:classes], total[classes : 2 * classes], total[2 * classes :]
+    scores = [2 * t / (2 * t + p + n) for t, p, n in zip(tp, fp, fn, strict=True) if t + p + n > 0]
+    return sum(scores) / len(scores) if scores else float("nan")
+
+
 # metric name in the results → (per-example key holding its additive rows, function of the rows' sum)
 EXAMPLE_METRICS: dict[str, tuple[str, Callable[[Sequence[float]], float]]] = {
     "eval_bleu": ("bleu_stats", _bleu),
@@ -197,6 +208,14 @@ EXAMPLE_METRICS: dict[str, tuple[str, Callable[[Sequence[float]], float]]] = {
     "eval_ece": ("calibration", _calibration("ece")),
     "eval_confidence": ("calibration", _calibration("confidence")),
     "eval_token_accuracy": ("calibration", _calibration("accuracy")),
+    # a classification run's clean test split (hf_tvd_loss.study.classification), before and after temperature scaling
+    "test_accuracy": ("test_correct", _ratio),
+    "test_macro_f1": ("test_f1_stats", _macro_f1),
+    "test_nll": ("test_nll", _nll),
+    "test_nll_ts": ("test_nll_ts", _nll),
+    "test_ece": ("test_calibration", _calibration("ece")),
+    "test_ece_ts": ("test_calibration_ts", _calibration("ece")),
+    "test_confidence": ("test_calibration", _calibration("confidence")),
 }
 
 
