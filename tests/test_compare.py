@@ -302,13 +302,14 @@ def test_classification_study_judges_the_clean_test_split(tmp_path, capsys):
             "--per_device_train_batch_size", "16", "--logging_steps", "1"]  # fmt: skip
     argv = ["--task", "classification", "--losses", "ce", "gce0.7", "--seeds", "0", "--noise_rates", "0", "0.5",
             "--report_dir", str(report_dir), "--jobs", "1", "--noisy_validation", *tiny]  # fmt: skip
-    text = open(main(argv), encoding="utf-8").read()
+    with open(main(argv), encoding="utf-8") as f:
+        text = f.read()
     assert "| gce0.7 | 0.5 | 1 |" in text and "clean-test accuracy" in text and "ECE (T-scaled)" in text
     assert "the validation split is noisy (the same noise), the test split clean" in text
     with open(report_dir / "results.json") as f:
         results = {(r["loss"], r["noise"]): r["metrics"] for r in json.load(f)}
     assert set(results) == {("ce", 0.0), ("gce0.7", 0.0), ("ce", 0.5), ("gce0.7", 0.5)}
-    for (loss, noise), metrics in results.items():
+    for (_, noise), metrics in results.items():
         assert {"test_accuracy", "test_macro_f1", "test_nll", "test_ece", "test_nll_ts", "test_ece_ts",
                 "temperature", "train_noisy_accuracy"} <= set(metrics)  # fmt: skip
         assert ("train_flipped_memorised" in metrics) == (noise > 0)
