@@ -153,6 +153,12 @@ def _count_targets(batch: Mapping[str, Any], shifts_labels: bool, normalization:
     return scored.any(dim=-1).sum()
 
 
+CHUNKED_CLASSIFIER_REASON = (
+    "it is a classifier, whose logits over a few classes are small; the chunked loss saves the memory of [tokens, "
+    "vocabulary] logits of a language-modelling head and has nothing to save here. Use loss_impl='logits'"
+)
+
+
 def check_model_for_loss(model: nn.Module | None, tvd_args: TVDArguments) -> None:
     """Refuse, before any work, a model γ-CE cannot train (:func:`~hf_tvd_loss.heads.check_trainable_model`) and
     ``loss_impl="chunked"`` on a classifier."""
@@ -160,11 +166,8 @@ def check_model_for_loss(model: nn.Module | None, tvd_args: TVDArguments) -> Non
         return
     check_trainable_model(model)
     if tvd_args.loss_impl == "chunked" and label_layout(model).classification:
-        raise ValueError(
-            f"loss_impl='chunked' cannot be used with {model_class_name(unwrap_model(model))}: it is a classifier, "
-            "whose logits over a few classes are small; the chunked loss saves the memory of [tokens, vocabulary] "
-            "logits of a language-modelling head and has nothing to save here. Use loss_impl='logits'"
-        )
+        raise ValueError(f"loss_impl='chunked' cannot be used with {model_class_name(unwrap_model(model))}: "
+                         + CHUNKED_CLASSIFIER_REASON)  # fmt: skip
 
 
 class TVDLossMixin:

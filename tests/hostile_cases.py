@@ -242,6 +242,27 @@ def _json_object_file(tmp: Path) -> Any:
     return "summarization", ["--output_dir", _out(tmp), *QUICK_FILES, "--train_file", str(path)]
 
 
+# ------------------------------------------------------------------------------------------ classification
+def _cls_files(train: list[dict[str, Any]], validation: list[dict[str, Any]] | None = None,
+               *extra: str) -> Callable[[Path], Any]:  # fmt: skip
+    """A classification run on a train (and validation) .jsonl written from ``train`` / ``validation`` rows."""
+
+    def build(tmp: Path) -> Any:
+        files = ["--train_file", _write_lines(tmp / "train.jsonl", list(_rows(train)))]
+        files += ["--validation_file", _write_lines(tmp / "validation.jsonl", list(_rows(validation or train)))]
+        base = ["--output_dir", _out(tmp), *QUICK_CLS_FILES, *files]
+        return _argv("classification", base, extra)
+
+    return build
+
+
+QUICK_CLS_FILES = ["--report_to", "none", "--disable_tqdm", "true", "--do_predict", "false"]
+
+
+def _cls_rows(n: int, labels: tuple[Any, ...] = ("sports", "weather", "prices")) -> list[dict[str, Any]]:
+    return [{"sentence": f"report number {i} about the town", "label": labels[i % len(labels)]} for i in range(n)]
+
+
 # ------------------------------------------------------------------------------------------ output folders
 def _earlier_run(tmp: Path) -> None:
     out = tmp / "out"
@@ -1143,6 +1164,71 @@ CASES: list[Case] = [
         ),
         "nope.jsonl",
     ),  # fmt: skip
+    # ---------------------------------------------------------------- classification data
+    _c(
+        "cls-label-unseen-in-training",
+        "data",
+        _cls_files(_cls_rows(12), [*_cls_rows(3), {"sentence": "a new kind", "label": "politics"}]),
+        "validation",
+        "'politics'",
+        "never has",
+    ),
+    _c("cls-one-class", "data", _cls_files(_cls_rows(12, ("sports",))), "train", "'sports'", "two classes"),
+    _c(
+        "cls-float-labels",
+        "data",
+        _cls_files([{"sentence": f"x {i}", "label": i / 10} for i in range(12)]),
+        "row 1",
+        "label",
+        "0.0",
+        "regression",
+    ),
+    _c("cls-null-label", "data", _cls_files([*_cls_rows(12), {"sentence": "x", "label": None}]), "row 13", "null"),
+    _c(
+        "cls-missing-label-column",
+        "data",
+        _cls_files(_cls_rows(12), None, "--label_column_name", "topic"),
+        "topic",
+        "--label_column_name",
+    ),
+    _c(
+        "cls-missing-text-column",
+        "data",
+        _cls_files(_cls_rows(12), None, "--text_column_names", "text"),
+        "'text'",
+        "--text_column_names",
+    ),
+    _c(
+        "cls-empty-texts",
+        "data",
+        _cls_files([*({"sentence": "", "label": "sports"} for _ in range(4)), *_cls_rows(12)]),
+        "--text_column_names",
+        "empty",
+        "max_dropped_fraction",
+    ),
+    _c(
+        "cls-three-text-columns",
+        "cli",
+        _cls_files(_cls_rows(12), None, "--text_column_names", "a,b,c"),
+        "--text_column_names",
+        "two",
+    ),
+    _c(
+        "cls-num-labels-override",
+        "cli",
+        _cls_files(_cls_rows(12), None, "--config_overrides", "num_labels=5"),
+        "num_labels",
+        "--config_overrides",
+    ),
+    _c(
+        "cls-chunked-loss", "cli", _cls_files(_cls_rows(12), None, "--loss_impl", "chunked"), "loss_impl", "classifier"
+    ),
+    _c(
+        "cls-mixed-label-kinds",
+        "data",
+        _cls_files([*_cls_rows(12), {"sentence": "x", "label": 7}]),
+        "mix texts and integers",
+    ),
     # ---------------------------------------------------------------- output folders and checkpoints
     _c("reuse-earlier-run", "output", _reuse_earlier_run, "output_dir", "overwrite_output_dir"),
     _c("reuse-with-checkpoints", "output", _reuse_with_checkpoints, "output_dir", "checkpoint-"),

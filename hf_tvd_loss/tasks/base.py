@@ -125,6 +125,10 @@ class Task(Generic[DataArgsT, TrainingArgsT]):
     def check_args(self, data_args: DataArgsT, model_args: ModelArguments, training_args: TrainingArgsT) -> None:
         """Task-specific option checks (raise ``ValueError`` naming the option)."""
 
+    def check_loss(self, tvd_args: TVDArguments) -> None:
+        """Loss options this task's models cannot use (raise ``ValueError`` naming the option); the trainer would
+        refuse them too, but only once the model is built."""
+
     def check_columns(self, dataset: Dataset, split: str, origin: str, data_args: DataArgsT) -> None:
         raise NotImplementedError
 

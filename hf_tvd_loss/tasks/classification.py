@@ -28,6 +28,7 @@ import numpy as np
 from datasets import Dataset
 from transformers import TrainingArguments
 
+from ..args import TVDArguments
 from .arguments import DataArguments, ModelArguments
 from .base import MetricsFunction, Task
 from .seq2seq import DECODER_SCRATCH_OVERRIDES
@@ -225,6 +226,14 @@ class ClassificationTask(Task[ClassificationDataArguments, TrainingArguments]):
         value = data_args.max_seq_length
         if isinstance(value, bool) or not isinstance(value, int) or value < 2:
             raise ValueError(f"max_seq_length must be an integer ≥ 2, got {value!r}")
+
+    def check_loss(self, tvd_args: TVDArguments) -> None:
+        if tvd_args.loss_impl == "chunked":
+            from ..trainer import CHUNKED_CLASSIFIER_REASON
+
+            raise ValueError(
+                f"--loss_impl chunked cannot be used with a sequence classifier: {CHUNKED_CLASSIFIER_REASON}"
+            )
 
     def check_columns(self, dataset: Dataset, split: str, origin: str, data_args: ClassificationDataArguments) -> None:
         from .data import check_columns_present

@@ -124,6 +124,7 @@ def prepare(task: Task[Any, Any], argv: Sequence[str] | None = None) -> Prepared
     check_unapplied_options(data_args, model_args, training_args, defaults.given)
     check_model_sources(model_args)  # after the options' combinations: a contradiction is named first
     task.check_args(data_args, model_args, training_args)
+    task.check_loss(tvd_args)
     task.check_metric_for_best_model(data_args, training_args)
     if training_args.resume_from_checkpoint:  # refused here too, before data and model are loaded
         resume = training_args.resume_from_checkpoint
