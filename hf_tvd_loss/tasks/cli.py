@@ -16,6 +16,8 @@ from typing import Any
 
 from transformers import HfArgumentParser
 
+from . import hf_examples
+
 __all__ = ["YamlArgumentParser", "key_value_keys", "load_yaml_config", "repeated_keys"]
 
 
@@ -241,13 +243,52 @@ class YamlArgumentParser(HfArgumentParser):
             help="YAML file mapping option names (as listed here, without --) to values. It sets the defaults; "
             "options on the command line override it; an unknown key is an error.",
         )
+        # transformers' example scripts' option names: aliases, options accepted where they change nothing, refusals
+        self.example_aliases: dict[str, str] = hf_examples.install(self)
+        if self.example_aliases:
+            note = hf_examples.help_epilog(self.example_aliases)
+            self.epilog = f"{self.epilog} {note}" if self.epilog else note
 
     def option_names(self) -> set[str]:
-        """Every destination name an option of this parser writes (the valid YAML keys)."""
-        return {action.dest for action in self._actions if action.dest not in (argparse.SUPPRESS, "help", "config")}
+        """Every destination name an option of this parser writes (the valid YAML keys, less transformers' example
+        option names: :meth:`example_keys` maps those)."""
+        return {
+            action.dest
+            for action in self._actions
+            if action.dest not in (argparse.SUPPRESS, "help", "config")
+            and not action.dest.startswith(hf_examples.HIDDEN_PREFIX)
+        }
+
+    def example_keys(self, config: Mapping[str, Any], source: str = "config") -> dict[str, Any]:
+        """``config`` with transformers' example option names as this parser reads them: an alias becomes its
+        target (refused when the target is a key too), an accepted or refused option its hidden destination."""
+        mapped: dict[str, Any] = {}
+        for key, value in config.items():
+            name = str(key)
+            if name in self.example_aliases:
+                target = self.example_aliases[name]
+                if target in config:
+                    raise ValueError(
+                        f"{source}: {name} and {target} set the same option ({name} is transformers' name of "
+                        f"{target}): give one"
+                    )
+                mapped[target] = value
+            elif (
+                ("--" + name) in self._option_string_actions
+                and hf_examples.example_option(name) is not None
+                and (self._option_string_actions["--" + name].dest == hf_examples.HIDDEN_PREFIX + name)
+            ):
+                mapped[hf_examples.HIDDEN_PREFIX + name] = value
+            else:
+                mapped[key] = value
+        return mapped
 
     def apply_config(self, config: Mapping[str, Any], source: str = "config") -> None:
         """Set parser defaults from ``config``; raise ``ValueError`` naming any key that is not an option."""
+        config = self.example_keys(config, source)
+        hidden = {key: value for key, value in config.items() if str(key).startswith(hf_examples.HIDDEN_PREFIX)}
+        config = {key: value for key, value in config.items() if key not in hidden}
+        self.set_defaults(**hidden)  # checked after parsing, with the command line (hf_examples.check_values)
         known = self.option_names()
         unknown = sorted(str(key) for key in config if key not in known)
         if unknown:
@@ -306,7 +347,11 @@ class YamlArgumentParser(HfArgumentParser):
         """`` (did you mean --x?)`` for the option closest to ``name`` (with or without its dashes), or ``""``."""
         import difflib
 
-        options = sorted(option for option in self._option_string_actions if option.startswith("--"))
+        options = sorted(
+            option
+            for option, action in self._option_string_actions.items()
+            if option.startswith("--") and action.help != argparse.SUPPRESS
+        )
         close = difflib.get_close_matches("--" + name.lstrip("-"), options, n=1, cutoff=0.75)
         return f" (did you mean {close[0]}?)" if close else ""
 
@@ -329,6 +374,13 @@ class YamlArgumentParser(HfArgumentParser):
                 continue
             if action.dest in seen:
                 first = seen[action.dest]
+                names = {option[2:].replace("-", "_"), first[2:].replace("-", "_")}
+                if option != first and names & set(self.example_aliases):
+                    alias = option if option[2:].replace("-", "_") in self.example_aliases else first
+                    raise ValueError(
+                        f"{action.dest}: {first} and {option} set the same option ({alias} is transformers' name of "
+                        f"--{action.dest}): give one"
+                    )
                 also = f" (and {option})" if option != first else ""
                 raise ValueError(
                     f"{action.dest}: {first} is given more than once{also}; argparse would silently keep the last "
@@ -416,10 +468,20 @@ class YamlArgumentParser(HfArgumentParser):
         if known.config is not None:
             config = load_yaml_config(known.config)
             self.apply_config(config, source=f"--config {known.config}")
+            aliases_used = {str(key) for key in config if key in self.example_aliases}
+            config = self.example_keys(config, source=f"--config {known.config}")
+        else:
+            aliases_used = set()
+        aliases_used |= {
+            name for name in (option[2:].replace("-", "_") for option, _ in self._options_in(args))
+            if name in self.example_aliases
+        }  # fmt: skip
         namespace, remaining = self.parse_known_args(args)
+        hf_examples.check_values(namespace, aliases_used)
         self._refuse_unknown_options(remaining)
         # What the user set, on the command line or in the config file (a value equal to the default included).
-        self.given_options = frozenset({action.dest for _, action in self._options_in(args)} | set(config))
+        given = {action.dest for _, action in self._options_in(args)} | set(config)
+        self.given_options = frozenset(d for d in given if not str(d).startswith(hf_examples.HIDDEN_PREFIX))
         self._refuse_epochs_under_max_steps(namespace, config, known.config, args)
         self._refuse_repeated_keys(namespace)
         # TrainingArguments replaces eval_steps=0 by logging_steps without a word: refuse it while it is visible.
