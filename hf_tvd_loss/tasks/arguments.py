@@ -77,6 +77,23 @@ class ModelArguments:
     model_revision: str = field(
         default="main", metadata={"help": "Hub revision (branch, tag or commit) of the model."}
     )
+    freeze_layers: int | None = field(
+        default=None,
+        metadata={
+            "help": "Freeze the input embeddings and the first N transformer blocks (N from 1 to the number of "
+            "blocks; the blocks above, the final norm and the task head train). Refused on a model without a stack of "
+            "num_hidden_layers blocks. Recorded in run_info.json and the model card."
+        },
+    )
+    cache_frozen_outputs: bool = field(
+        default=False,
+        metadata={
+            "help": "With --freeze_layers on a decoder-only model (causal attention, right padding, no dropout in "
+            "the frozen blocks): compute the frozen blocks' output once per distinct input and reuse it (in memory, "
+            "shared by later runs in the same process with the same frozen weights), so that a step costs only the "
+            "blocks that train. Exact up to float rounding: the frozen blocks are deterministic and causal."
+        },
+    )
 
 
 @dataclass

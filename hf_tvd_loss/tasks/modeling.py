@@ -22,10 +22,12 @@ __all__ = [
     "SPECIAL_TOKENS",
     "auto_model_class",
     "build_model_from_config",
+    "freeze_layers",
     "max_positions",
     "resolve_config",
     "train_sentencepiece_tokenizer",
     "train_tokenizer",
+    "transformer_blocks",
 ]
 
 SPECIAL_TOKENS = {"pad_token": "<pad>", "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}
@@ -188,3 +190,129 @@ def build_model_from_config(
         if hasattr(config, "forced_eos_token_id"):
             config.forced_eos_token_id = tokenizer.eos_token_id
     return auto_model_class(task).from_config(config)
+
+
+# ------------------------------------------------------------------------------------------------ frozen lower layers
+# Caches of frozen blocks' outputs, shared by the runs of one process (a loss study trains many runs on the same
+# inputs): fingerprint of the frozen weights → {input token ids (bytes) → hidden states [length, hidden]}.
+_PREFIX_CACHES: dict[str, dict[bytes, Any]] = {}
+
+
+def transformer_blocks(model: PreTrainedModel) -> Any:
+    """The model's stack of transformer blocks: the first ``ModuleList`` with ``config.num_hidden_layers`` entries
+    (``model.layers`` of Llama-style decoders, ``encoder.layer`` of BERT, ``h`` of GPT-2); None if there is none."""
+    import torch
+
+    count = getattr(model.config, "num_hidden_layers", None)
+    if not isinstance(count, int):
+        return None
+    for _, module in model.named_modules():
+        if isinstance(module, torch.nn.ModuleList) and len(module) == count:
+            return module
+    return None
+
+
+def freeze_layers(model: PreTrainedModel, model_args: ModelArguments) -> dict[str, Any] | None:
+    """Apply ``--freeze_layers`` (and ``--cache_frozen_outputs``) to a loaded or built model; returns what was done
+    (None when nothing is frozen). A ``ValueError`` names why a model or setting is refused."""
+    n = model_args.freeze_layers
+    if n is None:
+        if model_args.cache_frozen_outputs:
+            raise ValueError("cache_frozen_outputs caches the frozen blocks' outputs: it needs --freeze_layers N")
+        return None
+    blocks = transformer_blocks(model)
+    if blocks is None:
+        raise ValueError(
+            f"freeze_layers {n}: {type(model).__name__} has no stack of config.num_hidden_layers transformer blocks "
+            "to freeze"
+        )
+    if not 1 <= n <= len(blocks):
+        raise ValueError(f"freeze_layers must be from 1 to the model's {len(blocks)} blocks, got {n}")
+    frozen = [model.get_input_embeddings(), *blocks[:n]]
+    for module in frozen:
+        for parameter in module.parameters():
+            parameter.requires_grad_(False)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    if trainable == 0:
+        raise ValueError(f"freeze_layers {n} leaves no parameter to train")
+    summary = {
+        "freeze_layers": n,
+        "blocks": len(blocks),
+        "trainable_parameters": trainable,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "cache_frozen_outputs": bool(model_args.cache_frozen_outputs),
+    }
+    if model_args.cache_frozen_outputs:
+        _install_prefix_cache(model, blocks, n, frozen)
+    return summary
+
+
+def _frozen_fingerprint(modules: list[Any], n: int) -> str:
+    import hashlib
+
+    digest = hashlib.sha1(str(n).encode())
+    for module in modules:
+        for parameter in module.parameters():
+            digest.update(parameter.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _install_prefix_cache(model: PreTrainedModel, blocks: Any, n: int, frozen: list[Any]) -> None:
+    import torch
+
+    config = model.config
+    if getattr(config, "is_encoder_decoder", False) or blocks is not getattr(model.base_model, "layers", None):
+        raise ValueError(
+            "cache_frozen_outputs needs a decoder-only model whose blocks are model.layers (Llama, Qwen, Mistral, "
+            f"SmolLM, ...): {type(model).__name__}'s outputs depend on later tokens or could not be reached"
+        )
+    dropout = [name for name in ("attention_dropout", "hidden_dropout", "resid_pdrop", "attn_pdrop")
+               if float(getattr(config, name, 0.0) or 0.0) > 0]  # fmt: skip
+    dropout += [type(m).__name__ for b in frozen for m in b.modules() if isinstance(m, torch.nn.Dropout) and m.p > 0]
+    if dropout:
+        raise ValueError(f"cache_frozen_outputs: the frozen blocks use dropout ({', '.join(dropout)}), so their "
+                         "training outputs are random and cannot be reused")  # fmt: skip
+    store = _PREFIX_CACHES.setdefault(_frozen_fingerprint(frozen, n), {})
+    state: dict[str, Any] = {"keys": None, "lengths": None, "hit": False}
+
+    def capture(module: Any, args: tuple, kwargs: dict) -> None:
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        mask = kwargs.get("attention_mask")
+        state["keys"] = None
+        if ids is None or kwargs.get("inputs_embeds") is not None or kwargs.get("past_key_values") is not None:
+            return  # not a plain forward over token ids: no caching
+        rows, width = ids.shape
+        if mask is None:
+            lengths = torch.full((rows,), width, dtype=torch.long)
+        else:
+            lengths = mask.long().sum(1).cpu()
+            right_padded = torch.arange(width).unsqueeze(0) < lengths.unsqueeze(1)
+            if not torch.equal(right_padded, mask.bool().cpu()):
+                raise ValueError("cache_frozen_outputs needs right-padded inputs (tokenizer.padding_side 'right')")
+        ids = ids.cpu()
+        state["keys"] = [ids[i, : int(lengths[i])].numpy().tobytes() for i in range(rows)]
+        state["lengths"] = lengths
+        state["hit"] = all(key in store for key in state["keys"])
+
+    def cached_block(index: int, forward: Any) -> Any:
+        def run(hidden_states: Any, *args: Any, **kwargs: Any) -> Any:
+            keys = state["keys"]
+            if keys is not None and state["hit"]:
+                if index > 0:
+                    return hidden_states  # the first frozen block returned the cached output of the last
+                out = torch.zeros_like(hidden_states)
+                for i, key in enumerate(keys):
+                    out[i, : int(state["lengths"][i])] = store[key]
+                return out
+            out = forward(hidden_states, *args, **kwargs)
+            if keys is not None and index == n - 1:
+                tensor = out[0] if isinstance(out, tuple) else out
+                for i, key in enumerate(keys):
+                    store[key] = tensor[i, : int(state["lengths"][i])].detach().to("cpu", copy=True)
+            return out
+
+        return run
+
+    model.base_model.register_forward_pre_hook(capture, with_kwargs=True)
+    for index, block in enumerate(blocks[:n]):
+        block.forward = cached_block(index, block.forward)

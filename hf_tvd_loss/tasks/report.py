@@ -122,6 +122,8 @@ def write_model_card(
     tvd, args, data = tvd_args, training_args, data_args
     if model_args.model_name_or_path:
         model_line = f"fine-tuned from `{model_args.model_name_or_path}`"
+        if model_args.freeze_layers:
+            model_line += f" (input embeddings and the first {model_args.freeze_layers} blocks frozen)"
     else:
         source = (
             f"config `{model_args.config_name}`" if model_args.config_name else f"model type `{model_args.model_type}`"

@@ -38,7 +38,14 @@ from .checks import (
     is_inside,
 )
 from .data import load_raw_splits
-from .modeling import auto_model_class, build_model_from_config, max_positions, resolve_config, train_tokenizer
+from .modeling import (
+    auto_model_class,
+    build_model_from_config,
+    freeze_layers,
+    max_positions,
+    resolve_config,
+    train_tokenizer,
+)
 from .outputs import OutputFolder, ledger_callback
 from .report import print_summary, write_model_card
 from .trainers import TaskGenerationTrainer, TaskSeq2SeqTrainer, TaskTrainer
@@ -292,6 +299,10 @@ def _build(prepared: Prepared, folder: OutputFolder | None, start: float) -> Bui
     elif len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
         model.resize_token_embeddings(len(tokenizer))
     task.configure_model(model, tokenizer, data_args, training_args)
+    frozen = freeze_layers(model, model_args)  # --freeze_layers (and its cache of the frozen blocks' outputs)
+    if frozen is not None:
+        logger.info("froze the embeddings and %d of %d blocks: %d of %d parameters train", frozen["freeze_layers"],
+                    frozen["blocks"], frozen["trainable_parameters"], frozen["parameters"])  # fmt: skip
 
     datasets: dict[str, Dataset] = {}
     for split, raw in prepared.raw.items():
@@ -385,6 +396,8 @@ def train_and_evaluate(prepared: Prepared, built: Built | None = None) -> dict[s
             "dropped_rows": prepared.dropped_rows,
             "examples": examples,
             "defaults": prepared.defaults.describe(),
+            "freeze_layers": prepared.model_args.freeze_layers,
+            "cache_frozen_outputs": prepared.model_args.cache_frozen_outputs,
         }
         write_model_card(
             metrics,
