@@ -4,13 +4,15 @@
 everything in it is on disk (:data:`CHECKPOINT_COMPLETE_MARKER`, written atomically), rotates old checkpoints only
 after that and only this run's, and resumes only from complete ones (``resume_from_checkpoint=True`` or
 ``"latest"`` finds the last complete one). The functions find, check (:func:`checkpoint_problem`: completion,
-optimizer and scheduler state, truncated weight files) and resolve checkpoints; :func:`write_json_atomically`
-is the one atomic JSON write of the package.
+optimizer and scheduler state, truncated weight files, and every file's size and checksum against those the marker
+recorded) and resolve checkpoints; :func:`check_resume_training_options` compares the training options a run resumes
+with against those the checkpoint recorded; :func:`write_json_atomically` is the one atomic JSON write of the package.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 from typing import TYPE_CHECKING, Any
@@ -27,15 +29,22 @@ __all__ = [
     "CHECKPOINT_COMPLETE_MARKER",
     "CheckpointSafetyMixin",
     "check_resume_loss_settings",
+    "check_resume_training_options",
+    "checkpoint_file_records",
     "checkpoint_folders",
     "checkpoint_is_complete",
     "checkpoint_problem",
+    "checkpoint_verification",
     "last_complete_checkpoint",
     "last_usable_checkpoint",
     "read_checkpoint_marker",
     "resolve_resume_checkpoint",
+    "run_can_be_finished",
+    "training_options",
     "write_json_atomically",
 ]
+
+logger = logging.getLogger("hf_tvd_loss.checkpoints")
 
 # Written (atomically) into a checkpoint folder once everything else in it is on disk.
 CHECKPOINT_COMPLETE_MARKER = "tvd_checkpoint_complete.json"
@@ -115,13 +124,117 @@ def _safetensors_problem(path: str) -> str | None:
     return None
 
 
+def _file_hash_name() -> str:
+    """The checksum the markers record: xxHash's XXH3-128 (installed with datasets; 0.18 s for SmolLM2-135M's 538 MB
+    of weights, against 2.2 s for BLAKE2b: docs/CHECKPOINTS.md), BLAKE2b where xxhash is missing."""
+    try:
+        import xxhash  # noqa: F401
+    except ImportError:
+        return "blake2b"
+    return "xxh3_128"
+
+
+def file_checksum(path: str, name: str) -> str:
+    """The hex checksum ``name`` (``xxh3_128`` or ``blake2b``) of the file at ``path``, read in 4 MiB pieces."""
+    if name == "xxh3_128":
+        import xxhash
+
+        digest: Any = xxhash.xxh3_128()
+    elif name == "blake2b":
+        import hashlib
+
+        digest = hashlib.blake2b()
+    else:
+        raise ValueError(f"unknown checksum {name!r} (known: xxh3_128, blake2b)")
+    with open(path, "rb") as f:
+        while piece := f.read(1 << 22):
+            digest.update(piece)
+    return str(digest.hexdigest())
+
+
+def _checkpoint_file_names(path: str) -> list[str]:
+    """Every regular file under checkpoint folder ``path`` (relative, ``/``-separated), the marker and temporary
+    files of an atomic write aside."""
+    names = []
+    for root, _, files in os.walk(path):
+        for name in files:
+            rel = os.path.relpath(os.path.join(root, name), path).replace(os.sep, "/")
+            if rel != CHECKPOINT_COMPLETE_MARKER and ".tmp-" not in name and os.path.isfile(os.path.join(root, name)):
+                names.append(rel)
+    return sorted(names)
+
+
+def checkpoint_file_records(path: str) -> dict[str, Any]:
+    """``{"checksum": name, "files": {relative path: {"size": bytes, name: hex}}}`` for every file of checkpoint
+    folder ``path``: what the completion marker records, and what resuming verifies."""
+    name = _file_hash_name()
+    files = {}
+    for rel in _checkpoint_file_names(path):
+        file = os.path.join(path, rel)
+        files[rel] = {"size": os.path.getsize(file), name: file_checksum(file, name)}
+    return {"checksum": name, "files": files}
+
+
+def _files_problem(path: str, marker: dict[str, Any]) -> str | None:
+    """The first file of ``path`` that is missing, or whose size or checksum differs from the marker's record."""
+    files, name = marker.get("files"), marker.get("checksum")
+    if not isinstance(files, dict):
+        return None  # an older marker, or none: structure only (checkpoint_verification says so)
+    for rel, record in sorted(files.items()):
+        file = os.path.join(path, *rel.split("/"))
+        if not os.path.isfile(file):
+            return f"{rel} is missing (the completion marker records it, {record.get('size')} bytes)"
+        size = os.path.getsize(file)
+        if size != record.get("size"):
+            return f"{rel} changed after the checkpoint was written ({size} bytes; the marker records {record.get('size')})"
+        if isinstance(name, str) and name in record:
+            try:
+                value = file_checksum(file, name)
+            except (ImportError, ValueError):
+                continue  # a checksum this installation cannot compute: checkpoint_verification says sizes only
+            if value != record[name]:
+                return (
+                    f"{rel} changed after the checkpoint was written (its {name} checksum differs from the marker's)"
+                )
+    return None
+
+
+def checkpoint_verification(path: str) -> str:
+    """What resuming from ``path`` verified, in words (recorded in ``run_info.json`` and logged)."""
+    marker = read_checkpoint_marker(path)
+    files, name = marker.get("files"), marker.get("checksum")
+    if not isinstance(files, dict):
+        return ("structure only: its marker records no file sizes or checksums (written by an older version or by "
+                "the stock Trainer); headers, zip end records and the optimizer and scheduler states were checked")  # fmt: skip
+    try:
+        file_checksum(os.devnull, str(name))
+    except (ImportError, ValueError):
+        return f"the sizes of {len(files)} files (this installation cannot compute their {name} checksums)"
+    return f"the sizes and {name} checksums of {len(files)} files"
+
+
+def run_can_be_finished(checkpoint: str, output_dir: str, max_steps: int) -> bool:
+    """Whether resuming from ``checkpoint``, at ``max_steps`` already, finishes a run that was killed after its last
+    training step and before its final files: the checkpoint is in ``output_dir``, is at step ``max_steps``, and
+    ``output_dir`` holds no ``run_info.json`` (written last by a finished run). Such a resume trains no step and
+    writes the evaluation, model and card the killed run did not."""
+    marker = read_checkpoint_marker(checkpoint)
+    step = marker.get("global_step")
+    if not isinstance(step, int):
+        step = _step(checkpoint)
+    inside = os.path.realpath(os.path.dirname(os.path.abspath(checkpoint))) == os.path.realpath(output_dir)
+    return inside and step == max_steps and not os.path.exists(os.path.join(output_dir, "run_info.json"))
+
+
 def checkpoint_problem(path: str) -> str | None:
     """What makes checkpoint folder ``path`` unusable for resuming, or None.
 
     Checks completion (marker or readable ``trainer_state.json``), that the optimizer and scheduler states are
     there (a checkpoint of ``--save_only_model``, or one whose ``optimizer.pt`` was deleted, would resume with a
     fresh optimizer without a word), every ``*.safetensors`` file's header against its size, and that every
-    pickled torch file (``*.pt``, ``*.pth``, ``*.bin``) is a whole zip archive. This reads headers only.
+    pickled torch file (``*.pt``, ``*.pth``, ``*.bin``) is a whole zip archive; then, where the completion marker
+    records them, every file's size and checksum (a file changed, truncated or removed after the checkpoint was
+    written is named). Files added later are not read by the resume and are not judged.
     """
     import zipfile
 
@@ -157,7 +270,7 @@ def checkpoint_problem(path: str) -> str | None:
                 legacy = f.read(2) == b"\x80\x02"  # a pre-zip torch.save file: cannot be checked cheaply
             if not legacy:
                 return f"{name} is truncated or not a torch file (no zip end record)"
-    return None
+    return _files_problem(path, read_checkpoint_marker(path))
 
 
 def last_usable_checkpoint(output_dir: str, *, before: str | None = None) -> str | None:
@@ -202,6 +315,8 @@ def resolve_resume_checkpoint(value: str | bool | None, output_dir: str) -> str 
         previous = last_usable_checkpoint(os.path.dirname(os.path.abspath(path)), before=path)
         offer = f"resume from {previous} instead" if previous else "no earlier usable checkpoint in that folder"
         raise ValueError(f"checkpoint {path} cannot be resumed from: {problem}; {offer}")
+    if not isinstance(read_checkpoint_marker(path).get("files"), dict):
+        logger.warning("resuming from %s: %s", path, checkpoint_verification(path))
     return path
 
 
@@ -245,6 +360,10 @@ class CheckpointSafetyMixin:
 
     _tvd_run_id: str | None = None
     _tvd_save_limit: int | None = None
+    # The training options this run changed from its resumed checkpoint, {name: [checkpoint's, this run's]}
+    # (:data:`ALLOWED_ON_RESUME`), and what was verified of that checkpoint's files; set by train().
+    tvd_resumed_with_changes: dict[str, Any] | None = None
+    tvd_resume_verified: str | None = None
 
     def checkpoint_metadata(self) -> dict[str, Any]:
         return {}
@@ -257,8 +376,15 @@ class CheckpointSafetyMixin:
 
         training_args = self.args  # type: ignore[attr-defined]
         resume = resolve_resume_checkpoint(resume_from_checkpoint, training_args.output_dir)
+        self.tvd_resumed_with_changes, self.tvd_resume_verified = None, None
         if resume:
-            self.check_resume_metadata(resume, read_checkpoint_marker(resume))
+            marker = read_checkpoint_marker(resume)
+            changes = check_resume_training_options(resume, marker, training_args)
+            self.check_resume_metadata(resume, marker)
+            self.tvd_resumed_with_changes, self.tvd_resume_verified = changes, checkpoint_verification(resume)
+            if changes:
+                logger.info("resuming from %s with changed options, applied from step %s on: %s", resume,
+                            marker.get("global_step"), ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in changes.items()))  # fmt: skip
         # A resumed run continues the run that wrote the checkpoint (its older checkpoints are this run's too).
         self._tvd_run_id = (read_checkpoint_marker(resume).get("run_id") if resume else None) or uuid.uuid4().hex
         # Rotation is done here (only this run's checkpoints); the stock one, and the stock deletion at the end of
@@ -271,6 +397,14 @@ class CheckpointSafetyMixin:
             training_args.save_total_limit = self._tvd_save_limit
         self._tvd_keep_only_best_at_end()
         return result
+
+    def _load_callback_state(self) -> None:
+        """After transformers has loaded the resumed ``trainer_state.json``: take the logging, evaluation and saving
+        intervals from this run's arguments (transformers keeps the checkpoint's, with a warning), so a changed
+        ``--save_steps`` applies from the resumed step on."""
+        super()._load_callback_state()  # type: ignore[misc]
+        args, state = self.args, self.state  # type: ignore[attr-defined]
+        state.compute_steps(args, args.max_steps if args.max_steps > 0 else state.max_steps)
 
     def _tvd_own_checkpoints(self, run_dir: str) -> list[str]:
         return [p for p in checkpoint_folders(run_dir) if read_checkpoint_marker(p).get("run_id") == self._tvd_run_id]
@@ -332,9 +466,89 @@ class CheckpointSafetyMixin:
             self._tvd_run_id = uuid.uuid4().hex
         write_json_atomically(
             os.path.join(folder, CHECKPOINT_COMPLETE_MARKER),
-            {"global_step": state.global_step, "run_id": self._tvd_run_id, **self.checkpoint_metadata()},
+            {
+                "global_step": state.global_step,
+                "run_id": self._tvd_run_id,
+                # save_total_limit is None on args inside train(): the mixin rotates, with the limit it keeps
+                "training_options": {
+                    **training_options(args),
+                    "save_total_limit": _option(
+                        self._tvd_save_limit if self._tvd_save_limit is not None else args.save_total_limit
+                    ),
+                },
+                **self.checkpoint_metadata(),
+                **checkpoint_file_records(folder),  # every file's size and checksum, verified on resume
+            },
         )
         self._tvd_rotate(run_dir)
+
+
+# ---------------------------------------------------------------------------------- training options on resume
+# Options whose new value a resumed run would not apply, or would apply to a run that no longer is the one the
+# checkpoint continues: refused on resume, naming both values. transformers restores the optimizer's parameter groups
+# (lr, betas, eps, weight_decay) and the scheduler's base learning rates from the checkpoint, over the new values;
+# the batch options, the number of processes and the seeds decide which examples the resumed steps skip and see.
+REFUSED_ON_RESUME = (
+    "per_device_train_batch_size", "gradient_accumulation_steps", "world_size", "seed", "data_seed",
+    "optim", "optim_args", "learning_rate", "weight_decay", "adam_beta1", "adam_beta2", "adam_epsilon",
+    "lr_scheduler_type", "lr_scheduler_kwargs", "warmup_steps",
+)  # fmt: skip
+# Options a resumed run applies from the resumed step on (recorded: run_info.json "resumed_with_changes"): the
+# length of the run (the schedule is rebuilt from it, its position restored), gradient clipping, and when to log,
+# evaluate and save (the mixin re-reads the steps from the arguments; transformers keeps the checkpoint's).
+ALLOWED_ON_RESUME = (
+    "max_steps", "num_train_epochs", "max_grad_norm", "logging_strategy", "logging_steps", "eval_strategy",
+    "eval_steps", "save_strategy", "save_steps", "save_total_limit",
+)  # fmt: skip
+
+
+def _option(value: Any) -> Any:
+    """A training option as a marker records it (JSON): enums by value, numbers as floats, None for unset."""
+    value = getattr(value, "value", value)
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, dict):
+        return {str(k): _option(v) for k, v in sorted(value.items())}
+    if value is None or isinstance(value, (str, bool)):
+        return value
+    return str(value)
+
+
+def training_options(training_args: Any) -> dict[str, Any]:
+    """The training options a checkpoint's marker records, compared on resume (:func:`check_resume_training_options`)."""
+    options = {}
+    for name in (*REFUSED_ON_RESUME, *ALLOWED_ON_RESUME):
+        options[name] = _option(getattr(training_args, name, None))
+    return options
+
+
+def check_resume_training_options(checkpoint: str, metadata: dict[str, Any], training_args: Any) -> dict[str, Any]:
+    """Compare the training options of a run resuming ``checkpoint`` (marker ``metadata``) with those recorded in
+    it. A change of a :data:`REFUSED_ON_RESUME` option is refused (``ValueError`` naming each option and both
+    values); the changes of :data:`ALLOWED_ON_RESUME` options are returned, ``{name: [checkpoint's, this run's]}``,
+    for the run's record. A checkpoint without recorded options (an older marker, a stock Trainer's) returns ``{}``
+    and logs that nothing was compared."""
+    saved = metadata.get("training_options")
+    if not isinstance(saved, dict):
+        logger.warning(
+            "resuming from %s: its marker records no training options (an older version or the stock Trainer "
+            "wrote it), so a changed --learning_rate, batch size or seed cannot be detected",
+            checkpoint,
+        )
+        return {}
+    ours = training_options(training_args)
+    refused = [f"{name} {saved[name]!r} -> {ours[name]!r}" for name in REFUSED_ON_RESUME
+               if name in saved and saved[name] != ours[name]]  # fmt: skip
+    if refused:
+        raise ValueError(
+            f"resuming from {checkpoint} with other training options: {'; '.join(refused)} (checkpoint -> this run). "
+            "The resumed run would not apply them (transformers restores the optimizer's and the schedule's "
+            "settings from the checkpoint) or would no longer continue the same run (batches, processes, seeds). "
+            "Resume with the checkpoint's values, or start a new run in another output_dir"
+        )
+    return {
+        name: [saved[name], ours[name]] for name in ALLOWED_ON_RESUME if name in saved and saved[name] != ours[name]
+    }
 
 
 # TVDArguments fields that define the objective (the others choose how it is computed or logged).

@@ -53,13 +53,17 @@ def print_summary(
     metrics: dict[str, Any] | None = None,
     headline: Sequence[str] = (),
     defaults: str | None = None,
+    resumed: tuple[str, dict[str, Any] | None] | None = None,
 ) -> None:
-    """The headline metrics of a finished run, the training defaults it chose, and where its outputs are."""
+    """The headline metrics of a finished run, the training defaults it chose, and where its outputs are.
+    ``resumed``: the checkpoint it resumed from and the options changed on resume (``{name: [old, new]}``)."""
     out = training_args.output_dir
     results = headline_rows(metrics or {}, headline)
     if "train_loss" in (metrics or {}):
         results.insert(0, ("train", f"loss {_format_metric(metrics['train_loss'])}"))
     settings = [("defaults", defaults)] if defaults else []
+    if resumed is not None:
+        settings.append(("resumed from", resumed[0] + resumed_changes_text(resumed[1])))
     rows = [
         ("model + tokenizer", out),
         ("metrics", os.path.join(out, "all_results.json")),
@@ -85,6 +89,19 @@ def print_summary(
 
 
 _TOKENIZER_NAMES = {"bpe": "BPE", "sentencepiece": "SentencePiece"}
+
+
+def resumed_changes_text(changes: dict[str, Any] | None) -> str:
+    """``"; changed on resume: max_steps 2 -> 4"`` for the options a resumed run changed, or ``""``."""
+    if not changes:
+        return ""
+    return "; changed on resume: " + ", ".join(
+        f"{name} {_show(old)} -> {_show(new)}" for name, (old, new) in changes.items()
+    )
+
+
+def _show(value: Any) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
 def _format_metric(value: Any) -> str:
@@ -113,6 +130,7 @@ def write_model_card(
     argv: Sequence[str],
     tokenizer_trained: str | bool | None,
     examples: dict[str, Any] | None = None,
+    resumed: tuple[str, dict[str, Any] | None] | None = None,
 ) -> str:
     """``README.md`` in output_dir: the loss and its γ, b, ε, the model, data, training settings and metrics.
 
@@ -166,6 +184,7 @@ def write_model_card(
         + f", learning rate {args.learning_rate:g} ({scheduler}), {args.per_device_train_batch_size} "
         f"per device × {args.gradient_accumulation_steps} accumulation × {args.world_size} process(es), seed "
         f"{args.seed}",
+        *([f"- Resumed from `{os.path.basename(resumed[0])}`{resumed_changes_text(resumed[1])}"] if resumed else []),
         "",
         "## Results (this run)",
         "",

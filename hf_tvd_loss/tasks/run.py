@@ -26,11 +26,19 @@ from typing import TYPE_CHECKING, Any
 from datasets import Dataset, DatasetDict
 
 from ..args import TVDArguments
-from ..checkpoints import check_resume_loss_settings, read_checkpoint_marker, write_json_atomically
+from ..checkpoints import (
+    check_resume_loss_settings,
+    check_resume_training_options,
+    read_checkpoint_marker,
+    write_json_atomically,
+)
+from .applied import check_options_applied
 from .arguments import DataArguments, ModelArguments
 from .base import ChosenDefaults, Task
 from .checks import (
     check_common_args,
+    check_configured_objects,
+    check_model_config,
     check_model_sources,
     check_options_take_effect,
     check_unapplied_options,
@@ -129,6 +137,8 @@ def prepare(task: Task[Any, Any], argv: Sequence[str] | None = None) -> Prepared
     check_common_args(data_args, model_args, training_args)  # resolves resume_from_checkpoint to a folder
     check_options_take_effect(data_args, training_args)
     check_unapplied_options(data_args, model_args, training_args, defaults.given)
+    check_configured_objects(training_args)  # the optimizer and LR schedule built now, on a dummy parameter
+    check_options_applied(training_args, defaults.given)  # optimizer and schedule built on a throwaway parameter
     check_model_sources(model_args)  # after the options' combinations: a contradiction is named first
     task.check_args(data_args, model_args, training_args)
     task.check_loss(tvd_args)
@@ -136,12 +146,15 @@ def prepare(task: Task[Any, Any], argv: Sequence[str] | None = None) -> Prepared
     if training_args.resume_from_checkpoint:  # refused here too, before data and model are loaded
         resume = training_args.resume_from_checkpoint
         check_resume_loss_settings(resume, read_checkpoint_marker(resume), tvd_args)
+        check_resume_training_options(resume, read_checkpoint_marker(resume), training_args)
 
     dropped: dict[str, Any] = {}
     raw = load_raw_splits(task, data_args, training_args, model_args.cache_dir, dropped)
     config, config_overrides, task = resolve_config(task, model_args)  # the task set up for this kind of model
     task.check_model_kind(data_args)
     task.configure_config(config, raw, data_args)
+    if not model_args.model_name_or_path:
+        check_model_config(task, config, config_overrides)  # the model built on the meta device
     if training_args.resume_from_checkpoint:
         _check_checkpoint_architecture(training_args.resume_from_checkpoint, config)
     model_args = dataclasses.replace(model_args, config_overrides=config_overrides)
@@ -382,6 +395,9 @@ def train_and_evaluate(prepared: Prepared, built: Built | None = None) -> dict[s
     if trainer.is_world_process_zero():
         trainer.save_metrics("all", metrics, combined=False)
         examples = task.describe_examples(prepared.data_args, tokenizer)
+        resumed = None
+        if training_args.do_train and training_args.resume_from_checkpoint:
+            resumed = (training_args.resume_from_checkpoint, getattr(trainer, "tvd_resumed_with_changes", None))
         info = {
             "task": task.name,
             "world_size": training_args.world_size,
@@ -393,6 +409,9 @@ def train_and_evaluate(prepared: Prepared, built: Built | None = None) -> dict[s
             "data": prepared.data_args.data_source(),
             "tvd_args": asdict(prepared.tvd_args),
             "resumed_from": training_args.resume_from_checkpoint if training_args.do_train else None,
+            # {option: [checkpoint's, this run's]} applied from the resumed step on; what was verified of its files
+            "resumed_with_changes": getattr(trainer, "tvd_resumed_with_changes", None),
+            "resumed_checkpoint_verified": getattr(trainer, "tvd_resume_verified", None),
             "dropped_rows": prepared.dropped_rows,
             "examples": examples,
             "defaults": prepared.defaults.describe(),
@@ -409,6 +428,7 @@ def train_and_evaluate(prepared: Prepared, built: Built | None = None) -> dict[s
             argv=prepared.argv,
             tokenizer_trained=prepared.model_args.tokenizer_type if prepared.tokenizer is None else None,
             examples=examples,
+            resumed=resumed,
         )
         # Written last, atomically: a folder without run_info.json holds a run that did not finish.
         write_json_atomically(os.path.join(output_dir, "run_info.json"), info, indent=2)
@@ -418,6 +438,7 @@ def train_and_evaluate(prepared: Prepared, built: Built | None = None) -> dict[s
         print_summary(
             trainer, task.name, training_args, predictions_file, time.time() - start,
             metrics=metrics, headline=task.headline_metrics, defaults=prepared.defaults.describe(),
+            resumed=resumed,
         )  # fmt: skip
     return metrics
 

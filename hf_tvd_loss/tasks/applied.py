@@ -1,0 +1,162 @@
+"""Options the user asked for that the chosen optimizer or schedule would not apply are refused, before any work.
+
+transformers reads ``--adam_beta2`` only for the Adam family, ``--warmup_steps`` only for schedules with a warm-up,
+``--optim_args`` keys only where its handler for ``--optim`` passes them on, and ``--lr_scheduler_kwargs`` only
+where ``get_scheduler`` forwards them; everywhere else the value is dropped without a word (``--optim sgd
+--adam_beta2 0.98`` trains SGD). :func:`check_options_applied` does not keep a list of those cases: on a throwaway
+parameter it builds what the options configure, the way ``Trainer`` builds it (``Trainer.get_optimizer_cls_and_
+kwargs``, the optimizer class, ``get_scheduler``), and compares what was asked with what was built. An option the
+user set (command line or YAML, ``given``) that did not reach the built object is refused, naming it and what the
+chosen optimizer or schedule reads. Options left at their defaults are never refused.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from transformers import TrainingArguments
+
+__all__ = ["check_options_applied", "optimizer_built_from", "schedule_arguments"]
+
+# Steps of the throwaway schedule: enough that a warm-up ratio gives at least one step.
+_PROBE_STEPS = 1000
+_OPTIMIZER_OPTIONS = ("adam_beta1", "adam_beta2", "adam_epsilon", "weight_decay", "optim_args")
+_SCHEDULE_OPTIONS = ("warmup_steps", "lr_scheduler_kwargs")
+# Optimizers transformers builds from the model's modules: not built here (see the module's docs).
+_NEEDS_MODEL = ("galore", "apollo", "lomo", "adalomo")
+
+
+def optimizer_built_from(training_args: TrainingArguments) -> tuple[Any, dict[str, Any], dict[str, Any]]:
+    """``(optimizer class, the keyword arguments Trainer passes it, the built optimizer's defaults)`` for these
+    arguments, built on one throwaway parameter. ``ValueError`` when transformers cannot build it."""
+    import torch
+    from transformers import Trainer
+    from transformers.trainer_optimizer import _parse_optim_args
+
+    try:
+        _parse_optim_args(training_args.optim_args)
+        optimizer_cls, kwargs = Trainer.get_optimizer_cls_and_kwargs(training_args)
+    except (ValueError, TypeError, KeyError) as err:
+        raise ValueError(f"--optim {training_args.optim} cannot be built from these options: {err}") from None
+    # Trainer puts weight_decay into the parameter groups, not the keyword arguments.
+    params = [{"params": [torch.nn.Parameter(torch.zeros(1))], "weight_decay": training_args.weight_decay}]
+    try:
+        optimizer = optimizer_cls(params, **kwargs)
+    except TypeError as err:
+        given = ", ".join(f"{k}={v!r}" for k, v in kwargs.items())
+        raise ValueError(
+            f"--optim {training_args.optim} ({optimizer_cls.__name__}) refuses the arguments built from these options "
+            f"({given}): {err}; remove the --optim_args key it does not take"
+        ) from None
+    return optimizer_cls, dict(kwargs), dict(optimizer.defaults)
+
+
+def schedule_arguments(training_args: TrainingArguments, optimizer: Any) -> dict[str, Any]:
+    """The keyword arguments ``get_scheduler`` passes to the schedule function of ``--lr_scheduler_type`` (recorded
+    on a throwaway optimizer: a schedule ignores what it is not passed). ``ValueError`` when it cannot be built."""
+    from transformers import optimization
+
+    name = optimization.SchedulerType(training_args.lr_scheduler_type)
+    original = optimization.TYPE_TO_SCHEDULER_FUNCTION[name]
+    received: dict[str, Any] = {}
+
+    def recorder(*args: Any, **kwargs: Any) -> Any:
+        received.update(kwargs)
+        return original(*args, **kwargs)
+
+    optimization.TYPE_TO_SCHEDULER_FUNCTION[name] = recorder
+    try:
+        optimization.get_scheduler(
+            name,
+            optimizer,
+            num_warmup_steps=training_args.get_warmup_steps(_PROBE_STEPS),
+            num_training_steps=_PROBE_STEPS,
+            scheduler_specific_kwargs=dict(training_args.lr_scheduler_kwargs or {}),
+        )
+    except TypeError as err:  # a --lr_scheduler_kwargs key the schedule function does not take
+        raise ValueError(
+            f"--lr_scheduler_kwargs {training_args.lr_scheduler_kwargs} is not accepted by --lr_scheduler_type "
+            f"{name.value} ({err}); it reads {_parameters(original)}"
+        ) from None
+    finally:
+        optimization.TYPE_TO_SCHEDULER_FUNCTION[name] = original
+    return received
+
+
+def _parameters(function: Any) -> str:
+    names = [
+        "its own keyword options" if p.kind is p.VAR_KEYWORD else name
+        for name, p in inspect.signature(function).parameters.items()
+        if name not in ("optimizer", "last_epoch")
+    ]
+    return ", ".join(names) if names else "nothing but the learning rate"
+
+
+def _reads(defaults: dict[str, Any]) -> str:
+    shown = [k for k in defaults if k not in ("foreach", "fused", "differentiable", "capturable", "maximize")]
+    return ", ".join(shown)
+
+
+def check_options_applied(training_args: TrainingArguments, given: frozenset[str] | set[str]) -> None:
+    """Refuse (``ValueError``, one line) an optimizer or schedule option the user set that the optimizer or
+    schedule built from ``training_args`` would not apply. ``given``: the options the user set."""
+    from transformers.trainer_optimizer import _parse_optim_args
+
+    if not (set(given) & {*_OPTIMIZER_OPTIONS, *_SCHEDULE_OPTIONS, "optim", "lr_scheduler_type"}):
+        return  # nothing asked beyond the defaults, which transformers applies as it chooses
+    optim = str(getattr(training_args.optim, "value", training_args.optim))
+    if optim.startswith(_NEEDS_MODEL):
+        return  # built from the model's modules (optim_target_modules): not comparable on a throwaway parameter
+    try:
+        optimizer_cls, kwargs, defaults = optimizer_built_from(training_args)
+    except ImportError:
+        return  # a package the optimizer needs is missing: checks.check_options_take_effect refuses that
+    import torch
+
+    built = f"--optim {optim} ({optimizer_cls.__name__} reads {_reads(defaults)})"
+    betas = kwargs.get("betas")
+    for index, name in enumerate(("adam_beta1", "adam_beta2")):
+        value = getattr(training_args, name)
+        if name in given and not (isinstance(betas, (tuple, list)) and len(betas) > index and betas[index] == value):
+            raise ValueError(f"--{name} {value} is not used by {built}; remove it or choose an Adam-type --optim")
+    if "adam_epsilon" in given and kwargs.get("eps") != training_args.adam_epsilon:
+        raise ValueError(
+            f"--adam_epsilon {training_args.adam_epsilon} is not used by {built}; remove it (an eps of this optimizer "
+            "goes in --optim_args where its handler passes it on)"
+        )
+    if "weight_decay" in given and training_args.weight_decay and "weight_decay" not in defaults:
+        raise ValueError(f"--weight_decay {training_args.weight_decay} is not used by {built}; remove it")
+    if "optim_args" in given and training_args.optim_args:
+        for key, value in _parse_optim_args(training_args.optim_args).items():
+            if key not in kwargs:
+                raise ValueError(
+                    f"--optim_args {key}={value} is not passed on by transformers for --optim {optim} (it passes "
+                    f"{', '.join(sorted(kwargs))} to {optimizer_cls.__name__}); remove it"
+                )
+            if key in defaults and defaults[key] != kwargs[key]:
+                raise ValueError(
+                    f"--optim_args {key}={value} became {defaults[key]!r} in {optimizer_cls.__name__}; give a value "
+                    "it takes as is"
+                )
+
+    if not (set(given) & {*_SCHEDULE_OPTIONS, "lr_scheduler_type"}):
+        return
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=training_args.learning_rate)
+    received = schedule_arguments(training_args, optimizer)
+    schedule = str(getattr(training_args.lr_scheduler_type, "value", training_args.lr_scheduler_type))
+    from transformers import optimization
+
+    reads = _parameters(optimization.TYPE_TO_SCHEDULER_FUNCTION[optimization.SchedulerType(schedule)])
+    if "warmup_steps" in given and training_args.warmup_steps and "num_warmup_steps" not in received:
+        raise ValueError(
+            f"--warmup_steps {training_args.warmup_steps} is not used by --lr_scheduler_type {schedule} (it reads "
+            f"{reads}); remove it or choose a schedule with a warm-up (e.g. constant_with_warmup, linear)"
+        )
+    for key, value in (training_args.lr_scheduler_kwargs or {}).items():
+        if "lr_scheduler_kwargs" in given and key not in received:
+            raise ValueError(
+                f"--lr_scheduler_kwargs {key}={value!r} is not passed on by transformers to --lr_scheduler_type "
+                f"{schedule} (it reads {reads}); remove it"
+            )
