@@ -13,6 +13,10 @@ slow period hits all of them; the minimum over rounds is the least disturbed. Va
 
 Model: the bench's tiny Llama (2 layers, d = 512, V = 32000, untied head), batch 8 × 128 tokens, fp32, CPU.
 
+``--eval``: the same variants as an evaluation step (``model.eval()``, no gradient, no backward): the cost of the
+metrics that evaluation computes by default (``TVDLossMixin.tvd_eval_extra_metrics``), against the same trainer with
+them switched off.
+
 Usage::
 
     git archive <commit> | tar -x -C /tmp/before
@@ -43,6 +47,7 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=9)
     p.add_argument("--before", default=None, help="path of another checkout's hf_tvd_loss package folder")
     p.add_argument("--out", required=True)
+    p.add_argument("--eval", action="store_true", help="time evaluation steps (no gradient) instead of training steps")
     args = p.parse_args()
 
     import torch
@@ -56,7 +61,7 @@ def main() -> None:
         num_key_value_heads=2, max_position_embeddings=128, pad_token_id=0, bos_token_id=1, eos_token_id=2,
         tie_word_embeddings=False,
     )  # fmt: skip
-    model = LlamaForCausalLM(config).train()
+    model = LlamaForCausalLM(config).train(not args.eval)
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(3, 32000, (8, 128), generator=g)
     labels = ids.clone()
@@ -73,6 +78,7 @@ def main() -> None:
             trainers[f"{label}{suffix}"] = package.TVDTrainer(
                 model=model, args=training, tvd_args=package.TVDArguments(**gce, loss_impl=impl)
             )
+            trainers[f"{label}{suffix}"].tvd_eval_extra_metrics = False  # "off": in evaluation too
             if not suffix:
                 trainers[f"{label}_metrics"] = hf_tvd_loss.TVDTrainer(
                     model=model, args=training,
@@ -83,11 +89,13 @@ def main() -> None:
     def step(name: str) -> float:
         model.zero_grad(set_to_none=True)
         t0 = time.perf_counter()
-        if name == "stock":
-            loss = model(**batch).loss
-        else:
-            loss = trainers[name].compute_loss(model, batch, num_items_in_batch=count)
-        loss.backward()
+        with torch.set_grad_enabled(not args.eval):
+            if name == "stock":
+                loss = model(**batch).loss
+            else:
+                loss = trainers[name].compute_loss(model, batch, num_items_in_batch=None if args.eval else count)
+        if not args.eval:
+            loss.backward()
         return time.perf_counter() - t0
 
     names = ["stock", *trainers]

@@ -12,7 +12,7 @@ import torch
 
 
 def calibration_sums(
-    logits: torch.Tensor, labels: torch.Tensor, *, shift: bool, num_bins: int = 10, ignore_index: int = -100
+    logits: torch.Tensor, labels: torch.Tensor, *, shift: bool, num_bins: int = 15, ignore_index: int = -100
 ) -> torch.Tensor:
     """Per-bin sums for token-level calibration, to be added up over batches.
 

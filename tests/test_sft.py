@@ -176,7 +176,9 @@ def test_two_processes_equal_one(tmp_path):
         check=True, env=env, timeout=300,
     )  # fmt: skip
     two = [float(x) for x in out.read_text().split()]
-    _close(two, single, 1e-5)
+    # The first step is exact (1e-6); later ones carry gloo's reduction-order noise through Adam: with transformers
+    # 5.25 / accelerate 1.16 the third step differs by 1.05e-5 relative, with the code of 6846ab7 as with today's.
+    _close(two, single, 5e-5)
 
 
 def test_model_card_records_the_loss(tmp_path):

@@ -132,7 +132,7 @@ def prediction_metrics_reference(
     min_weight: float = 0.0,
     ignore_index: int = -100,
     shift_labels: bool = False,
-    num_bins: int = 10,
+    num_bins: int = 15,
 ) -> dict[str, torch.Tensor]:
     """Float64 sums over the scored tokens: ``num_tokens``, ``correct_sum`` (argmax = target), ``entropy_sum``
     (``-Σ_v p_v log p_v``), ``floor_count`` (weight ``p/(γ+(1-γ)p)`` at or below b, i.e. clamped to b) and

@@ -5,7 +5,7 @@ its class: during the evaluation loop it keeps, for every evaluation example in 
 
 * ``nll``: ``[Σ token NLL, token count]`` of the teacher-forced reference tokens,
 * ``calibration``: per-example calibration sums ``[count per bin..., Σ confidence per bin..., Σ correct per bin...]``
-  (the same 10 equal-width bins of the top-1 probability as ``eval_ece``),
+  (the same 15 equal-width bins of the top-1 probability as ``eval_ece``),
 * for generation tasks, from the decoded outputs: ``bleu_stats`` / ``chrf_stats`` (sacrebleu's per-sentence
   sufficient statistics; their sum gives corpus BLEU / chrF) or ``rougeL`` (``[F-measure, 1]``).
 
@@ -19,11 +19,13 @@ from typing import Any
 
 import torch
 
+from ..ops.common import CALIBRATION_BINS
+
 __all__ = ["ExampleRecorder", "per_example_token_stats"]
 
 
 def per_example_token_stats(
-    logits: torch.Tensor, labels: torch.Tensor, *, shift: bool, num_bins: int = 10, ignore_index: int = -100
+    logits: torch.Tensor, labels: torch.Tensor, *, shift: bool, num_bins: int = CALIBRATION_BINS, ignore_index: int = -100
 ) -> tuple[list[list[float]], list[list[float]]]:
     """Per row of the batch: ``[Σ NLL, count]`` and flattened ``[3 × num_bins]`` calibration sums."""
     with torch.no_grad():
@@ -56,7 +58,7 @@ def per_example_token_stats(
 class ExampleRecorder:
     """Collects per-example records of the ``eval`` evaluation loops of ``trainer`` (the last one is kept)."""
 
-    def __init__(self, trainer: Any, task: Any, tokenizer: Any, data_args: Any, num_bins: int = 10) -> None:
+    def __init__(self, trainer: Any, task: Any, tokenizer: Any, data_args: Any, num_bins: int = CALIBRATION_BINS) -> None:
         self.trainer, self.task, self.tokenizer, self.data_args = trainer, task, tokenizer, data_args
         self.num_bins = num_bins
         self.active = False
