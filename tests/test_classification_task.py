@@ -187,3 +187,14 @@ def test_label_map_and_macro_f1():
     # per class F1: class 0 (tp 1, fp 1, fn 0) 2/3, class 1 (tp 1, fp 0, fn 1) 2/3, class 2 (tp 1) 1
     predictions, truth = np.array([0, 0, 1, 2]), np.array([0, 1, 1, 2])
     assert macro_f1(predictions, truth, 3) == pytest.approx((2 / 3 + 2 / 3 + 1) / 3)
+
+
+def test_a_local_dataset_folder(tmp_path):
+    """--dataset_name names a folder written by datasets' save_to_disk (the splits it holds are used as they are)."""
+    from datasets import Dataset, DatasetDict
+
+    DatasetDict(train=Dataset.from_list(GOOD), validation=Dataset.from_list(GOOD[:4])).save_to_disk(tmp_path / "ds")
+    prepared = prepare(get_task("classification"), [*QUICK, "--dataset_name", str(tmp_path / "ds"), "--output_dir",
+                       str(tmp_path / "out"), "--do_predict", "false"])  # fmt: skip
+    assert prepared.config.id2label == {0: "a", 1: "b"} and len(prepared.raw["validation"]) == 4
+    assert not (tmp_path / "out").exists()
