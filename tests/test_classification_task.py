@@ -198,3 +198,25 @@ def test_a_local_dataset_folder(tmp_path):
                        str(tmp_path / "out"), "--do_predict", "false"])  # fmt: skip
     assert prepared.config.id2label == {0: "a", 1: "b"} and len(prepared.raw["validation"]) == 4
     assert not (tmp_path / "out").exists()
+
+
+def test_class_label_names_of_a_hub_style_dataset(tmp_path):
+    """A ClassLabel column (as Hub datasets ship labels) gives the classes its names; a named class with no training
+    example is refused before work."""
+    from datasets import ClassLabel, Dataset, DatasetDict, Features, Value
+
+    features = Features({"sentence": Value("string"), "label": ClassLabel(names=["world", "sports", "business"])})
+    rows = [{"sentence": f"news item {i}", "label": i % 3} for i in range(9)]
+    DatasetDict(train=Dataset.from_list(rows, features=features),
+                validation=Dataset.from_list(rows[:3], features=features)).save_to_disk(tmp_path / "ds")  # fmt: skip
+
+    def argv(folder):
+        return [*QUICK, "--dataset_name", str(tmp_path / folder), "--output_dir", str(tmp_path / "out"),
+                "--do_predict", "false"]  # fmt: skip
+
+    assert prepare(get_task("classification"), argv("ds")).config.id2label == {0: "world", 1: "sports", 2: "business"}
+    two = [row for row in rows if row["label"] != 2]
+    DatasetDict(train=Dataset.from_list(two, features=features),
+                validation=Dataset.from_list(two[:2], features=features)).save_to_disk(tmp_path / "ds2")  # fmt: skip
+    with pytest.raises(ValueError, match="'business' has no training example"):
+        prepare(get_task("classification"), argv("ds2"))

@@ -263,7 +263,18 @@ class ClassificationTask(Task[ClassificationDataArguments, TrainingArguments]):
         training, and a pretrained classifier's classes that differ from the data's, are refused."""
         column = data_args.label_column_name
         if "train" in raw:
-            labels = label_map_of(label_values(raw["train"], column, "the train data"), "the train data")
+            values = label_values(raw["train"], column, "the train data")
+            labels = label_map_of(values, "the train data")
+            names = getattr(raw["train"].features.get(column), "names", None)
+            if names:  # a ClassLabel column (Hub datasets): its ids and names are the classes
+                missing = [name for i, name in enumerate(names) if i not in labels.ids]
+                if missing:
+                    raise ValueError(
+                        f"the train data's label column {column!r} names {len(names)} classes, and "
+                        f"{', '.join(repr(m) for m in missing)} has no training example: the model would have a "
+                        "class it never learns; add examples of it or drop it from the data"
+                    )
+                labels = LabelMap(tuple(str(n) for n in names), {i: i for i in range(len(names))})
         elif not _is_placeholder_labels(config):  # evaluation only: the model's own classes
             names = tuple(str(config.id2label[i]) for i in range(config.num_labels))
             labels = LabelMap(names, {name: i for i, name in enumerate(names)})
