@@ -225,3 +225,17 @@ def test_classifiers_gamma_ce_cannot_train_are_refused_before_training(tmp_path)
     batch = collator("bert_cls")(list(tiny_dataset("bert_cls", n=2)))
     with pytest.raises(ValueError, match="labels must be an integer tensor"):  # float (regression) labels
         trainer.compute_loss(trainer.model, {**batch, "labels": batch["labels"].float()})
+
+
+def test_a_custom_weight_rule_on_a_classifier(tmp_path):
+    """A custom per-example weight rule (here w = sg(p^0.5)) applies to a classifier's examples as to tokens."""
+    from hf_tvd_loss import probability_power_rule
+
+    model = tiny_model("bert_cls").eval()
+    batch = collator("bert_cls")(list(tiny_dataset("bert_cls", n=6)))
+    trainer = TVDTrainer(model=model, args=_args(tmp_path), weight_rule=probability_power_rule(0.5))
+    with torch.no_grad():
+        ours = trainer.compute_loss(model, dict(batch))
+        log_p = model(input_ids=batch["input_ids"]).logits.double().log_softmax(-1)
+    log_p_y = log_p.gather(1, batch["labels"].unsqueeze(1)).squeeze(1)
+    assert ours.item() == pytest.approx((log_p_y.exp().sqrt() * -log_p_y).mean().item(), rel=1e-5)
