@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from typing import TYPE_CHECKING, Any
@@ -11,12 +12,16 @@ import torch
 from ..ops.common import check_number
 from .arguments import DataArguments, ModelArguments
 from .data import FILE_BUILDERS, FILE_OPTIONS, evaluates
+from .outputs import check_output_dir, overwrite_problem
 
 if TYPE_CHECKING:
     from transformers import TrainingArguments
 
 __all__ = [
+    "check_checkpoint_pieces",
     "check_common_args",
+    "check_configured_objects",
+    "check_model_config",
     "check_options_take_effect",
     "check_unapplied_options",
     "check_finite_options",
@@ -24,25 +29,6 @@ __all__ = [
     "check_output_dir",
     "check_training_numbers",
 ]
-
-
-def _nearest_existing(path: str) -> str:
-    parent = path
-    while not os.path.exists(parent):
-        parent = os.path.dirname(parent)
-    return parent
-
-
-def _probe_writable(folder: str) -> bool:
-    """Whether a folder can really be written (``os.access`` says yes to root on read-only file systems)."""
-    import tempfile
-
-    try:
-        probe = tempfile.mkdtemp(prefix=".hf_tvd_write_probe-", dir=folder)
-    except OSError:
-        return False
-    os.rmdir(probe)
-    return True
 
 
 def _checkpoint_step(path: str) -> int | None:
@@ -60,46 +46,6 @@ def is_inside(path: str, folder: str) -> bool:
     """Whether ``path`` is ``folder`` or below it (links resolved)."""
     path, folder = os.path.realpath(path), os.path.realpath(folder)
     return path == folder or path.startswith(folder + os.sep)
-
-
-def check_output_dir(path: str, *, overwrite: bool = False, resume: bool = False) -> None:
-    """Refuse an output_dir that cannot be created or written, or that holds an earlier run, without writing.
-
-    A folder with anything in it is refused unless the run resumes (``resume``: it continues the run that is
-    there from one of its checkpoints) or ``overwrite`` is set (the earlier run's recorded outputs are replaced, see
-    :mod:`.outputs`). A lock file left by an earlier run that wrote nothing else does not count.
-    """
-    if not path:
-        raise ValueError("output_dir must be set")
-    path = os.path.abspath(path)
-    if os.path.exists(path):
-        if not os.path.isdir(path):
-            raise ValueError(f"output_dir {path} exists and is not a directory")
-        if not os.access(path, os.W_OK | os.X_OK) or not _probe_writable(path):
-            raise ValueError(f"output_dir {path} is not writable")
-        # (another process's write probe may be there for an instant)
-        from .outputs import LEDGER, LOCK, wrote_nothing
-
-        entries = sorted(e for e in os.listdir(path) if not e.startswith(".hf_tvd_write_probe-") and e != LOCK)
-        if entries == [LEDGER] and wrote_nothing(path):  # a run that was built and never ran
-            entries = []
-        if entries and not (resume or overwrite):
-            checkpoints = [e for e in entries if e.startswith("checkpoint-")]
-            others = [e for e in entries if not e.startswith("checkpoint-")]
-            shown = others[:5] + checkpoints[:3]
-            more = len(entries) - len(shown)
-            raise ValueError(
-                f"output_dir {path} already holds {len(entries)} {'entry' if len(entries) == 1 else 'entries'} "
-                f"({', '.join(shown)}"
-                f"{f', and {more} more' if more else ''}), e.g. an earlier run: pass --resume_from_checkpoint "
-                "latest to continue it, --overwrite_output_dir true to replace its outputs, or another --output_dir"
-            )
-        return
-    parent = _nearest_existing(os.path.dirname(path))
-    if not os.path.isdir(parent):
-        raise ValueError(f"output_dir {path} cannot be created: {parent} is a file, not a directory")
-    if not os.access(parent, os.W_OK | os.X_OK) or not _probe_writable(parent):
-        raise ValueError(f"output_dir {path} cannot be created: {parent} is not writable")
 
 
 # report_to integration -> the packages that provide it (any one of them)
@@ -200,15 +146,19 @@ def check_unapplied_options(
         raise idle("save_total_limit", "save_strategy is no, so no checkpoint is saved")
 
 
+# Sizes beyond any sane run: 2**20 examples per device and step, or micro-batches per step (a run of that size would
+# not fit in any memory; transformers failed only once training started, with an islice() or a memory error).
+MAX_BATCH = 2**20
+
 # The numeric options of TrainingArguments / Seq2SeqTrainingArguments the scripts expose: (name, check_number
 # keywords). NaN and infinity are refused for all of them (and for every other float option, see
 # check_finite_options).
 TRAINING_NUMBERS: tuple[tuple[str, dict[str, Any]], ...] = (
     ("learning_rate", {"low": 0.0, "low_open": True}),
-    ("per_device_train_batch_size", {"low": 1, "integer": True}),
-    ("per_device_eval_batch_size", {"low": 1, "integer": True}),
-    ("gradient_accumulation_steps", {"low": 1, "integer": True}),
-    ("eval_accumulation_steps", {"low": 1, "integer": True, "allow_none": True}),
+    ("per_device_train_batch_size", {"low": 1, "high": MAX_BATCH, "integer": True}),
+    ("per_device_eval_batch_size", {"low": 1, "high": MAX_BATCH, "integer": True}),
+    ("gradient_accumulation_steps", {"low": 1, "high": MAX_BATCH, "integer": True}),
+    ("eval_accumulation_steps", {"low": 1, "high": MAX_BATCH, "integer": True, "allow_none": True}),
     ("num_train_epochs", {"low": 0.0}),
     ("warmup_steps", {"low": 0.0}),
     ("weight_decay", {"low": 0.0}),
@@ -350,8 +300,18 @@ def check_data_files(data_args: DataArguments) -> None:
         path = getattr(data_args, option)
         if path is None:
             continue
+        if os.path.islink(path) and not os.path.exists(path):
+            raise ValueError(f"{option} {path} is a symbolic link to {os.readlink(path)}, which does not exist")
         if os.path.isdir(path):
             raise ValueError(f"{option} {path} is a directory; give a data file")
+        if os.path.exists(path) and not os.path.isfile(path):
+            import stat
+
+            mode = os.stat(path).st_mode
+            kind = ("a character device" if stat.S_ISCHR(mode) else "a block device" if stat.S_ISBLK(mode)
+                    else "a named pipe" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode) else "special")  # fmt: skip
+            target = f" ({os.path.realpath(path)})" if os.path.islink(path) else ""
+            raise ValueError(f"{option} {path}{target} is not a regular file but {kind}; give a data file")
         extension = os.path.splitext(path)[1].lower()
         if extension not in FILE_BUILDERS:
             raise ValueError(
@@ -374,7 +334,10 @@ def check_output_and_resume(
     check_output_dir(training_args.output_dir, overwrite=True)  # only whether it can be written; emptiness below
     output_dir = os.path.abspath(training_args.output_dir)
     resume_value = training_args.resume_from_checkpoint
+    check_resume_value(resume_value)
     resume = resolve_resume_checkpoint(resume_value, training_args.output_dir)  # "latest"/"true": newest complete
+    if resume is not None:
+        check_checkpoint_pieces(resume)
     if resume is not None and not training_args.do_train:
         raise ValueError(f"resume_from_checkpoint={resume_value!r} needs do_train (nothing is trained otherwise)")
     # Resuming from a checkpoint inside output_dir continues the run there; one from elsewhere starts a new run.
@@ -397,8 +360,6 @@ def check_output_and_resume(
                 )
     check_output_dir(training_args.output_dir, overwrite=data_args.overwrite_output_dir, resume=resume_inside)
     if data_args.overwrite_output_dir:
-        from .outputs import overwrite_problem
-
         problem = overwrite_problem(output_dir)
         if problem is not None:
             raise ValueError(problem)
@@ -410,3 +371,129 @@ def check_output_and_resume(
                 "is left to train; raise max_steps"
             )
     training_args.resume_from_checkpoint = resume
+
+
+# ------------------------------------------------------------------------------- what an option configures, built now
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {text[0] if text else ''}".rstrip(": ")
+
+
+def _check_optimizer(training_args: TrainingArguments) -> None:
+    """Build ``--optim`` with ``--optim_args`` on one dummy parameter, as Trainer does when training starts, and turn
+    whatever it raises into one line naming the options. (Keys of ``--optim_args`` the optimizer would not read are
+    refused by :func:`hf_tvd_loss.tasks.applied.check_options_applied`.)"""
+    from transformers import Trainer
+
+    optim = str(getattr(training_args.optim, "value", training_args.optim))
+    options = f"--optim {optim}" + (f" --optim_args {training_args.optim_args!r}" if training_args.optim_args else "")
+    try:
+        optimizer_cls, optimizer_kwargs = Trainer.get_optimizer_cls_and_kwargs(training_args)
+    except ImportError:
+        return  # a package an --optim needs: check_options_take_effect names it
+    except Exception as err:  # noqa: BLE001  # transformers raises many types for bad --optim_args
+        raise ValueError(f"{options}: {_first_line(err)}") from None
+    if not isinstance(optimizer_cls, type) or not issubclass(optimizer_cls, torch.optim.Optimizer):
+        return  # a factory (layer-wise, GaLore targets): built on the real model only
+    try:
+        optimizer_cls([torch.nn.Parameter(torch.zeros(2))], **optimizer_kwargs)
+    except Exception as err:  # noqa: BLE001
+        raise ValueError(f"{options}: {_first_line(err)}") from None
+
+
+def _check_scheduler(training_args: TrainingArguments) -> None:
+    """Build ``--lr_scheduler_type`` with ``--lr_scheduler_kwargs`` on a dummy optimizer, as Trainer does when
+    training starts (with this run's max_steps, or 100 steps when they depend on the data)."""
+    from transformers.optimization import get_scheduler
+
+    name = str(getattr(training_args.lr_scheduler_type, "value", training_args.lr_scheduler_type))
+    kwargs = training_args.lr_scheduler_kwargs
+    if kwargs is not None and not isinstance(kwargs, dict):
+        raise ValueError(
+            f"--lr_scheduler_kwargs must be a JSON object of the scheduler's keyword arguments, e.g. "
+            f"'{{\"num_cycles\": 0.5}}'; got {kwargs!r}"
+        )
+    if kwargs and name in ("constant", "constant_with_warmup"):
+        raise ValueError(
+            f"--lr_scheduler_kwargs {json.dumps(kwargs)} would not take effect: --lr_scheduler_type {name} takes no "
+            "keyword arguments (transformers ignores them silently); remove them, or choose the scheduler they are "
+            "for (e.g. --lr_scheduler_type cosine)"
+        )
+    steps = training_args.max_steps if training_args.max_steps > 0 else 100
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=float(training_args.learning_rate))
+    try:
+        get_scheduler(name, optimizer=optimizer, num_warmup_steps=training_args.get_warmup_steps(steps),
+                      num_training_steps=steps, scheduler_specific_kwargs=kwargs or {})  # fmt: skip
+    except Exception as err:  # noqa: BLE001  # TypeError for unknown keywords, ValueError for bad values, ...
+        given = f" --lr_scheduler_kwargs {json.dumps(kwargs)}" if kwargs else ""
+        raise ValueError(f"--lr_scheduler_type {name}{given}: {_first_line(err)}") from None
+
+
+def check_configured_objects(training_args: TrainingArguments) -> None:
+    """The objects transformers builds from options only once training starts (the optimizer of ``--optim`` /
+    ``--optim_args``, the schedule of ``--lr_scheduler_type`` / ``--lr_scheduler_kwargs``), built now on a dummy
+    parameter, writing nothing: an error they raise is one line naming the option. The model a config describes is
+    checked by :func:`check_model_config`, once the config is resolved."""
+    if not training_args.do_train:
+        return
+    _check_optimizer(training_args)
+    _check_scheduler(training_args)
+
+
+def check_model_config(task: Any, config: Any, config_overrides: str | None) -> None:
+    """Build the model a config describes on the meta device (no memory, no weights: milliseconds) and refuse a
+    config the model class rejects (heads that do not divide the width, an unknown activation, ...), naming
+    ``--config_overrides`` (or the config's source) and the model class's first line."""
+    from .modeling import auto_model_class
+
+    try:
+        with torch.device("meta"):
+            auto_model_class(task).from_config(config)
+    except Exception as err:  # noqa: BLE001  # model classes raise ValueError, KeyError, AttributeError, ...
+        source = f"--config_overrides {config_overrides!r}" if config_overrides else f"the {config.model_type} config"
+        raise ValueError(f"{source} describes a model that cannot be built: {_first_line(err)}") from None
+
+
+# ------------------------------------------------------------------------------- checkpoints missing a piece
+# Files that hold a checkpoint's model weights (one of them is needed to resume).
+_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                 "pytorch_model.bin.index.json", "adapter_model.safetensors", "adapter_model.bin")  # fmt: skip
+
+
+def check_checkpoint_pieces(checkpoint: str) -> None:
+    """A checkpoint to resume from has every piece Trainer reads only after the data and model work: the model
+    weights (a file, not a folder), and ``trainer_state.json`` holding the trainer's state (an object with its
+    step). The optimizer and scheduler states and the files' integrity are checked by
+    :func:`hf_tvd_loss.checkpoints.checkpoint_problem` (through ``resolve_resume_checkpoint``)."""
+
+    def refuse(what: str) -> ValueError:
+        return ValueError(f"resume_from_checkpoint {checkpoint} cannot be resumed from: {what}")
+
+    names = set(os.listdir(checkpoint))
+    for name in sorted(names & set(_WEIGHT_FILES)):
+        if not os.path.isfile(os.path.join(checkpoint, name)):
+            raise refuse(f"{name} is not a file (a folder or a dangling link), so its weights cannot be loaded")
+    engine = any(n.startswith(("global_step", "pytorch_model_fsdp")) for n in names)  # DeepSpeed / FSDP shards
+    if not (names & set(_WEIGHT_FILES)) and not engine:
+        raise refuse(
+            "it holds no model weights (model.safetensors is missing, and no other weight file of "
+            f"{', '.join(_WEIGHT_FILES[1:])} is there)"
+        )
+    path = os.path.join(checkpoint, "trainer_state.json")
+    try:
+        with open(path, encoding="utf-8") as f:
+            state = json.load(f)
+    except (OSError, ValueError) as err:
+        raise refuse(f"trainer_state.json cannot be read ({_first_line(err)})") from None
+    if not isinstance(state, dict) or not isinstance(state.get("global_step"), int):
+        held = "an object without an integer global_step" if isinstance(state, dict) else f"a {type(state).__name__}"
+        raise refuse(f"trainer_state.json holds {held}, not the trainer's state (an object with its global_step)")
+
+
+def check_resume_value(value: Any) -> None:
+    """A ``resume_from_checkpoint`` path that exists but is a file (a weights file given for its folder)."""
+    if isinstance(value, str) and os.path.exists(value) and not os.path.isdir(value):
+        raise ValueError(
+            f"resume_from_checkpoint {value} is a file, not a checkpoint folder: give the folder that holds it "
+            f"({os.path.dirname(os.path.abspath(value))})"
+        )

@@ -57,6 +57,23 @@ def _check_json_rows(rows: Any, where: str) -> str | None:
     return None
 
 
+class DuplicateKeyError(ValueError):
+    """A JSON object that gives one key twice (every JSON reader keeps one of the values, silently)."""
+
+
+def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    seen: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in seen:
+            raise DuplicateKeyError(f"key {key!r} is given twice in one object (a JSON reader would keep one value)")
+        seen[key] = value
+    return seen
+
+
+def _loads(text: str) -> Any:
+    return json.loads(text, object_pairs_hook=_no_duplicate_keys)
+
+
 def diagnose_file(path: str) -> str | None:
     """Read a data file line by line and name the first line that breaks it (encoding, JSON, CSV fields).
 
@@ -64,7 +81,6 @@ def diagnose_file(path: str) -> str | None:
     Returns a message such as ``"line 22: not valid JSON (...)"``, or None when no such line is found.
     """
     import csv
-    import json
 
     extension = os.path.splitext(path)[1].lower()
     with open(path, "rb") as f:
@@ -79,7 +95,9 @@ def diagnose_file(path: str) -> str | None:
         text = "\n".join(lines)
         if extension == ".json" and text.lstrip()[:1] in ("[", "{"):
             try:
-                whole = json.loads(text)
+                whole = _loads(text)
+            except DuplicateKeyError:
+                whole = None  # found, with its line, line by line below (or by the whole-file pass's message)
             except ValueError:
                 whole = None  # JSON lines in a .json file: checked line by line below
             else:
@@ -91,7 +109,9 @@ def diagnose_file(path: str) -> str | None:
             if not line.strip():
                 continue
             try:
-                parsed.append((number, json.loads(line)))
+                parsed.append((number, _loads(line)))
+            except DuplicateKeyError as err:
+                return f"line {number}: {err}"
             except ValueError as err:
                 return f"line {number} is not valid JSON ({getattr(err, 'msg', err)} at column {getattr(err, 'colno', '?')})"
         return _check_json_rows(parsed, "line")
@@ -117,8 +137,9 @@ def _check_utf8(path: str, option: str) -> None:
     line = 1
     with open(path, "rb") as f:
         while chunk := f.read(1 << 22):
+            nul = chunk.find(b"\x00")  # valid UTF-8, but never in a text file: a binary file given as text
             try:
-                decoder.decode(chunk)
+                decoder.decode(chunk if nul < 0 else chunk[:nul])
             except UnicodeDecodeError as err:
                 position = max(err.start, 0)
                 text_before = chunk[:position]
@@ -127,6 +148,13 @@ def _check_utf8(path: str, option: str) -> None:
                 raise ValueError(
                     f"{option} {path}: line {line} is not UTF-8 text (byte {chunk[position]:#04x} at column {column})"
                 ) from None
+            if nul >= 0:
+                before = chunk[:nul]
+                where, column = line + before.count(b"\n"), nul - (before.rfind(b"\n") + 1) + 1
+                raise ValueError(
+                    f"{option} {path}: line {where} holds a NUL byte (column {column}): a binary file, not text; "
+                    "give a UTF-8 text file"
+                )
             line += chunk.count(b"\n")
         try:
             decoder.decode(b"", final=True)
@@ -134,6 +162,38 @@ def _check_utf8(path: str, option: str) -> None:
             raise ValueError(
                 f"{option} {path}: line {line} is not UTF-8 text (the file ends inside a character)"
             ) from None
+
+
+def _check_json_keys(path: str, option: str) -> None:
+    """A JSON document (``[...]`` or ``{...}`` over the whole file, read by Python's JSON reader, which keeps the
+    last of two values silently) with a key given twice is refused, naming the line. JSON lines are left to
+    pyarrow, which refuses such a line itself (and :func:`diagnose_file` names it)."""
+    with open(path, encoding="utf-8-sig") as f:
+        head = f.read(1 << 16).lstrip()
+    if not head.startswith(("[", "{")):
+        return
+    with open(path, encoding="utf-8-sig") as f:
+        text = f.read()
+    try:
+        _loads(text)
+    except DuplicateKeyError:
+        problem = next((f"line {n}: {_duplicate_in(line)}" for n, line in enumerate(text.splitlines(), start=1)
+                        if _duplicate_in(line)), None)  # fmt: skip
+        raise ValueError(f"{option} {path}: {problem or 'an object gives one key twice'}") from None
+    except ValueError:
+        return  # not one JSON document (JSON lines in a .json file): pyarrow reads and checks it
+
+
+def _duplicate_in(line: str) -> str | None:
+    """The duplicate-key message for the objects of one line of a JSON document, if that line holds one whole."""
+    text = line.strip().rstrip(",")
+    try:
+        _loads(text)
+    except DuplicateKeyError as err:
+        return str(err)
+    except ValueError:
+        return None
+    return None
 
 
 def _csv_options(path: str, option: str, split: str) -> dict[str, Any]:
@@ -164,6 +224,11 @@ def _load_file(path: str, option: str, split: str, cache_dir: str | None) -> Dat
     options: dict[str, Any] = {}
     if builder == "csv":
         options = _csv_options(path, option, split)
+    if builder == "json":
+        _check_json_keys(path, option)
+        # One chunk for the whole file (up to 1 GiB): datasets casts every later chunk to the columns of the first,
+        # so a valid file whose field first appears past the first chunk (10 MB) failed with a cast error.
+        options = {"chunksize": max(os.path.getsize(path) + 1, 10 << 20)} if os.path.getsize(path) < 1 << 30 else {}
     try:
         return load_dataset(builder, data_files={"data": path}, split="data", cache_dir=cache_dir, **options)
     except Exception as err:  # datasets raises many types for malformed files

@@ -28,7 +28,15 @@ from typing import Any
 
 from ..checkpoints import write_json_atomically
 
-__all__ = ["LEDGER", "LOCK", "OutputFolder", "ledger_callback", "overwrite_problem", "read_ledger"]
+__all__ = [
+    "LEDGER",
+    "LOCK",
+    "OutputFolder",
+    "check_output_dir",
+    "ledger_callback",
+    "overwrite_problem",
+    "read_ledger",
+]
 
 LEDGER = "run_outputs.json"
 LOCK = ".hf_tvd_loss.lock"
@@ -133,6 +141,97 @@ def wrote_nothing(path: str) -> bool:
     return files <= {LEDGER} and not any(os.path.lexists(os.path.join(path, n)) for n in open_names - {LEDGER})
 
 
+def _probe_writable(folder: str) -> bool:
+    """Whether a folder can really be written (``os.access`` says yes to root on read-only file systems)."""
+    import tempfile
+
+    try:
+        probe = tempfile.mkdtemp(prefix=".hf_tvd_write_probe-", dir=folder)
+    except OSError:
+        return False
+    os.rmdir(probe)
+    return True
+
+
+def _path_problem(path: str) -> str | None:
+    """What on disk stops ``path`` (absolute) from being a folder this run creates or writes, or None: a link
+    that leads nowhere (dangling, or a loop), a name too long for the file system, a file in its place or on the
+    way to it, a nearest existing folder that cannot be written. Reads only (a probe folder is made and removed)."""
+    import errno
+
+    if os.path.islink(path) and not os.path.exists(path):
+        try:
+            os.stat(path)
+        except OSError as err:
+            if err.errno == errno.ELOOP:
+                return f"is a symbolic link that loops ({path} -> {os.readlink(path)} -> ...)"
+        return f"is a symbolic link to {os.readlink(path)}, which does not exist (a dangling link)"
+    if os.path.exists(path):
+        if not os.path.isdir(path):
+            what = f"a symbolic link to {os.path.realpath(path)}, " if os.path.islink(path) else ""
+            return f"exists and is {what}not a directory"
+        if not os.access(path, os.W_OK | os.X_OK) or not _probe_writable(path):
+            return "is not writable"
+        return None
+    # The path does not exist: walk up to the nearest entry that does (a link counts, followed or not).
+    missing: list[str] = []
+    parent = path
+    while not os.path.lexists(parent):
+        missing.append(os.path.basename(parent))
+        parent = os.path.dirname(parent)
+    if os.path.islink(parent) and not os.path.exists(parent):
+        return f"cannot be created: {parent} is a symbolic link to {os.readlink(parent)}, which does not exist"
+    if not os.path.isdir(parent):
+        return f"cannot be created: {parent} is a file, not a directory"
+    try:
+        longest = os.pathconf(parent, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        longest = 255
+    too_long = [name for name in missing if len(os.fsencode(name)) > longest]
+    if too_long:
+        return (
+            f"cannot be created: the name {too_long[0][:40]}... is too long ({len(os.fsencode(too_long[0]))} bytes; "
+            f"the file system allows {longest})"
+        )
+    if not os.access(parent, os.W_OK | os.X_OK) or not _probe_writable(parent):
+        return f"cannot be created: {parent} is not writable"
+    return None
+
+
+def check_output_dir(path: str, *, overwrite: bool = False, resume: bool = False) -> None:
+    """Refuse an output_dir that cannot be created or written, or that holds an earlier run, without writing.
+
+    The folder's state on disk comes first (:func:`_path_problem`: a dangling link or a loop in its place, a file in
+    its place or on the way, a name too long, no write permission). A folder with anything in it is then refused
+    unless the run resumes (``resume``: it continues the run that is there from one of its checkpoints) or
+    ``overwrite`` is set (the earlier run's recorded outputs are replaced). A lock file left by an earlier run that
+    wrote nothing else does not count.
+    """
+    if not path:
+        raise ValueError("output_dir must be set")
+    path = os.path.abspath(path)
+    problem = _path_problem(path)
+    if problem is not None:
+        raise ValueError(f"--output_dir {path} {problem}")
+    if not os.path.exists(path):
+        return
+    # (another process's write probe may be there for an instant)
+    entries = sorted(e for e in os.listdir(path) if not e.startswith(".hf_tvd_write_probe-") and e != LOCK)
+    if entries == [LEDGER] and wrote_nothing(path):  # a run that was built and never ran
+        entries = []
+    if entries and not (resume or overwrite):
+        checkpoints = [e for e in entries if e.startswith("checkpoint-")]
+        others = [e for e in entries if not e.startswith("checkpoint-")]
+        shown = others[:5] + checkpoints[:3]
+        more = len(entries) - len(shown)
+        raise ValueError(
+            f"output_dir {path} already holds {len(entries)} {'entry' if len(entries) == 1 else 'entries'} "
+            f"({', '.join(shown)}"
+            f"{f', and {more} more' if more else ''}), e.g. an earlier run: pass --resume_from_checkpoint "
+            "latest to continue it, --overwrite_output_dir true to replace its outputs, or another --output_dir"
+        )
+
+
 # Folders this process holds: claiming one again (a notebook cell run twice) hands the lock to the new claim.
 _CLAIMED: dict[str, OutputFolder] = {}
 
@@ -163,8 +262,6 @@ class OutputFolder:
         earlier run (unless ``resume`` continues it or ``overwrite`` replaces it: then exactly the earlier run's
         recorded files are removed first)."""
         import fcntl
-
-        from .checks import check_output_dir
 
         path = os.path.abspath(path)
         earlier = _CLAIMED.pop(os.path.realpath(path), None)
