@@ -389,14 +389,42 @@ class CheckpointSafetyMixin:
         self._tvd_run_id = (read_checkpoint_marker(resume).get("run_id") if resume else None) or uuid.uuid4().hex
         # Rotation is done here (only this run's checkpoints); the stock one, and the stock deletion at the end of
         # training with save_total_limit=1, would delete any checkpoint-N folder of output_dir.
+        done = read_checkpoint_marker(resume).get("global_step") if resume else None
+        if isinstance(done, int) and 0 < training_args.max_steps <= done:
+            if done > training_args.max_steps:
+                raise ValueError(
+                    f"resume_from_checkpoint {resume} is at step {done}, past max_steps={training_args.max_steps}: "
+                    "nothing is left to train; raise max_steps"
+                )
+            return self._tvd_finish(resume)  # transformers would train one more step past max_steps
         self._tvd_save_limit = training_args.save_total_limit
         training_args.save_total_limit = None
         try:
             result = super().train(resume, *args, **kwargs)  # type: ignore[misc]
         finally:
             training_args.save_total_limit = self._tvd_save_limit
+        if resume and self.state.global_step == read_checkpoint_marker(resume).get("global_step", -1):  # type: ignore[attr-defined]
+            # Nothing was left to train (a run killed after its last step, finished now): transformers would report
+            # a train_loss of 0 (no loss over no step); the run's losses are in its log history.
+            result.metrics.pop("train_loss", None)
+            logger.info("resumed from %s with no step left to train: finishing the run", resume)
         self._tvd_keep_only_best_at_end()
         return result
+
+    def _tvd_finish(self, checkpoint: str) -> Any:
+        """Resumed at ``max_steps`` (a run killed after its last step): no step is trained; the checkpoint's weights
+        and state are restored (and the best model where ``load_best_model_at_end`` asks for it), so the caller
+        writes the final files the killed run did not. The result has no ``train_loss`` (no step, no loss)."""
+        from transformers.trainer_callback import TrainerState
+        from transformers.trainer_utils import TrainOutput
+
+        self._load_from_checkpoint(checkpoint)  # type: ignore[attr-defined]
+        self.state = TrainerState.load_from_json(os.path.join(checkpoint, "trainer_state.json"))
+        best = self.state.best_model_checkpoint
+        if self.args.load_best_model_at_end and best is not None and os.path.isdir(best):  # type: ignore[attr-defined]
+            self._load_best_model()  # type: ignore[attr-defined]
+        logger.info("resumed from %s at max_steps: no step left to train, finishing the run", checkpoint)
+        return TrainOutput(self.state.global_step, float("nan"), {"train_runtime": 0.0, "epoch": self.state.epoch})
 
     def _load_callback_state(self) -> None:
         """After transformers has loaded the resumed ``trainer_state.json``: take the logging, evaluation and saving

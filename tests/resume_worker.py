@@ -1,5 +1,6 @@
-"""Subprocess for tests/test_reliability.py: trains a tiny Llama with checkpoints, optionally SIGKILLs itself
-at a step (no clean shutdown), optionally resumes, and saves its log history and final parameters."""
+"""Subprocess for tests/test_reliability.py and tests/test_run_safety.py: trains a tiny Llama with checkpoints,
+optionally SIGKILLs itself at a step or once training returned (before its final files), optionally resumes, and
+saves its log history and final parameters."""
 
 from __future__ import annotations
 
@@ -44,6 +45,7 @@ def main() -> None:
     p.add_argument("--max_steps", type=int, default=8)
     p.add_argument("--kill_at", type=int, default=0)
     p.add_argument("--fail_rank_at", type=int, default=0)
+    p.add_argument("--kill_after_train", action="store_true")  # after the last step, before the final files
     p.add_argument("--resume", action="store_true")
     a = p.parse_args()
     args = TrainingArguments(
@@ -60,12 +62,16 @@ def main() -> None:
         data_collator=collator("llama"), callbacks=callbacks,
         tvd_args=TVDArguments(gamma=0.8, min_weight=0.2, gamma_schedule="linear", gamma_schedule_ratio=0.75),
     )  # fmt: skip
-    trainer.train(resume_from_checkpoint=True if a.resume else None)
+    result = trainer.train(resume_from_checkpoint=True if a.resume else None)
+    if a.kill_after_train:
+        os.kill(os.getpid(), signal.SIGKILL)
     if trainer.args.process_index == 0:
         state = {k: v.detach().cpu() for k, v in trainer.model.state_dict().items()}
         torch.save(state, os.path.join(a.output_dir, "final_state.pt"))
         with open(os.path.join(a.output_dir, "history.json"), "w") as f:
             json.dump(trainer.state.log_history, f)
+        with open(os.path.join(a.output_dir, "train_metrics.json"), "w") as f:
+            json.dump({"global_step": trainer.state.global_step, **result.metrics}, f)
 
 
 if __name__ == "__main__":

@@ -339,3 +339,31 @@ def test_metric_for_best_model_names_a_reported_metric(tmp_path):
     with pytest.raises(ValueError, match="'bleu' is not a metric this translation evaluation reports"):
         prepare(get_task("translation"), ["--output_dir", str(tmp_path / "x"), "--metric_for_best_model", "bleu",
                                           "--predict_with_generate", "false"])  # fmt: skip
+
+
+def test_a_library_run_sigkilled_after_its_last_step_is_finished_by_resuming(tmp_path):
+    """SIGKILL once ``train()`` returned (its last checkpoint complete), before the final files: ``train(
+    resume_from_checkpoint=True)`` in a new process is not refused; it trains no step, restores the last checkpoint's
+    weights and reports no train_loss (transformers would say 0 for no step)."""
+    import subprocess
+    import sys
+
+    from safetensors.torch import load_file
+
+    worker = os.path.join(os.path.dirname(os.path.abspath(__file__)), "resume_worker.py")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    out = str(tmp_path / "run")
+    killed = subprocess.run([sys.executable, worker, out, "--max_steps", "4", "--kill_after_train"], env=env,
+                            capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    assert not os.path.exists(os.path.join(out, "final_state.pt"))
+    finished = subprocess.run([sys.executable, worker, out, "--max_steps", "4", "--resume"], env=env,
+                              capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert finished.returncode == 0, finished.stderr[-2000:]
+    import torch
+
+    final = torch.load(os.path.join(out, "final_state.pt"))
+    saved = load_file(os.path.join(out, "checkpoint-4", "model.safetensors"))
+    assert all(torch.equal(final[k], saved[k]) for k in saved)
+    metrics = json.loads((tmp_path / "run" / "train_metrics.json").read_text())
+    assert metrics["global_step"] == 4 and "train_loss" not in metrics
