@@ -82,6 +82,8 @@ def _job_commands(folder: str) -> dict[str, list[str]]:
                             "--out", os.path.join(folder, "bench")],
         "smollm2_conversion": [sys.executable, os.path.join(ROOT, "scripts", "prepare_model.py"),
                                "--output_dir", os.path.join(folder, "smollm2")],
+        # a wheel of this checkout in a fresh environment, the hf-tvd-loss command run from another folder
+        "installed_wheel": [sys.executable, os.path.join(ROOT, "tests", "wheel_job.py"), folder],
     }  # fmt: skip
 
 
@@ -192,3 +194,10 @@ def quick_benchmark():
     """``(returncode, stdout, stderr, folder)`` of the background ``python -m benchmarks.bench --quick`` run; its
     report is ``folder/bench``."""
     return _JOBS.result("quick_benchmark")
+
+
+@pytest.fixture(scope="session")
+def installed_wheel():
+    """``(returncode, stdout, stderr, folder)`` of the background ``tests/wheel_job.py`` run; its findings are
+    ``folder/result.json``."""
+    return _JOBS.result("installed_wheel")
