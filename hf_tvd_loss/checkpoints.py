@@ -542,6 +542,11 @@ def _option(value: Any) -> Any:
     return str(value)
 
 
+def _comparable(name: str, value: Any) -> Any:
+    """``optim``: one algorithm whatever its kernel (``adamw_torch_fused`` and ``adamw_torch`` share their state)."""
+    return value.replace("_fused", "") if name == "optim" and isinstance(value, str) else value
+
+
 def training_options(training_args: Any) -> dict[str, Any]:
     """The training options a checkpoint's marker records, compared on resume (:func:`check_resume_training_options`)."""
     options = {}
@@ -566,7 +571,7 @@ def check_resume_training_options(checkpoint: str, metadata: dict[str, Any], tra
         return {}
     ours = training_options(training_args)
     refused = [f"{name} {saved[name]!r} -> {ours[name]!r}" for name in REFUSED_ON_RESUME
-               if name in saved and saved[name] != ours[name]]  # fmt: skip
+               if name in saved and _comparable(name, saved[name]) != _comparable(name, ours[name])]  # fmt: skip
     if refused:
         raise ValueError(
             f"resuming from {checkpoint} with other training options: {'; '.join(refused)} (checkpoint -> this run). "
