@@ -85,3 +85,44 @@ def test_cache_refuses_dropout_in_the_frozen_blocks():
     model.config.attention_dropout = 0.1
     with pytest.raises(ValueError, match="dropout"):
         freeze_layers(model, ModelArguments(freeze_layers=1, cache_frozen_outputs=True))
+
+
+def test_freeze_options_through_the_classification_script_and_a_seeded_new_head(tmp_path):
+    """The task layer applies --freeze_layers / --cache_frozen_outputs and records them; a head the checkpoint lacks
+    is initialised from --seed, whatever the process drew before."""
+    import json
+    import os
+
+    from test_classification_task import QUICK, _jsonl
+    from test_scripts import _read, _script
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from hf_tvd_loss.tasks import get_task
+    from hf_tvd_loss.tasks.run import prepare
+
+    rows = [{"sentence": f"the {w} is here today", "label": ["a", "b", "c"][i % 3]}
+            for i, w in enumerate(["cat", "dog", "bird", "fish", "cow", "hen"] * 6)]  # fmt: skip
+    files = ["--train_file", _jsonl(tmp_path / "train.jsonl", rows),
+             "--validation_file", _jsonl(tmp_path / "val.jsonl", rows[:9])]  # fmt: skip
+    out = str(tmp_path / "frozen")
+    _script("finetune_classification").main([*QUICK, *files, "--output_dir", out, "--do_predict", "false",
+                                             "--model_type", "llama", "--freeze_layers", "1",
+                                             "--cache_frozen_outputs", "true"])  # fmt: skip
+    info = _read(os.path.join(out, "run_info.json"))
+    assert info["freeze_layers"] == 1 and info["cache_frozen_outputs"] is True
+
+    base = str(tmp_path / "base")  # a causal LM checkpoint: loading it as a classifier creates a new score head
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    config = json.loads(open(os.path.join(out, "config.json")).read())
+    lm = LlamaForCausalLM(LlamaConfig(**{k: config[k] for k in (
+        "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+        "num_key_value_heads", "max_position_embeddings", "pad_token_id", "bos_token_id", "eos_token_id")}))  # fmt: skip
+    lm.save_pretrained(base)
+    tokenizer.save_pretrained(base)
+    heads = []
+    for draws in (0, 5):
+        torch.rand(draws)  # what the process drew before must not matter
+        argv = [*QUICK, *files, "--output_dir", str(tmp_path / f"p{draws}"), "--do_predict", "false",
+                "--model_name_or_path", base, "--seed", "7"]  # fmt: skip
+        heads.append(prepare(get_task("classification"), argv).model.score.weight.detach().clone())
+    torch.testing.assert_close(heads[0], heads[1], rtol=0, atol=0)

@@ -181,6 +181,11 @@ def prepare(task: Task[Any, Any], argv: Sequence[str] | None = None) -> Prepared
     elif training_args.resume_from_checkpoint:
         tokenizer = _checkpoint_tokenizer(training_args.resume_from_checkpoint)
     if model_args.model_name_or_path:
+        from transformers import set_seed
+
+        # A head the checkpoint lacks (a classifier's score layer) is initialised while loading: seeded by --seed, so
+        # that a run does not depend on what the process drew before it (a study's earlier runs, another order).
+        set_seed(training_args.seed)
         try:
             model = auto_model_class(task).from_pretrained(
                 model_args.model_name_or_path,
