@@ -90,7 +90,6 @@ def test_cache_refuses_dropout_in_the_frozen_blocks():
 def test_freeze_options_through_the_classification_script_and_a_seeded_new_head(tmp_path):
     """The task layer applies --freeze_layers / --cache_frozen_outputs and records them; a head the checkpoint lacks
     is initialised from --seed, whatever the process drew before."""
-    import json
     import os
 
     from test_classification_task import QUICK, _jsonl
@@ -113,7 +112,7 @@ def test_freeze_options_through_the_classification_script_and_a_seeded_new_head(
 
     base = str(tmp_path / "base")  # a causal LM checkpoint: loading it as a classifier creates a new score head
     tokenizer = AutoTokenizer.from_pretrained(out)
-    config = json.loads(open(os.path.join(out, "config.json")).read())
+    config = _read(os.path.join(out, "config.json"))
     lm = LlamaForCausalLM(LlamaConfig(**{k: config[k] for k in (
         "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
         "num_key_value_heads", "max_position_embeddings", "pad_token_id", "bos_token_id", "eos_token_id")}))  # fmt: skip
