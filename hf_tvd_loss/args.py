@@ -187,7 +187,7 @@ class TVDArguments:
         default=False,
         metadata={
             "help": "Also log token_accuracy (argmax = target), entropy (mean predictive entropy, nats) and the "
-            "token-level calibration ece / confidence (10 equal-width bins of top-1 probability), in training "
+            "token-level calibration ece / confidence (15 equal-width bins of top-1 probability), in training "
             "and evaluation, token-weighted over all processes. Computed a chunk at a time inside the loss, in "
             "both loss_impl paths (never from full logits); off by default because it costs a pass over each "
             "chunk of logits (measured in BENCHMARKS.md). tvd_weight_floor_fraction (share of tokens whose "
@@ -217,6 +217,18 @@ class TVDArguments:
     )
 
     def __post_init__(self) -> None:
+        self.validate()
+        # What applies and was not given takes its effective default; what does not apply stays None.
+        for name in self.applied_fields():
+            if getattr(self, name) is None and name in EFFECTIVE_DEFAULTS:
+                setattr(self, name, EFFECTIVE_DEFAULTS[name])
+
+    def validate(self) -> None:
+        """Check every field and their combinations; ``ValueError`` names the field (``TVDArguments.gamma``).
+
+        Run at construction and again where the arguments are used (the trainers when training or evaluation
+        starts, :class:`~hf_tvd_loss.TVDLoss` when a field changed since it was built), so a field changed after
+        construction (``args.gamma = 1.5``) is refused like one given to the constructor."""
         if not isinstance(self.extra_metrics, bool):
             raise ValueError(f"TVDArguments.extra_metrics must be a bool, got {self.extra_metrics!r}")
         for name, allowed in (
@@ -266,10 +278,6 @@ class TVDArguments:
                 "TVDArguments: gamma_schedule_steps and gamma_schedule_ratio both set; the steps would win and the "
                 "ratio be ignored: pass one of them"
             )
-        # What applies and was not given takes its effective default; what does not apply stays None.
-        for name in self.applied_fields():
-            if getattr(self, name) is None and name in EFFECTIVE_DEFAULTS:
-                setattr(self, name, EFFECTIVE_DEFAULTS[name])
 
     def applied_fields(self) -> tuple[str, ...]:
         """The fields of :data:`LOSS_TYPE_FIELDS` that this loss type and γ schedule use (the others are None)."""

@@ -199,6 +199,7 @@ class TVDLossMixin:
             tvd_args = TVDArguments()
         if not isinstance(tvd_args, TVDArguments):
             raise ValueError(f"tvd_args must be a TVDArguments instance, got {type(tvd_args).__name__}")
+        tvd_args.validate()  # a field may have changed since the arguments were built
         check_weight_rule(weight_rule, tvd_args)
         if kwargs.get("compute_loss_func") is not None:
             raise ValueError(
@@ -249,6 +250,7 @@ class TVDLossMixin:
     def _tvd_use_args(self, tvd_args: TVDArguments) -> None:
         """Train with ``tvd_args`` from now on (a hyperparameter-search trial, :mod:`hf_tvd_loss.hp_search`): the
         loss state ``__init__`` derives from them is rebuilt (the non-finite policy is not a search field)."""
+        tvd_args.validate()
         check_weight_rule(self.tvd_weight_rule, tvd_args)
         self.tvd_args = tvd_args
         self._tvd_terms = select_token_terms(tvd_args, self.tvd_weight_rule)
@@ -387,6 +389,11 @@ class TVDLossMixin:
     def _set_signature_columns_if_needed(self) -> None:
         # A dataset column `loss_weights` (per example or per token) is a loss input: keep it through
         # remove_unused_columns, although the model's forward does not take it.
+        compiled = getattr(self.model, "_orig_mod", None)  # torch.compile: its forward is (*args, **kwargs)
+        if self._signature_columns is None and isinstance(compiled, nn.Module):
+            import inspect
+
+            self._signature_columns = [*inspect.signature(compiled.forward).parameters, "label", "label_ids", "labels"]
         super()._set_signature_columns_if_needed()
         if self._signature_columns is not None and "loss_weights" not in self._signature_columns:
             self._signature_columns.append("loss_weights")
@@ -511,6 +518,8 @@ class TVDLossMixin:
     def evaluation_loop(
         self, dataloader, description, prediction_loss_only=None, ignore_keys=None, metric_key_prefix="eval"
     ):  # type: ignore[override]  # noqa: E501
+        if not self.is_in_train:  # an evaluation alone: the loss's arguments checked and applied as they are now
+            self._tvd_use_args(self.tvd_args)
         self._tvd_sums["eval"] = None
         self._tvd_sequences["eval"] = None
         output = super().evaluation_loop(
@@ -526,7 +535,11 @@ class TVDLossMixin:
         return output
 
     def train(self, *args: Any, **kwargs: Any):  # type: ignore[no-untyped-def]
+        self._tvd_use_args(self.tvd_args)  # checked and applied again: a field may have changed since construction
         check_model_for_loss(self.model, self.tvd_args)
+        if self.model is not None and not any(p.requires_grad for p in self.model.parameters()):
+            raise ValueError(f"{model_class_name(unwrap_model(self.model))} has no trainable parameter (requires_grad "
+                             "is False for all of them), so training would change nothing: unfreeze some")  # fmt: skip
         if self.tvd_args.loss_impl == "chunked":  # refuse an unusable head before any work (checked again on data)
             try:
                 resolve_output_head(self.model)
@@ -646,6 +659,7 @@ class TVDLoss:
         tvd_args = tvd_args if tvd_args is not None else TVDArguments()
         if not isinstance(tvd_args, TVDArguments):
             raise ValueError(f"tvd_args must be a TVDArguments instance, got {type(tvd_args).__name__}")
+        tvd_args.validate()  # a field may have changed since the arguments were built
         check_weight_rule(weight_rule, tvd_args)
         if tvd_args.gamma_schedule != "constant":
             raise ValueError(
@@ -659,6 +673,7 @@ class TVDLoss:
         self.tvd_args = tvd_args
         self.shift_labels = shift_labels
         self._terms = select_token_terms(tvd_args, weight_rule)(tvd_args.gamma)
+        self._weight_rule, self._args_seen = weight_rule, repr(tvd_args)
 
     def _shifts(self, outputs: Any) -> bool:
         layout = output_layout(outputs)
@@ -686,6 +701,8 @@ class TVDLoss:
     ) -> torch.Tensor:
         if labels is None:
             raise ValueError("TVDLoss needs labels; the batch has none")
+        if repr(self.tvd_args) != self._args_seen:  # a field changed since construction: checked and applied again
+            self.__init__(self.tvd_args, shift_labels=self.shift_labels, weight_rule=self._weight_rule)  # type: ignore[misc]
         shift = self._shifts(outputs)
         logits = outputs.get("logits") if isinstance(outputs, Mapping) else outputs[0]
         return token_weighted_cross_entropy(

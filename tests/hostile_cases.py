@@ -695,6 +695,121 @@ def _trainer_rotation(tmp: Path) -> Any:
     return call
 
 
+# ------------------------------------------------------------------------------------------ round three (issue: no
+# surprises, round three): what another library checks only when it uses it, the output folder's and checkpoints'
+# state on disk, the library's arguments at the point of use, data files' keys, links and bytes
+def _out_link_to(target: Callable[[Path], Path]) -> Callable[[Path], Any]:
+    def build(tmp: Path) -> Any:
+        os.symlink(target(tmp), tmp / "out")
+        return "language_modeling", ["--output_dir", _out(tmp), *QUICK_LM]
+
+    return build
+
+
+def _link_loop(tmp: Path) -> Path:
+    os.symlink(tmp / "out", tmp / "elsewhere")
+    return tmp / "elsewhere"
+
+
+def _resume_changed(
+    change: Callable[[Path], None], value: Callable[[Path], str] | None = None
+) -> Callable[[Path], Any]:
+    """A complete checkpoint-200 in output_dir, changed by ``change(folder)``, resumed (``latest``, or ``value``)."""
+
+    def build(tmp: Path) -> Any:
+        _checkpoint(tmp / "out", 200)
+        change(tmp / "out" / "checkpoint-200")
+        resume = value(tmp) if value else "latest"
+        return "language_modeling", ["--output_dir", _out(tmp), *QUICK_LM, "--resume_from_checkpoint", resume]
+
+    return build
+
+
+def _weights_folder(folder: Path) -> None:
+    (folder / "model.safetensors").unlink()
+    (folder / "model.safetensors").mkdir()
+
+
+def _data_link_to(target: str) -> Callable[[Path], Any]:
+    def build(tmp: Path) -> Any:
+        os.symlink(target, tmp / "train.jsonl")
+        return _argv("summarization", ["--output_dir", _out(tmp), *QUICK_FILES],
+                     ("--train_file", str(tmp / "train.jsonl"), "--do_eval", "false", "--do_predict", "false"))  # fmt: skip
+
+    return build
+
+
+def _duplicate_key_jsonl() -> list[str | bytes]:
+    lines: list[str | bytes] = list(_rows(_summ_rows(30)))
+    lines[11] = '{"document": "the ferry runs again", "summary": "ferry", "document": "the bridge is closed"}'
+    return lines
+
+
+def _duplicate_key_json_array(tmp: Path) -> Any:
+    rows = [json.dumps(r) for r in _summ_rows(12)]
+    rows[2] = '{"document": "the library opens late", "summary": "late", "summary": "library"}'
+    (tmp / "train.json").write_text("[\n" + ",\n".join(rows) + "\n]\n")
+    return _argv("summarization", ["--output_dir", _out(tmp), *QUICK_FILES],
+                 ("--train_file", str(tmp / "train.json"), "--do_eval", "false", "--do_predict", "false"))  # fmt: skip
+
+
+def _cls_duplicate_label(tmp: Path) -> Any:
+    lines: list[str | bytes] = list(_rows(_cls_rows(12)))
+    lines[3] = '{"sentence": "snow in the hills", "label": "weather", "label": "sports"}'
+    train = _write_lines(tmp / "train.jsonl", lines)
+    return _argv("classification", ["--output_dir", _out(tmp), *QUICK_CLS_FILES],
+                 ("--train_file", train, "--do_eval", "false"))  # fmt: skip
+
+
+def _changed_args_trainer(field: str, value: Any) -> Callable[[Path], Any]:
+    """TVDArguments changed after they were built (and after the trainer was built), then ``train()``."""
+
+    def build(tmp: Path) -> Any:
+        from hf_tvd_loss import TVDArguments
+
+        tvd = TVDArguments(gamma=0.5)
+        call = _trainer(tvd=tvd)(tmp)
+
+        def changed_then_trained() -> Any:
+            setattr(tvd, field, value)
+            return call()
+
+        return changed_then_trained
+
+    return build
+
+
+def _changed_args_loss(tmp: Path) -> Any:
+    import torch
+
+    from hf_tvd_loss import TVDArguments, TVDLoss
+
+    def call() -> Any:
+        args = TVDArguments(gamma=0.5)
+        loss = TVDLoss(args, shift_labels=True)
+        args.gamma = 1.5
+        return loss({"logits": torch.randn(2, 4, 7)}, torch.randint(0, 7, (2, 4)))
+
+    return call
+
+
+def _frozen_model_trainer(tmp: Path) -> Any:
+    import torch
+    from transformers import TrainingArguments
+
+    from hf_tvd_loss import TVDTrainer
+
+    model = _tiny_gpt2().requires_grad_(False)
+    data = [{"input_ids": row, "labels": row} for row in torch.randint(0, 32, (8, 8))]
+
+    def call() -> Any:
+        args = TrainingArguments(output_dir=_out(tmp), report_to="none", use_cpu=True, disable_tqdm=True, max_steps=2,
+                                 per_device_train_batch_size=4, save_strategy="no")  # fmt: skip
+        return TVDTrainer(model=model, args=args, train_dataset=data).train()
+
+    return call
+
+
 def _c(id: str, group: str, build: Callable[[Path], Any], *names: str, note: str = "") -> Case:
     return Case(id, group, build, tuple(names), note)
 
@@ -1315,6 +1430,149 @@ CASES: list[Case] = [
     _c("output-dir-is-file", "output", _output_dir_is_file, "output_dir"),
     _c("output-dir-under-file", "output", _output_dir_under_file, "blocker"),
     _c("output-dir-unwritable", "output", _output_dir_unwritable, "/proc"),
+    # round three: the folder's state on disk, checkpoints missing a piece
+    _c(
+        "output-dir-dangling-link",
+        "output",
+        _out_link_to(lambda tmp: tmp / "moved" / "out"),
+        "--output_dir",
+        "dangling",
+    ),  # fmt: skip
+    _c("output-dir-link-loop", "output", _out_link_to(_link_loop), "--output_dir", "loops"),
+    _c(
+        "output-dir-link-to-file",
+        "output",
+        _out_link_to(lambda tmp: Path(_write_lines(tmp / "a.txt", ["x"]))),
+        "--output_dir",
+        "not a directory",
+    ),  # fmt: skip
+    _c(
+        "resume-without-weights",
+        "output",
+        _resume_changed(lambda f: (f / "model.safetensors").unlink()),
+        "checkpoint-200",
+        "no model weights",
+        "model.safetensors",
+    ),  # fmt: skip
+    _c(
+        "resume-weights-not-a-file",
+        "output",
+        _resume_changed(_weights_folder),
+        "checkpoint-200",
+        "model.safetensors is not a file",
+    ),  # fmt: skip
+    _c(
+        "resume-trainer-state-not-an-object",
+        "output",
+        _resume_changed(lambda f: (f / "trainer_state.json").write_text('"step 200"')),
+        "checkpoint-200",
+        "trainer_state.json holds a str",
+    ),  # fmt: skip
+    _c(
+        "resume-path-is-a-file",
+        "output",
+        _resume_changed(lambda f: None, lambda tmp: str(tmp / "out" / "checkpoint-200" / "optimizer.pt")),
+        "resume_from_checkpoint",
+        "optimizer.pt is a file, not a checkpoint folder",
+    ),  # fmt: skip
+    # round three: what another library checks only when it uses it, built at check time
+    _c(
+        "sched-cosine-num-cycle",
+        "cli",
+        _sum("--lr_scheduler_type", "cosine", "--lr_scheduler_kwargs", '{"num_cycle": 0.5}'),
+        "--lr_scheduler_kwargs",
+        "num_cycle",
+    ),  # fmt: skip
+    _c(
+        "sched-kwargs-beside-constant",
+        "cli",
+        _lm("--lr_scheduler_type", "constant", "--lr_scheduler_kwargs", '{"num_cycles": 2}'),
+        "--lr_scheduler_kwargs",
+        "constant",
+        "would not take effect",
+    ),  # fmt: skip
+    _c(
+        "sched-min-lr-rate-missing",
+        "cli",
+        _tr("--lr_scheduler_type", "cosine_with_min_lr"),
+        "--lr_scheduler_type cosine_with_min_lr",
+        "min_lr",
+    ),  # fmt: skip
+    _c("optim-args-malformed", "cli", _lm("--optim", "sgd", "--optim_args", "momentum"), "--optim_args"),
+    _c(
+        "config-overrides-heads-do-not-divide",
+        "cli",
+        _lm("--config_overrides", "n_embd=64,n_layer=2,n_head=3,n_positions=256"),
+        "--config_overrides",
+        "divisible",
+    ),  # fmt: skip
+    _c(
+        "cls-config-overrides-heads-do-not-divide",
+        "cli",
+        _cls_files(
+            _cls_rows(12),
+            None,
+            "--config_overrides",
+            "hidden_size=50,num_hidden_layers=1,num_attention_heads=4,intermediate_size=64,max_position_embeddings=256",
+        ),
+        "--config_overrides",
+        "attention heads",
+    ),  # fmt: skip
+    _c(
+        "train-batch-beyond-any-bound",
+        "cli",
+        _sum("--per_device_train_batch_size", str(2**40)),
+        "per_device_train_batch_size",
+    ),  # fmt: skip
+    _c(
+        "grad-accum-beyond-any-bound",
+        "cli",
+        _lm("--gradient_accumulation_steps", str(10**9)),
+        "gradient_accumulation_steps",
+    ),  # fmt: skip
+    # round three: data files' keys, links and bytes
+    _c(
+        "jsonl-duplicate-key",
+        "data",
+        _data("summarization", "train.jsonl", _duplicate_key_jsonl),
+        "train_file",
+        "line 12",
+        "'document' is given twice",
+    ),  # fmt: skip
+    _c(
+        "json-array-duplicate-key",
+        "data",
+        _duplicate_key_json_array,
+        "train_file",
+        "line 4",
+        "'summary' is given twice",
+    ),  # fmt: skip
+    _c(
+        "data-file-link-to-device",
+        "data",
+        _data_link_to("/dev/zero"),
+        "train_file",
+        "not a regular file",
+        "character device",
+    ),  # fmt: skip
+    _c(
+        "data-file-dangling-link",
+        "data",
+        _data_link_to("/moved/away/train.jsonl"),
+        "train_file",
+        "/moved/away/train.jsonl",
+        "does not exist",
+    ),  # fmt: skip
+    _c(
+        "txt-with-nul-bytes",
+        "data",
+        _data("language_modeling", "corpus.txt", lambda: [b"a line of text", b"\x00\x00\x00 binary \x00"] * 20),
+        "train_file",
+        "line 2",
+        "NUL",
+        "binary",
+    ),  # fmt: skip
+    _c("cls-jsonl-duplicate-label", "data", _cls_duplicate_label, "train_file", "line 4", "'label' is given twice"),
     # ---------------------------------------------------------------- Python API
     _c("gce-gamma-1.5", "api", _gce(gamma=1.5), "gamma"),
     _c("gce-gamma-nan", "api", _gce(gamma=float("nan")), "gamma"),
@@ -1443,6 +1701,13 @@ CASES: list[Case] = [
     _c("trainer-label-smoothing-factor", "api", _trainer(label_smoothing_factor=0.1), "label_smoothing_factor"),
     _c("trainer-tvd-args-dict", "api", _trainer(tvd={"gamma": 0.1}), "tvd_args"),
     _c("trainer-neg-inf-logit", "api", _trainer_poisoned, "step 2", note="correct result: stops before the update"),
+    # round three: the library's arguments at the point of use
+    _c("args-gamma-changed-then-train", "api", _changed_args_trainer("gamma", 1.5), "TVDArguments.gamma", "1.5"),
+    _c(
+        "args-loss-type-changed-then-train", "api", _changed_args_trainer("loss_type", "mse"), "TVDArguments.loss_type"
+    ),  # fmt: skip
+    _c("args-changed-then-loss-called", "api", _changed_args_loss, "TVDArguments.gamma"),
+    _c("trainer-no-trainable-parameter", "api", _frozen_model_trainer, "GPT2LMHeadModel", "no trainable parameter"),
     _c(
         "trainer-rotation-foreign",
         "api",
@@ -1451,6 +1716,75 @@ CASES: list[Case] = [
         note="correct result: other run's checkpoints kept",
     ),  # fmt: skip  # noqa: E501
 ]
+
+
+# ------------------------------------------------------------ options not applied; resumes that would differ
+def _resume_with_recorded(tmp: Path, *extra: str, change: Callable[[Path], None] | None = None,
+                          options: dict[str, Any] | None = None) -> Any:  # fmt: skip
+    """A checkpoint whose marker records its files' sizes and checksums and its training options (as this
+    version's markers do), ``change`` applied to its folder afterwards, resumed with ``extra``."""
+    from hf_tvd_loss.checkpoints import checkpoint_file_records
+
+    _checkpoint(tmp / "out", 200)
+    folder = tmp / "out" / "checkpoint-200"
+    marker = folder / "tvd_checkpoint_complete.json"
+    recorded = {**json.loads(marker.read_text()), **checkpoint_file_records(str(folder))}
+    if options is not None:
+        recorded["training_options"] = options
+    marker.write_text(json.dumps(recorded))
+    if change is not None:
+        change(folder)
+    return "language_modeling", ["--output_dir", _out(tmp), *QUICK_LM, "--resume_from_checkpoint", "latest", *extra]
+
+
+def _flip_a_byte(name: str) -> Callable[[Path], None]:
+    def change(folder: Path) -> None:
+        data = bytearray((folder / name).read_bytes())
+        data[-1] ^= 0x01
+        (folder / name).write_bytes(bytes(data))
+
+    return change
+
+
+_RECORDED_OPTIONS = {"weight_decay": 0.0, "per_device_train_batch_size": 16.0, "learning_rate": 0.002}
+
+APPLIED_AND_RESUME_CASES: list[Case] = [
+    Case("optim-sgd-adam-beta2", "cli", _lm("--optim", "sgd", "--adam_beta2", "0.98"),
+         ("--adam_beta2 0.98", "--optim sgd"), "issue 36: SGD trained, adam_beta2 dropped without a word"),
+    Case("optim-adagrad-adam-epsilon", "cli", _lm("--optim", "adagrad", "--adam_epsilon", "1e-6"),
+         ("--adam_epsilon", "adagrad")),
+    Case("optim-adafactor-adam-beta1", "cli", _lm("--optim", "adafactor", "--adam_beta1", "0.8"),
+         ("--adam_beta1", "adafactor")),
+    Case("optim-args-key-not-passed", "cli", _lm("--optim", "adamw_torch", "--optim_args", "amsgrad=True"),
+         ("--optim_args amsgrad=True", "adamw_torch"), "transformers passes only betas, eps, lr to AdamW"),
+    Case("warmup-with-constant-schedule", "cli", _lm("--lr_scheduler_type", "constant", "--warmup_steps", "10"),
+         ("--warmup_steps 10", "constant")),
+    Case("scheduler-kwargs-not-passed", "cli",
+         _lm("--lr_scheduler_type", "constant_with_warmup", "--lr_scheduler_kwargs", '{"num_cycles": 2}'),
+         ("num_cycles", "constant_with_warmup")),
+    Case("scheduler-kwargs-not-taken", "cli",
+         _lm("--lr_scheduler_type", "cosine", "--lr_scheduler_kwargs", '{"power": 2}'), ("power", "cosine")),
+    Case("resume-other-weight-decay", "output",
+         lambda tmp: _resume_with_recorded(tmp, "--weight_decay", "0.1", options=_RECORDED_OPTIONS),
+         ("weight_decay 0.0 -> 0.1",), "issue 36: the optimizer state restored the old weight decay silently"),
+    Case("resume-other-batch-size", "output",
+         lambda tmp: _resume_with_recorded(tmp, "--per_device_train_batch_size", "4", options=_RECORDED_OPTIONS),
+         ("per_device_train_batch_size 16.0 -> 4.0",)),
+    Case("resume-other-learning-rate", "output",
+         lambda tmp: _resume_with_recorded(tmp, "--learning_rate", "0.01", options=_RECORDED_OPTIONS),
+         ("learning_rate 0.002 -> 0.01",), "the scheduler state restored the old base learning rate silently"),
+    Case("resume-file-changed-same-size", "output",
+         lambda tmp: _resume_with_recorded(tmp, change=_flip_a_byte("model.safetensors")),
+         ("model.safetensors changed after the checkpoint was written", "checksum")),
+    Case("resume-file-changed-size", "output",
+         lambda tmp: _resume_with_recorded(tmp, change=lambda f: (f / "tokenizer.json").write_text("{}")),
+         ("tokenizer.json changed after the checkpoint was written", "bytes")),
+    Case("resume-file-removed", "output",
+         lambda tmp: _resume_with_recorded(tmp, change=lambda f: (f / "tokenizer_config.json").unlink()),
+         ("tokenizer_config.json is missing",)),
+]  # fmt: skip
+
+CASES += APPLIED_AND_RESUME_CASES
 
 
 # ------------------------------------------------------------------------------------------ judging

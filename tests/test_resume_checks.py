@@ -252,12 +252,6 @@ def test_run_can_be_finished_only_from_the_last_step_of_an_unfinished_run(tmp_pa
     assert not run_can_be_finished(checkpoint, str(tmp_path), 2)  # a checkpoint of another folder
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="tasks/checks.py check_output_and_resume refuses a resume at max_steps before the trainer can finish the "
-    "run; it needs `and not run_can_be_finished(resume, output_dir, training_args.max_steps)` (checks.py is "
-    "another engineer's file in this change)",
-)
 def test_a_script_run_sized_by_max_steps_killed_after_its_last_step_is_finished(tmp_path, monkeypatch):
     out = tmp_path / "out"
     argv = _lm(out, "--max_steps", "2", "--save_strategy", "steps", "--save_steps", "1", "--do_eval", "false")

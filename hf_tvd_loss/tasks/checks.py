@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from ..checkpoints import run_can_be_finished
 from ..ops.common import check_number
 from .arguments import DataArguments, ModelArguments
 from .data import FILE_BUILDERS, FILE_OPTIONS, evaluates
@@ -365,7 +366,11 @@ def check_output_and_resume(
             raise ValueError(problem)
     if resume is not None and training_args.max_steps > 0:
         done = _checkpoint_step(resume)
-        if done is not None and done >= training_args.max_steps:
+        if (
+            done is not None
+            and done >= training_args.max_steps
+            and not run_can_be_finished(resume, output_dir, training_args.max_steps)  # killed after its last step
+        ):
             raise ValueError(
                 f"resume_from_checkpoint {resume} is at step {done}, and max_steps={training_args.max_steps}: nothing "
                 "is left to train; raise max_steps"
