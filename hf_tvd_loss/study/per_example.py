@@ -25,7 +25,12 @@ __all__ = ["ExampleRecorder", "per_example_token_stats"]
 
 
 def per_example_token_stats(
-    logits: torch.Tensor, labels: torch.Tensor, *, shift: bool, num_bins: int = CALIBRATION_BINS, ignore_index: int = -100
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    shift: bool,
+    num_bins: int = CALIBRATION_BINS,
+    ignore_index: int = -100,
 ) -> tuple[list[list[float]], list[list[float]]]:
     """Per row of the batch: ``[Σ NLL, count]`` and flattened ``[3 × num_bins]`` calibration sums."""
     with torch.no_grad():
@@ -58,7 +63,9 @@ def per_example_token_stats(
 class ExampleRecorder:
     """Collects per-example records of the ``eval`` evaluation loops of ``trainer`` (the last one is kept)."""
 
-    def __init__(self, trainer: Any, task: Any, tokenizer: Any, data_args: Any, num_bins: int = CALIBRATION_BINS) -> None:
+    def __init__(
+        self, trainer: Any, task: Any, tokenizer: Any, data_args: Any, num_bins: int = CALIBRATION_BINS
+    ) -> None:
         self.trainer, self.task, self.tokenizer, self.data_args = trainer, task, tokenizer, data_args
         self.num_bins = num_bins
         self.active = False
