@@ -1787,13 +1787,35 @@ APPLIED_AND_RESUME_CASES: list[Case] = [
 CASES += APPLIED_AND_RESUME_CASES
 
 
+# ---------------------------------------- round four: paths as written (the rest: tests/hostile_round4.py)
+def _lock_folder(tmp: Path) -> Any:
+    (tmp / "out" / ".hf_tvd_loss.lock").mkdir(parents=True)
+    return "language_modeling", ["--output_dir", _out(tmp), *QUICK_LM]
+
+
+PATH_CASES: list[Case] = [
+    _c("output-dir-s3-url", "output", lambda tmp: ("language_modeling", ["--output_dir", "s3://bucket/run", *QUICK_LM]),
+       "--output_dir s3://bucket/run", "URL"),
+    _c("train-file-https-url", "data", _lm("--train_file", "https://example.org/train.jsonl"), "--train_file", "URL"),
+    _c("yaml-train-file-env-var", "yaml", _yaml("summarization", "train_file: $HOME/train.jsonl\n"), "$HOME",
+       "environment variable"),
+    _c("yaml-train-file-trailing-space", "yaml",
+       _yaml("summarization", 'train_file: "train.jsonl "\n'), "train_file", "whitespace"),
+    _c("output-dir-tilde-unknown-user", "output", _lm("--output_dir", "~no_such_user_x/run"), "~no_such_user_x"),
+    _c("output-dir-lock-is-a-folder", "output", _lock_folder, ".hf_tvd_loss.lock", "not a regular file"),
+]  # fmt: skip
+CASES += PATH_CASES
+
+
 # ------------------------------------------------------------------------------------------ judging
 def _snapshot(folder: Path) -> dict[str, tuple[int, int]] | None:
     if not folder.exists():
         return None
     if folder.is_file():
         return {"": (folder.stat().st_size, folder.stat().st_mtime_ns)}
-    return {str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns) for p in folder.rglob("*")}
+    # every entry, hidden ones (the lock file, the ledger's temporary files) included, with its bytes
+    return {str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns, p.read_bytes() if p.is_file() else b"")
+            for p in folder.rglob("*")}  # fmt: skip
 
 
 @dataclass
@@ -1838,7 +1860,8 @@ def judge(case: Case, tmp: Path, *, train: bool = True) -> Result:
     except SystemExit as exit_info:  # argparse: usage + "error: ..." on stderr, status 2
         text = stderr.getvalue().strip().splitlines()
         message = text[-1] if text else ""
-        good = exit_info.code == 2 and _names_all(message, case.names)
+        untouched = out is None or _snapshot(out) == before
+        good = exit_info.code == 2 and _names_all(message, case.names) and untouched
         return Result(case, REFUSED_WELL if good else REFUSED_LATE, message, "prepare")
     except ValueError as err:
         message = str(err)

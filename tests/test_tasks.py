@@ -247,11 +247,13 @@ def test_several_processes_without_a_gpu_run_on_the_cpu(monkeypatch):
 
 def test_several_cpu_processes_without_use_cpu_are_refused_by_the_check(tmp_path, monkeypatch):
     """The check itself (ACCELERATE_USE_CPU=0 given on purpose, no GPU): refused, not each process alone."""
-    from hf_tvd_loss.tasks import checks
+    from hf_tvd_loss.tasks import checks, run
 
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("ACCELERATE_USE_CPU", "0")
     monkeypatch.setattr(checks, "has_accelerator", lambda: False)
+    # WORLD_SIZE alone (no MASTER_ADDR, ...) is refused as no launcher's; this test is about the check after it
+    monkeypatch.setattr(run, "check_launcher_environment", lambda: None)
     _refused("language_modeling", _args(tmp_path), "pass --use_cpu true", tmp_path)
 
 

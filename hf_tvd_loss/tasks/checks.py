@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -26,8 +27,10 @@ __all__ = [
     "check_options_take_effect",
     "check_unapplied_options",
     "check_finite_options",
+    "check_launcher_environment",
     "check_model_sources",
     "check_output_dir",
+    "check_paths",
     "check_training_numbers",
 ]
 
@@ -224,9 +227,106 @@ def has_accelerator() -> bool:
     return bool(accelerator.is_available()) if accelerator is not None else torch.cuda.is_available()
 
 
+_URL = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
+_ENV_VARIABLE = re.compile(r"\$(\{[A-Za-z_][A-Za-z0-9_]*\}|[A-Za-z_][A-Za-z0-9_]*)")
+_URL_ADVICE = {
+    "output_dir": "train into a local folder and copy it afterwards (fsspec, huggingface-cli upload, aws s3 cp, ...)",
+    "resume_from_checkpoint": "copy the checkpoint folder to a local path first",
+    "model_name_or_path": "give a Hub id (e.g. HuggingFaceTB/SmolLM2-135M) or a local folder",
+    "config_name": "give a Hub id or a local folder",
+    "tokenizer_name": "give a Hub id or a local folder",
+    "cache_dir": "give a local folder",
+}
+
+
+def check_path_value(option: str, value: str) -> str:
+    """One rule for every path option, on the command line and in YAML: a path is what the user wrote.
+
+    A URL (``s3://``, ``gs://``, ``hf://``, ``https://``, ``file://``) is refused: these scripts read and write
+    local paths, and transformers' Trainer saves checkpoints and models with local file operations, not through
+    fsspec (a URL would become a local folder named ``s3:``). A path that exists as written is used as written,
+    whatever characters it holds. Otherwise a leading ``~`` is expanded to the home folder (as the shell does, and as
+    transformers does for ``output_dir``), and a value that still starts or ends with whitespace, or holds an
+    environment variable (``$HOME``, ``${DATA}``: never expanded), is refused. Returns the value to use."""
+    url = _URL.match(value)
+    if url:
+        advice = _URL_ADVICE.get(option, "download it first (or give a Hub dataset with --dataset_name)")
+        raise ValueError(
+            f"--{option} {value}: a URL ({url.group(1)}://) is not supported: the scripts read and write local paths "
+            f"only (transformers' Trainer writes its checkpoints and model with local file operations, not through "
+            f"fsspec); {advice}"
+        )
+    if os.path.lexists(value):
+        return value
+    if value.startswith("~"):
+        expanded = os.path.expanduser(value)
+        if expanded.startswith("~"):
+            user = value[1:].split("/", 1)[0]
+            raise ValueError(
+                f"--{option} {value}: {('~' + user)!r} names no user's home folder on this machine (a leading ~ is "
+                "expanded as the shell does); write the path out"
+            )
+        value = expanded
+        if os.path.lexists(value):
+            return value
+    if value != value.strip():
+        raise ValueError(
+            f"--{option} {value!r} starts or ends with whitespace, and nothing of that name exists: a path is used as "
+            "written (whitespace is not stripped); remove the whitespace, or create the file or folder of that name"
+        )
+    variable = _ENV_VARIABLE.search(value)
+    if variable:
+        raise ValueError(
+            f"--{option} {value}: {variable.group(0)} looks like an environment variable, and environment variables "
+            "are not expanded (in YAML nor in a quoted argument); let the shell expand it (unquoted on the command "
+            "line) or write the path out"
+        )
+    return value
+
+
+def check_paths(data_args: DataArguments, model_args: ModelArguments, training_args: TrainingArguments) -> None:
+    """:func:`check_path_value` for every path option; the (``~``-expanded) values are set back."""
+    for holder, names in (
+        (training_args, ("output_dir", "resume_from_checkpoint")),
+        (data_args, FILE_OPTIONS),
+        (model_args, ("model_name_or_path", "config_name", "tokenizer_name", "cache_dir")),
+    ):
+        for name in names:
+            value = getattr(holder, name, None)
+            if not isinstance(value, str) or not value:
+                continue
+            if name == "resume_from_checkpoint" and value.strip().lower() in ("latest", "true"):
+                continue
+            checked = check_path_value(name, value)
+            if checked != value:
+                setattr(holder, name, checked)
+
+
+LAUNCHER_VARIABLES = ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+
+
+def check_launcher_environment() -> None:
+    """A launcher (``torchrun``, ``accelerate launch``) sets all of WORLD_SIZE, RANK, LOCAL_RANK, MASTER_ADDR and
+    MASTER_PORT. Some of them without the others were not set by one (left over in a shell, a job script): refused,
+    naming them, instead of a rendezvous error, a hang, or a process that trains as one rank of a group that does
+    not exist."""
+    present = [name for name in LAUNCHER_VARIABLES if name in os.environ]
+    if not present or len(present) == len(LAUNCHER_VARIABLES):
+        return
+    missing = [name for name in LAUNCHER_VARIABLES if name not in os.environ]
+    shown = ", ".join(f"{name}={os.environ[name]}" for name in present)
+    raise ValueError(
+        f"the environment sets {shown} but not {', '.join(missing)}: no launcher set them (torchrun and accelerate "
+        "launch set all five); unset them for a one-process run (python scripts/...), or start the run with "
+        "accelerate launch / torchrun"
+    )
+
+
 def check_common_args(data_args: DataArguments, model_args: ModelArguments, training_args: TrainingArguments) -> None:
     """The checks every task shares, before anything is loaded; ``ValueError`` names the option. In order: the
-    numbers, the data files, the combinations of options, then the output folder and the checkpoint to resume."""
+    paths as written, the numbers, the data files, the combinations of options, then the output folder and the
+    checkpoint to resume."""
+    check_paths(data_args, model_args, training_args)
     for name in ("max_train_samples", "max_eval_samples", "max_predict_samples", "synthetic_train_examples",
                  "synthetic_eval_examples", "preprocessing_num_workers"):  # fmt: skip
         _check_positive(name, getattr(data_args, name))
@@ -314,6 +414,11 @@ def check_data_files(data_args: DataArguments) -> None:
             target = f" ({os.path.realpath(path)})" if os.path.islink(path) else ""
             raise ValueError(f"{option} {path}{target} is not a regular file but {kind}; give a data file")
         extension = os.path.splitext(path)[1].lower()
+        if extension not in FILE_BUILDERS and extension.strip() in FILE_BUILDERS:
+            raise ValueError(
+                f"{option} {path!r}: its extension {extension!r} ends with whitespace, so the file's format is not "
+                f"known (a path is used as written); rename the file to end in {extension.strip()!r}"
+            )
         if extension not in FILE_BUILDERS:
             raise ValueError(
                 f"{option} {path}: unsupported extension {extension!r}; use one of {sorted(FILE_BUILDERS)}"

@@ -65,7 +65,7 @@ def _files(path: str) -> Iterator[str]:
     """Every file below ``path`` (relative, '/'-separated), links as files; not the lock nor write probes."""
     for root, dirs, names in os.walk(path):
         rel = os.path.relpath(root, path)
-        dirs[:] = [d for d in dirs if not d.startswith(".hf_tvd_write_probe-")]
+        dirs[:] = [d for d in dirs if not d.startswith((".hf_tvd_write_probe-", ASIDE_PREFIX))]
         for name in names:
             entry = name if rel == "." else f"{rel}/{name}".replace(os.sep, "/")
             if entry != LOCK:
@@ -143,14 +143,19 @@ def wrote_nothing(path: str) -> bool:
 
 def _probe_writable(folder: str) -> bool:
     """Whether a folder can really be written (``os.access`` says yes to root on read-only file systems)."""
+    return _probe_error(folder) is None
+
+
+def _probe_error(folder: str) -> str | None:
+    """Why a probe folder cannot be made in ``folder`` (the operating system's reason), or None."""
     import tempfile
 
     try:
         probe = tempfile.mkdtemp(prefix=".hf_tvd_write_probe-", dir=folder)
-    except OSError:
-        return False
+    except OSError as err:
+        return err.strerror or str(err)
     os.rmdir(probe)
-    return True
+    return None
 
 
 def _path_problem(path: str) -> str | None:
@@ -170,8 +175,20 @@ def _path_problem(path: str) -> str | None:
         if not os.path.isdir(path):
             what = f"a symbolic link to {os.path.realpath(path)}, " if os.path.islink(path) else ""
             return f"exists and is {what}not a directory"
-        if not os.access(path, os.W_OK | os.X_OK) or not _probe_writable(path):
+        if not os.access(path, os.W_OK | os.X_OK):
             return "is not writable"
+        reason = _probe_error(path)
+        if reason is not None:
+            return f"cannot be written (making a folder in it failed: {reason})"
+        longest = _longest_path(path)
+        if len(os.fsencode(path)) + len(_LONGEST_RUN_NAME) + 1 > longest:
+            return (
+                f"is too long for the files a run writes in it ({len(os.fsencode(path))} bytes, and e.g. "
+                f"{_LONGEST_RUN_NAME} needs {len(_LONGEST_RUN_NAME) + 1} more; the system allows {longest})"
+            )
+        lock = os.path.join(path, LOCK)
+        if os.path.lexists(lock) and (os.path.islink(lock) or not os.path.isfile(lock)):
+            return f"holds {LOCK}, the name of this project's lock file, but it is not a regular file: move it away"
         return None
     # The path does not exist: walk up to the nearest entry that does (a link counts, followed or not).
     missing: list[str] = []
@@ -193,9 +210,29 @@ def _path_problem(path: str) -> str | None:
             f"cannot be created: the name {too_long[0][:40]}... is too long ({len(os.fsencode(too_long[0]))} bytes; "
             f"the file system allows {longest})"
         )
-    if not os.access(parent, os.W_OK | os.X_OK) or not _probe_writable(parent):
+    if not os.access(parent, os.W_OK | os.X_OK):
         return f"cannot be created: {parent} is not writable"
+    reason = _probe_error(parent)
+    if reason is not None:
+        return f"cannot be created: making a folder in {parent} failed: {reason}"
+    longest = _longest_path(parent)
+    if len(os.fsencode(path)) + len(_LONGEST_RUN_NAME) + 1 > longest:
+        return (
+            f"is too long for the files a run writes in it ({len(os.fsencode(path))} bytes, and e.g. "
+            f"{_LONGEST_RUN_NAME} needs {len(_LONGEST_RUN_NAME) + 1} more; the system allows {longest})"
+        )
     return None
+
+
+# A long path a run writes below output_dir (a checkpoint's weights at step 10^7, a temporary file beside them).
+_LONGEST_RUN_NAME = "checkpoint-10000000/model.safetensors.index.json.tmp-4194304"
+
+
+def _longest_path(folder: str) -> int:
+    try:
+        return int(os.pathconf(folder, "PC_PATH_MAX"))
+    except (OSError, ValueError):
+        return 4096
 
 
 def check_output_dir(path: str, *, overwrite: bool = False, resume: bool = False) -> None:
@@ -251,6 +288,10 @@ class OutputFolder:
 
     def __init__(self, path: str, lock_fd: int, ledger: dict[str, Any], created: bool) -> None:
         self.path, self._lock_fd, self.created = path, lock_fd, created
+        # What a refused run puts back: the lock file's and ledger's bytes and times before the claim, and the
+        # earlier run's files set aside by --overwrite_output_dir (moved into a hidden folder, and back).
+        self._before: tuple[Any, Any] = (None, None)
+        self._aside: tuple[str, list[str]] | None = None
         self._files, self._open = _recorded(ledger)
         self._inherited = (set(self._files), set(self._open))  # a resumed run's: never discarded
         self._foreign = {e for e in _files(path) if not _is_recorded(e, self._files, self._open)}
@@ -265,39 +306,59 @@ class OutputFolder:
 
         path = os.path.abspath(path)
         earlier = _CLAIMED.pop(os.path.realpath(path), None)
-        if earlier is not None:
+        if earlier is not None:  # never built (it set files aside still): the earlier run's files go back first
+            if earlier._aside is not None:
+                _put_aside_back(earlier.path, *earlier._aside)
+                earlier._aside = None
             earlier.release()
         created = not os.path.exists(path)
-        os.makedirs(path, exist_ok=True)
         lock_path = os.path.join(path, LOCK)
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        lock_before = _saved(lock_path)
+        fd = -1
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise ValueError(
-                f"output_dir {path} is in use by another run ({_holder(lock_path)}): wait for it to finish, or "
-                "choose another --output_dir"
-            ) from None
-        try:
+            os.makedirs(path, exist_ok=True)
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise ValueError(
+                    f"output_dir {path} is in use by another run ({_holder(lock_path)}): wait for it to finish, or "
+                    "choose another --output_dir"
+                ) from None
             holder = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
             os.ftruncate(fd, 0)
             os.pwrite(fd, json.dumps(holder).encode(), 0)
             # Now no other run writes here: look again (the checks in prepare() ran before the lock).
             check_output_dir(path, overwrite=overwrite, resume=resume)
             ledger = read_ledger(path)
+            ledger_before = _saved(os.path.join(path, LEDGER))
+            folder = cls(path, fd, ledger or {"files": [], "open": []}, created)
+            folder._before = (lock_before, ledger_before)
+        except BaseException:
+            if fd >= 0:
+                os.close(fd)
+            if fd >= 0 or created:  # a lock file or folder this claim made, or a holder it wrote: as they were
+                _put_back(lock_path, lock_before)
+                if created:
+                    with contextlib.suppress(OSError):
+                        os.rmdir(path)
+            raise
+        try:
             if overwrite:
                 problem = overwrite_problem(path)
                 if problem is not None:
                     raise ValueError(problem)
-                _remove(path, *_recorded(ledger))
-                ledger = None
-            folder = cls(path, fd, ledger or {"files": [], "open": []}, created)
+                # The earlier run's files are set aside, not removed, until the run is built: a run refused while
+                # it is built (texts too short for one block, ...) puts them back (discard).
+                aside = _set_aside(path, *_recorded(ledger))
+                folder._aside = aside if aside[1] else None
+                folder._files, folder._open = set(), set()
+                folder._inherited = (set(), set())
             folder.expect([LEDGER])
             _CLAIMED[os.path.realpath(path)] = folder
             return folder
         except BaseException:
-            os.close(fd)
+            folder.discard()
             raise
 
     # --- the ledger
@@ -324,6 +385,7 @@ class OutputFolder:
 
     def finish(self) -> None:
         """The end of the run: every file recorded, nothing open (a file appearing later is not this run's)."""
+        self.drop_replaced()
         self.update(close=set(self._open))
 
     def _write(self) -> None:
@@ -335,16 +397,27 @@ class OutputFolder:
         }
         write_json_atomically(os.path.join(self.path, LEDGER), payload, indent=1)
 
+    def drop_replaced(self) -> None:
+        """The run is built: the earlier run's files that ``--overwrite_output_dir`` set aside are removed now."""
+        import shutil
+
+        if self._aside is not None:
+            shutil.rmtree(self._aside[0])
+            self._aside = None
+
     def discard(self) -> None:
-        """A refused run: remove what it wrote (the whole folder if it created it and nothing else is there)."""
+        """A refused run: remove what it wrote and put the folder back as it was before the claim (the earlier run's
+        files, ledger and lock file, bytes and times), or remove it if this run created it."""
         files, open_names = self._files - self._inherited[0], self._open - self._inherited[1]
-        if not any(self._inherited):
-            files.add(LEDGER)
+        files.add(LEDGER)
         _remove(self.path, files, open_names)
-        lock = os.path.join(self.path, LOCK)
-        if os.path.exists(lock):
-            os.remove(lock)
+        if self._aside is not None:
+            _put_aside_back(self.path, *self._aside)
+            self._aside = None
+        lock_before, ledger_before = self._before
+        _put_back(os.path.join(self.path, LEDGER), ledger_before)
         self.release()
+        _put_back(os.path.join(self.path, LOCK), lock_before)
         if self.created:
             with contextlib.suppress(OSError):
                 os.rmdir(self.path)
@@ -360,6 +433,71 @@ class OutputFolder:
     def __del__(self) -> None:
         with contextlib.suppress(Exception):  # at interpreter exit the module's globals may be gone already
             self.release()
+
+
+ASIDE_PREFIX = ".hf_tvd_replaced-"
+
+
+def _saved(path: str) -> tuple[bytes, int, int] | None:
+    """A small regular file's bytes and times (the lock file, the ledger), to put back; None when there is none."""
+    if os.path.islink(path) or not os.path.isfile(path):
+        return None
+    with open(path, "rb") as f:
+        data = f.read()
+    st = os.stat(path)
+    return data, st.st_atime_ns, st.st_mtime_ns
+
+
+def _put_back(path: str, saved: tuple[bytes, int, int] | None) -> None:
+    """Write ``saved`` back to ``path`` with its times, or remove ``path`` when there was no file."""
+    if saved is None:
+        if os.path.islink(path) or os.path.isfile(path):
+            os.remove(path)
+        return
+    with open(path, "wb") as f:
+        f.write(saved[0])
+    os.utime(path, ns=(saved[1], saved[2]))
+
+
+def _set_aside(path: str, files: set[str], open_names: set[str]) -> tuple[str, list[str]]:
+    """Move the recorded ``files`` and open names of ``path`` into a new hidden folder inside it (renames: the
+    bytes and times are kept); returns the folder and the entries moved."""
+    import tempfile
+
+    entries = [
+        e for e in sorted(files | open_names) if e != LEDGER and os.path.lexists(os.path.join(path, *e.split("/")))
+    ]
+    if not entries:
+        return "", []
+    aside = tempfile.mkdtemp(prefix=ASIDE_PREFIX, dir=path)
+    moved: list[str] = []
+    for entry in entries:
+        full = os.path.join(path, *entry.split("/"))
+        if any(entry.startswith(m + "/") for m in moved):
+            continue
+        target = os.path.join(aside, *entry.split("/"))
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        os.rename(full, target)
+        moved.append(entry)
+    _remove_empty_folders(path, {os.path.dirname(os.path.join(path, *e.split("/"))) for e in moved})
+    return aside, moved
+
+
+def _put_aside_back(path: str, aside: str, moved: list[str]) -> None:
+    import shutil
+
+    for entry in moved:
+        target = os.path.join(path, *entry.split("/"))
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        os.rename(os.path.join(aside, *entry.split("/")), target)
+    shutil.rmtree(aside)
+
+
+def _remove_empty_folders(path: str, folders: set[str]) -> None:
+    for folder in sorted(folders, key=len, reverse=True):  # deepest first
+        while folder != path and os.path.isdir(folder) and not os.listdir(folder):
+            os.rmdir(folder)
+            folder = os.path.dirname(folder)
 
 
 def _remove(path: str, files: set[str], open_names: set[str]) -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import re
 import sys
 import time
 from collections.abc import Iterator, Sequence
@@ -38,6 +39,7 @@ from .base import ChosenDefaults, Task
 from .checks import (
     check_common_args,
     check_configured_objects,
+    check_launcher_environment,
     check_model_config,
     check_model_sources,
     check_options_take_effect,
@@ -132,6 +134,7 @@ def _cpu_processes_on_cpu() -> None:
 def prepare(task: Task[Any, Any], argv: Sequence[str] | None = None) -> Prepared:
     """Parse and check everything, load data and (pretrained) model. Raises ``ValueError`` naming the problem."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    check_launcher_environment()  # before the Trainer's arguments read them (a rendezvous error, or a hang)
     _cpu_processes_on_cpu()
     (model_args, data_args, tvd_args, training_args), defaults = task.parse_args(argv)
     check_common_args(data_args, model_args, training_args)  # resolves resume_from_checkpoint to a folder
@@ -264,6 +267,7 @@ def build(prepared: Prepared) -> Built:
     start = time.time()
     folder = None
     if training_args.process_index == 0:
+        _step("create and lock the output folder", training_args.output_dir)
         resume = training_args.resume_from_checkpoint
         folder = OutputFolder.claim(
             training_args.output_dir,
@@ -274,7 +278,10 @@ def build(prepared: Prepared) -> Built:
         return _build(prepared, folder, start)
     except BaseException:
         if folder is not None:
-            folder.discard()
+            try:
+                folder.discard()
+            except OSError as err:  # the folder vanished, or cannot be written: the report says so
+                _STEP[2] = f"this run's files could not all be removed ({_os_reason(err)})"
         raise
 
 
@@ -303,6 +310,7 @@ def _build(prepared: Prepared, folder: OutputFolder | None, start: float) -> Bui
                 )
                 if folder is not None:
                     folder.expect(["tokenizer"])
+                _step("write the trained tokenizer to", tokenizer_dir)
                 tokenizer.save_pretrained(tokenizer_dir)
                 if folder is not None:
                     folder.update(close=["tokenizer"])
@@ -311,6 +319,7 @@ def _build(prepared: Prepared, folder: OutputFolder | None, start: float) -> Bui
         logger.info("trained a %s tokenizer with %d tokens on the training data", model_args.tokenizer_type,
                     len(tokenizer))  # fmt: skip
 
+    _step("build the model and tokenise the data for", output_dir)
     model = prepared.model
     if model is None:
         model = build_model_from_config(task, prepared.config, tokenizer)
@@ -371,16 +380,21 @@ def train_and_evaluate(prepared: Prepared, built: Built | None = None) -> dict[s
     output_dir = training_args.output_dir
 
     folder = built.output_folder
+    _step("record the run's outputs in", output_dir)
     if folder is not None:
+        folder.drop_replaced()  # built: the earlier run's files set aside by --overwrite_output_dir go now
         folder.expect_run_outputs()  # the model, metrics, card and runs/ it is about to write
     metrics: dict[str, Any] = {}
     if training_args.do_train:
+        _step("train and save checkpoints in", output_dir)
         result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+        _step("save the model and the metrics in", output_dir)
         trainer.save_model()
         trainer.save_state()
         train_metrics = dict(result.metrics, train_samples=len(datasets["train"]))
         trainer.save_metrics("train", train_metrics)
         metrics.update(train_metrics)
+    _step("evaluate, predict and write the results in", output_dir)
     if "validation" in datasets:
         eval_metrics = trainer.evaluate(metric_key_prefix="eval")
         eval_metrics["eval_samples"] = len(datasets["validation"])
@@ -397,6 +411,7 @@ def train_and_evaluate(prepared: Prepared, built: Built | None = None) -> dict[s
     if not training_args.do_train:
         trainer.save_model()  # evaluation-only runs still leave a complete model folder (a collective call)
 
+    _step("write the metrics, model card and run_info.json in", output_dir)
     if trainer.is_world_process_zero():
         trainer.save_metrics("all", metrics, combined=False)
         examples = task.describe_examples(prepared.data_args, tokenizer)
@@ -454,14 +469,68 @@ def run_task(task: Task[Any, Any], argv: Sequence[str] | None = None) -> dict[st
     logging.getLogger("hf_tvd_loss").setLevel(logging.INFO)
     from ..callbacks import NonFiniteLossError
 
+    _step("read the options, data and model", "")
+    prepared = None
     try:
         prepared = prepare(task, argv)
         built = build(prepared)
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
+    except Exception as err:
+        kept = ("the output folder as it was before this run (what this run wrote was removed)" if prepared is not None
+                else "nothing was written")  # fmt: skip
+        _exit_on_os_failure(err, _STEP[2] or kept)
+        raise
     try:
         return train_and_evaluate(prepared, built)
     except NonFiniteLossError as err:  # a run that went wrong, not bad input: status 1, one line
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(1) from None
+    except Exception as err:
+        _exit_on_os_failure(err, _kept_in(prepared.training_args.output_dir))
+        raise
+
+
+# What the run is doing ([operation, path]) and what a refused run could not put back: for the one-line report of an
+# operating-system failure (run_task).
+_STEP = ["", "", ""]
+
+
+def _step(operation: str, path: str) -> None:
+    _STEP[:] = [operation, path, ""]
+
+
+_OS_ERROR = re.compile(r"\(os error (\d+)\)")  # how the Rust libraries (tokenizers, safetensors) report one
+
+
+def _os_reason(err: BaseException) -> str | None:
+    """The operating system's reason for ``err`` (``File too large``), or None when it is no file-system error."""
+    if isinstance(err, OSError) and (err.errno is not None or err.strerror):
+        return err.strerror or os.strerror(err.errno or 0)
+    found = _OS_ERROR.search(str(err))
+    return os.strerror(int(found.group(1))) if found else None
+
+
+def _kept_in(output_dir: str) -> str:
+    """What an interrupted run leaves in ``output_dir``, for the report."""
+    from ..checkpoints import last_complete_checkpoint
+
+    if not os.path.isdir(output_dir):
+        return f"nothing: {output_dir} no longer exists"
+    checkpoint = last_complete_checkpoint(output_dir)
+    if checkpoint is None:
+        return "no complete checkpoint (the files written so far are listed in run_outputs.json)"
+    return f"the complete checkpoint {checkpoint} (continue with --resume_from_checkpoint latest)"
+
+
+def _exit_on_os_failure(err: BaseException, kept: str) -> None:
+    """A file-system failure as one line (the operation, the path, the reason, what was kept), exit status 1."""
+    reason = _os_reason(err)
+    if reason is None:
+        return
+    operation, path = _STEP[0] or "run", _STEP[1]
+    if isinstance(err, OSError) and err.filename:
+        path = os.fsdecode(err.filename)
+    print(f"error: could not {operation}{f' {path}' if path else ''}: {reason}; kept: {kept}", file=sys.stderr)
+    raise SystemExit(1) from None
