@@ -45,10 +45,12 @@ def test_every_yaml_loads_and_opens_with_its_launch_command(path):
     assert isinstance(content, dict) and content
     first = text.splitlines()[:4]
     assert all(line.startswith("#") for line in first[:2])
-    launcher = (
-        "scripts/compare_losses.py" if os.path.basename(os.path.dirname(path)) == "compare" else "accelerate launch"
+    launchers = (
+        ("scripts/compare_losses.py", "hf_tvd_loss compare", "hf-tvd-loss compare")
+        if os.path.basename(os.path.dirname(path)) == "compare"
+        else ("accelerate launch",)
     )
-    assert any(launcher in line for line in first), "the opening comment gives the launch command"
+    assert any(launcher in line for line in first for launcher in launchers), "the opening comment gives the command"
     if os.path.dirname(path) != os.path.join(CONFIGS, "accelerate"):
         assert any(os.path.relpath(path, ROOT) in line for line in first), "the command names this file"
 
