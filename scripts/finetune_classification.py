@@ -1,7 +1,7 @@
 """Text classification trained with the γ-CE (TaiLr) loss; accuracy, macro-F1, NLL and calibration (ECE).
 
 Offline default (a tiny BERT built from a config, a tokenizer trained on a generated corpus of news-like reports
-labelled with their topic, 4 classes, γ=0.5 b=0, about a minute on two CPU cores)::
+labelled with their topic, 4 classes, γ=0.5 b=0.2, about a minute on two CPU cores)::
 
     accelerate launch scripts/finetune_classification.py          # or: python scripts/finetune_classification.py
 

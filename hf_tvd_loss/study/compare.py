@@ -568,23 +568,25 @@ def write_report(
         fig.suptitle("Task metric and calibration against γ (no label noise)")
         save(fig, "metric_vs_gamma.png", "Task metric and ECE against γ")
 
-    # task metric against label-noise rate, one line per loss studied under noise
+    # task metric and calibration against label-noise rate, one line per loss studied under noise
     noises = sorted({r.spec.noise for r in results})
     if len(noises) > 1:
-        fig, ax = plt.subplots(figsize=(7, 4.5))
-        for loss in losses:
-            points = sorted((row["noise"], row[task_metric]) for row in rows if row["loss"] == loss)
-            if len(points) > 1:
-                line = ax.errorbar([p[0] for p in points], [p[1][0] for p in points], yerr=[p[1][1] for p in points],
-                                   marker="o", capsize=3, label=loss)  # fmt: skip
-                for noise_rate, _ in points:
-                    values = _seed_values(results, loss, noise_rate, task_metric)
-                    ax.plot([noise_rate] * len(values), values, "x", color=line[0].get_color(), alpha=0.5)
-        ax.set_xlabel(NOISE_AXES[noise_kind] + "; ×: single seeds")
-        ax.set_ylabel(task_metric_label)
-        ax.legend(fontsize=8)
-        ax.set_title("Robustness to noisy training targets")
-        save(fig, "metric_vs_noise.png", "Task metric against label noise")
+        panels = [column for column in (task_metric, ece_column) if any(column in r.metrics for r in results)]
+        fig, axes = plt.subplots(1, len(panels), figsize=(7 * len(panels), 4.5), squeeze=False)
+        for ax, column in zip(axes[0], panels, strict=True):
+            for loss in losses:
+                points = sorted((row["noise"], row[column]) for row in rows if row["loss"] == loss)
+                if len(points) > 1:
+                    line = ax.errorbar([p[0] for p in points], [p[1][0] for p in points],
+                                       yerr=[p[1][1] for p in points], marker="o", capsize=3, label=loss)  # fmt: skip
+                    for noise_rate, _ in points:
+                        values = _seed_values(results, loss, noise_rate, column)
+                        ax.plot([noise_rate] * len(values), values, "x", color=line[0].get_color(), alpha=0.5)
+            ax.set_xlabel(NOISE_AXES[noise_kind] + "; ×: single seeds")
+            ax.set_ylabel(labels.get(column, column))
+            ax.legend(fontsize=8)
+        fig.suptitle("Robustness to noisy training targets: the task metric and calibration (ECE)")
+        save(fig, "metric_vs_noise.png", "Task metric and ECE against label noise")
 
     redundant = "eval_nll" if task_metric == "eval_perplexity" else "eval_perplexity"  # one of the two is enough
     compared = [task_metric, *(c for c in columns if c in INTERVAL_METRICS and c not in (task_metric, redundant))]

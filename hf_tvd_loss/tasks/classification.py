@@ -12,8 +12,8 @@ Models: any ``AutoModelForSequenceClassification``: encoders (BERT-style, first-
 token when it has none). Regression (``num_labels=1``) and multi-label heads are refused by the trainer, naming why.
 
 Default (no options): a tiny BERT built from a config, a BPE tokenizer trained on a generated corpus of news-like
-reports labelled with their topic (:func:`~.synthetic.classification_corpus`, 4 classes), about a minute on two
-CPU cores.
+reports labelled with their topic (:func:`~.synthetic.classification_corpus`, 4 classes), γ = 0.5 and b = 0.2 (the
+setting the classification study backs), about a minute on two CPU cores.
 """
 
 from __future__ import annotations
@@ -162,9 +162,11 @@ class ClassificationTask(Task[ClassificationDataArguments, TrainingArguments]):
         # model: a tiny BERT from a config (offline default)
         "model_type": "bert",
         "max_seq_length": 128,
-        # γ-CE with γ = 0.5, b = 0: the middle of the range the classification study compares (docs/CLASSIFICATION.md)
+        # γ-CE with γ = 0.5, b = 0.2: in the classification study (docs/CLASSIFICATION.md, 3 seeds) never measurably
+        # worse than cross-entropy on clean labels, and at 40 % label noise +6 points of clean-test accuracy and
+        # NLL 0.54 against 0.76
         "gamma": 0.5,
-        "min_weight": 0.0,
+        "min_weight": 0.2,
         # training: sized for about a minute on two CPU cores
         "output_dir": "outputs/classification",
         "do_train": True,
