@@ -115,7 +115,7 @@ def decoder_input_ids_from_labels(model: nn.Module, labels: torch.Tensor) -> tor
     return shifted.masked_fill_(shifted == IGNORE_INDEX, pad)
 
 
-LayoutKind = Literal["causal", "encoder_decoder", "classification"]
+LayoutKind = Literal["causal", "encoder_decoder", "masked", "classification"]
 
 
 @dataclass(frozen=True)
@@ -126,6 +126,8 @@ class LabelLayout:
       never scored).
     * ``encoder_decoder``: a decoder position t predicts ``labels[t]``, and the decoder inputs are the labels shifted
       right (built here when the batch has none).
+    * ``masked``: a masked LM (``BertForMaskedLM``, ...): position t predicts ``labels[t]`` (-100 where not masked),
+      no shift.
     * ``classification``: the model's ``logits`` score classes for labels of the same leading shape, no shift:
       sequence classification and multiple choice (``[B, C]`` for ``[B]``), token classification (``[B, T, C]`` for
       ``[B, T]``), image and audio classification. Any model without a language-modelling head whose forward takes
@@ -176,7 +178,7 @@ class LabelLayout:
 def output_layout(outputs: Any) -> LabelLayout | None:
     """The layout a model's outputs reveal, for losses that see the outputs and not the model
     (``Trainer(compute_loss_func=...)``): transformers' encoder-decoder outputs (``Seq2Seq*Output``, or any with
-    encoder states), causal-LM outputs (``*CausalLM*Output*``) and classifier outputs (``*ClassifierOutput*``,
+    encoder states), causal-LM outputs (``*CausalLM*Output*``), masked-LM outputs (``MaskedLMOutput``) and classifier outputs (``*ClassifierOutput*``,
     ``MultipleChoiceModelOutput``). None for any other output (a tuple, a dict of a custom model)."""
     name = type(outputs).__name__
     if name.startswith("Seq2Seq") or (
@@ -185,6 +187,8 @@ def output_layout(outputs: Any) -> LabelLayout | None:
         return LabelLayout("encoder_decoder")
     if "CausalLM" in name:
         return LabelLayout("causal")
+    if "MaskedLM" in name:
+        return LabelLayout("masked")
     if "Classifier" in name or "MultipleChoice" in name:
         return LabelLayout("classification")
     return None
@@ -206,11 +210,26 @@ def _forward_takes_labels(model: nn.Module) -> bool:
         return True
 
 
+def _is_masked_lm(model: nn.Module) -> bool:
+    """Whether transformers lists the model's class as a masked LM only (``AutoModelForMaskedLM``, not causal)."""
+    try:
+        from transformers.models.auto.modeling_auto import (
+            MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+            MODEL_FOR_MASKED_LM_MAPPING_NAMES,
+        )
+    except ImportError:  # pure-torch use without transformers: no transformers model to classify
+        return False
+    name = model_class_name(model)
+    return name in set(MODEL_FOR_MASKED_LM_MAPPING_NAMES.values()) - set(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values())
+
+
 def label_layout(model: nn.Module) -> LabelLayout:
     base = unwrap_model(model)
     if not has_lm_head(base) and _forward_takes_labels(base):
         return LabelLayout("classification")
-    return LabelLayout("encoder_decoder" if is_encoder_decoder(base) else "causal")
+    if is_encoder_decoder(base):
+        return LabelLayout("encoder_decoder")
+    return LabelLayout("masked" if _is_masked_lm(base) else "causal")
 
 
 def check_trainable_model(model: nn.Module) -> None:

@@ -239,3 +239,29 @@ def test_a_custom_weight_rule_on_a_classifier(tmp_path):
         log_p = model(input_ids=batch["input_ids"]).logits.double().log_softmax(-1)
     log_p_y = log_p.gather(1, batch["labels"].unsqueeze(1)).squeeze(1)
     assert ours.item() == pytest.approx((log_p_y.exp().sqrt() * -log_p_y).mean().item(), rel=1e-5)
+
+
+def test_a_masked_lm_is_not_shifted(tmp_path):
+    """A masked LM's position t predicts labels[t] (its own layout, not a causal LM's shift): γ = 0 equals its own loss."""
+    from transformers import BertConfig, BertForMaskedLM
+
+    torch.manual_seed(0)
+    model = BertForMaskedLM(
+        BertConfig(
+            vocab_size=64,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=4,
+            hidden_dropout_prob=0.0,
+            attention_probs_dropout_prob=0.0,
+        )  # fmt: skip
+    ).eval()
+    assert label_layout(model).kind == "masked" and not label_layout(model).shifts
+    ids = torch.randint(3, 64, (3, 9))
+    labels = torch.full_like(ids, -100)
+    labels[:, ::3] = ids[:, ::3]
+    batch = {"input_ids": ids, "labels": labels}
+    trainer = TVDTrainer(model=model, args=_args(tmp_path), tvd_args=TVDArguments(gamma=0.0))
+    with torch.no_grad():
+        assert trainer.compute_loss(model, dict(batch)).item() == pytest.approx(model(**batch).loss.item(), rel=1e-6)
