@@ -20,6 +20,15 @@ from hf_tvd_loss.heads import label_layout, output_layout
 TVD = dict(gamma=0.5, min_weight=0.1, label_smoothing=0.1)
 
 
+def _bert_config(**extra):
+    """A one-layer BERT config, dropout off, for the model classes tiny.py does not build."""
+    from transformers import BertConfig
+
+    small = dict(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4,
+                 hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)  # fmt: skip
+    return BertConfig(**{**small, **extra})
+
+
 def _args(tmp_path, **extra):
     return TrainingArguments(output_dir=str(tmp_path), report_to="none", use_cpu=True, disable_tqdm=True, **extra)
 
@@ -137,20 +146,10 @@ def test_tvd_loss_reads_the_layout_from_classifier_outputs(tmp_path):
 
 def test_multiple_choice(tmp_path):
     """Multiple choice: logits [B, choices] for labels [B]; γ = 0 equals the model's own loss."""
-    from transformers import BertConfig, BertForMultipleChoice
+    from transformers import BertForMultipleChoice
 
     torch.manual_seed(0)
-    model = BertForMultipleChoice(
-        BertConfig(
-            vocab_size=64,
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=1,
-            num_attention_heads=4,
-            hidden_dropout_prob=0.0,
-            attention_probs_dropout_prob=0.0,
-        )  # fmt: skip
-    )
+    model = BertForMultipleChoice(_bert_config())
     batch = {"input_ids": torch.randint(3, 64, (4, 3, 7)), "labels": torch.tensor([0, 2, 1, 2])}
     trainer = TVDTrainer(model=model, args=_args(tmp_path), tvd_args=TVDArguments(gamma=0.0))
     with torch.no_grad():
@@ -197,20 +196,17 @@ def test_sequence_normalisation_counts_each_example(tmp_path):
 
 
 def test_classifiers_gamma_ce_cannot_train_are_refused_before_training(tmp_path):
-    from transformers import BertConfig, BertForSequenceClassification, BertModel
+    from transformers import BertForSequenceClassification, BertModel
 
-    small = dict(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4)
     cases = [
-        (BertForSequenceClassification(BertConfig(**small, num_labels=1)), "regression model"),
-        (BertForSequenceClassification(BertConfig(**small, num_labels=3, problem_type="regression")), "regression"),
+        (BertForSequenceClassification(_bert_config(num_labels=1)), "regression model"),
+        (BertForSequenceClassification(_bert_config(num_labels=3, problem_type="regression")), "regression"),
         (
-            BertForSequenceClassification(
-                BertConfig(**small, num_labels=3, problem_type="multi_label_classification")
-            ),
+            BertForSequenceClassification(_bert_config(num_labels=3, problem_type="multi_label_classification")),
             "multi-label classifier",
         ),
         (
-            BertModel(BertConfig(**small)),
+            BertModel(_bert_config()),
             "BertModel has neither a language-modelling head .* nor a classification head",
         ),
     ]
@@ -243,20 +239,10 @@ def test_a_custom_weight_rule_on_a_classifier(tmp_path):
 
 def test_a_masked_lm_is_not_shifted(tmp_path):
     """A masked LM's position t predicts labels[t] (its own layout, not a causal LM's shift): γ = 0 equals its own loss."""
-    from transformers import BertConfig, BertForMaskedLM
+    from transformers import BertForMaskedLM
 
     torch.manual_seed(0)
-    model = BertForMaskedLM(
-        BertConfig(
-            vocab_size=64,
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=1,
-            num_attention_heads=4,
-            hidden_dropout_prob=0.0,
-            attention_probs_dropout_prob=0.0,
-        )  # fmt: skip
-    ).eval()
+    model = BertForMaskedLM(_bert_config()).eval()
     assert label_layout(model).kind == "masked" and not label_layout(model).shifts
     ids = torch.randint(3, 64, (3, 9))
     labels = torch.full_like(ids, -100)
