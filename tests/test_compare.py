@@ -329,6 +329,38 @@ def test_classification_study_judges_the_clean_test_split(tmp_path, capsys):
     assert "Δ clean-test accuracy" in text.split("## Differences from `ce`")[1]
 
 
+def test_classification_study_judges_the_model_selected_on_validation_too(tmp_path):
+    """With an evaluation per epoch and metric_for_best_model, each run is judged twice: the last model and the one of
+    the epoch with the best validation accuracy (its trainable parameters kept in memory, no checkpoint written).
+    The restored model is the one evaluated then: its validation accuracy is the one logged at that step."""
+    from hf_tvd_loss.study.command import main
+    from hf_tvd_loss.study.stats import metric_from_examples
+
+    report_dir = tmp_path / "report"
+    argv = ["--task", "classification", "--losses", "ce", "--seeds", "0", "--noise_rates", "0.5",
+            "--report_dir", str(report_dir), "--jobs", "1", "--",
+            "--synthetic_train_examples", "48", "--synthetic_eval_examples", "24", "--num_train_epochs", "4",
+            "--per_device_train_batch_size", "8", "--learning_rate", "3e-3", "--max_seq_length", "48",
+            "--eval_strategy", "epoch", "--metric_for_best_model", "accuracy"]  # fmt: skip
+    with open(main(argv), encoding="utf-8") as f:
+        text = f.read()
+    assert "selected: accuracy" in text and "selected: epoch" in text
+    with open(report_dir / "runs" / "ce__seed0__noise0.5" / "result.json") as f:
+        run = json.load(f)
+    metrics = run["metrics"]
+    in_training = [row for row in run["history"] if "eval_accuracy" in row][:4]  # one per epoch, then the final one
+    best = max(row["eval_accuracy"] for row in in_training)
+    first_best = next(row for row in in_training if row["eval_accuracy"] == best)
+    assert metrics["selected_step"] == first_best["step"] < in_training[-1]["step"]  # not the last model here
+    assert metrics["selected_validation_accuracy"] == pytest.approx(best, abs=1e-9)
+    assert metrics["validation_accuracy"] == pytest.approx(in_training[-1]["eval_accuracy"], abs=1e-9)
+    for metric in ("test_accuracy", "test_nll", "test_ece_ts"):
+        assert metric_from_examples(f"selected_{metric}", run["per_example"]) == pytest.approx(
+            metrics[f"selected_{metric}"], abs=1e-6
+        )
+    assert "selected_train_noisy_accuracy" in metrics and "selected_train_flipped_memorised" in metrics
+
+
 @pytest.mark.parametrize(("argv", "message"), [
     (["--task", "classification", "--noise_kind", "tokens"], "noise_kind tokens corrupts target tokens"),
     (["--task", "translation", "--noisy_validation"], "noisy_validation applies the class-label noise"),

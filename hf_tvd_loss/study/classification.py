@@ -4,7 +4,10 @@
 * the same NLL and ECE after **temperature scaling** fitted on the validation split (the standard post-hoc fix: a
   calibration claim has to beat cross-entropy plus temperature scaling, not cross-entropy alone);
 * how much of the label noise the model **memorised**: its accuracy on the (noisy) training labels, and on the
-  flipped examples the fraction it predicts as their noisy label and as their clean one.
+  flipped examples the fraction it predicts as their noisy label and as their clean one;
+* with evaluations during training and ``metric_for_best_model``, all of the above again (``selected_`` keys) for the
+  model **selected on the validation split** (:class:`ValidationSelection`: the trainable parameters of the best
+  evaluation, kept in memory, so no checkpoint is written).
 
 Per-example rows (for paired bootstrap intervals over test examples, :mod:`hf_tvd_loss.study.stats`) are additive:
 ``test_correct`` ``[correct, 1]``, ``test_nll`` / ``test_nll_ts`` ``[NLL, 1]``, ``test_calibration`` /
@@ -16,10 +19,11 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from transformers import TrainerCallback
 
 from .calibration import calibration_report, fit_temperature
 
-__all__ = ["CLASSIFICATION_BINS", "classification_evaluation", "per_example_rows"]
+__all__ = ["CLASSIFICATION_BINS", "ValidationSelection", "classification_evaluation", "per_example_rows"]
 
 CLASSIFICATION_BINS = 15  # Guo et al. 2017
 
@@ -80,6 +84,7 @@ def classification_evaluation(trainer: Any, datasets: dict[str, Any], noisy_trai
         "test_nll_ts": report["scaled_nll"],
         "test_ece_ts": report["scaled_ece"],
         "temperature": temperature,
+        "validation_accuracy": float((val_logits.argmax(-1) == val_labels).double().mean()),
     }
     if noisy_train is not None:
         train_logits, train_labels = _logits_and_labels(trainer, noisy_train, "study_train")
@@ -94,3 +99,43 @@ def classification_evaluation(trainer: Any, datasets: dict[str, Any], noisy_trai
                 )
                 metrics["train_flipped_recovered"] = float((predicted[flipped] == clean[flipped]).double().mean())
     return metrics, per_example
+
+
+class ValidationSelection(TrainerCallback):
+    """Keeps, in memory, the trainable parameters of the model at the evaluation with the best
+    ``metric_for_best_model`` (transformers' ``greater_is_better``; the first of equal values), so that the study can
+    judge the validation-selected model beside the last one without writing a checkpoint per evaluation. Parameters
+    that do not train (frozen blocks) are the same at every step and are not copied.
+    """
+
+    def __init__(self, model: Any, metric: str, greater_is_better: bool) -> None:
+        self.metric = metric if metric.startswith("eval_") else f"eval_{metric}"
+        self.greater_is_better = greater_is_better
+        self.parameters = {name: p for name, p in model.named_parameters() if p.requires_grad}
+        self.best: float | None = None
+        self.snapshot: dict[str, torch.Tensor] | None = None
+        self.step: int | None = None
+        self.epoch: float | None = None
+
+    def on_evaluate(self, args: Any, state: Any, control: Any, metrics: dict | None = None, **kwargs: Any) -> None:
+        self.observe(state, metrics or {})
+
+    def observe(self, state: Any, metrics: dict) -> None:
+        if self.metric not in metrics:
+            raise ValueError(
+                f"selecting on validation: the evaluation logged no {self.metric} (metric_for_best_model); it logged "
+                + ", ".join(sorted(metrics))
+            )
+        value = float(metrics[self.metric])
+        better = self.best is None or (value > self.best if self.greater_is_better else value < self.best)
+        if better:
+            self.best, self.step, self.epoch = value, int(state.global_step), state.epoch
+            self.snapshot = {name: p.detach().clone() for name, p in self.parameters.items()}
+
+    def restore(self) -> None:
+        """Put the selected parameters into the model (the last ones are lost)."""
+        if self.snapshot is None:
+            raise ValueError("selecting on validation: no evaluation ran during training")
+        with torch.no_grad():
+            for name, p in self.parameters.items():
+                p.copy_(self.snapshot[name])

@@ -245,6 +245,9 @@ SECONDARY_METRICS = [
 # metrics compared with the baseline: (higher is better, digits)
 INTERVAL_METRICS = {"test_accuracy": (True, 4), "test_macro_f1": (True, 4), "test_nll": (False, 4),
                     "test_ece": (False, 4), "test_nll_ts": (False, 4), "test_ece_ts": (False, 4),
+                    "selected_test_accuracy": (True, 4), "selected_test_macro_f1": (True, 4),
+                    "selected_test_nll_ts": (False, 4), "selected_test_ece": (False, 4),
+                    "selected_test_ece_ts": (False, 4),
                     "eval_bleu": (True, 2), "eval_chrf": (True, 2), "eval_rougeL": (True, 2), "eval_rouge1": (True, 2),
                     "eval_rouge2": (True, 2), "eval_nll": (False, 3),
                     "eval_perplexity": (False, 2), "eval_ece": (False, 4), "eval_token_accuracy": (True, 4),
@@ -720,11 +723,18 @@ TASK_METRICS = {
 }
 # The report's columns of a classification study (hf_tvd_loss.study.classification), after the task metric.
 CLASSIFICATION_COLUMNS = ["test_macro_f1", "test_nll", "test_ece", "test_confidence", "test_nll_ts", "test_ece_ts",
-                          "train_noisy_accuracy", "train_flipped_memorised"]  # fmt: skip
+                          "train_noisy_accuracy", "train_flipped_memorised",
+                          # the model selected on validation (evaluations during training and metric_for_best_model)
+                          "selected_epoch", "selected_test_accuracy", "selected_test_macro_f1", "selected_test_ece",
+                          "selected_test_nll_ts", "selected_test_ece_ts", "selected_train_noisy_accuracy"]  # fmt: skip
 CLASSIFICATION_LABELS = {"test_macro_f1": "macro-F1", "test_nll": "NLL", "test_ece": "ECE",
                          "test_confidence": "mean confidence", "test_nll_ts": "NLL (T-scaled)",
                          "test_ece_ts": "ECE (T-scaled)", "train_noisy_accuracy": "train acc. (noisy labels)",
-                         "train_flipped_memorised": "flipped memorised"}  # fmt: skip
+                         "train_flipped_memorised": "flipped memorised", "selected_epoch": "selected: epoch",
+                         "selected_test_accuracy": "selected: accuracy", "selected_test_macro_f1": "selected: macro-F1",
+                         "selected_test_ece": "selected: ECE", "selected_test_nll_ts": "selected: NLL (T-scaled)",
+                         "selected_test_ece_ts": "selected: ECE (T-scaled)",
+                         "selected_train_noisy_accuracy": "selected: train acc. (noisy)"}  # fmt: skip
 
 
 # The tasks whose targets are generated token sequences: token noise (tokens, swap), never class-label noise.
@@ -933,6 +943,16 @@ class TaskRunner:
             kept = built.datasets["validation"].select(range(min(eval_examples, len(built.datasets["validation"]))))
             built.datasets["validation"] = built.trainer.eval_dataset = kept
         recorder = ExampleRecorder(built.trainer, task, built.tokenizer, prepared.data_args)
+        selection = None
+        training_args = prepared.training_args
+        if task_name == "classification" and training_args.metric_for_best_model and training_args.do_train and (
+            str(training_args.eval_strategy) != "no"
+        ):
+            from .classification import ValidationSelection
+
+            selection = ValidationSelection(built.trainer.model, training_args.metric_for_best_model,
+                                            bool(training_args.greater_is_better))  # fmt: skip
+            built.trainer.add_callback(selection)
         metrics = train_and_evaluate(prepared, built)
         sums = getattr(built.trainer, "last_calibration_sums", None)
         samples = None
@@ -943,6 +963,13 @@ class TaskRunner:
 
             extra, per_example = classification_evaluation(built.trainer, built.datasets, built.trainer.train_dataset)
             metrics.update(extra)
+            if selection is not None:  # the model selected on validation, judged the same way (after the last)
+                selection.restore()
+                chosen, chosen_rows = classification_evaluation(built.trainer, built.datasets,
+                                                                built.trainer.train_dataset)  # fmt: skip
+                metrics.update({f"selected_{k}": v for k, v in chosen.items()})
+                metrics.update(selected_epoch=float(selection.epoch), selected_step=selection.step)
+                per_example.update({f"selected_{k}": v for k, v in chosen_rows.items()})
             total = [sum(column) for column in zip(*per_example["test_calibration"], strict=True)]
             size = len(total) // 3  # the reliability diagram's bins: count, Σ confidence, Σ correct
             bins = [total[:size], total[size : 2 * size], total[2 * size :]]

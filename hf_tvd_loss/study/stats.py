@@ -217,6 +217,9 @@ EXAMPLE_METRICS: dict[str, tuple[str, Callable[[Sequence[float]], float]]] = {
     "test_ece_ts": ("test_calibration_ts", _calibration("ece")),
     "test_confidence": ("test_calibration", _calibration("confidence")),
 }
+# the same for the model selected on the validation split (hf_tvd_loss.study.classification.ValidationSelection)
+EXAMPLE_METRICS.update({f"selected_{m}": (f"selected_{k}", f) for m, (k, f) in list(EXAMPLE_METRICS.items())
+                        if m.startswith("test_")})  # fmt: skip
 
 
 def metric_from_examples(metric: str, per_example: Mapping[str, Any]) -> float:

@@ -1,0 +1,38 @@
+"""The long-training classification study (configs/compare/classification_smollm2_bible_long.yaml) stage by stage in
+one process, most informative runs first; each stage writes its report and later stages (and a restart) reuse every
+finished run. The frozen blocks' outputs are loaded from the file prefix_cache.py writes (filled by the first run if
+the file is missing). From the repository root:
+
+    nohup nice -n 10 python docs/loss_comparison_classification_smollm2/run_long.py > reports/cls_smollm2_long.log 2>&1 &
+"""
+
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import prefix_cache  # noqa: E402
+
+from hf_tvd_loss.study.command import main  # noqa: E402
+
+CONFIG = "configs/compare/classification_smollm2_bible_long.yaml"
+CORE = ["ce", "gamma0.5", "gce0.7"]
+MORE = ["ce", "gamma0.5", "gce0.7", "gamma0.5b0.2", "ls0.1"]
+stages = [
+    ["--losses", "ce", "--seeds", "0", "--noise_rates", "0.4"],  # does cross-entropy fit the noisy labels?
+    ["--losses", *CORE, "--seeds", "0", "--noise_rates", "0.4"],
+    ["--losses", *CORE, "--seeds", "0", "1", "2", "--noise_rates", "0.4"],
+    ["--losses", *CORE, "--seeds", "0", "1", "2", "--noise_rates", "0", "0.4"],
+    ["--losses", *MORE, "--seeds", "0", "1", "2", "--noise_rates", "0", "0.4"],
+]
+print(f"cache: {prefix_cache.load()} examples loaded", flush=True)
+for i, stage in enumerate(stages, 1):
+    print(f"=== stage {i} {time.strftime('%H:%M:%S')}: {' '.join(stage)}", flush=True)
+    try:
+        main(["--study_config", CONFIG, *stage], prog="python -m hf_tvd_loss compare")
+    except SystemExit as err:
+        print(f"stage {i} exited {err.code}", flush=True)
+        sys.exit(1)
+    if not os.path.exists(prefix_cache.PATH):
+        print(f"cache: {prefix_cache.save()} examples saved", flush=True)
+    print(f"=== stage {i} done {time.strftime('%H:%M:%S')}", flush=True)
