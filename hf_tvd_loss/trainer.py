@@ -170,6 +170,50 @@ def check_model_for_loss(model: nn.Module | None, tvd_args: TVDArguments) -> Non
                          + CHUNKED_CLASSIFIER_REASON)  # fmt: skip
 
 
+# The batch fields a TVD trainer reads its targets from (compute_loss); ``--label_names`` naming anything else would
+# make transformers' evaluation look for targets the loss never reads.
+TARGET_FIELDS = ("labels", "shift_labels")
+
+
+def check_training_args_for_loss(training_args: Any, tvd_args: TVDArguments) -> None:
+    """Refuse, before any work, ``TrainingArguments`` a TVD trainer would not apply as asked.
+
+    * ``use_liger_kernel``: transformers patches the model (its forward with liger-kernel's own fused
+      cross-entropy, which returns no logits in loss-only evaluation) and torch's cross-entropy and rotary functions
+      for the whole process; γ-CE reads the logits, and on CPU the Triton kernels fail at the first step. liger-kernel's
+      fused kernel for γ-CE is ``loss_impl='chunked'`` with ``chunked_backend='liger'``.
+    * ``label_names`` other than the target fields the loss reads (``labels``, ``shift_labels``).
+    * ``loss_impl='chunked'`` with a Triton backend (``cce``, ``liger``) that cannot run on the arguments' device.
+    """
+    if getattr(training_args, "use_liger_kernel", False):
+        raise ValueError(
+            "use_liger_kernel cannot be used with a TVD trainer: transformers would patch the model's forward with "
+            "liger-kernel's own cross-entropy (no logits in loss-only evaluation, while γ-CE reads the logits) and "
+            "torch's cross-entropy for the whole process, and on CPU its Triton kernels fail at the first step. "
+            "For liger-kernel's fused kernel with γ-CE use loss_impl='chunked' with chunked_backend='liger' (CUDA); "
+            "remove use_liger_kernel"
+        )
+    names = getattr(training_args, "label_names", None)
+    if names is not None:
+        other = [n for n in names if n not in TARGET_FIELDS]
+        if other or not names:
+            raise ValueError(
+                f"label_names {list(names)}: a TVD trainer reads its targets from the batch's "
+                f"{' or '.join(TARGET_FIELDS)} field, so evaluation would look for targets in "
+                f"{', '.join(other) if other else 'no field'} that the loss never reads: rename the field to labels "
+                "or remove label_names"
+            )
+    if tvd_args.loss_impl == "chunked" and tvd_args.chunked_backend in ("cce", "liger"):
+        from .ops.kernels import select_impl
+
+        device = getattr(training_args, "device", None)
+        if device is not None:
+            try:
+                select_impl(tvd_args.chunked_backend, torch.empty(0, device=device), None, None, 0.0)
+            except ValueError as err:
+                raise ValueError(f"chunked_backend={tvd_args.chunked_backend!r}: {err}") from None
+
+
 class TVDLossMixin:
     """Mixin for ``transformers.Trainer`` subclasses: token-level γ-CE as the training and evaluation loss.
 
@@ -213,6 +257,8 @@ class TVDLossMixin:
                 f"TVDArguments.label_smoothing={training_args.label_smoothing_factor} instead (it is combined "
                 "with the γ-CE term as in the official TaiLr criterion)"
             )
+        if training_args is not None:
+            check_training_args_for_loss(training_args, tvd_args)
         self.tvd_args = tvd_args
         self.tvd_weight_rule = weight_rule
         self._tvd_terms = select_token_terms(tvd_args, weight_rule)
@@ -536,6 +582,7 @@ class TVDLossMixin:
 
     def train(self, *args: Any, **kwargs: Any):  # type: ignore[no-untyped-def]
         self._tvd_use_args(self.tvd_args)  # checked and applied again: a field may have changed since construction
+        check_training_args_for_loss(self.args, self.tvd_args)
         check_model_for_loss(self.model, self.tvd_args)
         if self.model is not None and not any(p.requires_grad for p in self.model.parameters()):
             raise ValueError(f"{model_class_name(unwrap_model(self.model))} has no trainable parameter (requires_grad "

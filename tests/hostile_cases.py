@@ -1782,6 +1782,14 @@ APPLIED_AND_RESUME_CASES: list[Case] = [
     Case("resume-file-removed", "output",
          lambda tmp: _resume_with_recorded(tmp, change=lambda f: (f / "tokenizer_config.json").unlink()),
          ("tokenizer_config.json is missing",)),
+    # kernel switches and label fields: built or read by transformers only once training or evaluation runs
+    Case("liger-kernel-switch", "cli", _lm("--use_liger_kernel", "true"),
+         ("use_liger_kernel", "chunked_backend='liger'"),
+         "on the default GPT-2 model liger-kernel patched nothing and the run trained without a word"),
+    Case("label-names-not-read", "cli", _lm("--label_names", "target_ids"), ("label_names", "target_ids"),
+         "evaluation looked for targets in a field the batches do not have; the loss reads labels"),
+    Case("chunked-triton-backend-on-cpu", "cli", _lm("--loss_impl", "chunked", "--chunked_backend", "liger"),
+         ("chunked_backend='liger'", "CUDA"), "refused at the first training step, with a traceback"),
 ]  # fmt: skip
 
 CASES += APPLIED_AND_RESUME_CASES

@@ -225,6 +225,22 @@ def test_refuses_conflicting_configuration(tmp_path):
         TVDLoss(TVDArguments(gamma_schedule="linear"))
 
 
+def test_refuses_training_arguments_it_would_not_apply(tmp_path):
+    """liger-kernel's model patches (γ-CE reads logits; on CPU the Triton kernels fail at the first step), label
+    fields the loss never reads, and a Triton backend of the chunked loss on a device it cannot run on: refused when
+    the trainer is built, and again at train() for arguments changed since."""
+    with pytest.raises(ValueError, match="use_liger_kernel cannot be used with a TVD trainer"):
+        TVDTrainer(**_trainer_kwargs(tmp_path, use_liger_kernel=True), tvd_args=TVDArguments())
+    with pytest.raises(ValueError, match=r"label_names \['target_ids'\]"):
+        TVDTrainer(**_trainer_kwargs(tmp_path, label_names=["target_ids"]), tvd_args=TVDArguments())
+    with pytest.raises(ValueError, match="chunked_backend='cce'.*CUDA"):
+        TVDTrainer(**_trainer_kwargs(tmp_path), tvd_args=TVDArguments(loss_impl="chunked", chunked_backend="cce"))
+    trainer = TVDTrainer(**_trainer_kwargs(tmp_path, label_names=["labels"]), tvd_args=TVDArguments())
+    trainer.args.use_liger_kernel = True
+    with pytest.raises(ValueError, match="use_liger_kernel"):
+        trainer.train()
+
+
 def test_refuses_batches_without_labels_and_models_without_lm_head(tmp_path):
     from transformers import LlamaModel
 

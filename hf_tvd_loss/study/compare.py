@@ -945,8 +945,11 @@ class TaskRunner:
         recorder = ExampleRecorder(built.trainer, task, built.tokenizer, prepared.data_args)
         selection = None
         training_args = prepared.training_args
-        if task_name == "classification" and training_args.metric_for_best_model and training_args.do_train and (
-            str(training_args.eval_strategy) != "no"
+        if (
+            task_name == "classification"
+            and training_args.metric_for_best_model
+            and training_args.do_train
+            and (str(training_args.eval_strategy) != "no")
         ):
             from .classification import ValidationSelection
 

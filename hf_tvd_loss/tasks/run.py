@@ -33,6 +33,7 @@ from ..checkpoints import (
     read_checkpoint_marker,
     write_json_atomically,
 )
+from ..trainer import check_training_args_for_loss
 from .applied import check_options_applied
 from .arguments import DataArguments, ModelArguments
 from .base import ChosenDefaults, Task
@@ -145,6 +146,7 @@ def prepare(task: Task[Any, Any], argv: Sequence[str] | None = None) -> Prepared
     check_model_sources(model_args)  # after the options' combinations: a contradiction is named first
     task.check_args(data_args, model_args, training_args)
     task.check_loss(tvd_args)
+    check_training_args_for_loss(training_args, tvd_args)  # liger-kernel patches, label_names, kernel device
     task.check_metric_for_best_model(data_args, training_args)
     if training_args.resume_from_checkpoint:  # refused here too, before data and model are loaded
         resume = training_args.resume_from_checkpoint
