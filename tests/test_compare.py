@@ -40,6 +40,10 @@ def test_plan_and_resumable_study(tmp_path):
     losses = [parse_loss(name) for name in ["ce", "gamma0.8", "dft"]]
     runs = plan_runs(losses, seeds=[0, 1], noise_rates=[0.0, 0.3], noise_losses=["ce", "gamma0.8"])
     assert len(runs) == 3 * 2 + 2 * 2
+    fewer_clean = plan_runs(losses, seeds=[0, 1], noise_rates=[0.0, 0.3], noise_losses=["ce"], clean_seeds=[0])
+    assert sorted((r.loss.name, r.seed, r.noise) for r in fewer_clean) == sorted(
+        [("ce", 0, 0.0), ("gamma0.8", 0, 0.0), ("dft", 0, 0.0), ("ce", 0, 0.3), ("ce", 1, 0.3)]
+    )
     calls = []
 
     def runner(spec, run_dir):

@@ -21,9 +21,11 @@ MORE = ["ce", "gamma0.5", "gce0.7", "gamma0.5b0.2", "ls0.1"]
 stages = [
     ["--losses", "ce", "--seeds", "0", "--noise_rates", "0.4"],  # does cross-entropy fit the noisy labels?
     ["--losses", *CORE, "--seeds", "0", "--noise_rates", "0.4"],
+    # the noisy runs of seeds 1-2 before their clean runs: noise is what the study is about
+    ["--losses", *CORE, "--seeds", "0", "1", "2", "--clean_seeds", "0", "--noise_rates", "0.4"],
     ["--losses", *CORE, "--seeds", "0", "1", "2", "--noise_rates", "0.4"],
-    ["--losses", *CORE, "--seeds", "0", "1", "2", "--noise_rates", "0", "0.4"],
-    ["--losses", *MORE, "--seeds", "0", "1", "2", "--noise_rates", "0", "0.4"],
+    ["--losses", *MORE, "--seeds", "0", "1", "2", "--clean_seeds", "0", "--noise_rates", "0.4"],
+    ["--losses", *MORE, "--seeds", "0", "1", "2", "--noise_rates", "0.4"],
 ]
 print(f"cache: {prefix_cache.load()} examples loaded", flush=True)
 for i, stage in enumerate(stages, 1):

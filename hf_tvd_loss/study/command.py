@@ -97,7 +97,7 @@ def _without(argv: list[str], options: tuple[str, ...]) -> list[str]:
 
 
 STUDY_KEYS = {"task", "losses", "seeds", "noise_rates", "noise_losses", "report_dir", "task_args", "baselines",
-              "generation_prompts", "eval_examples", "jobs", "noise_kind", "noisy_validation"}  # fmt: skip
+              "generation_prompts", "eval_examples", "jobs", "noise_kind", "noisy_validation", "clean_seeds"}  # fmt: skip
 
 
 PROG = "hf-tvd-loss compare"
@@ -111,6 +111,9 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
         "--losses", nargs="+", default=None, help=f"Loss settings (default: {' '.join(DEFAULT_LOSSES)})."
     )
     parser.add_argument("--seeds", nargs="+", type=int, default=None, help="Seeds (default: 0 1 2).")
+    parser.add_argument("--clean_seeds", nargs="+", type=int, default=None,
+                        help="Seeds of the runs without label noise (default: --seeds), e.g. fewer where the study "
+                        "is about noise.")  # fmt: skip
     parser.add_argument("--noise_rates", nargs="+", type=float, default=None,
                         help="Label-noise rates; 0 is always run (default: 0 0.2).")  # fmt: skip
     parser.add_argument("--noise_kind", choices=list(NOISE_KINDS), default=None,
@@ -175,6 +178,9 @@ def main(argv: Sequence[str] | None = None, prog: str = PROG) -> str:
         losses = [parse_loss(name) for name in _chosen("losses", args.losses, config, default_losses)]
         _refuse_repeats("losses", [loss.name for loss in losses])
         seeds = _chosen("seeds", args.seeds, config, [0, 1, 2])
+        clean_seeds = None
+        if args.clean_seeds is not None or config.get("clean_seeds") is not None:
+            clean_seeds = _chosen("clean_seeds", args.clean_seeds, config, seeds)
         noise_rates = _chosen("noise_rates", args.noise_rates, config,
                               [0.0, 0.2, 0.4] if task == "classification" else [0.0, 0.2])  # fmt: skip
         if any(not 0.0 <= r <= 1.0 for r in noise_rates):
@@ -213,9 +219,10 @@ def main(argv: Sequence[str] | None = None, prog: str = PROG) -> str:
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
 
-    runs = plan_runs(losses, seeds, noise_rates, noise_losses)
-    print(f"[compare_losses] {task}: {len(runs)} runs ({len(losses)} losses × {len(seeds)} seeds, noise {noise_rates}) "
-          f"→ {report_dir}")  # fmt: skip
+    runs = plan_runs(losses, seeds, noise_rates, noise_losses, clean_seeds)
+    clean = "" if clean_seeds is None else f", seeds {clean_seeds} without noise"
+    print(f"[compare_losses] {task}: {len(runs)} runs ({len(losses)} losses × {len(seeds)} seeds{clean}, noise "
+          f"{noise_rates}) → {report_dir}")  # fmt: skip
     start = time.time()
     try:
         eval_examples = config.get("eval_examples")

@@ -103,9 +103,11 @@ def plan_runs(
     seeds: Sequence[int],
     noise_rates: Sequence[float],
     noise_losses: Sequence[str] | None,
+    clean_seeds: Sequence[int] | None = None,
 ) -> list[RunSpec]:
-    """Every loss × seed at noise 0, and the losses named in ``noise_losses`` (all if None) at each other rate."""
-    runs = [RunSpec(loss, seed, 0.0) for loss in losses for seed in seeds]
+    """Every loss × seed at noise 0 (the seeds of ``clean_seeds`` when given), and the losses named in
+    ``noise_losses`` (all if None) at each other rate."""
+    runs = [RunSpec(loss, seed, 0.0) for loss in losses for seed in (seeds if clean_seeds is None else clean_seeds)]
     for rate in noise_rates:
         if rate == 0.0:
             continue
