@@ -12,6 +12,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import prefix_cache  # noqa: E402
+import tune  # noqa: E402
 
 from hf_tvd_loss.study.command import main  # noqa: E402
 
@@ -23,6 +24,7 @@ stages = [
     ["--losses", *CORE, "--seeds", "0", "--noise_rates", "0.4"],
     # the noisy runs of seeds 1-2 before their clean runs: noise is what the study is about
     ["--losses", *CORE, "--seeds", "0", "1", "2", "--clean_seeds", "0", "--noise_rates", "0.4"],
+    "tune",  # tune.py: tuned γ-CE against tuned cross-entropy (6 epochs, 40 % noise), in this process (one cache)
     ["--losses", *CORE, "--seeds", "0", "1", "2", "--noise_rates", "0.4"],
     ["--losses", *MORE, "--seeds", "0", "1", "2", "--clean_seeds", "0", "--noise_rates", "0.4"],
     ["--losses", *MORE, "--seeds", "0", "1", "2", "--noise_rates", "0.4"],
@@ -31,7 +33,10 @@ print(f"cache: {prefix_cache.load()} examples loaded", flush=True)
 for i, stage in enumerate(stages, 1):
     print(f"=== stage {i} {time.strftime('%H:%M:%S')}: {' '.join(stage)}", flush=True)
     try:
-        main(["--study_config", CONFIG, *stage], prog="python -m hf_tvd_loss compare")
+        if stage == "tune":
+            tune.main()
+        else:
+            main(["--study_config", CONFIG, *stage], prog="python -m hf_tvd_loss compare")
     except SystemExit as err:
         print(f"stage {i} exited {err.code}", flush=True)
         sys.exit(1)
