@@ -39,7 +39,7 @@ from hf_tvd_loss.tasks.run import build, prepare  # noqa: E402
 
 CONFIG = "configs/compare/classification_smollm2_bible.yaml"
 OUT = os.path.join("reports", "tune_smollm2_bible")
-NOISE, SEED, TRIALS = 0.4, 0, 6
+NOISE, SEED, TRIALS = 0.4, 0, 5
 LR = (1e-4, 3e-3)
 
 
