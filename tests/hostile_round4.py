@@ -237,6 +237,21 @@ def _proc(*extra: str, env: dict[str, str] | None = None, fsize: int | None = No
     return build
 
 
+def _launcher_check(tmp: Path) -> Any:
+    """The launcher-variable check alone, in this process, under the case's environment (set by :func:`verdict`):
+    ``(2, 'error: ...')`` when it refuses, ``(0, '')`` when it lets the run go on."""
+    from hf_tvd_loss.tasks.checks import check_launcher_environment
+
+    def run() -> tuple[int, str]:
+        try:
+            check_launcher_environment()
+        except ValueError as err:
+            return 2, f"error: {err}"
+        return 0, ""
+
+    return run
+
+
 def _vanished_before_training(tmp: Path) -> Any:
     """The output folder removed (by someone else) between the claim and the first save: run_task's report."""
 
@@ -326,8 +341,10 @@ ROUND4: list[Case] = [
          ("could not", "out", "No such file or directory")),
     Case("world-size-without-launcher", "os", _proc(env={"WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0"}),
          ("WORLD_SIZE", "launcher")),
-    Case("local-rank-without-launcher", "os", _proc(env={"LOCAL_RANK": "1"}), ("LOCAL_RANK", "launcher")),
-    Case("rank-without-world-size", "os", _proc(env={"RANK": "1"}), ("RANK", "launcher")),
+    # the script's own order (the check before anything reads the variables) is judged by the subprocess case above;
+    # these two judge the check in-process (a subprocess each cost ~7 s of the suite)
+    Case("local-rank-without-launcher", "os", _launcher_check, ("LOCAL_RANK", "launcher"), env={"LOCAL_RANK": "1"}),
+    Case("rank-without-world-size", "os", _launcher_check, ("RANK", "launcher"), env={"RANK": "1"}),
 ]  # fmt: skip
 
 # Valid input: the run trains (into the folder asked for) is the good verdict.
