@@ -44,6 +44,8 @@ def test_plan_and_resumable_study(tmp_path):
     assert sorted((r.loss.name, r.seed, r.noise) for r in fewer_clean) == sorted(
         [("ce", 0, 0.0), ("gamma0.8", 0, 0.0), ("dft", 0, 0.0), ("ce", 0, 0.3), ("ce", 1, 0.3)]
     )
+    only_noisy = plan_runs(losses, seeds=[0], noise_rates=[0.0, 0.3], noise_losses=None, clean_seeds=[])
+    assert [(r.loss.name, r.noise) for r in only_noisy] == [("ce", 0.3), ("gamma0.8", 0.3), ("dft", 0.3)]
     calls = []
 
     def runner(spec, run_dir):

@@ -19,15 +19,16 @@ from hf_tvd_loss.study.command import main  # noqa: E402
 CONFIG = "configs/compare/classification_smollm2_bible_long.yaml"
 CORE = ["ce", "gamma0.5", "gce0.7"]
 MORE = ["ce", "gamma0.5", "gce0.7", "gamma0.5b0.2", "ls0.1"]
+NOISY = ["--clean_seeds", "--noise_rates", "0.4"]  # the noisy runs only, seed by seed: noise is what it is about
 stages = [
     ["--losses", "ce", "--seeds", "0", "--noise_rates", "0.4"],  # does cross-entropy fit the noisy labels?
-    ["--losses", *CORE, "--seeds", "0", "--noise_rates", "0.4"],
-    # the noisy runs of seeds 1-2 before their clean runs: noise is what the study is about
-    ["--losses", *CORE, "--seeds", "0", "1", "2", "--clean_seeds", "0", "--noise_rates", "0.4"],
+    ["--losses", *CORE, "--seeds", "0", *NOISY],
+    ["--losses", *CORE, "--seeds", "0", "1", *NOISY],
     "tune",  # tune.py: tuned γ-CE against tuned cross-entropy (6 epochs, 40 % noise), in this process (one cache)
+    ["--losses", *CORE, "--seeds", "0", "1", "2", *NOISY],
+    ["--losses", *CORE, "--seeds", "0", "1", "2", "--clean_seeds", "0", "--noise_rates", "0.4"],
     ["--losses", *CORE, "--seeds", "0", "1", "2", "--noise_rates", "0.4"],
     ["--losses", *MORE, "--seeds", "0", "1", "2", "--clean_seeds", "0", "--noise_rates", "0.4"],
-    ["--losses", *MORE, "--seeds", "0", "1", "2", "--noise_rates", "0.4"],
 ]
 print(f"cache: {prefix_cache.load()} examples loaded", flush=True)
 for i, stage in enumerate(stages, 1):

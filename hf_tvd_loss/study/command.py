@@ -111,9 +111,9 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
         "--losses", nargs="+", default=None, help=f"Loss settings (default: {' '.join(DEFAULT_LOSSES)})."
     )
     parser.add_argument("--seeds", nargs="+", type=int, default=None, help="Seeds (default: 0 1 2).")
-    parser.add_argument("--clean_seeds", nargs="+", type=int, default=None,
+    parser.add_argument("--clean_seeds", nargs="*", type=int, default=None,
                         help="Seeds of the runs without label noise (default: --seeds), e.g. fewer where the study "
-                        "is about noise.")  # fmt: skip
+                        "is about noise; given with no seed, none (every comparison is then under noise).")  # fmt: skip
     parser.add_argument("--noise_rates", nargs="+", type=float, default=None,
                         help="Label-noise rates; 0 is always run (default: 0 0.2).")  # fmt: skip
     parser.add_argument("--noise_kind", choices=list(NOISE_KINDS), default=None,
@@ -178,13 +178,17 @@ def main(argv: Sequence[str] | None = None, prog: str = PROG) -> str:
         losses = [parse_loss(name) for name in _chosen("losses", args.losses, config, default_losses)]
         _refuse_repeats("losses", [loss.name for loss in losses])
         seeds = _chosen("seeds", args.seeds, config, [0, 1, 2])
-        clean_seeds = None
-        if args.clean_seeds is not None or config.get("clean_seeds") is not None:
-            clean_seeds = _chosen("clean_seeds", args.clean_seeds, config, seeds)
         noise_rates = _chosen("noise_rates", args.noise_rates, config,
                               [0.0, 0.2, 0.4] if task == "classification" else [0.0, 0.2])  # fmt: skip
         if any(not 0.0 <= r <= 1.0 for r in noise_rates):
             raise ValueError(f"noise rates must be in [0, 1], got {noise_rates}")
+        clean_seeds = args.clean_seeds if args.clean_seeds is not None else config.get("clean_seeds")
+        if clean_seeds is not None:
+            if not isinstance(clean_seeds, list) or not all(isinstance(s, int) for s in clean_seeds):
+                raise ValueError(f"clean_seeds must be a list of seeds (empty for none), got {clean_seeds!r}")
+            _refuse_repeats("clean_seeds", clean_seeds)
+            if not clean_seeds and not [r for r in noise_rates if r > 0]:
+                raise ValueError("clean_seeds is empty and no noise rate is above 0: no run would be planned")
         names = [loss.name for loss in losses]
         noise_losses = args.noise_losses or config.get("noise_losses")
         if not args.noise_losses and args.losses and isinstance(noise_losses, list):
