@@ -373,6 +373,12 @@ class TVDLossMixin:
                 "language-modelling head: Trainer drops columns the model's forward does not accept "
                 f"({type(unwrap_model(model)).__name__}.forward)."
             )
+        missing = [name for name in self.args.label_names or () if name not in inputs]
+        if missing:  # transformers' evaluation would find no targets in these batches and skip the loss
+            raise ValueError(
+                f"label_names {list(self.args.label_names)}: the batches have no {', '.join(missing)} field (they "
+                f"have {', '.join(sorted(inputs))}): name the target field they carry, or remove label_names"
+            )
         inputs = dict(inputs)
         labels = inputs.pop("labels", None)
         shift_labels = inputs.pop("shift_labels", None)

@@ -239,6 +239,11 @@ def test_refuses_training_arguments_it_would_not_apply(tmp_path):
     trainer.args.use_liger_kernel = True
     with pytest.raises(ValueError, match="use_liger_kernel"):
         trainer.train()
+    # a target field the loss reads, but the batches do not carry: refused at the first step
+    trainer = TVDTrainer(**_trainer_kwargs(tmp_path, label_names=["shift_labels"], max_steps=1),
+                         tvd_args=TVDArguments(), data_collator=collator("llama"))  # fmt: skip
+    with pytest.raises(ValueError, match="the batches have no shift_labels field"):
+        trainer.train()
 
 
 def test_refuses_batches_without_labels_and_models_without_lm_head(tmp_path):
