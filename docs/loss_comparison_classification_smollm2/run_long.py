@@ -32,7 +32,8 @@ stages = [
 ]
 print(f"cache: {prefix_cache.load()} examples loaded", flush=True)
 for i, stage in enumerate(stages, 1):
-    print(f"=== stage {i} {time.strftime('%H:%M:%S')}: {' '.join(stage)}", flush=True)
+    shown = stage if isinstance(stage, str) else " ".join(stage)
+    print(f"=== stage {i} {time.strftime('%H:%M:%S')}: {shown}", flush=True)
     try:
         if stage == "tune":
             tune.main()
