@@ -15,6 +15,8 @@ from __future__ import annotations
 import inspect
 from typing import TYPE_CHECKING, Any
 
+from .checks import _first_line
+
 if TYPE_CHECKING:
     from transformers import TrainingArguments
 
@@ -28,34 +30,49 @@ _SCHEDULE_OPTIONS = ("warmup_steps", "lr_scheduler_kwargs")
 _NEEDS_MODEL = ("galore", "apollo", "lomo", "adalomo")
 
 
-def optimizer_built_from(training_args: TrainingArguments) -> tuple[Any, dict[str, Any], dict[str, Any]]:
+def optimizer_built_from(training_args: TrainingArguments) -> tuple[Any, dict[str, Any], dict[str, Any]] | None:
     """``(optimizer class, the keyword arguments Trainer passes it, the built optimizer's defaults)`` for these
-    arguments, built on one throwaway parameter. ``ValueError`` when transformers cannot build it."""
+    arguments, built the way ``Trainer`` builds it, on one throwaway parameter; ``None`` where it is not built here
+    (a package the optimizer needs is missing, which ``checks.check_options_take_effect`` names; a factory that
+    transformers builds from the model's modules). Whatever transformers or the optimizer raises is one
+    ``ValueError`` line naming ``--optim`` (and ``--optim_args``). The one place the optimizer is built at check time:
+    ``checks.check_configured_objects`` and :func:`check_options_applied` both call it."""
     import torch
     from transformers import Trainer
     from transformers.trainer_optimizer import _parse_optim_args
 
+    optim = str(getattr(training_args.optim, "value", training_args.optim))
+    options = f"--optim {optim}" + (f" --optim_args {training_args.optim_args!r}" if training_args.optim_args else "")
     try:
         _parse_optim_args(training_args.optim_args)
         optimizer_cls, kwargs = Trainer.get_optimizer_cls_and_kwargs(training_args)
-    except (ValueError, TypeError, KeyError) as err:
-        raise ValueError(f"--optim {training_args.optim} cannot be built from these options: {err}") from None
+    except ImportError:
+        return None
+    except Exception as err:  # noqa: BLE001  # transformers raises many types for bad --optim_args
+        raise ValueError(f"{options}: {_first_line(err)}") from None
+    if not isinstance(optimizer_cls, type) or not issubclass(optimizer_cls, torch.optim.Optimizer):
+        return None  # a factory (layer-wise, GaLore targets): built on the real model only
     # Trainer puts weight_decay into the parameter groups, not the keyword arguments.
-    params = [{"params": [torch.nn.Parameter(torch.zeros(1))], "weight_decay": training_args.weight_decay}]
+    params = [{"params": [torch.nn.Parameter(torch.zeros(2))], "weight_decay": training_args.weight_decay}]
     try:
         optimizer = optimizer_cls(params, **kwargs)
     except TypeError as err:
         given = ", ".join(f"{k}={v!r}" for k, v in kwargs.items())
         raise ValueError(
-            f"--optim {training_args.optim} ({optimizer_cls.__name__}) refuses the arguments built from these options "
-            f"({given}): {err}; remove the --optim_args key it does not take"
+            f"{options} ({optimizer_cls.__name__}) refuses the arguments built from these options ({given}): "
+            f"{_first_line(err)}; remove the --optim_args key it does not take"
         ) from None
+    except Exception as err:  # noqa: BLE001  # a bad value: ValueError, RuntimeError, ...
+        raise ValueError(f"{options}: {_first_line(err)}") from None
     return optimizer_cls, dict(kwargs), dict(optimizer.defaults)
 
 
-def schedule_arguments(training_args: TrainingArguments, optimizer: Any) -> dict[str, Any]:
+def schedule_arguments(training_args: TrainingArguments, optimizer: Any, steps: int = _PROBE_STEPS) -> dict[str, Any]:
     """The keyword arguments ``get_scheduler`` passes to the schedule function of ``--lr_scheduler_type`` (recorded
-    on a throwaway optimizer: a schedule ignores what it is not passed). ``ValueError`` when it cannot be built."""
+    on a throwaway optimizer: a schedule ignores what it is not passed), over ``steps`` training steps. What
+    ``get_scheduler`` raises propagates (a ``TypeError`` for a ``--lr_scheduler_kwargs`` key the schedule does not
+    take): the one place the schedule is built at check time, for ``checks.check_configured_objects`` and
+    :func:`check_options_applied`, which word the error each for its own check."""
     from transformers import optimization
 
     name = optimization.SchedulerType(training_args.lr_scheduler_type)
@@ -71,15 +88,10 @@ def schedule_arguments(training_args: TrainingArguments, optimizer: Any) -> dict
         optimization.get_scheduler(
             name,
             optimizer,
-            num_warmup_steps=training_args.get_warmup_steps(_PROBE_STEPS),
-            num_training_steps=_PROBE_STEPS,
+            num_warmup_steps=training_args.get_warmup_steps(steps),
+            num_training_steps=steps,
             scheduler_specific_kwargs=dict(training_args.lr_scheduler_kwargs or {}),
         )
-    except TypeError as err:  # a --lr_scheduler_kwargs key the schedule function does not take
-        raise ValueError(
-            f"--lr_scheduler_kwargs {training_args.lr_scheduler_kwargs} is not accepted by --lr_scheduler_type "
-            f"{name.value} ({err}); it reads {_parameters(original)}"
-        ) from None
     finally:
         optimization.TYPE_TO_SCHEDULER_FUNCTION[name] = original
     return received
@@ -109,10 +121,10 @@ def check_options_applied(training_args: TrainingArguments, given: frozenset[str
     optim = str(getattr(training_args.optim, "value", training_args.optim))
     if optim.startswith(_NEEDS_MODEL):
         return  # built from the model's modules (optim_target_modules): not comparable on a throwaway parameter
-    try:
-        optimizer_cls, kwargs, defaults = optimizer_built_from(training_args)
-    except ImportError:
-        return  # a package the optimizer needs is missing: checks.check_options_take_effect refuses that
+    built_from = optimizer_built_from(training_args)
+    if built_from is None:
+        return  # a package the optimizer needs is missing (checks.check_options_take_effect refuses that)
+    optimizer_cls, kwargs, defaults = built_from
     import torch
 
     built = f"--optim {optim} ({optimizer_cls.__name__} reads {_reads(defaults)})"
@@ -144,11 +156,17 @@ def check_options_applied(training_args: TrainingArguments, given: frozenset[str
     if not (set(given) & {*_SCHEDULE_OPTIONS, "lr_scheduler_type"}):
         return
     optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=training_args.learning_rate)
-    received = schedule_arguments(training_args, optimizer)
     schedule = str(getattr(training_args.lr_scheduler_type, "value", training_args.lr_scheduler_type))
     from transformers import optimization
 
     reads = _parameters(optimization.TYPE_TO_SCHEDULER_FUNCTION[optimization.SchedulerType(schedule)])
+    try:
+        received = schedule_arguments(training_args, optimizer)
+    except TypeError as err:  # a --lr_scheduler_kwargs key the schedule function does not take
+        raise ValueError(
+            f"--lr_scheduler_kwargs {training_args.lr_scheduler_kwargs} is not accepted by --lr_scheduler_type "
+            f"{schedule} ({err}); it reads {reads}"
+        ) from None
     if "warmup_steps" in given and training_args.warmup_steps and "num_warmup_steps" not in received:
         raise ValueError(
             f"--warmup_steps {training_args.warmup_steps} is not used by --lr_scheduler_type {schedule} (it reads "

@@ -489,32 +489,10 @@ def _first_line(err: BaseException) -> str:
     return f"{type(err).__name__}: {text[0] if text else ''}".rstrip(": ")
 
 
-def _check_optimizer(training_args: TrainingArguments) -> None:
-    """Build ``--optim`` with ``--optim_args`` on one dummy parameter, as Trainer does when training starts, and turn
-    whatever it raises into one line naming the options. (Keys of ``--optim_args`` the optimizer would not read are
-    refused by :func:`hf_tvd_loss.tasks.applied.check_options_applied`.)"""
-    from transformers import Trainer
-
-    optim = str(getattr(training_args.optim, "value", training_args.optim))
-    options = f"--optim {optim}" + (f" --optim_args {training_args.optim_args!r}" if training_args.optim_args else "")
-    try:
-        optimizer_cls, optimizer_kwargs = Trainer.get_optimizer_cls_and_kwargs(training_args)
-    except ImportError:
-        return  # a package an --optim needs: check_options_take_effect names it
-    except Exception as err:  # noqa: BLE001  # transformers raises many types for bad --optim_args
-        raise ValueError(f"{options}: {_first_line(err)}") from None
-    if not isinstance(optimizer_cls, type) or not issubclass(optimizer_cls, torch.optim.Optimizer):
-        return  # a factory (layer-wise, GaLore targets): built on the real model only
-    try:
-        optimizer_cls([torch.nn.Parameter(torch.zeros(2))], **optimizer_kwargs)
-    except Exception as err:  # noqa: BLE001
-        raise ValueError(f"{options}: {_first_line(err)}") from None
-
-
 def _check_scheduler(training_args: TrainingArguments) -> None:
     """Build ``--lr_scheduler_type`` with ``--lr_scheduler_kwargs`` on a dummy optimizer, as Trainer does when
     training starts (with this run's max_steps, or 100 steps when they depend on the data)."""
-    from transformers.optimization import get_scheduler
+    from .applied import schedule_arguments
 
     name = str(getattr(training_args.lr_scheduler_type, "value", training_args.lr_scheduler_type))
     kwargs = training_args.lr_scheduler_kwargs
@@ -532,8 +510,7 @@ def _check_scheduler(training_args: TrainingArguments) -> None:
     steps = training_args.max_steps if training_args.max_steps > 0 else 100
     optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=float(training_args.learning_rate))
     try:
-        get_scheduler(name, optimizer=optimizer, num_warmup_steps=training_args.get_warmup_steps(steps),
-                      num_training_steps=steps, scheduler_specific_kwargs=kwargs or {})  # fmt: skip
+        schedule_arguments(training_args, optimizer, steps)  # the one builder of the schedule at check time
     except Exception as err:  # noqa: BLE001  # TypeError for unknown keywords, ValueError for bad values, ...
         given = f" --lr_scheduler_kwargs {json.dumps(kwargs)}" if kwargs else ""
         raise ValueError(f"--lr_scheduler_type {name}{given}: {_first_line(err)}") from None
@@ -546,7 +523,9 @@ def check_configured_objects(training_args: TrainingArguments) -> None:
     checked by :func:`check_model_config`, once the config is resolved."""
     if not training_args.do_train:
         return
-    _check_optimizer(training_args)
+    from .applied import optimizer_built_from
+
+    optimizer_built_from(training_args)  # the one builder of the optimizer at check time (also for applied.py)
     _check_scheduler(training_args)
 
 
