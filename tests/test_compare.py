@@ -247,6 +247,9 @@ def test_task_options_the_study_sets_per_run_are_refused(tmp_path, capsys):
         script.main(["--losses", "ce", "--report_dir", str(tmp_path / "r"), "--", "--num_train_epochs", "1",
                      "--num_train_epochs", "2"])  # fmt: skip
     assert "num_train_epochs: --num_train_epochs is given more than once" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # named before any run's process starts
+        script.main(["--losses", "ce", "--report_dir", str(tmp_path / "r"), "--", "--num_train_epoch", "1"])
+    assert "unknown option(s) --num_train_epoch (did you mean --num_train_epochs?)" in capsys.readouterr().err
     assert not os.path.exists(tmp_path / "r")
 
 

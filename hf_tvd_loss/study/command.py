@@ -210,7 +210,9 @@ def main(argv: Sequence[str] | None = None, prog: str = PROG) -> str:
         if isinstance(task_args, dict):
             task_args = [item for key, value in task_args.items() for item in (f"--{key}", str(value))]
         # options after `--` override the study's (the task parser refuses an option given twice)
-        task_args = get_task(task).build_parser().merge_args(task_args, task_extra)
+        task_parser = get_task(task).build_parser()
+        task_args = task_parser.merge_args(task_args, task_extra)
+        task_parser.check_option_names(task_args)  # named here, not by the first run's worker process
         check_shared_task_args(task, task_args)
         baselines = config.get("baselines", ["ce"])
         jobs = args.jobs or int(config.get("jobs", 2 if (os.cpu_count() or 1) >= 2 else 1))

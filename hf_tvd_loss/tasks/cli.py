@@ -365,6 +365,19 @@ class YamlArgumentParser(HfArgumentParser):
                 + "; run with --help for the list of options"
             )
 
+    def check_option_names(self, args: Sequence[str]) -> None:
+        """Refuse (``ValueError``) an option given twice or one no dataclass has, without parsing values: for a caller
+        that passes ``args`` on to processes that parse them later (the loss study's runs), so that such a mistake
+        is named before any of them starts."""
+        self._refuse_repeated_options(args)
+        unknown = []
+        for arg in args:
+            if arg == "--":
+                break
+            if arg.startswith("--") and arg.split("=", 1)[0] not in self._option_string_actions:
+                unknown.append(arg)
+        self._refuse_unknown_options(unknown)
+
     def _refuse_repeated_options(self, args: Sequence[str]) -> None:
         """argparse keeps the last of repeated options; a long command line edited by hand (or built by a script
         appending overrides) then runs with a value its author may not have meant. Refuse instead, naming both."""
