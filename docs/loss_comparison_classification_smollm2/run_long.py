@@ -24,8 +24,8 @@ stages = [
     ["--losses", "ce", "--seeds", "0", "--noise_rates", "0.4"],  # does cross-entropy fit the noisy labels?
     ["--losses", *CORE, "--seeds", "0", *NOISY],
     ["--losses", *CORE, "--seeds", "0", "1", *NOISY],
-    "tune",  # tune.py: tuned γ-CE against tuned cross-entropy (6 epochs, 40 % noise), in this process (one cache)
     ["--losses", *CORE, "--seeds", "0", "1", "2", *NOISY],
+    "tune",  # tune.py: tuned γ-CE against tuned cross-entropy (6 epochs, 40 % noise), in this process (one cache)
     ["--losses", *CORE, "--seeds", "0", "1", "2", "--clean_seeds", "0", "--noise_rates", "0.4"],
     ["--losses", *CORE, "--seeds", "0", "1", "2", "--noise_rates", "0.4"],
     ["--losses", *MORE, "--seeds", "0", "1", "2", "--clean_seeds", "0", "--noise_rates", "0.4"],

@@ -1,16 +1,19 @@
 """Tuned γ-CE against tuned cross-entropy at 40 % symmetric label noise (SmolLM2-135M-Instruct on Bible genres).
 
 With the budget of the first study (classification_smollm2_bible.yaml: 6 epochs, 29 of 30 blocks frozen, their
-outputs cached), ``Trainer.hyperparameter_search`` (optuna, TPE sampler seeded 0) picks, on the clean validation
-split (objective ``eval_accuracy``, ``metric_for_best_model=accuracy``), with the same number of trials each:
+outputs cached), ``Trainer.hyperparameter_search`` (optuna, a grid: every point once) chooses on the clean
+validation split (objective ``eval_accuracy``, ``metric_for_best_model=accuracy``), with the same number of trials
+(5) each:
 
-* cross-entropy: the learning rate (1e-4 to 3e-3, log scale);
-* γ-CE: γ (0.05 to 0.9), the floor b (0 or 0.2) and the learning rate (same range).
+1. cross-entropy: the learning rate, from 1e-4, 2e-4, 4e-4, 8e-4, 1.6e-3;
+2. γ-CE, at the learning rate cross-entropy chose: γ and the floor b, from γ 0.1, 0.3, 0.5, 0.8 with b 0 and
+   γ 0.5 with TaiLr's b 0.2.
 
-Every trial trains on the training labels with seed 0's 40 % symmetric noise (the study's noise for seed 0) from a
-fresh model (head initialised under seed 0). The two winners are then trained with seeds 0-2 through the study
-(noise 0.4; one clean run each, seed 0) and compared on the clean test split. From the repository root, after the
-set-up in classification_smollm2_bible.yaml:
+(Sequential on purpose: five trials cannot cover a three-dimensional space, and the loss's own parameters are what
+is compared; γ-CE gets no learning-rate trials of its own.) Every trial trains on the training labels with seed 0's
+40 % symmetric noise (the study's noise for seed 0) from a fresh model (head initialised under seed 0). The two
+winners are then trained with seeds 0-2 through the study (noisy runs only) and compared on the clean test split.
+From the repository root, after the set-up in classification_smollm2_bible.yaml:
 
     nohup nice -n 10 python docs/loss_comparison_classification_smollm2/tune.py > reports/cls_smollm2_tune.log 2>&1 &
 
@@ -39,28 +42,28 @@ from hf_tvd_loss.tasks.run import build, prepare  # noqa: E402
 
 CONFIG = "configs/compare/classification_smollm2_bible.yaml"
 OUT = os.path.join("reports", "tune_smollm2_bible")
-NOISE, SEED, TRIALS = 0.4, 0, 5
-LR = (1e-4, 3e-3)
+NOISE, SEED = 0.4, 0
+RATES = [1e-4, 2e-4, 4e-4, 8e-4, 1.6e-3]
+SETTINGS = {"gamma0.1": (0.1, 0.0), "gamma0.3": (0.3, 0.0), "gamma0.5": (0.5, 0.0), "gamma0.8": (0.8, 0.0),
+            "gamma0.5b0.2": (0.5, 0.2)}  # fmt: skip
 
 
-def spaces() -> dict[str, object]:
-    return {
-        "ce": lambda t: {"learning_rate": t.suggest_float("learning_rate", *LR, log=True)},
-        "gamma": lambda t: {
-            "gamma": t.suggest_float("gamma", 0.05, 0.9),
-            "min_weight": t.suggest_categorical("min_weight", [0.0, 0.2]),
-            "learning_rate": t.suggest_float("learning_rate", *LR, log=True),
-        },
-    }
+def ce_space(trial: optuna.Trial) -> dict[str, float]:
+    return {"learning_rate": trial.suggest_categorical("learning_rate", RATES)}
 
 
-def search(name: str, space: object, base_loss: list[str]) -> dict[str, object]:
+def gamma_space(trial: optuna.Trial) -> dict[str, float]:
+    gamma, floor = SETTINGS[trial.suggest_categorical("setting", list(SETTINGS))]
+    return {"gamma": gamma, "min_weight": floor}
+
+
+def search(name: str, space: object, grid: dict[str, list], overrides: dict[str, object]) -> dict[str, object]:
     with open(CONFIG, encoding="utf-8") as handle:
         config = yaml.safe_load(handle)
-    options = {**config["task_args"], "do_predict": False, "metric_for_best_model": "accuracy"}
+    options = {**config["task_args"], "do_predict": False, "metric_for_best_model": "accuracy", **overrides}
     del options["test_file"]  # the search never sees the test split
     argv = [item for key, value in options.items() for item in (f"--{key}", str(value))]
-    argv += ["--output_dir", os.path.join(OUT, name), "--seed", str(SEED), *base_loss]
+    argv += ["--output_dir", os.path.join(OUT, name), "--seed", str(SEED)]
     task = get_task("classification")
     prepared = prepare(task, argv)
     built = build(prepared)
@@ -83,7 +86,8 @@ def search(name: str, space: object, base_loss: list[str]) -> dict[str, object]:
     )  # fmt: skip
     storage = f"sqlite:///{os.path.join(OUT, name)}.db"  # every trial recorded by optuna
     best = trainer.hyperparameter_search(
-        hp_space=space, n_trials=TRIALS, backend="optuna", sampler=optuna.samplers.TPESampler(seed=SEED),
+        hp_space=space, n_trials=len(next(iter(grid.values()))), backend="optuna",
+        sampler=optuna.samplers.GridSampler(grid, seed=SEED),
         study_name=name, storage=storage,
     )  # fmt: skip
     trials = optuna.load_study(study_name=name, storage=storage).trials
@@ -99,18 +103,20 @@ def main() -> None:
     if os.path.exists(path):
         with open(path, encoding="utf-8") as handle:
             found = json.load(handle)
-    for name, base in (("ce", ["--gamma", "0", "--min_weight", "0"]), ("gamma", [])):
+    searches = (("ce", ce_space, {"learning_rate": RATES}, {"gamma": 0, "min_weight": 0}),
+                ("gamma", gamma_space, {"setting": list(SETTINGS)}, None))  # fmt: skip
+    for name, space, grid, overrides in searches:
         if name not in found:
-            found[name] = search(name, spaces()[name], base)
+            if overrides is None:  # γ-CE at the learning rate cross-entropy chose
+                overrides = {"learning_rate": found["ce"]["best"]["learning_rate"]}
+            found[name] = search(name, space, grid, overrides)
             with open(path, "w", encoding="utf-8") as handle:
                 json.dump(found, handle, indent=1)
         print(f"{name}: best {found[name]['best']} (validation accuracy {found[name]['objective']:.4f})", flush=True)
-    ce, gm = found["ce"]["best"], found["gamma"]["best"]
-    losses = [
-        f"ce,learning_rate={ce['learning_rate']:.2e}",
-        f"gamma{gm['gamma']:.2f}b{gm['min_weight']:g},learning_rate={gm['learning_rate']:.2e}",
-    ]
-    study(["--study_config", CONFIG, "--losses", *losses, "--seeds", "0", "1", "2", "--clean_seeds", "0",
+    rate = found["ce"]["best"]["learning_rate"]
+    gamma, floor = SETTINGS[found["gamma"]["best"]["setting"]]
+    losses = [f"ce,learning_rate={rate:g}", f"gamma{gamma:g}b{floor:g},learning_rate={rate:g}"]
+    study(["--study_config", CONFIG, "--losses", *losses, "--seeds", "0", "1", "2", "--clean_seeds",
            "--noise_rates", str(NOISE), "--report_dir", "reports/compare_classification_smollm2_bible_tuned"],
           prog="python -m hf_tvd_loss compare")  # fmt: skip
 
