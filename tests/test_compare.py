@@ -250,6 +250,10 @@ def test_task_options_the_study_sets_per_run_are_refused(tmp_path, capsys):
     with pytest.raises(SystemExit):  # named before any run's process starts
         script.main(["--losses", "ce", "--report_dir", str(tmp_path / "r"), "--", "--num_train_epoch", "1"])
     assert "unknown option(s) --num_train_epoch (did you mean --num_train_epochs?)" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # a baseline must be one of the losses run
+        script.main(["--losses", "ce,learning_rate=0.0002", "gamma0.3", "--baselines", "ce", "--report_dir",
+                     str(tmp_path / "r")])  # fmt: skip
+    assert "--baselines ['ce'] are not among --losses" in capsys.readouterr().err
     assert not os.path.exists(tmp_path / "r")
 
 

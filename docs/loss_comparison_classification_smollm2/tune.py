@@ -116,7 +116,8 @@ def main() -> None:
     rate = found["ce"]["best"]["learning_rate"]
     gamma, floor = SETTINGS[found["gamma"]["best"]["setting"]]
     losses = [f"ce,learning_rate={rate:g}", f"gamma{gamma:g}b{floor:g},learning_rate={rate:g}"]
-    study(["--study_config", CONFIG, "--losses", *losses, "--seeds", "0", "1", "2", "--clean_seeds",
+    study(["--study_config", CONFIG, "--losses", *losses, "--baselines", losses[0], "--seeds", "0", "1", "2",
+           "--clean_seeds",
            "--noise_rates", str(NOISE), "--report_dir", "reports/compare_classification_smollm2_bible_tuned"],
           prog="python -m hf_tvd_loss compare")  # fmt: skip
 

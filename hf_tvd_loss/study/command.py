@@ -127,6 +127,9 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
                         "The test split is always clean.")  # fmt: skip
     parser.add_argument("--noise_losses", nargs="+", default=None,
                         help=f"Losses also run with label noise (default: {' '.join(DEFAULT_NOISE_LOSSES)}; 'all').")  # fmt: skip
+    parser.add_argument("--baselines", nargs="+", default=None,
+                        help="Losses every other loss is compared with, paired by seed (default: ce), e.g. a tuned "
+                        "'ce,learning_rate=0.0002'.")  # fmt: skip
     parser.add_argument("--report_dir", default=None, help="Report folder (default: reports/compare_<task>).")
     parser.add_argument("--jobs", type=int, default=None,
                         help="Runs trained at once, in separate processes (default: 2 on a machine with 2 or more CPU "
@@ -214,7 +217,10 @@ def main(argv: Sequence[str] | None = None, prog: str = PROG) -> str:
         task_args = task_parser.merge_args(task_args, task_extra)
         task_parser.check_option_names(task_args)  # named here, not by the first run's worker process
         check_shared_task_args(task, task_args)
-        baselines = config.get("baselines", ["ce"])
+        baselines = args.baselines or config.get("baselines", ["ce"])
+        unknown = [b for b in baselines if b not in names]
+        if args.baselines and unknown:
+            raise ValueError(f"--baselines {unknown} are not among --losses {names}")
         jobs = args.jobs or int(config.get("jobs", 2 if (os.cpu_count() or 1) >= 2 else 1))
         if jobs < 1:
             raise ValueError(f"--jobs must be at least 1, got {jobs}")
