@@ -253,7 +253,15 @@ def test_task_options_the_study_sets_per_run_are_refused(tmp_path, capsys):
     with pytest.raises(SystemExit):  # a baseline must be one of the losses run
         script.main(["--losses", "ce,learning_rate=0.0002", "gamma0.3", "--baselines", "ce", "--report_dir",
                      str(tmp_path / "r")])  # fmt: skip
-    assert "--baselines ['ce'] are not among --losses" in capsys.readouterr().err
+    assert "baselines ['ce'] are not among the losses" in capsys.readouterr().err
+    # the same from a study config that lists its losses; a malformed value is named too
+    for baselines, named in (("[ce]", "baselines ['ce'] are not among the losses"),
+                             ("ce", "baselines must be a list of loss names, got 'ce'")):  # fmt: skip
+        config = tmp_path / "study.yaml"
+        config.write_text(f"losses: [gamma0.3, ls0.1]\nbaselines: {baselines}\nreport_dir: {tmp_path / 'r'}\n")
+        with pytest.raises(SystemExit):
+            script.main(["--study_config", str(config)])
+        assert named in capsys.readouterr().err
     assert not os.path.exists(tmp_path / "r")
 
 

@@ -4,6 +4,9 @@ finished run. The frozen blocks' outputs are loaded from the file prefix_cache.p
 the file is missing). From the repository root:
 
     nohup nice -n 10 python docs/loss_comparison_classification_smollm2/run_long.py > reports/cls_smollm2_long.log 2>&1 &
+
+A stage number as the argument starts there (earlier stages' runs are reused anyway; this skips their reports and the
+tuning's re-check).
 """
 
 import os
@@ -18,7 +21,7 @@ from hf_tvd_loss.study.command import main  # noqa: E402
 
 CONFIG = "configs/compare/classification_smollm2_bible_long.yaml"
 CORE = ["ce", "gamma0.5", "gce0.7"]
-MORE = ["ce", "gamma0.5", "gce0.7", "gamma0.5b0.2", "ls0.1"]
+MORE = [*CORE, "ls0.1", "focal2", "gamma0.5b0.2"]
 NOISY = ["--clean_seeds", "--noise_rates", "0.4"]  # the noisy runs only, seed by seed: noise is what it is about
 stages = [
     ["--losses", "ce", "--seeds", "0", "--noise_rates", "0.4"],  # does cross-entropy fit the noisy labels?
@@ -27,11 +30,15 @@ stages = [
     ["--losses", *CORE, "--seeds", "0", "1", "2", *NOISY],
     "tune",  # tune.py: tuned γ-CE against tuned cross-entropy (6 epochs, 40 % noise), in this process (one cache)
     ["--losses", *CORE, "--seeds", "0", "1", "2", "--clean_seeds", "0", "--noise_rates", "0.4"],
-    ["--losses", *CORE, "--seeds", "0", "1", "2", "--noise_rates", "0.4"],
+    ["--losses", *MORE, "--seeds", "0", "1", "2", *NOISY],  # the rest of the loss grid at 40 % noise
     ["--losses", *MORE, "--seeds", "0", "1", "2", "--clean_seeds", "0", "--noise_rates", "0.4"],
+    ["--losses", *CORE, "--seeds", "0", "1", "2", "--noise_rates", "0.4"],
 ]
+first = int(sys.argv[1]) if len(sys.argv) > 1 else 1
 print(f"cache: {prefix_cache.load()} examples loaded", flush=True)
 for i, stage in enumerate(stages, 1):
+    if i < first:
+        continue
     shown = stage if isinstance(stage, str) else " ".join(stage)
     print(f"=== stage {i} {time.strftime('%H:%M:%S')}: {shown}", flush=True)
     try:

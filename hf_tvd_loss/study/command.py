@@ -218,9 +218,13 @@ def main(argv: Sequence[str] | None = None, prog: str = PROG) -> str:
         task_parser.check_option_names(task_args)  # named here, not by the first run's worker process
         check_shared_task_args(task, task_args)
         baselines = args.baselines or config.get("baselines", ["ce"])
+        if not (isinstance(baselines, list) and baselines and all(isinstance(b, str) for b in baselines)):
+            raise ValueError(f"baselines must be a list of loss names, got {baselines!r}")
         unknown = [b for b in baselines if b not in names]
-        if args.baselines and unknown:
-            raise ValueError(f"--baselines {unknown} are not among --losses {names}")
+        if unknown and (args.baselines or ("baselines" in config and not args.losses)):
+            # asked for (here or in the config that also lists the losses); a config's baselines are narrowed to the
+            # losses chosen on the command line, as its noise losses are
+            raise ValueError(f"baselines {unknown} are not among the losses {names}")
         jobs = args.jobs or int(config.get("jobs", 2 if (os.cpu_count() or 1) >= 2 else 1))
         if jobs < 1:
             raise ValueError(f"--jobs must be at least 1, got {jobs}")

@@ -245,11 +245,11 @@ SECONDARY_METRICS = [
     "eval_rouge2",
 ]  # reported (and compared) beside the task metric when the runs have them
 # metrics compared with the baseline: (higher is better, digits)
-INTERVAL_METRICS = {"test_accuracy": (True, 4), "test_macro_f1": (True, 4), "test_nll": (False, 4),
-                    "test_ece": (False, 4), "test_nll_ts": (False, 4), "test_ece_ts": (False, 4),
-                    "selected_test_accuracy": (True, 4), "selected_test_macro_f1": (True, 4),
-                    "selected_test_nll_ts": (False, 4), "selected_test_ece": (False, 4),
-                    "selected_test_ece_ts": (False, 4),
+_TEST_METRICS = {"test_accuracy": (True, 4), "test_macro_f1": (True, 4), "test_nll": (False, 4),
+                 "test_ece": (False, 4), "test_nll_ts": (False, 4), "test_ece_ts": (False, 4)}  # fmt: skip
+INTERVAL_METRICS = {**_TEST_METRICS,
+                    # the same for the model selected on validation (study.classification.ValidationSelection)
+                    **{f"selected_{m}": v for m, v in _TEST_METRICS.items()},
                     "eval_bleu": (True, 2), "eval_chrf": (True, 2), "eval_rougeL": (True, 2), "eval_rouge1": (True, 2),
                     "eval_rouge2": (True, 2), "eval_nll": (False, 3),
                     "eval_perplexity": (False, 2), "eval_ece": (False, 4), "eval_token_accuracy": (True, 4),
