@@ -23,6 +23,7 @@ CONFIG = "configs/compare/classification_smollm2_bible_long.yaml"
 CORE = ["ce", "gamma0.5", "gce0.7"]
 MORE = [*CORE, "ls0.1", "focal2", "gamma0.5b0.2"]
 NOISY = ["--clean_seeds", "--noise_rates", "0.4"]  # the noisy runs only, seed by seed: noise is what it is about
+SHORT = ["--study_config", "configs/compare/classification_smollm2_bible.yaml"]  # 6a's budget (6 epochs at 3e-4)
 stages = [
     ["--losses", "ce", "--seeds", "0", "--noise_rates", "0.4"],  # does cross-entropy fit the noisy labels?
     ["--losses", *CORE, "--seeds", "0", *NOISY],
@@ -31,6 +32,8 @@ stages = [
     "tune",  # tune.py: tuned γ-CE against tuned cross-entropy (6 epochs, 40 % noise), in this process (one cache)
     ["--losses", *CORE, "--seeds", "0", "1", "2", "--clean_seeds", "0", "--noise_rates", "0.4"],
     ["--losses", *MORE, "--seeds", "0", "1", "2", *NOISY],  # the rest of the loss grid at 40 % noise
+    # the short budget's noise curve: 0, 20 and 40 %, 3 seeds (its report folder, reports/compare_..._bible)
+    [*SHORT, "--losses", *CORE, "--seeds", "0", "1", "2", "--noise_rates", "0.2", "0.4"],
     ["--losses", *MORE, "--seeds", "0", "1", "2", "--clean_seeds", "0", "--noise_rates", "0.4"],
     ["--losses", *CORE, "--seeds", "0", "1", "2", "--noise_rates", "0.4"],
 ]
@@ -45,7 +48,8 @@ for i, stage in enumerate(stages, 1):
         if stage == "tune":
             tune.main()
         else:
-            main(["--study_config", CONFIG, *stage], prog="python -m hf_tvd_loss compare")
+            config = [] if stage[0] == "--study_config" else ["--study_config", CONFIG]
+            main([*config, *stage], prog="python -m hf_tvd_loss compare")
     except SystemExit as err:
         print(f"stage {i} exited {err.code}", flush=True)
         sys.exit(1)
