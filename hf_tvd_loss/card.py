@@ -65,7 +65,7 @@ def loss_section(tvd: TVDArguments, rule: TokenWeightRule | None = None) -> list
         return [
             _SECTION, "",
             f"Trained with a token-weighted cross-entropy whose per-token weight rule is `{rule.name or 'custom'}` "
-            "(`hf_tvd_loss.TokenWeightRule`): per target token with probability p, "
+            "(`hf_tvd_loss.TokenWeightRule`): per target (a token, or a classifier's class label) with probability p, "
             "`loss = (1-ε)·w(p)·(-log p) + (ε/V)·Σ_v(-log p_v)`.", "",
             "| setting | value |", "|---|---|",
             f"| weight rule | {rule.name or 'custom'} |",
@@ -77,7 +77,7 @@ def loss_section(tvd: TVDArguments, rule: TokenWeightRule | None = None) -> list
         "",
         f"Trained with {loss_name(tvd)}. Token-level γ-cross-entropy is from TaiLr (Ji et al., *Tailoring Language "
         "Generation Models under Total Variation Distance*, ICLR 2023), as implemented by `hf_tvd_loss`: per target "
-        "token with probability p, `loss = (1-ε)·w·(-log p) + (ε/V)·Σ_v(-log p_v)` with "
+        "(a token, or a classifier's class label) with probability p, `loss = (1-ε)·w·(-log p) + (ε/V)·Σ_v(-log p_v)` with "
         "`w = clamp(p / (γ + (1-γ)p), b, 1)` (no gradient through w); γ = 0 is cross-entropy."
         + (" This model used the focal-loss baseline instead (γ and b unused)." if focal else "")
         + (

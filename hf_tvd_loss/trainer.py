@@ -599,6 +599,7 @@ class TVDLossMixin:
             except ValueError as exc:
                 raise ValueError(f"loss_impl='chunked' cannot be used: {exc}") from exc
         self._tvd_refuse_dropped_loss_weights()
+        self._tvd_refuse_float_class_labels()
         self._tvd_sums = dict.fromkeys(_MODES)
         self._tvd_sequences = dict.fromkeys(_MODES)
         return super().train(*args, **kwargs)
@@ -610,6 +611,22 @@ class TVDLossMixin:
 
         if isinstance(self.data_collator, WithLossWeights):
             self.data_collator.loss_reader = type(self).__name__
+
+    def _tvd_refuse_float_class_labels(self) -> None:
+        """A classifier's training data whose label column holds floats (regression targets, or class ids written as
+        2.0) is refused before training, naming the column; the loss would refuse its first batch."""
+        features = getattr(self.train_dataset, "features", None)
+        if not isinstance(features, Mapping) or self.model is None or not label_layout(self.model).classification:
+            return
+        for column in ("labels", "label", "label_ids"):
+            dtype = getattr(features.get(column), "dtype", None)
+            if isinstance(dtype, str) and dtype.startswith("float"):
+                raise ValueError(
+                    f"the training data's {column!r} column holds floats ({dtype}), and "
+                    f"{model_class_name(unwrap_model(self.model))} is a classifier: its labels are class ids, "
+                    "integers 0..num_labels-1 (cast the column, e.g. dataset.cast_column(name, Value('int64'))); "
+                    "float targets are regression, which γ-CE, a loss over classes, does not train"
+                )
 
     def _tvd_refuse_dropped_loss_weights(self) -> None:
         """A ``loss_weights`` column that the data collator would not put into the batch (e.g. TRL's or the stock

@@ -1293,9 +1293,9 @@ CASES: list[Case] = [
         "cls-float-labels",
         "data",
         _cls_files([{"sentence": f"x {i}", "label": i / 10} for i in range(12)]),
-        "row 1",
+        "row 2",  # the first label with a fraction (row 1 is 0.0)
         "label",
-        "0.0",
+        "0.1",
         "regression",
     ),
     _c("cls-null-label", "data", _cls_files([*_cls_rows(12), {"sentence": "x", "label": None}]), "row 13", "null"),

@@ -109,6 +109,24 @@ GOOD = [{"sentence": f"text number {i}", "label": ["a", "b"][i % 2]} for i in ra
             r"row 1: the label .* is a number with a fraction, 0.5.*regression",
         ),
         (
+            "one float among integers (JSON reads the column as floats): its row",
+            {
+                "train": [
+                    *[{"sentence": f"t {i}", "label": i % 2} for i in range(7)],
+                    {"sentence": "x", "label": 1.5},
+                ],
+                "validation": GOOD,
+            },
+            (),
+            r"row 8: the label .* is a number with a fraction, 1.5",
+        ),
+        (
+            "texts in training, integers in validation",
+            {"train": GOOD, "validation": [{"sentence": "x", "label": 0}]},
+            (),
+            r"validation data's labels .* are integers \(0 at row 1\) and the training data's are texts",
+        ),
+        (
             "null label",
             {"train": [*GOOD, {"sentence": "x", "label": None}], "validation": GOOD},
             (),
@@ -161,6 +179,37 @@ GOOD = [{"sentence": f"text number {i}", "label": ["a", "b"][i % 2]} for i in ra
 )
 def test_bad_data_is_refused_before_work(tmp_path, case, rows, extra, message):
     assert re.search(message, _refusal(tmp_path, rows, extra)), case
+
+
+def _csv(path, rows):
+    import csv
+
+    with open(path, "w", encoding="utf-8", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return str(path)
+
+
+def test_a_label_is_the_same_class_in_csv_and_json(tmp_path):
+    """A CSV cell is text: integer labels in a CSV file are the integers of a JSON file (numeric order, so 10 is class
+    10, not the third of '0', '1', '10', ...); numbers with a fraction are refused as JSON's floats are, naming the
+    row."""
+    rows = [{"review": f"text number {i}", "category": i % 12} for i in range(36)]
+    options = ["--text_column_names", "review", "--label_column_name", "category", "--do_predict", "false"]
+    prepared = prepare(get_task("classification"), [*QUICK, *options, "--train_file", _csv(tmp_path / "t.csv", rows),
+                       "--validation_file", _jsonl(tmp_path / "v.jsonl", rows[:12]), "--output_dir",
+                       str(tmp_path / "o")])  # fmt: skip
+    assert prepared.config.id2label == {i: str(i) for i in range(12)}
+    task = prepared.task
+    assert [task.labels.id_of(v) for v in ("10", 10, "0", 3)] == [10, 10, 0, 3]
+    for labels, message in (([0.0, 1.0, 2.0, 3.0] * 3, r"row 1: the label .* is '0.0', and every label"),
+                            ([*range(4)] * 2 + [1.5], r"row 9: the label .* is '1.5', and every label")):  # fmt: skip
+        bad = [{"review": f"t {i}", "category": label} for i, label in enumerate(labels)]
+        with pytest.raises(ValueError, match=message):
+            prepare(get_task("classification"), [*QUICK, *options, "--train_file", _csv(tmp_path / "b.csv", bad),
+                    "--output_dir", str(tmp_path / "b")])  # fmt: skip
+        assert not (tmp_path / "b").exists()
 
 
 def test_empty_texts_are_dropped_and_counted(tmp_path):

@@ -221,6 +221,15 @@ def test_classifiers_gamma_ce_cannot_train_are_refused_before_training(tmp_path)
     batch = collator("bert_cls")(list(tiny_dataset("bert_cls", n=2)))
     with pytest.raises(ValueError, match="labels must be an integer tensor"):  # float (regression) labels
         trainer.compute_loss(trainer.model, {**batch, "labels": batch["labels"].float()})
+    # a datasets column of float labels is named at train(), before any step
+    from datasets import Dataset
+
+    rows = [{"input_ids": [1, 2, 3], "labels": float(i % 2)} for i in range(4)]
+    trainer = TVDTrainer(model=tiny_model("bert_cls"), args=_args(tmp_path, max_steps=1),
+                         train_dataset=Dataset.from_list(rows), tvd_args=TVDArguments())  # fmt: skip
+    with pytest.raises(ValueError, match="'labels' column holds floats \\(float64\\).*is a classifier"):
+        trainer.train()
+    assert trainer.state.global_step == 0
 
 
 def test_a_custom_weight_rule_on_a_classifier(tmp_path):

@@ -3,7 +3,9 @@
 The options follow transformers' ``run_classification.py``: ``--text_column_names`` (one column, or two for sentence
 pairs, given to the tokenizer as a pair), ``--label_column_name``, ``--max_seq_length``. Labels, strings or
 integers, are mapped to class ids once, from the training split (sorted; integers that already are ``0..C-1`` keep
-their ids), and saved as the model's ``id2label`` / ``label2id``. Evaluation reports accuracy, NLL, ECE and mean
+their ids), and saved as the model's ``id2label`` / ``label2id``. A label is the same class whatever the file format:
+a split whose labels are all integers written as text (a CSV cell is text) holds integers, and numbers with a fraction
+are refused in text as in JSON. Evaluation reports accuracy, NLL, ECE and mean
 confidence (computed by the γ-CE evaluation loss itself, exact over the split and all processes) and macro-F1;
 ``--do_predict`` writes ``predictions.jsonl`` with label names.
 
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -72,6 +75,12 @@ class LabelMap:
     names: tuple[str, ...]
     ids: Mapping[Any, int]
 
+    def id_of(self, value: Any) -> int:
+        """The class id of a label as a split holds it: an integer written as text (a CSV cell) is that integer."""
+        if isinstance(value, str) and _INTEGER_TEXT.fullmatch(value) and value not in self.ids:
+            return self.ids[int(value)]
+        return self.ids[value]
+
     def id2label(self) -> dict[int, str]:
         return dict(enumerate(self.names))
 
@@ -91,10 +100,27 @@ def _label_kind(value: Any) -> str:
     return type(value).__name__
 
 
+_INTEGER_TEXT = re.compile(r"-?(0|[1-9][0-9]*)")  # an integer as a CSV cell or a JSON string writes it
+_NUMBER_TEXT = re.compile(r"[-+]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][-+]?[0-9]+)?")
+
+
 def label_values(dataset: Dataset, column: str, where: str) -> list[Any]:
-    """The label column's values, checked: strings or integers, none null, one kind per split."""
+    """The label column's values, checked: strings or integers, none null, one kind per split.
+
+    A split whose labels are all integers written as text (every CSV cell is text) gives those integers, so that the
+    same labels are the same classes in a CSV file and in a JSON one (and sort as numbers); a split whose labels are
+    all numbers written as text, some of them not plain integers (``1.5``, ``2.0``), is refused as JSON's floats are.
+    """
     values = dataset[column]
     kinds: dict[str, int] = {}
+    floats = [(row, v) for row, v in enumerate(values, start=1) if isinstance(v, float) and not isinstance(v, bool)]
+    if floats:  # JSON reads a whole column as floats when one value has a fraction: name that value's row
+        row, value = next(((r, v) for r, v in floats if not v.is_integer()), floats[0])
+        raise ValueError(
+            f"{where}: row {row}: the label (column {column!r}, --label_column_name) is {_label_kind(value)}, "
+            f"{value!r}: a class label must be a text or an integer (regression targets: γ-CE is a loss over "
+            "classes; integer or text labels name classes)"
+        )
     for row, value in enumerate(values, start=1):
         if value is None:
             raise ValueError(f"{where}: row {row}: the label (column {column!r}, --label_column_name) is null")
@@ -102,16 +128,23 @@ def label_values(dataset: Dataset, column: str, where: str) -> list[Any]:
             raise ValueError(f"{where}: row {row}: the label (column {column!r}, --label_column_name) is empty")
         kind = _label_kind(value)
         if kind not in ("a text", "an integer"):
-            hint = (" (regression targets: γ-CE is a loss over classes; integer or text labels name classes)"
-                    if isinstance(value, float) else "")  # fmt: skip
             raise ValueError(
                 f"{where}: row {row}: the label (column {column!r}, --label_column_name) is {kind}, {value!r}: a "
-                f"class label must be a text or an integer{hint}"
+                "class label must be a text or an integer"
             )
         kinds.setdefault(kind, row)
     if len(kinds) > 1:
         rows = ", ".join(f"{kind} at row {row}" for kind, row in kinds.items())
         raise ValueError(f"{where}: the labels (column {column!r}) mix texts and integers ({rows}): use one kind")
+    if "a text" in kinds and all(_NUMBER_TEXT.fullmatch(v.strip()) for v in values):
+        if all(_INTEGER_TEXT.fullmatch(v) for v in values):
+            return [int(v) for v in values]  # integers written as text
+        row, value = next((r, v) for r, v in enumerate(values, start=1) if not _INTEGER_TEXT.fullmatch(v))
+        raise ValueError(
+            f"{where}: row {row}: the label (column {column!r}, --label_column_name) is {value!r}, and every label of "
+            "the split is a number: a class label must be an integer (0, 1, ...) or a name, not a number with a "
+            "fraction or an exponent (regression targets: γ-CE is a loss over classes)"
+        )
     return values
 
 
@@ -264,9 +297,10 @@ class ClassificationTask(Task[ClassificationDataArguments, TrainingArguments]):
         is given): ``num_labels`` / ``id2label`` / ``label2id`` on ``config``; evaluation or test labels never seen in
         training, and a pretrained classifier's classes that differ from the data's, are refused."""
         column = data_args.label_column_name
+        # every split's labels as classes (integers written as text are integers), checked
+        values = {split: label_values(dataset, column, f"the {split} data") for split, dataset in raw.items()}
         if "train" in raw:
-            values = label_values(raw["train"], column, "the train data")
-            labels = label_map_of(values, "the train data")
+            labels = label_map_of(values["train"], "the train data")
             names = getattr(raw["train"].features.get(column), "names", None)
             if names:  # a ClassLabel column (Hub datasets): its ids and names are the classes
                 missing = [name for i, name in enumerate(names) if i not in labels.ids]
@@ -277,17 +311,25 @@ class ClassificationTask(Task[ClassificationDataArguments, TrainingArguments]):
                         "class it never learns; add examples of it or drop it from the data"
                     )
                 labels = LabelMap(tuple(str(n) for n in names), {i: i for i in range(len(names))})
+            integers = isinstance(values["train"][0], int)
+            for split, held in values.items():
+                if isinstance(held[0], int) != integers:
+                    raise ValueError(
+                        f"the {split} data's labels (column {column!r}) are {'texts' if integers else 'integers'} "
+                        f"({held[0]!r} at row 1) and the training data's are {'integers' if integers else 'texts'} "
+                        f"({values['train'][0]!r} at row 1): write the classes the same way in every split"
+                    )
         elif not _is_placeholder_labels(config):  # evaluation only: the model's own classes
-            names = tuple(str(config.id2label[i]) for i in range(config.num_labels))
-            labels = LabelMap(names, {name: i for i, name in enumerate(names)})
-            labels = self._with_integer_ids(labels, raw, column)
+            model_names = tuple(str(config.id2label[i]) for i in range(config.num_labels))
+            labels = LabelMap(model_names, {name: i for i, name in enumerate(model_names)})
+            labels = self._with_integer_ids(labels, values)
         else:
             raise ValueError(
                 "without a training split the classes come from the model, but its config names none (id2label is "
                 "LABEL_0, LABEL_1, ...): give --train_file, or a model fine-tuned for these labels"
             )
-        for split, dataset in raw.items():
-            unseen = sorted({str(v) for v in dataset[column] if v not in labels.ids})
+        for split, held in values.items():
+            unseen = sorted({str(v) for v in held if v not in labels.ids})
             if unseen:
                 shown = ", ".join(repr(v) for v in unseen[:5]) + (" ..." if len(unseen) > 5 else "")
                 raise ValueError(
@@ -309,9 +351,9 @@ class ClassificationTask(Task[ClassificationDataArguments, TrainingArguments]):
         self.labels = labels
 
     @staticmethod
-    def _with_integer_ids(labels: LabelMap, raw: Mapping[str, Dataset], column: str) -> LabelMap:
+    def _with_integer_ids(labels: LabelMap, values: Mapping[str, list[Any]]) -> LabelMap:
         """A model's classes named by integers ``0..C-1``: data holding integer labels uses them as ids."""
-        first = next(iter(raw.values()))[column][0] if raw else None
+        first = next(iter(values.values()))[0] if values else None
         if isinstance(first, int) and not isinstance(first, bool):
             ids = {int(name): i for i, name in enumerate(labels.names) if name.lstrip("-").isdigit()}
             return LabelMap(labels.names, ids)
@@ -333,7 +375,7 @@ class ClassificationTask(Task[ClassificationDataArguments, TrainingArguments]):
         """Tokenise (pairs as pairs), map labels to ids; rows with a null or empty text are dropped (counted before,
         by ``data.check_rows``)."""
         assert self.labels is not None, "configure_config sets the classes first"
-        ids, columns = self.labels.ids, data_args.text_columns()
+        labels, columns = self.labels, data_args.text_columns()
 
         def tokenize(batch: dict[str, list[Any]]) -> dict[str, list[Any]]:
             texts = [batch[column] for column in columns]
@@ -341,7 +383,7 @@ class ClassificationTask(Task[ClassificationDataArguments, TrainingArguments]):
                     if all(isinstance(t[i], str) and not self.drops_text("", t[i]) for t in texts)]  # fmt: skip
             encoded = tokenizer(*[[t[i] for i in kept] for t in texts], max_length=data_args.max_seq_length,
                                 truncation=True)  # fmt: skip
-            encoded["labels"] = [ids[batch[data_args.label_column_name][i]] for i in kept]
+            encoded["labels"] = [labels.id_of(batch[data_args.label_column_name][i]) for i in kept]
             return dict(encoded)
 
         return dataset.map(
