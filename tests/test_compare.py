@@ -82,6 +82,12 @@ def test_plan_and_resumable_study(tmp_path):
     assert comparisons[("dft", 0.0)]["by_seeds"]["eval_bleu"]["n"] == 2
     assert comparisons[("dft", 0.0)]["by_seeds"]["eval_chrf"]["n"] == 2
     assert comparisons[("dft", 0.0)]["by_examples"] == {}
+    # a study without clean runs draws its curves and reliability diagrams at its lowest noise rate, and says so
+    noisy = write_report([r for r in results if r.spec.noise > 0], str(tmp_path / "noisy"), task_metric="eval_bleu",
+                         task_metric_label="BLEU", higher_is_better=True, command="cmd", title="Study")  # fmt: skip
+    with open(noisy) as f:
+        text = f.read()
+    assert "![Reliability diagrams (label noise 0.3)](reliability_diagrams.png)" in text
     # language modelling: the task metric is the perplexity column, listed once
     lm = write_report(results, str(tmp_path / "lm"), task_metric="eval_perplexity", task_metric_label="perplexity",
                       higher_is_better=False, command="cmd", title="Study")  # fmt: skip

@@ -45,11 +45,19 @@ def curves(folder: str, results: list[dict]) -> str | None:
     if not any(len(epochs) > 1 for by_loss in series.values() for epochs in by_loss.values()):
         return None
     noises = sorted(series)
+    losses = list(dict.fromkeys(data["loss"] for data in results))
+    colors = {loss: f"C{i}" for i, loss in enumerate(losses)}  # one colour per loss in every panel
     fig, axes = plt.subplots(1, len(noises), figsize=(5.5 * len(noises), 3.8), squeeze=False)
     for ax, noise in zip(axes[0], noises):
-        for loss, epochs in series[noise].items():
+        for loss in [name for name in losses if name in series[noise]]:
+            epochs = series[noise][loss]
             xs = sorted(epochs)
-            ax.plot(xs, [sum(epochs[x]) / len(epochs[x]) for x in xs], label=f"{loss} ({len(epochs[xs[0]])} seeds)")
+            ax.plot(
+                xs,
+                [sum(epochs[x]) / len(epochs[x]) for x in xs],
+                color=colors[loss],
+                label=f"{loss} ({len(epochs[xs[0]])} seed{'s' if len(epochs[xs[0]]) > 1 else ''})",
+            )
         ax.set_title(f"validation accuracy per epoch, {noise:.0%} noisy training labels", fontsize=10)
         ax.set_xlabel("epoch")
         ax.legend(fontsize=8)
