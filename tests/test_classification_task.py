@@ -202,7 +202,7 @@ def test_a_label_is_the_same_class_in_csv_and_json(tmp_path):
                        str(tmp_path / "o")])  # fmt: skip
     assert prepared.config.id2label == {i: str(i) for i in range(12)}
     task = prepared.task
-    assert [task.labels.id_of(v) for v in ("10", 10, "0", 3)] == [10, 10, 0, 3]
+    assert [task.labels.id_of(v) for v in ("10", 10, "0", 3, " 7")] == [10, 10, 0, 3, 7]
     for labels, message in (([0.0, 1.0, 2.0, 3.0] * 3, r"row 1: the label .* is '0.0', and every label"),
                             ([*range(4)] * 2 + [1.5], r"row 9: the label .* is '1.5', and every label")):  # fmt: skip
         bad = [{"review": f"t {i}", "category": label} for i, label in enumerate(labels)]

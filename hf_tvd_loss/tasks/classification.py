@@ -77,7 +77,7 @@ class LabelMap:
 
     def id_of(self, value: Any) -> int:
         """The class id of a label as a split holds it: an integer written as text (a CSV cell) is that integer."""
-        if isinstance(value, str) and _INTEGER_TEXT.fullmatch(value) and value not in self.ids:
+        if isinstance(value, str) and _INTEGER_TEXT.fullmatch(value.strip()) and value not in self.ids:
             return self.ids[int(value)]
         return self.ids[value]
 
@@ -137,9 +137,9 @@ def label_values(dataset: Dataset, column: str, where: str) -> list[Any]:
         rows = ", ".join(f"{kind} at row {row}" for kind, row in kinds.items())
         raise ValueError(f"{where}: the labels (column {column!r}) mix texts and integers ({rows}): use one kind")
     if "a text" in kinds and all(_NUMBER_TEXT.fullmatch(v.strip()) for v in values):
-        if all(_INTEGER_TEXT.fullmatch(v) for v in values):
+        if all(_INTEGER_TEXT.fullmatch(v.strip()) for v in values):
             return [int(v) for v in values]  # integers written as text
-        row, value = next((r, v) for r, v in enumerate(values, start=1) if not _INTEGER_TEXT.fullmatch(v))
+        row, value = next((r, v) for r, v in enumerate(values, start=1) if not _INTEGER_TEXT.fullmatch(v.strip()))
         raise ValueError(
             f"{where}: row {row}: the label (column {column!r}, --label_column_name) is {value!r}, and every label of "
             "the split is a number: a class label must be an integer (0, 1, ...) or a name, not a number with a "
