@@ -123,7 +123,7 @@ def check_options_applied(training_args: TrainingArguments, given: frozenset[str
         return  # built from the model's modules (optim_target_modules): not comparable on a throwaway parameter
     built_from = optimizer_built_from(training_args)
     if built_from is None:
-        return  # a package the optimizer needs is missing (checks.check_options_take_effect refuses that)
+        return  # a missing package (checks.check_options_take_effect refuses that) or a factory built on the model
     optimizer_cls, kwargs, defaults = built_from
     import torch
 

@@ -137,9 +137,10 @@ def label_values(dataset: Dataset, column: str, where: str) -> list[Any]:
         rows = ", ".join(f"{kind} at row {row}" for kind, row in kinds.items())
         raise ValueError(f"{where}: the labels (column {column!r}) mix texts and integers ({rows}): use one kind")
     if "a text" in kinds and all(_NUMBER_TEXT.fullmatch(v.strip()) for v in values):
-        if all(_INTEGER_TEXT.fullmatch(v.strip()) for v in values):
+        other = next(((r, v) for r, v in enumerate(values, start=1) if not _INTEGER_TEXT.fullmatch(v.strip())), None)
+        if other is None:
             return [int(v) for v in values]  # integers written as text
-        row, value = next((r, v) for r, v in enumerate(values, start=1) if not _INTEGER_TEXT.fullmatch(v.strip()))
+        row, value = other
         raise ValueError(
             f"{where}: row {row}: the label (column {column!r}, --label_column_name) is {value!r}, and every label of "
             "the split is a number: a class label must be an integer (0, 1, ...) or a name, not a number with a "
